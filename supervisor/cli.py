@@ -1,0 +1,79 @@
+"""`python -m supervisor`: run the pool, or check a config.
+
+    python -m supervisor --config config.yaml            run (foreground; systemd runs this)
+    python -m supervisor check --config FILE [--connect] validate; non-zero exit names the key
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from supervisor.arbiter import EXIT_BOOT, EXIT_CONFIG, EXIT_OK, Arbiter
+from supervisor.config import Config, ConfigError, load_config
+from supervisor.logs import setup_logging
+
+log = logging.getLogger("jetsink.supervisor")
+
+COMMANDS = ("run", "check")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m supervisor", description="jetsink: NATS JetStream -> ClickHouse worker pool")
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="run the supervisor and its workers in the foreground (the default)")
+    run.add_argument("--config", default="config.yaml", help="path to config.yaml (default: ./config.yaml)")
+    check = sub.add_parser("check", help="validate a config file; with --connect also the servers and tables")
+    check.add_argument("--config", default="config.yaml")
+    check.add_argument("--connect", action="store_true", help="also connect to NATS and ClickHouse and check the tables")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
+        argv = ["run", *argv]
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_CONFIG if exc.code else EXIT_OK
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"jetsink: invalid config {args.config}:\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check":
+        return _check(config, args.connect)
+    setup_logging(config.log_level, role="supervisor")
+    return Arbiter(config, Path(args.config).read_text()).run()
+
+
+def _check(config: Config, connect: bool) -> int:
+    if not connect:
+        print(f"{config.source}: ok ({len(config.pipelines)} pipeline(s), {config.workers} worker(s))")
+        return EXIT_OK
+    from supervisor import provision
+    from workers.connections import connect_nats
+
+    async def ping_nats() -> None:
+        nc = await connect_nats(config.nats, name="jetsink-check")
+        try:
+            await nc.jetstream().account_info()
+        finally:
+            await nc.close()
+
+    try:
+        asyncio.run(ping_nats())
+        mappers = provision.check_tables(config, create=False)
+    except (ConnectionError, provision.ProvisionError) as exc:
+        print(f"jetsink: {exc}", file=sys.stderr)
+        return EXIT_BOOT
+    except Exception as exc:  # e.g. JetStream disabled on the server
+        print(f"jetsink: check failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_BOOT
+    for name, mapper in mappers.items():
+        print(f"pipeline {name}: inserts columns {', '.join(mapper.column_names)}")
+    print(f"{config.source}: ok, servers answer and tables match")
+    return EXIT_OK

@@ -1,0 +1,162 @@
+"""Make the servers match the config: streams with their partition transform, DLQ streams,
+one durable consumer per partition, and tables whose schema the mapper accepts.
+
+Everything here is idempotent: the supervisor runs it at every start and reload.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from nats.js import api
+from nats.js.errors import NotFoundError
+
+from supervisor.config import Config, Pipeline
+from supervisor.topology import consumer_name, partition_filter, transform_destination
+from workers import sink
+from workers.connections import clickhouse_client, clickhouse_where, connect_nats
+from workers.schema import ServerFeatures
+
+log = logging.getLogger("jetsink.provision")
+
+
+class ProvisionError(Exception):
+    """The servers cannot be made to match the config; the message names what and where."""
+
+
+@dataclass(frozen=True)
+class ConsumerSettings:
+    """Delivery settings of a partition's durable consumer, derived from the batch limits."""
+
+    ack_wait_s: float
+    max_ack_pending: int
+    max_deliver: int
+
+
+def consumer_settings(p: Pipeline) -> ConsumerSettings:
+    """A worker holds up to three batches of a partition unacked (filling, queued,
+    committing), so max_ack_pending must allow that or the server throttles the pull.
+    ack_wait must outlast a batch's age plus a slow insert; retries keep messages
+    alive with in-progress acks, so it need not cover outages.
+    """
+    ack_wait = p.ack_wait_s if p.ack_wait_s is not None else max(30.0, 3 * p.batch.max_wait_ms / 1000.0)
+    return ConsumerSettings(
+        ack_wait_s=ack_wait,
+        max_ack_pending=3 * p.batch.max_rows,
+        max_deliver=p.max_deliver,
+    )
+
+
+async def provision_streams(config: Config) -> None:
+    """Create or update every pipeline's stream, DLQ stream and partition consumers."""
+    nc = await connect_nats(config.nats, name="jetsink-supervisor")
+    try:
+        js = nc.jetstream(timeout=10.0)
+        for p in config.pipelines:
+            await _ensure_stream(js, p)
+            await _ensure_dlq(js, p)
+            await _ensure_consumers(js, p)
+    finally:
+        await nc.close()
+
+
+async def _ensure_stream(js: Any, p: Pipeline) -> None:
+    transform = api.SubjectTransform(src=p.subject, dest=transform_destination(p.subject, p.partitions))
+    try:
+        info = await js.stream_info(p.stream)
+    except NotFoundError:
+        await js.add_stream(api.StreamConfig(name=p.stream, subjects=[p.subject], subject_transform=transform, storage=api.StorageType.FILE))
+        log.info("created stream %s for %s with %d partitions", p.stream, p.subject, p.partitions, extra={"pipeline": p.name})
+        return
+    cfg = info.config
+    if p.subject not in (cfg.subjects or []):
+        raise ProvisionError(
+            f"pipelines {p.name}: stream {p.stream} exists with subjects {cfg.subjects}, not {p.subject!r}; "
+            "point the pipeline at another stream or change the stream's subjects"
+        )
+    current = cfg.subject_transform
+    if current is None or current.src != transform.src or current.dest != transform.dest:
+        await js.update_stream(cfg.evolve(subject_transform=transform))
+        log.warning(
+            "stream %s: subject transform set to %s -> %s (was %s); messages already stored keep their old partition",
+            p.stream, transform.src, transform.dest, current and f"{current.src} -> {current.dest}",
+            extra={"pipeline": p.name},
+        )
+
+
+async def _ensure_dlq(js: Any, p: Pipeline) -> None:
+    try:
+        info = await js.stream_info(p.dlq_stream)
+    except NotFoundError:
+        await js.add_stream(api.StreamConfig(name=p.dlq_stream, subjects=[p.dlq_subject], storage=api.StorageType.FILE))
+        log.info("created dead-letter stream %s on %s", p.dlq_stream, p.dlq_subject, extra={"pipeline": p.name})
+        return
+    if p.dlq_subject not in (info.config.subjects or []):
+        raise ProvisionError(f"pipelines {p.name}: dlq stream {p.dlq_stream} exists but does not take subject {p.dlq_subject!r}")
+
+
+async def _ensure_consumers(js: Any, p: Pipeline) -> None:
+    s = consumer_settings(p)
+    for index in range(p.partitions):
+        name = consumer_name(p.name, index)
+        want = api.ConsumerConfig(
+            durable_name=name,
+            filter_subject=partition_filter(p.subject, index),
+            ack_policy=api.AckPolicy.EXPLICIT,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_wait=s.ack_wait_s,
+            max_ack_pending=s.max_ack_pending,
+            max_deliver=s.max_deliver,
+            # One pull request open per partition at a time, plus slack for a request
+            # still expiring when the next is sent.
+            max_waiting=16,
+        )
+        # CONSUMER.CREATE with an existing durable updates the editable fields and
+        # fails clearly on the rest, which is the idempotence we want.
+        try:
+            await js.add_consumer(p.stream, want)
+        except Exception as exc:
+            raise ProvisionError(f"pipelines {p.name}: cannot create or update consumer {name} on stream {p.stream}: {exc}") from exc
+
+
+def check_tables(config: Config, create: bool = True) -> dict[str, Any]:
+    """Create missing tables from `create_table` and compile every pipeline's mapper.
+
+    Returns pipeline name -> ColumnMapper. Raises ProvisionError naming the pipeline and
+    server for a missing table, an unsupported column type or a bad column override.
+    """
+    where = clickhouse_where(config.clickhouse)
+    client = clickhouse_client(config.clickhouse)
+    try:
+        try:
+            version = sink.server_version(client)
+        except Exception as exc:
+            raise ProvisionError(f"cannot reach {where}: {exc}") from exc
+        features = ServerFeatures.from_version(version)
+        mappers = {}
+        for i, p in enumerate(config.pipelines):
+            if create and p.create_table and not sink.table_columns(client, p.table, config.clickhouse.database):
+                try:
+                    client.execute(p.create_table)
+                except Exception as exc:
+                    raise ProvisionError(f"pipelines[{i}].create_table failed on {where}: {exc}") from exc
+                log.info("created table %s", p.table, extra={"pipeline": p.name})
+            try:
+                mappers[p.name] = sink.build_mapper(client, p.table, config.clickhouse.database, p.columns, features)
+            except LookupError as exc:
+                raise ProvisionError(f"pipelines[{i}].table: {exc} on {where}") from exc
+            except Exception as exc:
+                if type(exc).__name__ == "SchemaError":
+                    raise ProvisionError(f"pipelines[{i}] ({p.name}): {exc}") from exc
+                raise
+        return mappers
+    finally:
+        client.disconnect()
+
+
+def partitions_of(config: Config) -> list[tuple[str, int]]:
+    """Every (pipeline, index) the config defines."""
+    return [(p.name, i) for p in config.pipelines for i in range(p.partitions)]
+

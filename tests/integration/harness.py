@@ -1,0 +1,140 @@
+"""Run the real supervisor as a user would (`python -m supervisor --config FILE`) against test servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+DEMO_TABLE = """CREATE TABLE IF NOT EXISTS {table} (
+  event_id String, ts DateTime, user_id UInt64, kind String, amount Float64,
+  country FixedString(2), tags Array(String), session_id UUID, payload String
+) ENGINE = MergeTree() ORDER BY (kind, ts)"""
+
+
+def sink_config(
+    tmp_path: Path,
+    nats_url: str,
+    ch_port: int,
+    database: str,
+    *,
+    name: str = "events",
+    stream: str = "EVENTS",
+    subject: str = "events.*",
+    partitions: int = 8,
+    workers: int = 2,
+    max_rows: int = 5000,
+    max_wait_ms: int = 200,
+    ack_wait_s: float = 4.0,
+    **extra: Any,
+) -> Path:
+    """Write a config.yaml for one demo pipeline and return its path."""
+    data = {
+        "workers": workers,
+        "shutdown_grace_s": 30,
+        "state_dir": str(tmp_path / "var"),
+        "log_level": "info",
+        "nats": {"url": nats_url},
+        "clickhouse": {"host": "127.0.0.1", "port": ch_port, "database": database},
+        "pipelines": [
+            {
+                "name": name,
+                "stream": stream,
+                "subject": subject,
+                "partitions": partitions,
+                "table": "events",
+                "create_table": DEMO_TABLE.format(table=f"{database}.events"),
+                "batch": {"max_rows": max_rows, "max_wait_ms": max_wait_ms},
+                "ack_wait_s": ack_wait_s,
+                "columns": {
+                    "event_id": {"required": True},
+                    "user_id": {"path": "user.id", "required": True},
+                },
+            }
+        ],
+    }
+    data.update(extra)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll `cond` until it returns something truthy; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Supervisor:
+    """`python -m supervisor --config FILE` as a child process, its JSON logs in a file."""
+
+    def __init__(self, config: Path, log_path: Path) -> None:
+        self.config = config
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "supervisor", "--config", str(config)],
+            cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+        )
+
+    def lines(self) -> list[dict]:
+        out = []
+        for raw in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                out.append(json.loads(raw))
+            except ValueError:
+                out.append({"msg": raw, "raw": True})
+        return out
+
+    def logged(self, text: str) -> list[dict]:
+        return [line for line in self.lines() if text in str(line.get("msg", ""))]
+
+    def wait_acquired(self, partitions: int, timeout: float = 60.0) -> None:
+        """Until `partitions` acquisitions were logged (every partition owned)."""
+        wait_until(lambda: self._check_alive() and len(self.logged("acquired partition")) >= partitions, timeout, f"{partitions} partitions acquired")
+
+    def worker_pids(self) -> dict[int, int]:
+        pids = {}
+        for line in self.logged("spawned worker"):
+            pids[line["slot"]] = int(line["msg"].split("pid ")[1].rstrip(")"))
+        return pids
+
+    def _check_alive(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"supervisor exited with {self.proc.returncode}:\n{self.log_path.read_text()[-4000:]}")
+        return True
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)

@@ -1,0 +1,217 @@
+"""End to end: real nats-server, real clickhouse-server, the real supervisor and workers."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import uuid
+
+import nats
+import orjson
+import pytest
+import yaml
+
+from bench.events import event_messages, make_event, publish
+from supervisor.topology import consumer_name
+from tests.integration.harness import REPO, Supervisor, run, sink_config, wait_until
+
+N_EVENTS = 100_000
+
+
+def _names():
+    tag = uuid.uuid4().hex[:8]
+    return f"ev{tag}", f"EV_{tag}", f"ev{tag}.*"
+
+
+def _publish(nats_url, msgs, stream):
+    async def go():
+        nc = await nats.connect(nats_url)
+        try:
+            return await publish(nc, msgs, stream=stream)
+        finally:
+            await nc.close()
+
+    return run(go())
+
+
+def _count(client, db, where="1"):
+    return client.execute(f"SELECT count() FROM {db}.events WHERE {where}")[0][0]
+
+
+def test_100k_events_arrive_exactly_with_matching_values(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
+    name, stream, subject = _names()
+    prefix = subject[:-2]
+    cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, name=name, stream=stream, subject=subject, partitions=8, workers=2)
+    sup = Supervisor(cfg, tmp_path / "sink.log")
+    try:
+        sup.wait_acquired(8)
+        result = _publish(nats_url, event_messages(0, N_EVENTS, prefix=prefix, keys=16), stream)
+        assert result.published == N_EVENTS
+        wait_until(lambda: _count(clickhouse_client, ch_database) >= N_EVENTS, 180, f"{N_EVENTS} rows")
+
+        # Exactly once each: nothing lost, nothing doubled in a clean run.
+        rows, distinct = clickhouse_client.execute(f"SELECT count(), uniqExact(event_id) FROM {ch_database}.events")[0]
+        assert (rows, distinct) == (N_EVENTS, N_EVENTS)
+
+        # Field by field on a sample.
+        sample = [0, 1, 7, 4242, 55_555, N_EVENTS - 1]
+        got = clickhouse_client.execute(
+            f"SELECT event_id, toUnixTimestamp(ts), user_id, kind, amount, country, tags, toString(session_id), payload "
+            f"FROM {ch_database}.events WHERE event_id IN %(ids)s ORDER BY event_id",
+            {"ids": [f"e{i:012d}" for i in sample]},
+        )
+        assert len(got) == len(sample)
+        for i, row in zip(sample, got):
+            ev = make_event(i)
+            from datetime import datetime
+
+            expected_ts = int(datetime.fromisoformat(ev["ts"].replace("Z", "+00:00")).timestamp())
+            assert row == (ev["event_id"], expected_ts, ev["user"]["id"], ev["kind"], ev["amount"], ev["country"], ev["tags"], ev["session_id"], ev["payload"])
+
+        # Each partition was consumed by exactly one worker.
+        owners = collections.defaultdict(set)
+        for line in sup.logged("acquired partition"):
+            owners[line["partition"]].add(line["slot"])
+        assert sorted(owners) == list(range(8))
+        assert all(len(slots) == 1 for slots in owners.values()), owners
+        assert {s for slots in owners.values() for s in slots} == {0, 1}
+
+        assert sup.terminate() == 0
+        assert sup.logged("all workers drained")
+    finally:
+        sup.close()
+
+    # After a clean drain every message is acked.
+    async def pending():
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            out = []
+            for p in range(8):
+                info = await js.consumer_info(stream, consumer_name(name, p))
+                out.append((info.num_ack_pending, info.num_pending))
+            return out
+        finally:
+            await nc.close()
+
+    assert run(pending()) == [(0, 0)] * 8
+
+
+def test_bad_messages_go_to_the_dlq_and_good_ones_are_inserted(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
+    name, stream, subject = _names()
+    prefix = subject[:-2]
+    cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, name=name, stream=stream, subject=subject, partitions=4, workers=2)
+    good = [(f"{prefix}.k{i % 8}", orjson.dumps(make_event(i)), None) for i in range(2000)]
+    bad_specs = {
+        "invalid_json": b'{"event_id": "bad-1", ',
+        "wrong_type": orjson.dumps({**make_event(10_001), "event_id": "bad-2", "amount": "lots"}),
+        "missing_required": orjson.dumps({k: v for k, v in make_event(10_002).items() if k != "user"} | {"event_id": "bad-3"}),
+        "out_of_range": orjson.dumps({**make_event(10_003), "event_id": "bad-4", "user": {"id": -5}}),
+        "invalid_value": orjson.dumps({**make_event(10_004), "event_id": "bad-5", "session_id": "not-a-uuid"}),
+    }
+    msgs = list(good)
+    bad_subjects = {}
+    for j, (reason, body) in enumerate(bad_specs.items()):
+        subj = f"{prefix}.bad{j}"
+        bad_subjects[reason] = subj
+        msgs.insert(300 * (j + 1), (subj, body, {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}))
+
+    sup = Supervisor(cfg, tmp_path / "sink.log")
+    try:
+        sup.wait_acquired(4)
+        assert _publish(nats_url, msgs, stream).published == len(msgs)
+        wait_until(lambda: _count(clickhouse_client, ch_database) >= len(good), 120, "good rows")
+
+        async def dead_letters():
+            nc = await nats.connect(nats_url)
+            try:
+                js = nc.jetstream()
+                info = await js.stream_info(f"{stream}_DLQ")
+                letters = []
+                for seq in range(info.state.first_seq, info.state.last_seq + 1):
+                    letters.append(await js.get_msg(f"{stream}_DLQ", seq))
+                return letters
+            finally:
+                await nc.close()
+
+        letters = wait_until(lambda: (ls := run(dead_letters())) and len(ls) >= len(bad_specs) and ls, 60, "dead letters")
+        assert len(letters) == len(bad_specs)
+        by_reason = {m.headers["Jetsink-Reason"]: m for m in letters}
+        assert set(by_reason) == set(bad_specs)
+        for reason, body in bad_specs.items():
+            m = by_reason[reason]
+            assert m.data == body  # original bytes
+            stored_subject = m.headers["Jetsink-Subject"]
+            # The stream stored it under its partition: <prefix>.<p>.<key>
+            assert stored_subject.startswith(prefix + ".") and stored_subject.endswith("." + bad_subjects[reason].split(".")[-1])
+            assert int(m.headers["Jetsink-Stream-Seq"]) > 0
+            assert m.headers["Jetsink-Pipeline"] == name
+            assert m.headers["Jetsink-Worker"] in ("0", "1")
+            assert m.headers["Jetsink-Error"]
+            assert m.headers["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c")
+        assert _count(clickhouse_client, ch_database) == len(good)
+        assert _count(clickhouse_client, ch_database, "event_id LIKE 'bad-%'") == 0
+        assert sup.terminate() == 0
+    finally:
+        sup.close()
+
+
+def test_kill_9_of_a_worker_mid_stream_loses_nothing(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
+    name, stream, subject = _names()
+    prefix = subject[:-2]
+    cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, name=name, stream=stream, subject=subject, partitions=8, workers=2, max_rows=2000, ack_wait_s=3)
+    total = 60_000
+    sup = Supervisor(cfg, tmp_path / "sink.log")
+    try:
+        sup.wait_acquired(8)
+        assert _publish(nats_url, event_messages(0, total // 2, prefix=prefix), stream).published == total // 2
+        # Kill while the workers are mid-stream: some rows inserted, some not yet.
+        wait_until(lambda: _count(clickhouse_client, ch_database) > 0, 60, "first rows")
+        victim = sup.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        assert _publish(nats_url, event_messages(total // 2, total - total // 2, prefix=prefix), stream).published == total - total // 2
+        wait_until(lambda: len(sup.logged("spawned worker")) >= 3, 60, "the killed worker to be replaced")
+        wait_until(
+            lambda: clickhouse_client.execute(f"SELECT uniqExact(event_id) FROM {ch_database}.events")[0][0] >= total,
+            180, "every event_id",
+        )
+        rows, distinct = clickhouse_client.execute(f"SELECT count(), uniqExact(event_id) FROM {ch_database}.events")[0]
+        assert distinct == total
+        duplicates = rows - distinct
+        print(f"kill -9: {total} events, {rows} rows, {duplicates} duplicates")
+        assert sup.logged("died")
+        assert sup.terminate() == 0
+    finally:
+        sup.close()
+
+
+def test_bad_config_exits_non_zero_naming_the_key(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text((REPO / "config.yaml").read_text().replace("max_rows: 10000", "max_rows: ten"))
+    for argv in (["check", "--config", str(cfg)], ["--config", str(cfg)]):
+        proc = subprocess.run([sys.executable, "-m", "supervisor", *argv], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2
+        assert "pipelines[0].batch.max_rows" in proc.stderr
+        assert "ten" in proc.stderr
+
+
+def test_check_connect_reports_table_and_servers(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
+    name, stream, subject = _names()
+    cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, name=name, stream=stream, subject=subject)
+    clickhouse_client.execute(
+        f"CREATE TABLE {ch_database}.events (event_id String, ts DateTime, user_id UInt64, kind String, amount Float64, "
+        f"country FixedString(2), tags Array(String), session_id UUID, payload String) ENGINE = MergeTree() ORDER BY ts"
+    )
+    proc = subprocess.run([sys.executable, "-m", "supervisor", "check", "--config", str(cfg), "--connect"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "event_id" in proc.stdout
+
+    data = yaml.safe_load(cfg.read_text())
+    data["pipelines"][0]["columns"]["nosuch"] = {"required": True}
+    cfg.write_text(yaml.safe_dump(data))
+    proc = subprocess.run([sys.executable, "-m", "supervisor", "check", "--config", str(cfg), "--connect"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "nosuch" in proc.stderr

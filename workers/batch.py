@@ -1,0 +1,40 @@
+"""A batch: messages of one partition collected until a row, byte or age limit."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class Batch:
+    """Messages gathered for one insert, in delivery order."""
+
+    max_rows: int
+    max_bytes: int
+    max_wait_s: float
+    messages: list[Any] = field(default_factory=list)
+    nbytes: int = 0
+    opened_at: float = 0.0  # monotonic time of the first message
+
+    def add(self, msg: Any) -> None:
+        if not self.messages:
+            self.opened_at = time.monotonic()
+        self.messages.append(msg)
+        self.nbytes += len(msg.data)
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    @property
+    def full(self) -> bool:
+        return len(self.messages) >= self.max_rows or self.nbytes >= self.max_bytes
+
+    def deadline(self) -> float | None:
+        """Monotonic time at which this batch must be flushed however small, or None if empty."""
+        return self.opened_at + self.max_wait_s if self.messages else None
+
+    def room(self) -> int:
+        """How many more messages fit by count."""
+        return max(0, self.max_rows - len(self.messages))

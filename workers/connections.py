@@ -1,0 +1,96 @@
+"""Opening connections to NATS and ClickHouse from typed config (supervisor and workers alike)."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import Any
+
+import nats
+from clickhouse_driver import Client
+
+log = logging.getLogger(__name__)
+
+
+def _ssl_context(tls: Any) -> ssl.SSLContext | None:
+    if tls is None:
+        return None
+    ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    if tls.cert_file:
+        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+    return ctx
+
+
+async def connect_nats(cfg: Any, name: str, **overrides: Any) -> nats.NATS:
+    """Connect to the NATS servers of `cfg` (a NatsConfig); errors name the servers."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats error on %s: %s", ",".join(cfg.servers), exc)
+
+    async def on_disconnect() -> None:
+        log.warning("disconnected from nats %s", ",".join(cfg.servers))
+
+    async def on_reconnect() -> None:
+        log.info("reconnected to nats %s", ",".join(cfg.servers))
+
+    opts: dict[str, Any] = dict(
+        servers=list(cfg.servers),
+        name=name,
+        connect_timeout=cfg.connect_timeout_s,
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        # A pull inbox can receive a whole batch at once; nats-py's default limits
+        # would call that a slow consumer and drop messages.
+        pending_size=64 * 1024 * 1024,
+    )
+    if cfg.user:
+        opts["user"] = cfg.user
+    if cfg.password is not None:
+        opts["password"] = cfg.password.value
+    if cfg.token is not None:
+        opts["token"] = cfg.token.value
+    if cfg.creds_file:
+        opts["user_credentials"] = str(cfg.creds_file)
+    if cfg.nkey_seed_file:
+        opts["nkeys_seed"] = str(cfg.nkey_seed_file)
+    if cfg.tls is not None:
+        opts["tls"] = _ssl_context(cfg.tls)
+    opts.update(overrides)
+    try:
+        return await nats.connect(**opts)
+    except Exception as exc:  # nats-py raises a zoo of types here; the user needs one message
+        raise ConnectionError(f"cannot connect to nats {','.join(cfg.servers)}: {exc or type(exc).__name__}") from exc
+
+
+def clickhouse_client(cfg: Any, **settings: Any) -> Client:
+    """A clickhouse-driver Client for `cfg` (a ClickHouseConfig). It connects lazily."""
+    kwargs: dict[str, Any] = dict(
+        host=cfg.host,
+        port=cfg.port,
+        database=cfg.database,
+        user=cfg.user,
+        password=cfg.password.value if cfg.password is not None else "",
+        connect_timeout=cfg.connect_timeout_s,
+        send_receive_timeout=cfg.send_receive_timeout_s,
+        client_name="jetsink",
+        settings={**dict(cfg.settings), **settings},
+    )
+    if cfg.secure:
+        kwargs["secure"] = True
+        if cfg.tls is not None:
+            if cfg.tls.ca_file:
+                kwargs["ca_certs"] = str(cfg.tls.ca_file)
+            if cfg.tls.cert_file:
+                kwargs["certfile"] = str(cfg.tls.cert_file)
+            if cfg.tls.key_file:
+                kwargs["keyfile"] = str(cfg.tls.key_file)
+    return Client(**kwargs)
+
+
+def clickhouse_where(cfg: Any) -> str:
+    """How to name the ClickHouse server in an error message."""
+    return f"clickhouse {cfg.host}:{cfg.port}/{cfg.database}"

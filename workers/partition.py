@@ -1,0 +1,263 @@
+"""One owned partition: pull -> batch -> map -> insert -> ack, with fetching never waiting on an insert.
+
+Two tasks per partition.  The pull task keeps a pull request open on the durable
+consumer and seals batches (by rows, bytes or age).  The commit task maps a sealed
+batch, dead-letters what cannot be mapped, inserts the rest into ClickHouse and only
+then acks.  At most one batch is being committed and one waits, so memory is bounded
+by ~3 x max_rows messages and the consumer's max_ack_pending is sized to match.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+import orjson
+
+from workers import intake
+from workers.batch import Batch
+from workers.dlq import DeadLetter, publish_dead_letters
+from workers.schema import ColumnMapper, MappingError
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+@dataclass
+class PartitionStats:
+    """Counters a partition keeps for the worker's stats reports."""
+
+    consumed: int = 0
+    inserted: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    insert_retries: int = 0
+    last_batch_at: float = 0.0  # wall-clock time of the last committed batch
+    pending: int = 0  # consumer's messages left, from the last delivery's ack subject
+
+
+@dataclass(frozen=True)
+class PartitionTarget:
+    """Where a partition's messages come from and go to."""
+
+    pipeline: Any  # supervisor.config.Pipeline
+    index: int
+    consumer: str
+    worker: int
+
+
+@dataclass
+class Prepared:
+    """A batch after parse and map: the columns to insert and the letters for the DLQ."""
+
+    columns: list[list]
+    rows: int
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+def prepare(batch_msgs: list[Any], mapper: ColumnMapper, target: PartitionTarget) -> Prepared:
+    """Parse and map a batch (runs in the insert thread, off the event loop)."""
+    docs: list[Any] = []
+    keep: list[int] = []
+    dead: list[DeadLetter] = []
+    loads = orjson.loads
+    for i, msg in enumerate(batch_msgs):
+        try:
+            docs.append(loads(msg.data))
+            keep.append(i)
+        except orjson.JSONDecodeError as exc:
+            dead.append(_dead_letter(msg, target, "invalid_json", f"invalid JSON: {exc}"))
+    columns, failures = mapper.map_rows(docs)
+    for doc_index, err in failures:
+        dead.append(_dead_letter(batch_msgs[keep[doc_index]], target, err.reason, err.detail))
+    return Prepared(columns=columns, rows=len(docs) - len(failures), dead=dead)
+
+
+def _dead_letter(msg: Any, target: PartitionTarget, reason: str, error: str) -> DeadLetter:
+    delivery = intake.parse_ack_subject(msg.reply)
+    headers = msg.headers or None
+    return DeadLetter(
+        data=msg.data,
+        subject=msg.subject,
+        stream=target.pipeline.stream,
+        stream_seq=delivery.stream_seq,
+        reason=reason,
+        error=error,
+        pipeline=target.pipeline.name,
+        worker=target.worker,
+        original_headers=headers,
+        traceparent=(headers or {}).get("traceparent"),
+    )
+
+
+class PartitionRunner:
+    """Consumes one partition until stopped; stop() flushes, acks and returns."""
+
+    def __init__(
+        self,
+        nc: Any,
+        target: PartitionTarget,
+        mapper: ColumnMapper,
+        run_in_thread: Callable[..., Awaitable[Any]],
+        insert: Callable[[list[list]], int],
+    ) -> None:
+        self._nc = nc
+        self.target = target
+        self._mapper = mapper
+        self._run_in_thread = run_in_thread
+        self._insert = insert
+        limits = target.pipeline.batch
+        self._limits = (limits.max_rows, limits.max_bytes, limits.max_wait_ms / 1000.0)
+        self._batch = self._new_batch()
+        self._sealed: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
+        self._wake = asyncio.Event()
+        self._outstanding = 0  # messages the open pull request may still deliver
+        self._request_deadline = 0.0
+        self._stopping = False
+        # Expiring pull requests every few seconds bounds how long a release waits.
+        self._expires_s = min(5.0, max(0.5, self._limits[2]))
+        self._next_subject = intake.next_subject(target.pipeline.stream, target.consumer)
+        self._inbox = nc.new_inbox()
+        self._sub: Any = None
+        self._tasks: list[asyncio.Task] = []
+        self.stats = PartitionStats()
+
+    def _new_batch(self) -> Batch:
+        return Batch(*self._limits)
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        self._tasks = [
+            asyncio.create_task(self._pull_loop(), name=f"pull {self.name}"),
+            asyncio.create_task(self._commit_loop(), name=f"commit {self.name}"),
+        ]
+
+    @property
+    def name(self) -> str:
+        return f"{self.target.pipeline.name}/{self.target.index}"
+
+    async def stop(self) -> None:
+        """Stop pulling, flush and ack what was received, then return."""
+        self._stopping = True
+        self._wake.set()
+        try:
+            await asyncio.gather(*self._tasks)
+        finally:
+            if self._sub is not None:
+                await self._sub.unsubscribe()
+
+    def failed(self) -> BaseException | None:
+        """The exception that ended one of the partition's tasks, if any."""
+        for t in self._tasks:
+            if t.done() and not t.cancelled() and t.exception() is not None:
+                return t.exception()
+        return None
+
+    # -- intake -----------------------------------------------------------------
+
+    async def _on_msg(self, msg: Any) -> None:
+        if not msg.reply:
+            # A status reply: the pull request is over (404/408/409) or a heartbeat.
+            status = (msg.headers or {}).get("Status")
+            if status != intake.HEARTBEAT:
+                if status == intake.CONFLICT:
+                    log.warning("pull on %s ended: %s", self.name, (msg.headers or {}).get("Description"))
+                self._outstanding = 0
+                self._wake.set()
+            return
+        self._batch.add(msg)
+        self._outstanding -= 1
+        if self._outstanding <= 0 or self._batch.full:
+            self._wake.set()
+
+    async def _pull_loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            if self._outstanding > 0 and now > self._request_deadline:
+                # The reply to this request was lost (e.g. a reconnect): ask again.
+                self._outstanding = 0
+            batch = self._batch
+            deadline = batch.deadline()
+            if batch and (batch.full or now >= deadline or (self._stopping and self._outstanding == 0)):
+                self._batch = self._new_batch()
+                await self._sealed.put(batch)  # waits while one batch is committing and one queued
+                continue
+            if self._stopping:
+                if self._outstanding == 0:
+                    break
+            elif self._outstanding == 0 and batch.room() > 0:
+                await self._request(batch.room(), batch.max_bytes - batch.nbytes)
+            waits = [self._request_deadline - now] if self._outstanding > 0 else []
+            if deadline is not None:
+                waits.append(deadline - now)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, min(waits, default=1.0)))
+            except asyncio.TimeoutError:
+                pass
+        await self._sealed.put(_STOP)
+
+    async def _request(self, n: int, max_bytes: int) -> None:
+        self._outstanding = n
+        self._request_deadline = time.monotonic() + self._expires_s + 2.0
+        body = intake.pull_request(n, self._expires_s, max_bytes if max_bytes > 0 else None)
+        await self._nc.publish(self._next_subject, body, reply=self._inbox)
+
+    # -- commit -----------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        while True:
+            item = await self._sealed.get()
+            if item is _STOP:
+                return
+            await self._commit(item)
+
+    async def _commit(self, batch: Batch) -> None:
+        msgs = batch.messages
+        pipeline = self.target.pipeline
+        prepared: Prepared = await self._run_in_thread(prepare, msgs, self._mapper, self.target)
+        if prepared.dead:
+            for dl in prepared.dead:
+                log.warning(
+                    "dead-lettered %s seq %d: %s: %s", dl.subject, dl.stream_seq, dl.reason, dl.error,
+                    extra={"pipeline": pipeline.name, "partition": self.target.index},
+                )
+            await self._retrying("dlq publish", publish_dead_letters, self._nc, pipeline.dlq_stream, pipeline.dlq_subject, prepared.dead)
+        if prepared.rows:
+            await self._retrying("insert", self._run_in_thread, self._insert, prepared.columns, keep_alive=msgs)
+        for msg in msgs:
+            await self._nc.publish(msg.reply, intake.ACK)
+        last = intake.parse_ack_subject(msgs[-1].reply)
+        s = self.stats
+        s.consumed += len(msgs)
+        s.inserted += prepared.rows
+        s.dead_lettered += len(prepared.dead)
+        s.batches += 1
+        s.last_batch_at = time.time()
+        s.pending = last.pending
+
+    async def _retrying(self, what: str, fn: Callable[..., Awaitable[Any]], *args: Any, keep_alive: list[Any] | None = None) -> Any:
+        """Await fn(*args) until it succeeds, backing off (capped, jittered) between tries.
+
+        While it fails the partition stops pulling (its queue is full), and the
+        messages are kept from redelivery with in-progress acks.
+        """
+        delay = 0.2
+        while True:
+            try:
+                return await fn(*args)
+            except Exception as exc:
+                self.stats.insert_retries += 1
+                log.error(
+                    "%s for %s failed, retrying in %.1fs: %s", what, self.name, delay, exc,
+                    extra={"pipeline": self.target.pipeline.name, "partition": self.target.index},
+                )
+                for msg in keep_alive or ():
+                    await self._nc.publish(msg.reply, intake.IN_PROGRESS)
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, 30.0)

@@ -1,0 +1,212 @@
+"""A worker process: owns its connections and the partitions the supervisor assigns to it.
+
+The supervisor spawns `main()` (spawn context, so no threads or sockets are inherited)
+and talks to it over a pipe with small dict messages:
+
+    supervisor -> worker   {"op": "assign"|"release", "partitions": [[pipeline, index], ...]}
+                           {"op": "drain"}
+    worker -> supervisor   {"op": "ready"}, {"op": "assigned"|"released", "partitions": [...]},
+                           {"op": "stats", ...}, {"op": "drained"}
+
+Every control message may carry "traceparent": the supervisor span that caused it.
+Liveness is a heartbeat the event loop writes into shared memory: if the loop is
+stuck, the beat stops and the supervisor replaces the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import signal
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from supervisor.config import Config, parse_config
+from supervisor.logs import setup_logging
+from supervisor.topology import consumer_name
+from workers import sink
+from workers.connections import clickhouse_client, clickhouse_where, connect_nats
+from workers.partition import PartitionRunner, PartitionTarget
+from workers.schema import ServerFeatures
+
+log = logging.getLogger("jetsink.worker")
+
+# Exit codes a worker reports to its supervisor.
+EXIT_OK = 0
+EXIT_BOOT_ERROR = 3  # bad schema/config: restarting will not help
+
+
+class BootError(Exception):
+    """The worker cannot start and restarting it will not help."""
+
+
+class Worker:
+    """The event loop side of a worker process."""
+
+    def __init__(self, slot: int, config: Config, conn: Any, heartbeat: Any) -> None:
+        self.slot = slot
+        self.config = config
+        self._conn = conn
+        self._heartbeat = heartbeat
+        self._control: asyncio.Queue[dict] = asyncio.Queue()
+        self._runners: dict[tuple[str, int], PartitionRunner] = {}
+        self._pipelines = {p.name: p for p in config.pipelines}
+        # One thread does the CPU- and network-bound part of a batch (parse, map, insert)
+        # so the event loop keeps fetching; clickhouse-driver's Client is not thread-safe,
+        # and a single thread owning it is the simplest way to honour that.
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"insert-{slot}")
+        self._parent = os.getppid()
+
+    async def _in_thread(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args))
+
+    def _send(self, msg: dict) -> None:
+        try:
+            self._conn.send(msg)
+        except (BrokenPipeError, OSError):
+            pass  # the supervisor is gone; the loop notices and drains
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, lambda: self._control.put_nowait({"op": "drain"}))
+        loop.add_reader(self._conn.fileno(), self._read_control)
+        self._beat()
+        try:
+            await self._boot()
+        except BootError as exc:
+            log.error("worker cannot start: %s", exc)
+            self._send({"op": "fatal", "error": str(exc)})
+            return EXIT_BOOT_ERROR
+        self._send({"op": "ready", "pid": os.getpid()})
+        beats = asyncio.create_task(self._beat_loop())
+        try:
+            await self._control_loop()
+        finally:
+            beats.cancel()
+            await self._nc.drain() if self._nc.is_connected else await self._nc.close()
+            self._pool.shutdown(wait=True)
+        return EXIT_OK
+
+    async def _boot(self) -> None:
+        cfg = self.config
+        self._client = clickhouse_client(cfg.clickhouse)
+        where = clickhouse_where(cfg.clickhouse)
+        # The servers may still be coming up (embedded mode, a restart): keep trying,
+        # beating meanwhile, and only a schema problem is fatal.
+        delay = 0.5
+        while True:
+            try:
+                version = await self._in_thread(sink.server_version, self._client)
+                break
+            except Exception as exc:
+                log.warning("waiting for %s: %s", where, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        self._features = ServerFeatures.from_version(version)
+        self._mappers = {}
+        for p in cfg.pipelines:
+            try:
+                self._mappers[p.name] = await self._in_thread(
+                    sink.build_mapper, self._client, p.table, cfg.clickhouse.database, p.columns, self._features
+                )
+            except Exception as exc:
+                if type(exc).__name__ in ("SchemaError", "LookupError"):
+                    raise BootError(f"pipelines {p.name}: {exc}") from exc
+                raise
+        self._nc = await connect_nats(cfg.nats, name=f"jetsink-worker-{self.slot}")
+        log.info("worker ready: %s, nats %s", where, ",".join(cfg.nats.servers), extra={"clickhouse_version": ".".join(map(str, version))})
+
+    def _read_control(self) -> None:
+        try:
+            while self._conn.poll():
+                self._control.put_nowait(self._conn.recv())
+        except (EOFError, OSError):
+            asyncio.get_running_loop().remove_reader(self._conn.fileno())
+            self._control.put_nowait({"op": "drain", "why": "supervisor gone"})
+
+    def _beat(self) -> None:
+        self._heartbeat.value = time.monotonic()
+
+    async def _beat_loop(self) -> None:
+        while True:
+            self._beat()
+            if os.getppid() != self._parent:
+                self._control.put_nowait({"op": "drain", "why": "supervisor gone"})
+            for key, runner in list(self._runners.items()):
+                exc = runner.failed()
+                if exc is not None:
+                    # A partition task died of a bug; without it the partition would stall
+                    # silently. Exiting makes the supervisor restart us, and JetStream
+                    # redelivers what was not acked.
+                    log.error("partition %s failed: %r", runner.name, exc, exc_info=exc)
+                    os._exit(1)
+            self._send({"op": "stats", "partitions": {f"{k[0]}/{k[1]}": vars(r.stats) for k, r in self._runners.items()}})
+            await asyncio.sleep(1.0)
+
+    async def _control_loop(self) -> None:
+        while True:
+            msg = await self._control.get()
+            op = msg.get("op")
+            if op == "assign":
+                for pipeline, index in msg["partitions"]:
+                    await self._acquire(pipeline, index)
+                self._send({"op": "assigned", "partitions": msg["partitions"]})
+            elif op == "release":
+                await self._release([tuple(p) for p in msg["partitions"]])
+                self._send({"op": "released", "partitions": msg["partitions"]})
+            elif op == "drain":
+                log.info("draining (%s)", msg.get("why", "asked"))
+                await self._release(list(self._runners))
+                self._send({"op": "drained"})
+                return
+            else:
+                log.warning("unknown control message %r", msg)
+
+    async def _acquire(self, pipeline: str, index: int) -> None:
+        key = (pipeline, index)
+        if key in self._runners:
+            return
+        p = self._pipelines[pipeline]
+        db = self.config.clickhouse.database
+        mapper = self._mappers[pipeline]
+        insert = partial(self._insert_columns, p.table, db, mapper.column_names)
+        target = PartitionTarget(pipeline=p, index=index, consumer=consumer_name(pipeline, index), worker=self.slot)
+        runner = PartitionRunner(self._nc, target, mapper, self._in_thread, insert)
+        await runner.start()
+        self._runners[key] = runner
+        log.info("acquired partition %s", runner.name, extra={"pipeline": pipeline, "partition": index})
+
+    def _insert_columns(self, table: str, database: str, names: tuple[str, ...], columns: list[list]) -> int:
+        return sink.insert(self._client, table, database, names, columns)
+
+    async def _release(self, keys: list[tuple[str, int]]) -> None:
+        runners = [self._runners.pop(k) for k in keys if k in self._runners]
+        await asyncio.gather(*(r.stop() for r in runners))
+        for r in runners:
+            log.info(
+                "released partition %s (consumed %d, inserted %d, dead-lettered %d)",
+                r.name, r.stats.consumed, r.stats.inserted, r.stats.dead_lettered,
+                extra={"pipeline": r.target.pipeline.name, "partition": r.target.index},
+            )
+
+
+def main(slot: int, config_text: str, base_dir: str, source: str | None, conn: Any, heartbeat: Any) -> None:
+    """Process entry point (multiprocessing spawn target)."""
+    # Ctrl-C in a terminal reaches the whole process group; only the supervisor decides.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    config = parse_config(yaml.safe_load(config_text), Path(base_dir), Path(source) if source else None)
+    setup_logging(config.log_level, role="worker", slot=slot)
+    try:
+        code = asyncio.run(Worker(slot, config, conn, heartbeat).run())
+    except Exception:
+        log.exception("worker crashed")
+        code = 1
+    sys.stdout.flush()
+    os._exit(code)
