@@ -87,8 +87,10 @@ class Arbiter:
                 self._spawn(self._workers[slot])
             log.info("supervising %d workers over %d partitions", self.config.workers, len(partitions))
             self._loop(wake_r)
-        except provision.ProvisionError as exc:
-            log.error("%s", exc)
+        except (provision.ProvisionError, ConnectionError, RuntimeError, FileNotFoundError) as exc:
+            # Unreachable servers, an embedded server that would not start, a table that
+            # does not match: one clear line naming it, and the boot-failure exit code.
+            log.error("cannot start: %s", exc)
             self._exit_code = EXIT_BOOT
         finally:
             self._kill_all()

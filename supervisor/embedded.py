@@ -448,6 +448,9 @@ def _die_with_parent_preexec() -> Callable[[], None] | None:
     parent_pid = os.getpid()
 
     def preexec() -> None:
+        # Its own session: a Ctrl-C in the terminal reaches the supervisor, which
+        # drains its workers while the servers stay up, then stops them itself.
+        os.setsid()
         prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
         # The parent may have died between fork and prctl; then nobody would
         # ever send the signal.

@@ -46,3 +46,6 @@ def setup_logging(level: str, **static: Any) -> None:
     # nats-py logs every reconnect attempt at error level through its own callbacks,
     # which we already turn into one line each.
     logging.getLogger("nats").setLevel(logging.CRITICAL)
+    # clickhouse-driver logs a traceback per failed connection attempt; our own error
+    # line names the server once.
+    logging.getLogger("clickhouse_driver").setLevel(logging.ERROR)

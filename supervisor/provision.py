@@ -137,7 +137,10 @@ def check_tables(config: Config, create: bool = True) -> dict[str, Any]:
         features = ServerFeatures.from_version(version)
         mappers = {}
         for i, p in enumerate(config.pipelines):
-            if create and p.create_table and not sink.table_columns(client, p.table, config.clickhouse.database):
+            if p.create_table and not sink.table_columns(client, p.table, config.clickhouse.database):
+                if not create:
+                    log.info("table %s is missing; create_table will create it at start", p.table)
+                    continue
                 try:
                     client.execute(p.create_table)
                 except Exception as exc:

@@ -21,11 +21,19 @@ def _ssl_context(tls: Any) -> ssl.SSLContext | None:
     return ctx
 
 
-async def connect_nats(cfg: Any, name: str, **overrides: Any) -> nats.NATS:
-    """Connect to the NATS servers of `cfg` (a NatsConfig); errors name the servers."""
+async def connect_nats(cfg: Any, name: str, initial_attempts: int = 2, **overrides: Any) -> nats.NATS:
+    """Connect to the NATS servers of `cfg` (a NatsConfig); errors name the servers.
+
+    The first connection gives up after `initial_attempts` tries per server (the caller
+    decides whether to wait longer); once connected, it reconnects forever.
+    """
+
+    connected = False
 
     async def on_error(exc: Exception) -> None:
-        log.warning("nats error on %s: %s", ",".join(cfg.servers), exc)
+        # Failed first attempts end in one ConnectionError below; only later errors are news.
+        if connected:
+            log.warning("nats error on %s: %s", ",".join(cfg.servers), exc)
 
     async def on_disconnect() -> None:
         log.warning("disconnected from nats %s", ",".join(cfg.servers))
@@ -38,7 +46,9 @@ async def connect_nats(cfg: Any, name: str, **overrides: Any) -> nats.NATS:
         name=name,
         connect_timeout=cfg.connect_timeout_s,
         allow_reconnect=True,
-        max_reconnect_attempts=-1,
+        # nats-py retries the *initial* connect forever when this is -1, so it is
+        # bounded here and lifted once connected.
+        max_reconnect_attempts=initial_attempts,
         reconnect_time_wait=0.5,
         error_cb=on_error,
         disconnected_cb=on_disconnect,
@@ -61,9 +71,13 @@ async def connect_nats(cfg: Any, name: str, **overrides: Any) -> nats.NATS:
         opts["tls"] = _ssl_context(cfg.tls)
     opts.update(overrides)
     try:
-        return await nats.connect(**opts)
+        nc = await nats.connect(**opts)
     except Exception as exc:  # nats-py raises a zoo of types here; the user needs one message
-        raise ConnectionError(f"cannot connect to nats {','.join(cfg.servers)}: {exc or type(exc).__name__}") from exc
+        hint = " (embedded: true - is the supervisor running?)" if cfg.embedded else ""
+        raise ConnectionError(f"cannot connect to nats {','.join(cfg.servers)}{hint}: {exc or type(exc).__name__}") from exc
+    connected = True
+    nc.options["max_reconnect_attempts"] = -1
+    return nc
 
 
 def clickhouse_client(cfg: Any, **settings: Any) -> Client:

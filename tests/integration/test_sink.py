@@ -61,7 +61,7 @@ def test_100k_events_arrive_exactly_with_matching_values(tmp_path, nats_url, cli
         got = clickhouse_client.execute(
             f"SELECT event_id, toUnixTimestamp(ts), user_id, kind, amount, country, tags, toString(session_id), payload "
             f"FROM {ch_database}.events WHERE event_id IN %(ids)s ORDER BY event_id",
-            {"ids": [f"e{i:012d}" for i in sample]},
+            {"ids": tuple(f"e{i:012d}" for i in sample)},
         )
         assert len(got) == len(sample)
         for i, row in zip(sample, got):
