@@ -1,13 +1,16 @@
 """The supervisor's main loop: spawn workers, hand out partitions, restart the fallen, drain on TERM.
 
 Read it top to bottom like gunicorn's arbiter: signal handlers only queue the signal;
-the loop waits on (signal pipe, worker pipes, worker exits), then handles what came,
-restarts crashed workers with capped backoff and kills workers whose heartbeat stopped.
+the loop waits on (signal pipe, worker pipes, worker exits), handles what came, then
+reconciles: every ready worker is told to release the partitions it should no longer
+own, and to acquire the ones it should own once no other worker holds them. That one
+rule (release before acquire) serves start-up, crash restarts, resizes and reloads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -19,9 +22,11 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
-from supervisor.assignment import Partition, assign
-from supervisor.config import Config
 from supervisor import provision
+from supervisor.assignment import Partition, assign, rebalance
+from supervisor.config import Config, ConfigError, load_config, profiles_dir
+from supervisor.profiler import ProfileScheduler
+from workers import telemetry as otel
 from workers import worker as worker_main
 
 log = logging.getLogger("jetsink.supervisor")
@@ -33,9 +38,11 @@ EXIT_CONFIG = 2
 EXIT_BOOT = 3
 
 HEARTBEAT_TIMEOUT_S = 60.0
+ABORT_GRACE_S = 5.0  # after SIGABRT (which dumps the stuck worker's stacks), SIGKILL
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 STABLE_RUN_S = 60.0  # a worker up this long has its backoff reset
+MAX_FAILED_BOOTS = 3  # consecutive deaths before `ready`: a boot failure, stop restarting
 
 
 @dataclass
@@ -51,8 +58,22 @@ class WorkerHandle:
     restarts: int = 0
     backoff_s: float = BACKOFF_START_S
     restart_at: float | None = None
-    partitions: tuple[Partition, ...] = ()
+    failed_boots: int = 0
+    owned: set[Partition] = field(default_factory=set)
+    acquiring: set[Partition] = field(default_factory=set)
+    releasing: set[Partition] = field(default_factory=set)
+    draining: bool = False  # told to drain (shutdown, reload or retirement)
+    respawn: bool = False  # after a drain-for-reload: start again at once, new config
+    retiring: bool = False  # slot removed by a resize: drain once empty, then forget
+    abort_sent_at: float | None = None
     stats: dict = field(default_factory=dict)
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None
+
+    def holds(self) -> set[Partition]:
+        return self.owned | self.acquiring | self.releasing
 
 
 class Arbiter:
@@ -64,9 +85,15 @@ class Arbiter:
         self._ctx = multiprocessing.get_context("spawn")
         self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._workers: dict[int, WorkerHandle] = {}
+        self._desired: dict[int, tuple[Partition, ...]] = {}
+        self._size = config.workers
         self._servers: list[Any] = []
         self._draining_since: float | None = None
         self._exit_code = EXIT_OK
+        # Observability (built in run()): spans, metrics, CPU profiles of the workers.
+        self._telemetry = otel.Telemetry()
+        self._trace_cause: Any = None  # context of the operation that control messages serve
+        self._profiler: ProfileScheduler | None = None
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -77,15 +104,15 @@ class Arbiter:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
             signal.signal(sig, self._on_signal)
         try:
-            self._start_servers()
-            provision.check_tables(self.config)
-            asyncio.run(provision.provision_streams(self.config))
-            partitions = [Partition(name, i) for name, i in provision.partitions_of(self.config)]
-            assignment = assign(partitions, self.config.workers)
-            for slot in range(self.config.workers):
-                self._workers[slot] = WorkerHandle(slot=slot, partitions=assignment[slot])
-                self._spawn(self._workers[slot])
-            log.info("supervising %d workers over %d partitions", self.config.workers, len(partitions))
+            self._start_observability()
+            with self._telemetry.span("supervisor.start"):
+                self._trace_cause = self._telemetry.capture()
+                self._start_servers()
+                self._provision(self.config)
+                self._desired = assign(self._partitions(self.config), self._size)
+                for slot in range(self._size):
+                    self._spawn(self._handle(slot))
+                log.info("supervising %d workers over %d partitions", self._size, sum(map(len, self._desired.values())))
             self._loop(wake_r)
         except (provision.ProvisionError, ConnectionError, RuntimeError, FileNotFoundError) as exc:
             # Unreachable servers, an embedded server that would not start, a table that
@@ -94,6 +121,7 @@ class Arbiter:
             self._exit_code = EXIT_BOOT
         finally:
             self._kill_all()
+            self._stop_observability()
             for server in reversed(self._servers):
                 server.stop()
             signal.set_wakeup_fd(-1)
@@ -103,6 +131,37 @@ class Arbiter:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._signals.put_nowait(signum)  # nothing else: the loop decides
+
+    def _start_observability(self) -> None:
+        obs = self.config.observability
+        self._telemetry = otel.setup(obs, role="supervisor")
+        if obs.enabled and obs.profiling.cpu:
+            self._profiler = ProfileScheduler(obs.profiling, profiles_dir(self.config))
+
+    def _stop_observability(self) -> None:
+        if self._profiler is not None:
+            self._profiler.stop()
+        self._telemetry.shutdown()
+
+    def _profile(self) -> None:
+        """Let the CPU profiler start or collect windows (never blocks)."""
+        if self._profiler is not None:
+            ready = {w.slot: w.process.pid for w in self._workers.values() if w.alive and w.ready and not w.draining}
+            self._profiler.tick(time.monotonic(), ready if self._draining_since is None else {})
+
+    _SIGNAL_SPANS = {
+        signal.SIGTERM: "supervisor.shutdown", signal.SIGINT: "supervisor.shutdown", signal.SIGHUP: "supervisor.reload",
+        signal.SIGTTIN: "supervisor.resize", signal.SIGTTOU: "supervisor.resize",
+    }
+
+    def _traced_signal(self, sig: int) -> None:
+        """Handle a signal in its own span; the control messages it causes carry that span."""
+        name = self._SIGNAL_SPANS.get(sig)
+        if name is None:
+            return self._handle_signal(sig)
+        with self._telemetry.span(name, {"jetsink.signal": signal.Signals(sig).name}):
+            self._trace_cause = self._telemetry.capture()
+            self._handle_signal(sig)
 
     def _start_servers(self) -> None:
         from supervisor import embedded
@@ -117,24 +176,34 @@ class Arbiter:
             self._servers.append(embedded.start_clickhouse(state / "clickhouse", port=cfg.clickhouse.port, host=cfg.clickhouse.host))
             log.info("started embedded clickhouse-server on %s:%d (data %s)", cfg.clickhouse.host, cfg.clickhouse.port, state / "clickhouse")
 
+    @staticmethod
+    def _provision(config: Config) -> None:
+        provision.check_tables(config)
+        asyncio.run(provision.provision_streams(config))
+
+    @staticmethod
+    def _partitions(config: Config) -> list[Partition]:
+        return [Partition(name, i) for name, i in provision.partitions_of(config)]
+
     # -- the loop ---------------------------------------------------------------
 
     def _loop(self, wake_r: int) -> None:
         while True:
             waitables: list[Any] = [wake_r]
             for w in self._workers.values():
-                if w.process is not None:
+                if w.alive:
                     waitables += [w.conn, w.process.sentinel]
             for ready in wait(waitables, timeout=1.0):
                 if ready == wake_r:
                     os.read(wake_r, 512)
             while not self._signals.empty():
-                self._handle_signal(self._signals.get_nowait())
-            for w in self._workers.values():
+                self._traced_signal(self._signals.get_nowait())
+            for w in list(self._workers.values()):
                 self._read_messages(w)
             self._reap()
+            self._profile()
             if self._draining_since is not None:
-                if all(w.process is None for w in self._workers.values()):
+                if not any(w.alive for w in self._workers.values()):
                     log.info("all workers drained; exiting")
                     return
                 if time.monotonic() - self._draining_since > self.config.shutdown_grace_s:
@@ -146,6 +215,7 @@ class Arbiter:
                 return
             self._murder_stalled()
             self._restart_due()
+            self._reconcile()
 
     def _handle_signal(self, sig: int) -> None:
         name = signal.Signals(sig).name
@@ -158,39 +228,81 @@ class Arbiter:
             self._draining_since = time.monotonic()
             for w in self._workers.values():
                 w.restart_at = None
-                self._send(w, {"op": "drain"})
+                self._drain(w)
         elif sig == signal.SIGQUIT:
             log.warning("SIGQUIT: stopping now without draining")
             self._kill_all()
             raise SystemExit(EXIT_OK)
-        else:
-            log.warning("%s is not handled yet; ignoring", name)
+        elif self._draining_since is not None:
+            log.warning("%s ignored while draining", name)
+        elif sig == signal.SIGHUP:
+            self._reload()
+        elif sig == signal.SIGTTIN:
+            self._resize(self._size + 1, why="SIGTTIN")
+        elif sig == signal.SIGTTOU:
+            if self._size > 1:
+                self._resize(self._size - 1, why="SIGTTOU")
+            else:
+                log.warning("SIGTTOU: already at one worker")
 
     def _read_messages(self, w: WorkerHandle) -> None:
         if w.conn is None:
             return
         try:
             while w.conn.poll():
-                msg = w.conn.recv()
-                op = msg.get("op")
-                if op == "ready":
-                    w.ready = True
-                    log.info("worker %d ready (pid %d)", w.slot, w.process.pid, extra={"slot": w.slot})
-                    if self._draining_since is None:
-                        self._send(w, {"op": "assign", "partitions": [[p.pipeline, p.index] for p in w.partitions]})
-                    else:
-                        self._send(w, {"op": "drain"})
-                elif op == "stats":
-                    w.stats = msg
-                elif op == "fatal":
-                    log.error("worker %d cannot start: %s", w.slot, msg.get("error"), extra={"slot": w.slot})
-                elif op in ("assigned", "released", "drained"):
-                    log.debug("worker %d %s %s", w.slot, op, msg.get("partitions", ""))
+                self._on_message(w, w.conn.recv())
         except (EOFError, OSError):
             pass  # the process is gone; _reap handles it
 
-    def _reap(self) -> None:
+    def _on_message(self, w: WorkerHandle, msg: dict) -> None:
+        op = msg.get("op")
+        parts = {Partition(p, i) for p, i in msg["partitions"]} if op in ("assigned", "released") else set()
+        if op == "ready":
+            w.ready = True
+            w.failed_boots = 0
+            log.info("worker %d ready (pid %d)", w.slot, w.process.pid, extra={"slot": w.slot})
+            if self._draining_since is not None:
+                self._drain(w)
+        elif op == "stats":
+            w.stats = msg
+        elif op == "assigned":
+            w.acquiring -= parts
+            w.owned |= parts
+        elif op == "released":
+            w.releasing -= parts
+            w.owned -= parts
+        elif op == "fatal":
+            log.error("worker %d cannot start: %s", w.slot, msg.get("error"), extra={"slot": w.slot})
+
+    def _reconcile(self) -> None:
+        """Release what a worker should not own; assign what it should, once free."""
+        held: dict[Partition, int] = {p: w.slot for w in self._workers.values() if w.alive for p in w.holds()}
         for w in self._workers.values():
+            if not w.ready or w.draining:
+                continue
+            want = set(self._desired.get(w.slot, ()))
+            release = (w.owned | w.acquiring) - want - w.releasing
+            if release:
+                w.releasing |= release
+                with self._telemetry.span("supervisor.release", {"jetsink.worker.slot": w.slot}, parent=self._trace_cause):
+                    self._send(w, {"op": "release", "partitions": _wire(release)})
+            acquire = {p for p in want - w.holds() if p not in held}
+            if acquire:
+                w.acquiring |= acquire
+                held.update((p, w.slot) for p in acquire)
+                with self._telemetry.span("supervisor.assign", {"jetsink.worker.slot": w.slot}, parent=self._trace_cause):
+                    self._send(w, {"op": "assign", "partitions": _wire(acquire)})
+            if w.retiring and not w.holds():
+                self._drain(w)
+
+    def _drain(self, w: WorkerHandle) -> None:
+        if w.alive and not w.draining:
+            w.draining = True
+            with self._telemetry.span("supervisor.drain", {"jetsink.worker.slot": w.slot}, parent=self._trace_cause):
+                self._send(w, {"op": "drain"})
+
+    def _reap(self) -> None:
+        for w in list(self._workers.values()):
             proc = w.process
             if proc is None or proc.is_alive():
                 continue
@@ -198,15 +310,32 @@ class Arbiter:
             code = proc.exitcode
             self._read_messages(w)
             w.conn.close()
+            was_ready, expected = w.ready, w.draining
             w.process = w.conn = None
-            w.ready = False
+            w.ready = w.draining = False
+            w.owned.clear(), w.acquiring.clear(), w.releasing.clear()
+            w.abort_sent_at = None
             if self._draining_since is not None:
                 log.info("worker %d exited (%s)", w.slot, code, extra={"slot": w.slot})
+                continue
+            if expected and w.slot >= self._size:
+                log.info("worker %d retired", w.slot, extra={"slot": w.slot})
+                del self._workers[w.slot]
+                continue
+            if expected and (w.respawn or w.retiring):
+                w.respawn = w.retiring = False
+                self._spawn(w)
                 continue
             if code == worker_main.EXIT_BOOT_ERROR:
                 log.error("worker %d could not boot; stopping (fix the cause and start again)", w.slot, extra={"slot": w.slot})
                 self._exit_code = EXIT_BOOT
                 continue
+            if not was_ready:
+                w.failed_boots += 1
+                if w.failed_boots >= MAX_FAILED_BOOTS:
+                    log.error("worker %d died %d times before it was ready (exit %s); stopping", w.slot, w.failed_boots, code, extra={"slot": w.slot})
+                    self._exit_code = EXIT_BOOT
+                    continue
             if time.monotonic() - w.started_at > STABLE_RUN_S:
                 w.backoff_s = BACKOFF_START_S
             w.restart_at = time.monotonic() + w.backoff_s
@@ -216,18 +345,87 @@ class Arbiter:
     def _murder_stalled(self) -> None:
         now = time.monotonic()
         for w in self._workers.values():
-            if w.process is not None and now - w.heartbeat.value > HEARTBEAT_TIMEOUT_S:
-                log.error("worker %d made no progress for %.0fs; killing it", w.slot, now - w.heartbeat.value, extra={"slot": w.slot})
-                w.process.kill()
+            if not w.alive:
+                continue
+            if w.abort_sent_at is not None:
+                if now - w.abort_sent_at > ABORT_GRACE_S:
+                    w.process.kill()
+            elif now - w.heartbeat.value > HEARTBEAT_TIMEOUT_S:
+                log.error("worker %d made no progress for %.0fs; aborting it", w.slot, now - w.heartbeat.value, extra={"slot": w.slot})
+                os.kill(w.process.pid, signal.SIGABRT)
+                w.abort_sent_at = now
 
     def _restart_due(self) -> None:
         now = time.monotonic()
         for w in self._workers.values():
-            if w.process is None and w.restart_at is not None and now >= w.restart_at:
+            if not w.alive and w.restart_at is not None and now >= w.restart_at:
                 w.restarts += 1
+                self._telemetry.worker_restarted(w.slot)
+                with self._telemetry.span("supervisor.restart", {"jetsink.worker.slot": w.slot}):
+                    self._trace_cause = self._telemetry.capture()
+                    self._spawn(w)
+
+    # -- resize and reload ------------------------------------------------------
+
+    def _resize(self, size: int, why: str) -> None:
+        old = self._size
+        self._size = size
+        self._desired = rebalance(self._desired, self._partitions(self.config), size)
+        for slot in range(size):
+            w = self._handle(slot)
+            w.retiring = False
+            if not w.alive and w.restart_at is None:
+                self._spawn(w)
+        for slot, w in self._workers.items():
+            if slot >= size:
+                w.retiring = True
+        moved = sum(1 for s, ps in self._desired.items() for p in ps if p not in self._workers[s].holds())
+        log.info("%s: workers %d -> %d; %d partitions move", why, old, size, moved)
+
+    def _reload(self) -> None:
+        source = self.config.source
+        try:
+            text = Path(source).read_text()
+            new = load_config(source)
+        except (ConfigError, OSError) as exc:
+            log.error("SIGHUP: %s is invalid, keeping the running config:\n%s", source, exc)
+            return
+        if dataclasses.replace(new, workers=self.config.workers) == self.config:
+            if new.workers != self._size:
+                self._resize(new.workers, why="SIGHUP")
+            else:
+                log.info("SIGHUP: %s unchanged", source)
+            self.config = new
+            self._config_text = text
+            return
+        try:
+            self._provision(new)
+        except (provision.ProvisionError, ConnectionError) as exc:
+            log.error("SIGHUP: cannot apply %s, keeping the running config: %s", source, exc)
+            return
+        log.info("SIGHUP: config changed; restarting workers with it")
+        self.config = new
+        self._config_text = text
+        self._size = new.workers
+        self._desired = rebalance(self._desired, self._partitions(new), new.workers)
+        for slot, w in list(self._workers.items()):
+            if slot >= new.workers:
+                w.retiring = True
+                self._drain(w)
+            elif w.alive:
+                w.respawn = True
+                self._drain(w)
+        for slot in range(new.workers):
+            w = self._handle(slot)
+            if not w.alive and w.restart_at is None:
                 self._spawn(w)
 
     # -- workers ----------------------------------------------------------------
+
+    def _handle(self, slot: int) -> WorkerHandle:
+        if slot not in self._workers:
+            self._workers[slot] = WorkerHandle(slot=slot)
+        return self._workers[slot]
 
     def _spawn(self, w: WorkerHandle) -> None:
         parent_conn, child_conn = self._ctx.Pipe()
@@ -250,7 +448,7 @@ class Arbiter:
         if w.conn is None:
             return
         try:
-            w.conn.send(msg)
+            w.conn.send(self._telemetry.inject(msg))  # + "traceparent" of the current span
         except (BrokenPipeError, OSError):
             pass
 
@@ -259,6 +457,10 @@ class Arbiter:
             if w.process is not None and w.process.is_alive():
                 w.process.kill()
                 w.process.join()
+
+
+def _wire(parts: set[Partition]) -> list[list[Any]]:
+    return [[p.pipeline, p.index] for p in sorted(parts)]
 
 
 def _host_port(url: str, default_port: int) -> tuple[str, int]:

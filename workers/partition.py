@@ -18,10 +18,11 @@ from typing import Any, Awaitable, Callable
 
 import orjson
 
-from workers import intake
+from workers import faults, intake
 from workers.batch import Batch
 from workers.dlq import DeadLetter, publish_dead_letters
 from workers.schema import ColumnMapper, MappingError
+from workers.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class Prepared:
 
     columns: list[list]
     rows: int
+    row_msgs: list[int]  # for each row, the index of its message in the batch
     dead: list[DeadLetter] = field(default_factory=list)
 
 
@@ -66,16 +68,26 @@ def prepare(batch_msgs: list[Any], mapper: ColumnMapper, target: PartitionTarget
     keep: list[int] = []
     dead: list[DeadLetter] = []
     loads = orjson.loads
+    max_deliver = target.pipeline.max_deliver
     for i, msg in enumerate(batch_msgs):
+        if max_deliver > 0 and intake.parse_ack_subject(msg.reply).delivered >= max_deliver:
+            # JetStream will not deliver it again: if this attempt died too, it would be
+            # stranded in the stream. It has already been part of max_deliver - 1 failed
+            # batches (worker crashes), so it is kept in the DLQ for a replay instead.
+            dead.append(_dead_letter(msg, target, "max_deliver", f"delivered {max_deliver} times without being stored"))
+            continue
         try:
             docs.append(loads(msg.data))
             keep.append(i)
         except orjson.JSONDecodeError as exc:
             dead.append(_dead_letter(msg, target, "invalid_json", f"invalid JSON: {exc}"))
     columns, failures = mapper.map_rows(docs)
+    failed = set()
     for doc_index, err in failures:
+        failed.add(doc_index)
         dead.append(_dead_letter(batch_msgs[keep[doc_index]], target, err.reason, err.detail))
-    return Prepared(columns=columns, rows=len(docs) - len(failures), dead=dead)
+    row_msgs = [m for d, m in enumerate(keep) if d not in failed] if failed else keep
+    return Prepared(columns=columns, rows=len(row_msgs), row_msgs=row_msgs, dead=dead)
 
 
 def _dead_letter(msg: Any, target: PartitionTarget, reason: str, error: str) -> DeadLetter:
@@ -105,11 +117,15 @@ class PartitionRunner:
         mapper: ColumnMapper,
         run_in_thread: Callable[..., Awaitable[Any]],
         insert: Callable[[list[list]], int],
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._nc = nc
         self.target = target
         self._mapper = mapper
-        self._run_in_thread = run_in_thread
+        self._telemetry = telemetry or Telemetry()
+        # With observability on, thread calls carry the batch span (see workers/telemetry.py).
+        self._run_in_thread = self._telemetry.carry_context(run_in_thread)
+        self._prepare = self._telemetry.traced_prepare(prepare)
         self._insert = insert
         limits = target.pipeline.batch
         self._limits = (limits.max_rows, limits.max_bytes, limits.max_wait_ms / 1000.0)
@@ -215,12 +231,24 @@ class PartitionRunner:
             item = await self._sealed.get()
             if item is _STOP:
                 return
-            await self._commit(item)
+            if self._telemetry.enabled:
+                await self._commit_traced(item)
+            else:
+                await self._commit(item)
+
+    async def _commit_traced(self, batch: Batch) -> None:
+        with self._telemetry.batch(self.target, batch.messages):
+            await self._commit(batch)
+
+    async def _ack(self, msgs: list[Any]) -> None:
+        with self._telemetry.ack(len(msgs)):
+            for msg in msgs:
+                await self._nc.publish(msg.reply, intake.ACK)
 
     async def _commit(self, batch: Batch) -> None:
         msgs = batch.messages
         pipeline = self.target.pipeline
-        prepared: Prepared = await self._run_in_thread(prepare, msgs, self._mapper, self.target)
+        prepared: Prepared = await self._run_in_thread(self._prepare, msgs, self._mapper, self.target)
         if prepared.dead:
             for dl in prepared.dead:
                 log.warning(
@@ -229,9 +257,20 @@ class PartitionRunner:
                 )
             await self._retrying("dlq publish", publish_dead_letters, self._nc, pipeline.dlq_stream, pipeline.dlq_subject, prepared.dead)
         if prepared.rows:
-            await self._retrying("insert", self._run_in_thread, self._insert, prepared.columns, keep_alive=msgs)
-        for msg in msgs:
-            await self._nc.publish(msg.reply, intake.ACK)
+            refused = await self._retrying(
+                "insert", self._run_in_thread, faults.isolate_bad_rows, self._insert, prepared.columns, prepared.rows, keep_alive=msgs
+            )
+            if refused:
+                letters = [_dead_letter(msgs[prepared.row_msgs[i]], self.target, "insert_rejected", faults.describe(exc)) for i, exc in refused]
+                for dl in letters:
+                    log.warning(
+                        "ClickHouse refused %s seq %d, dead-lettered: %s", dl.subject, dl.stream_seq, dl.error,
+                        extra={"pipeline": pipeline.name, "partition": self.target.index},
+                    )
+                await self._retrying("dlq publish", publish_dead_letters, self._nc, pipeline.dlq_stream, pipeline.dlq_subject, letters, keep_alive=msgs)
+                prepared.rows -= len(letters)
+                prepared.dead.extend(letters)
+        await self._ack(msgs)
         last = intake.parse_ack_subject(msgs[-1].reply)
         s = self.stats
         s.consumed += len(msgs)
@@ -240,6 +279,7 @@ class PartitionRunner:
         s.batches += 1
         s.last_batch_at = time.time()
         s.pending = last.pending
+        self._telemetry.batch_committed(self.target, msgs, prepared)
 
     async def _retrying(self, what: str, fn: Callable[..., Awaitable[Any]], *args: Any, keep_alive: list[Any] | None = None) -> Any:
         """Await fn(*args) until it succeeds, backing off (capped, jittered) between tries.
@@ -253,10 +293,21 @@ class PartitionRunner:
                 return await fn(*args)
             except Exception as exc:
                 self.stats.insert_retries += 1
-                log.error(
-                    "%s for %s failed, retrying in %.1fs: %s", what, self.name, delay, exc,
-                    extra={"pipeline": self.target.pipeline.name, "partition": self.target.index},
-                )
+                self._telemetry.retry(what, exc)
+                fault = faults.classify(exc)
+                if fault is faults.Fault.PIPELINE:
+                    # Every batch would fail alike: pause, slowly, and say why once per try.
+                    delay = max(delay, 5.0)
+                    log.error(
+                        "pipeline %s paused: %s; retrying in %.0fs (nothing is dead-lettered meanwhile)",
+                        self.target.pipeline.name, faults.describe(exc), delay,
+                        extra={"pipeline": self.target.pipeline.name, "partition": self.target.index, "fault": fault.value},
+                    )
+                else:
+                    log.error(
+                        "%s for %s failed, retrying in %.1fs: %s", what, self.name, delay, faults.describe(exc),
+                        extra={"pipeline": self.target.pipeline.name, "partition": self.target.index, "fault": fault.value},
+                    )
                 for msg in keep_alive or ():
                     await self._nc.publish(msg.reply, intake.IN_PROGRESS)
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))

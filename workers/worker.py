@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import faulthandler
 import logging
 import os
 import signal
@@ -28,13 +29,16 @@ from typing import Any
 
 import yaml
 
-from supervisor.config import Config, parse_config
+from supervisor.config import Config, parse_config, profiles_dir
 from supervisor.logs import setup_logging
 from supervisor.topology import consumer_name
 from workers import sink
 from workers.connections import clickhouse_client, clickhouse_where, connect_nats
 from workers.partition import PartitionRunner, PartitionTarget
+from workers.profiling import memory_profile
 from workers.schema import ServerFeatures
+from workers.telemetry import Telemetry
+from workers.telemetry import setup as setup_telemetry
 
 log = logging.getLogger("jetsink.worker")
 
@@ -50,9 +54,10 @@ class BootError(Exception):
 class Worker:
     """The event loop side of a worker process."""
 
-    def __init__(self, slot: int, config: Config, conn: Any, heartbeat: Any) -> None:
+    def __init__(self, slot: int, config: Config, conn: Any, heartbeat: Any, telemetry: Telemetry | None = None) -> None:
         self.slot = slot
         self.config = config
+        self._telemetry = telemetry or Telemetry()
         self._conn = conn
         self._heartbeat = heartbeat
         self._control: asyncio.Queue[dict] = asyncio.Queue()
@@ -84,6 +89,7 @@ class Worker:
             log.error("worker cannot start: %s", exc)
             self._send({"op": "fatal", "error": str(exc)})
             return EXIT_BOOT_ERROR
+        self._telemetry.observe_pending(self._pending)
         self._send({"op": "ready", "pid": os.getpid()})
         beats = asyncio.create_task(self._beat_loop())
         try:
@@ -153,21 +159,23 @@ class Worker:
     async def _control_loop(self) -> None:
         while True:
             msg = await self._control.get()
-            op = msg.get("op")
-            if op == "assign":
-                for pipeline, index in msg["partitions"]:
-                    await self._acquire(pipeline, index)
-                self._send({"op": "assigned", "partitions": msg["partitions"]})
-            elif op == "release":
-                await self._release([tuple(p) for p in msg["partitions"]])
-                self._send({"op": "released", "partitions": msg["partitions"]})
-            elif op == "drain":
-                log.info("draining (%s)", msg.get("why", "asked"))
-                await self._release(list(self._runners))
-                self._send({"op": "drained"})
-                return
-            else:
-                log.warning("unknown control message %r", msg)
+            # A child of the supervisor span that sent it (its "traceparent"), if any.
+            with self._telemetry.control_span(msg):
+                op = msg.get("op")
+                if op == "assign":
+                    for pipeline, index in msg["partitions"]:
+                        await self._acquire(pipeline, index)
+                    self._send({"op": "assigned", "partitions": msg["partitions"]})
+                elif op == "release":
+                    await self._release([tuple(p) for p in msg["partitions"]])
+                    self._send({"op": "released", "partitions": msg["partitions"]})
+                elif op == "drain":
+                    log.info("draining (%s)", msg.get("why", "asked"))
+                    await self._release(list(self._runners))
+                    self._send({"op": "drained"})
+                    return
+                else:
+                    log.warning("unknown control message %r", msg)
 
     async def _acquire(self, pipeline: str, index: int) -> None:
         key = (pipeline, index)
@@ -178,13 +186,19 @@ class Worker:
         mapper = self._mappers[pipeline]
         insert = partial(self._insert_columns, p.table, db, mapper.column_names)
         target = PartitionTarget(pipeline=p, index=index, consumer=consumer_name(pipeline, index), worker=self.slot)
-        runner = PartitionRunner(self._nc, target, mapper, self._in_thread, insert)
+        runner = PartitionRunner(self._nc, target, mapper, self._in_thread, insert, self._telemetry)
         await runner.start()
         self._runners[key] = runner
         log.info("acquired partition %s", runner.name, extra={"pipeline": pipeline, "partition": index})
 
     def _insert_columns(self, table: str, database: str, names: tuple[str, ...], columns: list[list]) -> int:
+        if self._telemetry.enabled:
+            return self._telemetry.insert(self._client, table, database, names, columns, self._features)
         return sink.insert(self._client, table, database, names, columns)
+
+    def _pending(self) -> list[tuple[str, int, int]]:
+        """(pipeline, partition, pending) per owned partition, for the consumer.pending gauge."""
+        return [(k[0], k[1], r.stats.pending) for k, r in list(self._runners.items())]
 
     async def _release(self, keys: list[tuple[str, int]]) -> None:
         runners = [self._runners.pop(k) for k in keys if k in self._runners]
@@ -201,12 +215,19 @@ def main(slot: int, config_text: str, base_dir: str, source: str | None, conn: A
     """Process entry point (multiprocessing spawn target)."""
     # Ctrl-C in a terminal reaches the whole process group; only the supervisor decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A stuck worker gets SIGABRT from the supervisor: dump every thread's stack first.
+    faulthandler.enable()
     config = parse_config(yaml.safe_load(config_text), Path(base_dir), Path(source) if source else None)
     setup_logging(config.log_level, role="worker", slot=slot)
+    # Providers are built here, in the new process, never inherited.
+    telemetry = setup_telemetry(config.observability, role="worker", slot=slot)
     try:
-        code = asyncio.run(Worker(slot, config, conn, heartbeat).run())
+        # With profiling.memory, the whole worker runs under memray (workers/profiling.py).
+        with memory_profile(profiles_dir(config), slot, config.observability.profiling.memory):
+            code = asyncio.run(Worker(slot, config, conn, heartbeat, telemetry).run())
     except Exception:
         log.exception("worker crashed")
         code = 1
+    telemetry.shutdown()
     sys.stdout.flush()
     os._exit(code)

@@ -110,6 +110,10 @@ class Supervisor:
         """Until `partitions` acquisitions were logged (every partition owned)."""
         wait_until(lambda: self._check_alive() and len(self.logged("acquired partition")) >= partitions, timeout, f"{partitions} partitions acquired")
 
+    def wait(self, cond: Callable[[], Any], timeout: float, what: str) -> Any:
+        """wait_until, failing at once (with the log) if the supervisor exits meanwhile."""
+        return wait_until(lambda: self._check_alive() and cond(), timeout, what)
+
     def worker_pids(self) -> dict[int, int]:
         pids = {}
         for line in self.logged("spawned worker"):

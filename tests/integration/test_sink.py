@@ -50,7 +50,7 @@ def test_100k_events_arrive_exactly_with_matching_values(tmp_path, nats_url, cli
         sup.wait_acquired(8)
         result = _publish(nats_url, event_messages(0, N_EVENTS, prefix=prefix, keys=16), stream)
         assert result.published == N_EVENTS
-        wait_until(lambda: _count(clickhouse_client, ch_database) >= N_EVENTS, 180, f"{N_EVENTS} rows")
+        sup.wait(lambda: _count(clickhouse_client, ch_database) >= N_EVENTS, 180, f"{N_EVENTS} rows")
 
         # Exactly once each: nothing lost, nothing doubled in a clean run.
         rows, distinct = clickhouse_client.execute(f"SELECT count(), uniqExact(event_id) FROM {ch_database}.events")[0]
@@ -123,7 +123,7 @@ def test_bad_messages_go_to_the_dlq_and_good_ones_are_inserted(tmp_path, nats_ur
     try:
         sup.wait_acquired(4)
         assert _publish(nats_url, msgs, stream).published == len(msgs)
-        wait_until(lambda: _count(clickhouse_client, ch_database) >= len(good), 120, "good rows")
+        sup.wait(lambda: _count(clickhouse_client, ch_database) >= len(good), 120, "good rows")
 
         async def dead_letters():
             nc = await nats.connect(nats_url)
@@ -169,12 +169,12 @@ def test_kill_9_of_a_worker_mid_stream_loses_nothing(tmp_path, nats_url, clickho
         sup.wait_acquired(8)
         assert _publish(nats_url, event_messages(0, total // 2, prefix=prefix), stream).published == total // 2
         # Kill while the workers are mid-stream: some rows inserted, some not yet.
-        wait_until(lambda: _count(clickhouse_client, ch_database) > 0, 60, "first rows")
+        sup.wait(lambda: _count(clickhouse_client, ch_database) > 0, 60, "first rows")
         victim = sup.worker_pids()[0]
         os.kill(victim, signal.SIGKILL)
         assert _publish(nats_url, event_messages(total // 2, total - total // 2, prefix=prefix), stream).published == total - total // 2
         wait_until(lambda: len(sup.logged("spawned worker")) >= 3, 60, "the killed worker to be replaced")
-        wait_until(
+        sup.wait(
             lambda: clickhouse_client.execute(f"SELECT uniqExact(event_id) FROM {ch_database}.events")[0][0] >= total,
             180, "every event_id",
         )

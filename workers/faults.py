@@ -1,0 +1,115 @@
+"""What a failed insert means: retry it, pause the pipeline, or isolate the bad rows.
+
+ClickHouse tells by exception code; the network tells by exception type. The three
+answers lead to three behaviours in the partition's commit:
+
+- RETRYABLE: the server or the path to it is unwell (down, overloaded, timing out).
+  Retry the same batch with capped backoff; nothing is dead-lettered.
+- PIPELINE: the pipeline cannot work at all (table gone, no rights, wrong password).
+  Every batch would fail the same way, so dead-lettering would empty the stream into
+  the DLQ: pause and retry slowly, with a clear error.
+- ROWS: something in the data was refused. Split the batch to find the rows and
+  dead-letter only those.
+"""
+
+from __future__ import annotations
+
+import enum
+import socket
+import struct
+from typing import Any, Callable, Sequence
+
+from clickhouse_driver import errors as ch
+
+
+class Fault(enum.Enum):
+    RETRYABLE = "retryable"
+    PIPELINE = "pipeline"
+    ROWS = "rows"
+
+
+# Codes are stable across ClickHouse versions (src/Common/ErrorCodes.cpp).
+_PIPELINE_CODES = {
+    8,    # THERE_IS_NO_COLUMN
+    16,   # NO_SUCH_COLUMN_IN_TABLE
+    47,   # UNKNOWN_IDENTIFIER
+    60,   # UNKNOWN_TABLE
+    81,   # UNKNOWN_DATABASE
+    192,  # UNKNOWN_USER
+    193,  # WRONG_PASSWORD
+    194,  # REQUIRED_PASSWORD
+    218,  # TABLE_IS_DROPPED
+    497,  # ACCESS_DENIED
+    516,  # AUTHENTICATION_FAILED
+}
+_ROW_CODES = {
+    6, 26, 27, 38, 41, 72, 376,  # CANNOT_PARSE_* (text, quoted string, escaped string, date, datetime, number, uuid)
+    53,   # TYPE_MISMATCH
+    69,   # ARGUMENT_OUT_OF_BOUND
+    70,   # CANNOT_CONVERT_TYPE
+    117,  # INCORRECT_DATA
+    131,  # TOO_LARGE_STRING_SIZE
+    321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+    349,  # CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN
+}
+
+
+def classify(exc: BaseException) -> Fault:
+    """Sort an insert failure into one of the three behaviours."""
+    if isinstance(exc, ch.ServerException):
+        if exc.code in _PIPELINE_CODES:
+            return Fault.PIPELINE
+        if exc.code in _ROW_CODES:
+            return Fault.ROWS
+        # Unknown server codes (too many parts, memory limit, timeouts, readonly
+        # replicas...) are treated as passing: pausing loses nothing, dead-lettering would.
+        return Fault.RETRYABLE
+    if isinstance(exc, (ch.NetworkError, ch.SocketTimeoutError, ConnectionError, socket.timeout, EOFError, OSError)):
+        return Fault.RETRYABLE
+    if isinstance(exc, (ch.TypeMismatchError, struct.error, TypeError, ValueError, OverflowError, AttributeError)):
+        # The driver refused to serialise a value: a row problem found on the client.
+        return Fault.ROWS
+    return Fault.RETRYABLE
+
+
+def isolate_bad_rows(insert: Callable[[list[list]], Any], columns: list[list], rows: int) -> list[tuple[int, BaseException]]:
+    """Insert `columns` (rows x len(columns)), bisecting around rows the server refuses.
+
+    Returns (row index, error) for each refused row; every other row is inserted once.
+    A retryable or pipeline fault while bisecting is raised: the caller retries the
+    whole batch, and rows already inserted by then may be inserted twice (at-least-once).
+    """
+    bad: list[tuple[int, BaseException]] = []
+
+    def attempt(lo: int, hi: int) -> None:
+        part = [col[lo:hi] for col in columns]
+        try:
+            insert(part)
+            return
+        except Exception as exc:
+            if classify(exc) is not Fault.ROWS:
+                raise
+            if hi - lo == 1:
+                bad.append((lo, exc))
+                return
+        mid = (lo + hi) // 2
+        attempt(lo, mid)
+        attempt(mid, hi)
+
+    if rows:
+        attempt(0, rows)
+    return bad
+
+
+def describe(exc: BaseException) -> str:
+    """One line naming the error, for logs and dead-letter headers."""
+    code = getattr(exc, "code", None)
+    text = " ".join(str(getattr(exc, "message", None) or exc).split())
+    # Server exceptions carry a stack trace after the first lines; keep the message.
+    text = text.split(" Stack trace:")[0][:500]
+    return f"{type(exc).__name__}{f' (code {code})' if code else ''}: {text}"
+
+
+def select_rows(columns: Sequence[list], keep: Sequence[int]) -> list[list]:
+    """The columns restricted to the row indices in `keep` (in order)."""
+    return [[col[i] for i in keep] for col in columns]
