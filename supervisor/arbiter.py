@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from supervisor import provision
+from supervisor.status import PoolView, StatusServer, summary
+from supervisor.systemd import Notifier
 from supervisor.assignment import Partition, assign, rebalance
 from supervisor.config import Config, ConfigError, load_config, profiles_dir
 from supervisor.profiler import ProfileScheduler
@@ -90,6 +92,13 @@ class Arbiter:
         self._servers: list[Any] = []
         self._draining_since: float | None = None
         self._exit_code = EXIT_OK
+        self._notifier = Notifier()
+        self._announced_ready = False  # READY=1 sent for the current generation
+        self._next_watchdog = 0.0
+        self._next_status = 0.0
+        self._view = PoolView()
+        self._snapshot: dict | None = None  # replaced, never mutated: the status thread reads it
+        self._status_server: StatusServer | None = None
         # Observability (built in run()): spans, metrics, CPU profiles of the workers.
         self._telemetry = otel.Telemetry()
         self._trace_cause: Any = None  # context of the operation that control messages serve
@@ -109,6 +118,7 @@ class Arbiter:
                 self._trace_cause = self._telemetry.capture()
                 self._start_servers()
                 self._provision(self.config)
+                self._start_status_server()
                 self._desired = assign(self._partitions(self.config), self._size)
                 for slot in range(self._size):
                     self._spawn(self._handle(slot))
@@ -121,6 +131,8 @@ class Arbiter:
             self._exit_code = EXIT_BOOT
         finally:
             self._kill_all()
+            if self._status_server is not None:
+                self._status_server.stop()
             self._stop_observability()
             for server in reversed(self._servers):
                 server.stop()
@@ -176,6 +188,14 @@ class Arbiter:
             self._servers.append(embedded.start_clickhouse(state / "clickhouse", port=cfg.clickhouse.port, host=cfg.clickhouse.host))
             log.info("started embedded clickhouse-server on %s:%d (data %s)", cfg.clickhouse.host, cfg.clickhouse.port, state / "clickhouse")
 
+    def _start_status_server(self) -> None:
+        admin = self.config.admin
+        if not admin.enabled:
+            return
+        self._status_server = StatusServer(admin.listen, lambda: self._snapshot)
+        self._status_server.start()
+        log.info("status endpoint on http://%s (/healthz, /metrics, /status)", self._status_server.address)
+
     @staticmethod
     def _provision(config: Config) -> None:
         provision.check_tables(config)
@@ -202,6 +222,7 @@ class Arbiter:
                 self._read_messages(w)
             self._reap()
             self._profile()
+            self._report()
             if self._draining_since is not None:
                 if not any(w.alive for w in self._workers.values()):
                     log.info("all workers drained; exiting")
@@ -217,6 +238,26 @@ class Arbiter:
             self._restart_due()
             self._reconcile()
 
+    def _report(self) -> None:
+        """Publish the status snapshot and talk to systemd (READY, STATUS, WATCHDOG)."""
+        self._snapshot = self._view.snapshot(self._workers.values(), draining=self._draining_since is not None)
+        now = time.monotonic()
+        n = self._notifier
+        if not n.enabled:
+            return
+        active = [w for s, w in self._workers.items() if s < self._size]
+        if not self._announced_ready and self._draining_since is None and active and all(w.ready for w in active):
+            n.ready()
+            self._announced_ready = True
+        interval = n.watchdog_interval()
+        # Only a loop that still turns pets the watchdog: a hung supervisor gets restarted.
+        if interval and now >= self._next_watchdog:
+            n.watchdog()
+            self._next_watchdog = now + interval
+        if now >= self._next_status:
+            n.status(summary(self._snapshot))
+            self._next_status = now + 5.0
+
     def _handle_signal(self, sig: int) -> None:
         name = signal.Signals(sig).name
         if sig in (signal.SIGTERM, signal.SIGINT):
@@ -225,6 +266,7 @@ class Arbiter:
                 self._kill_all()
                 raise SystemExit(EXIT_OK)
             log.info("%s: draining workers (grace %ss)", name, self.config.shutdown_grace_s)
+            self._notifier.stopping()
             self._draining_since = time.monotonic()
             for w in self._workers.values():
                 w.restart_at = None
@@ -236,7 +278,10 @@ class Arbiter:
         elif self._draining_since is not None:
             log.warning("%s ignored while draining", name)
         elif sig == signal.SIGHUP:
+            self._notifier.reloading()
             self._reload()
+            # READY=1 again once every worker of the (possibly new) generation is ready.
+            self._announced_ready = False
         elif sig == signal.SIGTTIN:
             self._resize(self._size + 1, why="SIGTTIN")
         elif sig == signal.SIGTTOU:

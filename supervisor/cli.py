@@ -2,6 +2,9 @@
 
     python -m supervisor --config config.yaml            run (foreground; systemd runs this)
     python -m supervisor check --config FILE [--connect] validate; non-zero exit names the key
+    python -m supervisor status [--config FILE] [--json] per worker: pid, partitions, rows/s, lag, restarts
+    python -m supervisor dlq list|show|replay ...        inspect and replay dead letters
+    python -m supervisor profiles extract LOGFILE -o DIR write out CPU profiles logged base64
 """
 
 from __future__ import annotations
@@ -12,13 +15,14 @@ import logging
 import sys
 from pathlib import Path
 
+from supervisor import dlq_tool, profiles, status
 from supervisor.arbiter import EXIT_BOOT, EXIT_CONFIG, EXIT_OK, Arbiter
 from supervisor.config import Config, ConfigError, load_config
 from supervisor.logs import setup_logging
 
 log = logging.getLogger("jetsink.supervisor")
 
-COMMANDS = ("run", "check")
+COMMANDS = ("run", "check", "status", "dlq", "profiles")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a config file; with --connect also the servers and tables")
     check.add_argument("--config", default="config.yaml")
     check.add_argument("--connect", action="store_true", help="also connect to NATS and ClickHouse and check the tables")
+    status.add_parser(sub)
+    dlq_tool.add_parser(sub)
+    profiles.add_parser(sub)
     return parser
 
 
@@ -39,6 +46,8 @@ def main(argv: list[str]) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exc:
         return EXIT_CONFIG if exc.code else EXIT_OK
+    if getattr(args, "handler", None) is not None:  # status, dlq: they load what they need
+        return args.handler(args)
     try:
         config = load_config(args.config)
     except ConfigError as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -27,13 +28,17 @@ from urllib.parse import urlsplit
 import yaml
 
 __all__ = [
+    "AdminConfig",
     "BatchLimits",
     "ClickHouseConfig",
     "ColumnOverride",
     "Config",
     "ConfigError",
     "NatsConfig",
+    "MetricsConfig",
     "ObservabilityConfig",
+    "ProfilingConfig",
+    "TracesConfig",
     "Pipeline",
     "Secret",
     "TLSConfig",
@@ -146,8 +151,43 @@ class Pipeline:
 
 
 @dataclass(frozen=True, slots=True)
+class TracesConfig:
+    sample_ratio: float = 0.1  # parent-based; OTEL_TRACES_SAMPLER[_ARG] win when set
+    per_message_spans: bool = False
+    max_links: int = 32  # producer span contexts linked per batch span
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    interval_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProfilingConfig:
+    cpu: bool = True  # only with observability.enabled
+    interval_s: float = 300.0  # a CPU profile window starts this often per worker
+    duration_s: float = 30.0
+    rate_hz: int = 100
+    log_base64: bool = False
+    memory: bool = False  # memray; independent of observability.enabled
+    dir: Path | None = None  # None = <state_dir>/profiles
+
+
+@dataclass(frozen=True, slots=True)
 class ObservabilityConfig:
     enabled: bool = False
+    traces: TracesConfig = field(default_factory=TracesConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    profiling: ProfilingConfig = field(default_factory=ProfilingConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The supervisor's local HTTP endpoint (/healthz, /metrics, /status)."""
+
+    enabled: bool = True
+    listen: str = "127.0.0.1:9470"  # host:port, [v6]:port; port 0 = any free port
+    allow_remote: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,6 +200,7 @@ class Config:
     clickhouse: ClickHouseConfig = field(default_factory=ClickHouseConfig)
     pipelines: tuple[Pipeline, ...]
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
     source: Path | None = None
 
 
@@ -828,14 +869,118 @@ def _check_pipelines_together(pipelines: list[Any], at: _At) -> None:
                            "share subjects, and a sink must never consume dead letters")
 
 
+def _ratio(value: Any, at: _At) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise _Bad(f"expected a number from 0 to 1, got {_show(value)}")
+    return float(value)
+
+
+def _at_least_one_second(value: Any, at: _At) -> float:
+    seconds = _seconds()(value, at)
+    if seconds < 1.0:
+        raise _Bad(f"expected at least 1 second, got {_show(value)}")
+    return seconds
+
+
+_TRACES = {
+    "sample_ratio": _Field(_ratio, 0.1),
+    "per_message_spans": _Field(_bool, False),
+    "max_links": _Field(_int(0, 10_000), 32),
+}
+
+_METRICS = {
+    "interval_s": _Field(_at_least_one_second, 10.0),
+}
+
+_PROFILING = {
+    "cpu": _Field(_bool, True),
+    "interval_s": _Field(_at_least_one_second, 300.0),
+    "duration_s": _Field(_at_least_one_second, 30.0),
+    "rate_hz": _Field(_int(1, 1000), 100),
+    "log_base64": _Field(_bool, False),
+    "memory": _Field(_bool, False),
+    "dir": _Field(_path),
+}
+
+
+def _traces(value: Any, at: _At) -> TracesConfig | _Marker:
+    v = _walk(value, at, _TRACES)
+    return _INVALID if v is _INVALID else TracesConfig(**v)
+
+
+def _metrics(value: Any, at: _At) -> MetricsConfig | _Marker:
+    v = _walk(value, at, _METRICS)
+    return _INVALID if v is _INVALID else MetricsConfig(**v)
+
+
+def _profiling(value: Any, at: _At) -> ProfilingConfig | _Marker:
+    v = _walk(value, at, _PROFILING)
+    if v is _INVALID:
+        return _INVALID
+    if _ok(v["interval_s"], v["duration_s"]) and v["duration_s"] > v["interval_s"]:
+        (at / "duration_s").fail(f"must not be longer than interval_s ({v['interval_s']:g} s); windows would overlap")
+    return ProfilingConfig(**v)
+
+
 _OBSERVABILITY = {
     "enabled": _Field(_bool, False),
+    "traces": _Field(_traces, {}),
+    "metrics": _Field(_metrics, {}),
+    "profiling": _Field(_profiling, {}),
 }
 
 
 def _observability(value: Any, at: _At) -> ObservabilityConfig | _Marker:
     v = _walk(value, at, _OBSERVABILITY)
     return _INVALID if v is _INVALID else ObservabilityConfig(**v)
+
+
+def profiles_dir(config: Config) -> Path:
+    """Where CPU and memory profiles are written: profiling.dir, else <state_dir>/profiles."""
+    return config.observability.profiling.dir or Path(config.state_dir) / "profiles"
+
+
+def _listen(value: Any, at: _At) -> str:
+    want = "host:port, e.g. 127.0.0.1:9470 or [::1]:9470"
+    if not isinstance(value, str):
+        raise _Bad(f"expected {want}, got {_show(value)}")
+    host, sep, port = value.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
+    bad_host = not host or any(c.isspace() or c in "[]/@" for c in host) or (":" in host and not bracketed)
+    if not sep or bad_host or not port.isdigit() or int(port) > 65535:
+        raise _Bad(f"expected {want}, got {_show(value)}")
+    return value
+
+
+def _is_loopback(listen: str) -> bool:
+    host = listen.rpartition(":")[0].strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve to anything
+
+
+_ADMIN = {
+    "enabled": _Field(_bool, True),
+    "listen": _Field(_listen, "127.0.0.1:9470"),
+    "allow_remote": _Field(_bool, False),
+}
+
+
+def _admin(value: Any, at: _At) -> AdminConfig | _Marker:
+    v = _walk(value, at, _ADMIN)
+    if v is _INVALID:
+        return _INVALID
+    if _ok(v["listen"], v["allow_remote"]) and v["allow_remote"] is not True and not _is_loopback(v["listen"]):
+        # /status and /metrics show the pipeline's topology and the workers' pids.
+        (at / "listen").fail(f"{v['listen']!r} is not a loopback address; the admin endpoint has no "
+                             "authentication, so set admin.allow_remote: true to expose it deliberately")
+        return _INVALID
+    return AdminConfig(**v) if _ok(*v.values()) else _INVALID
 
 
 _TOP = {
@@ -847,6 +992,7 @@ _TOP = {
     "clickhouse": _Field(_clickhouse, {}),
     "pipelines": _Field(_pipelines, _REQUIRED),
     "observability": _Field(_observability, {}),
+    "admin": _Field(_admin, {}),
 }
 
 

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -46,6 +47,8 @@ def sink_config(
         "log_level": "info",
         "nats": {"url": nats_url},
         "clickhouse": {"host": "127.0.0.1", "port": ch_port, "database": database},
+        # Many supervisors run at once in the suite: each gets a free admin port.
+        "admin": {"listen": "127.0.0.1:0"},
         "pipelines": [
             {
                 "name": name,
@@ -142,3 +145,63 @@ class Supervisor:
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
+
+
+class Load(threading.Thread):
+    """Publishes events start..start+count-1 at `rate`/s from a thread, surviving outages.
+
+    Each event carries Nats-Msg-Id = its event_id, so a publish retried after a lost
+    PubAck is de-duplicated by JetStream; `published` counts acked events only.
+    """
+
+    def __init__(self, nats_url: str, prefix: str, start: int, count: int, rate: float, keys: int = 16) -> None:
+        super().__init__(daemon=True)
+        self.nats_url, self.prefix, self.start_at, self.count, self.rate, self.keys = nats_url, prefix, start, count, rate, keys
+        self.published = 0
+        self.errors = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._publish())
+        except BaseException as exc:  # surfaced by join_checked
+            self.error = exc
+
+    async def _publish(self) -> None:
+        import nats
+        import orjson
+
+        from bench.events import make_event
+
+        async def closed_cb() -> None:
+            pass
+
+        nc = await nats.connect(self.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2, closed_cb=closed_cb)
+        t0 = time.monotonic()
+        try:
+            for n, i in enumerate(range(self.start_at, self.start_at + self.count)):
+                ahead = n / self.rate - (time.monotonic() - t0)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)  # pacing the load, not waiting for an event
+                ev = make_event(i)
+                data = orjson.dumps(ev)
+                while True:
+                    try:
+                        reply = await nc.request(f"{self.prefix}.k{i % self.keys}", data, timeout=2.0, headers={"Nats-Msg-Id": ev["event_id"]})
+                        if b'"error"' not in reply.data:
+                            break
+                    except Exception:
+                        pass
+                    self.errors += 1
+                    await asyncio.sleep(0.2)
+                self.published += 1
+        finally:
+            await nc.close()
+
+    def join_checked(self, timeout: float) -> int:
+        self.join(timeout)
+        if self.is_alive():
+            raise AssertionError(f"publisher still running after {timeout}s ({self.published}/{self.count} published)")
+        if self.error is not None:
+            raise self.error
+        return self.published

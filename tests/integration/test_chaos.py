@@ -1,0 +1,241 @@
+"""Faults under continuous load, each ending with exact accounting: every published
+event_id is in ClickHouse (or the DLQ), duplicates counted, zero lost."""
+
+from __future__ import annotations
+
+import collections
+import signal
+import time
+import uuid
+
+import pytest
+import yaml
+from clickhouse_driver import Client
+
+from supervisor import embedded
+from tests.integration.harness import Load, Supervisor, sink_config, wait_until
+
+RATE = 3000.0
+
+
+def _names():
+    tag = uuid.uuid4().hex[:8]
+    return dict(name=f"ch{tag}", stream=f"CH_{tag}", subject=f"ch{tag}.*"), f"ch{tag}"
+
+
+def _accounting(client, db, total):
+    rows, distinct = client.execute(f"SELECT count(), uniqExact(event_id) FROM {db}.events")[0]
+    return rows, distinct
+
+
+def _assert_all_arrived(sup, client, db, total, timeout=180):
+    sup.wait(lambda: _accounting(client, db, total)[1] >= total, timeout, f"all {total} event_ids")
+    rows, distinct = _accounting(client, db, total)
+    assert distinct == total
+    # No event_id outside what was published.
+    assert client.execute(f"SELECT count() FROM {db}.events WHERE toUInt64(substring(event_id, 2)) >= {total}")[0][0] == 0
+    return rows - distinct  # duplicates
+
+
+def _ownership_intervals(sup):
+    """partition -> [(start_ts, end_ts, slot)] from the workers' own log lines."""
+    spans = collections.defaultdict(list)
+    open_ = {}
+    for line in sup.lines():
+        msg = str(line.get("msg", ""))
+        if msg.startswith("acquired partition "):
+            key = (line["partition"], line["slot"])
+            open_[key] = line["ts"]
+        elif msg.startswith("released partition "):
+            key = (line["partition"], line["slot"])
+            spans[key[0]].append((open_.pop(key), line["ts"], key[1]))
+    for (part, slot), start in open_.items():
+        spans[part].append((start, "9999", slot))
+    return spans
+
+
+def _assert_never_two_owners(sup):
+    for part, intervals in _ownership_intervals(sup).items():
+        intervals.sort()
+        for (s1, e1, slot1), (s2, e2, slot2) in zip(intervals, intervals[1:]):
+            assert s2 >= e1, f"partition {part}: slot {slot2} acquired at {s2} before slot {slot1} released at {e1}"
+
+
+def test_resize_by_hup_and_signals_during_load(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
+    names, prefix = _names()
+    cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=8, workers=2, **names)
+    total = 45_000
+    sup = Supervisor(cfg, tmp_path / "sink.log")
+    try:
+        sup.wait_acquired(8)
+        load = Load(nats_url, prefix, 0, total, RATE)
+        load.start()
+
+        def set_workers(n):
+            data = yaml.safe_load(cfg.read_text())
+            data["workers"] = n
+            cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+            sup.proc.send_signal(signal.SIGHUP)
+
+        sup.wait(lambda: load.published > 5000, 60, "load under way")
+        set_workers(3)
+        sup.wait(lambda: sup.logged("SIGHUP: workers 2 -> 3"), 30, "resize to 3")
+        sup.wait(lambda: any(l.get("slot") == 2 for l in sup.logged("acquired partition")), 60, "worker 2 owning partitions")
+
+        sup.proc.send_signal(signal.SIGTTOU)
+        sup.wait(lambda: sup.logged("worker 2 retired"), 60, "worker 2 retired after SIGTTOU")
+
+        set_workers(1)
+        sup.wait(lambda: sup.logged("worker 1 retired"), 60, "worker 1 retired after HUP to 1")
+        assert load.join_checked(120) == total
+        duplicates = _assert_all_arrived(sup, clickhouse_client, ch_database, total)
+        # A resize hands partitions over after a flush and ack: nothing is read twice.
+        assert duplicates == 0
+        _assert_never_two_owners(sup)
+        assert len(sup.logged("acquired partition")) > 8  # partitions really moved
+        assert sup.terminate() == 0
+    finally:
+        sup.close()
+
+
+def test_hup_with_a_bad_config_keeps_running(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
+    names, prefix = _names()
+    cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=2, workers=1, **names)
+    good = cfg.read_text()
+    sup = Supervisor(cfg, tmp_path / "sink.log")
+    try:
+        sup.wait_acquired(2)
+        cfg.write_text(good.replace("workers: 1", "workers: many"))
+        sup.proc.send_signal(signal.SIGHUP)
+        line = sup.wait(lambda: sup.logged("is invalid, keeping the running config"), 30, "reload refused")
+        assert "workers" in line[0]["msg"]
+        load = Load(nats_url, prefix, 0, 2000, RATE)
+        load.start()
+        assert load.join_checked(60) == 2000
+        assert _assert_all_arrived(sup, clickhouse_client, ch_database, 2000) == 0
+        assert sup.terminate() == 0
+    finally:
+        sup.close()
+
+
+def test_term_during_load_then_restart(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
+    names, prefix = _names()
+    cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=4, workers=2, **names)
+    total = 30_000
+    sup = Supervisor(cfg, tmp_path / "sink1.log")
+    load = Load(nats_url, prefix, 0, total, RATE)
+    try:
+        sup.wait_acquired(4)
+        load.start()
+        sup.wait(lambda: clickhouse_client.execute(f"SELECT count() FROM {ch_database}.events")[0][0] > 3000, 60, "rows flowing")
+        assert sup.terminate() == 0
+        assert sup.logged("all workers drained")
+    finally:
+        sup.close()
+    sup = Supervisor(cfg, tmp_path / "sink2.log")
+    try:
+        sup.wait_acquired(4)
+        assert load.join_checked(120) == total
+        duplicates = _assert_all_arrived(sup, clickhouse_client, ch_database, total)
+        assert duplicates == 0  # a drain acks everything it inserted
+        assert sup.terminate() == 0
+    finally:
+        sup.close()
+
+
+def test_clickhouse_down_for_10s(tmp_path, nats_url):
+    ch_dir, port = tmp_path / "ch", embedded.free_port()
+    server = embedded.start_clickhouse(ch_dir, port)
+    client = Client(host="127.0.0.1", port=port)
+    try:
+        client.execute("CREATE DATABASE chaos")
+        names, prefix = _names()
+        cfg = sink_config(tmp_path, nats_url, port, "chaos", partitions=4, workers=2, **names)
+        total = 40_000
+        sup = Supervisor(cfg, tmp_path / "sink.log")
+        try:
+            sup.wait_acquired(4)
+            load = Load(nats_url, prefix, 0, total, RATE)
+            load.start()
+            sup.wait(lambda: client.execute("SELECT count() FROM chaos.events")[0][0] > 3000, 60, "rows flowing")
+            server.stop()
+            sup.wait(lambda: sup.logged("retrying"), 30, "workers noticing the outage")
+            time.sleep(10)  # the outage itself: ClickHouse stays down this long
+            server = embedded.start_clickhouse(ch_dir, port)
+            assert load.join_checked(120) == total
+            duplicates = _assert_all_arrived(sup, client, "chaos", total)
+            print(f"clickhouse outage: {total} events, {duplicates} duplicates")
+            assert sup.terminate() == 0
+        finally:
+            sup.close()
+    finally:
+        client.disconnect()
+        server.stop()
+
+
+def test_nats_server_restart(tmp_path, clickhouse_server, clickhouse_client, ch_database):
+    nats_dir, port = tmp_path / "nats", embedded.free_port()
+    server = embedded.start_nats(nats_dir, port)
+    url = f"nats://127.0.0.1:{port}"
+    try:
+        names, prefix = _names()
+        cfg = sink_config(tmp_path, url, clickhouse_server.port, ch_database, partitions=4, workers=2, **names)
+        total = 30_000
+        sup = Supervisor(cfg, tmp_path / "sink.log")
+        try:
+            sup.wait_acquired(4)
+            load = Load(url, prefix, 0, total, RATE)
+            load.start()
+            sup.wait(lambda: clickhouse_client.execute(f"SELECT count() FROM {ch_database}.events")[0][0] > 3000, 60, "rows flowing")
+            server.stop()
+            server = embedded.start_nats(nats_dir, port)
+            assert load.join_checked(120) == total
+            duplicates = _assert_all_arrived(sup, clickhouse_client, ch_database, total)
+            print(f"nats restart: {total} events, {duplicates} duplicates, {load.errors} publish retries")
+            assert sup.terminate() == 0
+        finally:
+            sup.close()
+    finally:
+        server.stop()
+
+
+def test_rows_the_server_refuses_are_isolated_and_dead_lettered(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
+    """ClickHouse itself refuses a row (a DEFAULT that cannot be computed for it): the
+    batch is split, only that row goes to the DLQ, every other row is inserted once."""
+    import nats
+    import orjson
+
+    from tests.integration.harness import run
+
+    names, prefix = _names()
+    cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=1, workers=1, max_rows=500, max_wait_ms=500, **names)
+    data = yaml.safe_load(cfg.read_text())
+    data["pipelines"][0]["create_table"] = (
+        f"CREATE TABLE {ch_database}.events (event_id String, day_text String, day Date DEFAULT toDate(day_text)) "
+        "ENGINE = MergeTree() ORDER BY event_id"
+    )
+    data["pipelines"][0]["columns"] = {"event_id": {"required": True}}
+    cfg.write_text(yaml.safe_dump(data))
+    bad = {17, 250, 251, 499}
+    bodies = [orjson.dumps({"event_id": f"e{i:012d}", "day_text": "not a date" if i in bad else "2026-11-26"}) for i in range(500)]
+
+    async def publish_all():
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        for b in bodies:
+            await js.publish(f"{prefix}.k", b)
+        await nc.close()
+
+    sup = Supervisor(cfg, tmp_path / "sink.log")
+    try:
+        sup.wait_acquired(1)
+        run(publish_all())
+        sup.wait(lambda: clickhouse_client.execute(f"SELECT count() FROM {ch_database}.events")[0][0] >= 500 - len(bad), 60, "good rows")
+        sup.wait(lambda: len(sup.logged("ClickHouse refused")) >= len(bad), 60, "refused rows logged")
+        rows, distinct = clickhouse_client.execute(f"SELECT count(), uniqExact(event_id) FROM {ch_database}.events")[0]
+        assert (rows, distinct) == (500 - len(bad), 500 - len(bad))
+        refused = sorted(int(l["msg"].split(" seq ")[1].split(",")[0]) for l in sup.logged("ClickHouse refused"))
+        assert refused == sorted(i + 1 for i in bad)  # stream seq = index + 1
+        assert sup.terminate() == 0
+    finally:
+        sup.close()

@@ -1,0 +1,213 @@
+"""supervisor.status: snapshots from worker handles, health, Prometheus text and the status table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from supervisor.assignment import Partition
+from supervisor.status import PoolView, health, parse_listen, render_prometheus, render_status_table, summary
+
+NOW = 1_700_000_000.0
+
+
+def stats(inserted: int = 0, pending: int = 0, last_batch_at: float = 0.0, **more: int) -> dict:
+    return {"consumed": inserted, "inserted": inserted, "dead_lettered": 0, "batches": 1 if inserted else 0,
+            "insert_retries": 0, "last_batch_at": last_batch_at, "pending": pending, **more}
+
+
+@dataclass
+class Handle:  # shaped like arbiter.WorkerHandle
+    slot: int
+    pid: int | None = 100
+    ready: bool = True
+    restarts: int = 0
+    partitions: tuple = ()
+    stats: dict = field(default_factory=dict)
+    beat: float = 0.0
+
+    @property
+    def process(self) -> Any:
+        return None if self.pid is None else SimpleNamespace(pid=self.pid)
+
+    @property
+    def heartbeat(self) -> Any:
+        return SimpleNamespace(value=self.beat)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_snapshot_shape_and_rows_per_second():
+    clock = Clock()
+    view = PoolView(window_s=5.0, clock=clock, wall=lambda: NOW)
+    w = Handle(0, partitions=(Partition("events", 0), Partition("events", 3)), beat=999.5)
+    w.stats = {"op": "stats", "partitions": {"events/0": stats(100), "events/3": stats(50, pending=7, last_batch_at=NOW - 2)}}
+    snap = view.snapshot([w], draining=False)
+    assert snap["started_at"] == NOW and snap["taken_at"] == NOW and snap["draining"] is False
+    (entry,) = snap["workers"]
+    assert entry["slot"] == 0 and entry["pid"] == 100 and entry["ready"] is True
+    assert entry["partitions"] == ["events/0", "events/3"]
+    assert entry["heartbeat_age_s"] == 0.5
+    assert entry["last_batch_at"] == NOW - 2
+    assert entry["rows_per_s"] == 0.0  # the first sample opens a window
+    assert entry["stats"]["events/3"]["pending"] == 7
+
+    clock.t += 2.0
+    w.stats = {"op": "stats", "partitions": {"events/0": stats(300), "events/3": stats(50)}}
+    assert view.snapshot([w], draining=False)["workers"][0]["rows_per_s"] == 0.0  # window not over
+    clock.t += 3.0
+    assert view.snapshot([w], draining=False)["workers"][0]["rows_per_s"] == 40.0  # 200 rows / 5 s
+    clock.t += 1.0
+    assert view.snapshot([w], draining=False)["workers"][0]["rows_per_s"] == 40.0  # holds until the next window
+
+    # A restarted process starts its counters again: no negative rate.
+    w.pid, w.stats = 101, {"op": "stats", "partitions": {"events/0": stats(10)}}
+    assert view.snapshot([w], draining=False)["workers"][0]["rows_per_s"] == 0.0
+
+
+def test_snapshot_is_a_copy():
+    w = Handle(0, stats={"op": "stats", "partitions": {"events/0": stats(1)}})
+    snap = PoolView().snapshot([w], draining=False)
+    w.stats["partitions"]["events/0"]["inserted"] = 99
+    assert snap["workers"][0]["stats"]["events/0"]["inserted"] == 1
+
+
+def test_a_slot_waiting_for_restart():
+    view = PoolView(clock=Clock(), wall=lambda: NOW)
+    entry = view.snapshot([Handle(1, pid=None, ready=True, restarts=3)], draining=False)["workers"][0]
+    assert entry["pid"] is None and entry["ready"] is False and entry["heartbeat_age_s"] is None and entry["restarts"] == 3
+
+
+def snapshot(**worker: Any) -> dict:
+    w = {"slot": 0, "pid": 100, "ready": True, "restarts": 0, "partitions": ["events/0"], "rows_per_s": 10.0,
+         "last_batch_at": NOW - 1, "heartbeat_age_s": 0.5, "stats": {"events/0": stats(5, pending=3, last_batch_at=NOW - 1)}}
+    w.update(worker)
+    return {"started_at": NOW - 3700, "taken_at": NOW, "draining": False, "workers": [w]}
+
+
+def test_health():
+    assert health(snapshot(), now=NOW) == []
+    assert health(None) == ["supervisor is starting"]
+    assert health(snapshot(ready=False), now=NOW) == ["worker 0 (pid 100) is not ready"]
+    assert health(snapshot(pid=None), now=NOW) == ["worker 0 is not running (restarts: 0)"]
+    assert health(snapshot(heartbeat_age_s=30.0), now=NOW) == ["worker 0 (pid 100) has not beaten for 30s"]
+    assert health(snapshot(), now=NOW + 60) == ["supervisor loop made no progress for 60s"]
+    assert health({**snapshot(), "draining": True}, now=NOW) == ["supervisor is draining (shutting down)"]
+    assert health({**snapshot(), "workers": []}, now=NOW) == ["no workers"]
+
+
+def test_prometheus_samples():
+    snap = snapshot()
+    snap["workers"].append({"slot": 1, "pid": None, "ready": False, "restarts": 2, "partitions": ["events/1"],
+                            "rows_per_s": 0.0, "last_batch_at": 0.0, "heartbeat_age_s": None, "stats": {}})
+    text = render_prometheus(snap)
+    lines = text.splitlines()
+    assert text.endswith("\n")
+    assert 'jetsink_worker_up{slot="0"} 1' in lines
+    assert 'jetsink_worker_up{slot="1"} 0' in lines
+    assert 'jetsink_worker_pid{slot="0"} 100' in lines
+    assert not any(line.startswith('jetsink_worker_pid{slot="1"}') for line in lines)
+    assert 'jetsink_worker_restarts_total{slot="1"} 2' in lines
+    assert 'jetsink_worker_partitions{slot="0"} 1' in lines
+    assert 'jetsink_rows_inserted_total{slot="0",pipeline="events",partition="0"} 5' in lines
+    assert 'jetsink_messages_consumed_total{slot="0",pipeline="events",partition="0"} 5' in lines
+    assert 'jetsink_dead_letters_total{slot="0",pipeline="events",partition="0"} 0' in lines
+    assert 'jetsink_rows_per_second{slot="0"} 10.0' in lines
+    assert f'jetsink_last_batch_timestamp_seconds{{slot="0",pipeline="events",partition="0"}} {NOW - 1!r}' in lines
+    assert 'jetsink_consumer_pending{pipeline="events",partition="0"} 3' in lines
+    assert "# TYPE jetsink_rows_inserted_total counter" in lines
+    assert "# TYPE jetsink_consumer_pending gauge" in lines
+
+
+def test_prometheus_escapes_label_values():
+    text = render_prometheus(snapshot(stats={'we"ird\\pipe\nline/0': stats(1)}))
+    assert 'pipeline="we\\"ird\\\\pipe\\nline"' in text
+
+
+def test_prometheus_of_nothing_is_still_valid():
+    text = render_prometheus(None)
+    assert all(line.startswith("#") for line in text.splitlines())
+
+
+def test_status_table():
+    snap = snapshot(partitions=["events/10", "events/2", "orders/1"], restarts=4)
+    table = render_status_table(snap, now=NOW)
+    lines = table.splitlines()
+    assert lines[0] == "jetsink supervisor running, up 1h01m: 1 worker(s), 3 partition(s), 10 rows/s"
+    assert lines[2].split() == ["SLOT", "PID", "READY", "PARTITIONS", "ROWS/S", "LAG", "LAST", "BATCH", "RESTARTS"]
+    assert lines[3].split() == ["0", "100", "yes", "events:2,10", "orders:1", "10.0", "3", "1.0s", "ago", "4"]
+    assert "unhealthy" not in table
+
+
+def test_status_table_shows_problems_and_never_run_batches():
+    table = render_status_table(snapshot(pid=None, ready=False, last_batch_at=0.0, stats={}), now=NOW)
+    assert "never" in table
+    assert "unhealthy:\n  worker 0 is not running (restarts: 0)" in table
+    assert render_status_table(None) == "supervisor is starting (no status yet)\n"
+
+
+def test_parse_listen():
+    assert parse_listen("127.0.0.1:9470") == ("127.0.0.1", 9470)
+    assert parse_listen("[::1]:0") == ("::1", 0)
+
+
+def test_snapshot_of_the_arbiters_own_worker_handles():
+    from supervisor.arbiter import WorkerHandle
+
+    w = WorkerHandle(slot=2)
+    held = {Partition("events", 10), Partition("events", 2)}
+    if hasattr(w, "owned"):
+        w.owned = held
+    else:
+        w.partitions = tuple(held)
+    w.process, w.ready, w.restarts = SimpleNamespace(pid=7), True, 1
+    w.heartbeat = SimpleNamespace(value=999.0)
+    w.stats = {"op": "stats", "partitions": {"events/2": stats(3, pending=1)}}
+    clock = Clock()
+    entry = PoolView(clock=clock, wall=lambda: NOW).snapshot([w], draining=False)["workers"][0]
+    assert entry["partitions"] == ["events/2", "events/10"]
+    assert (entry["slot"], entry["pid"], entry["ready"], entry["restarts"], entry["heartbeat_age_s"]) == (2, 7, True, 1, 1.0)
+    assert entry["stats"]["events/2"]["pending"] == 1
+
+
+def admin_problems(admin: Any) -> list[str]:
+    from supervisor.config import ConfigError, parse_config
+
+    base = {"pipelines": [{"name": "e", "stream": "E", "subject": "e.*", "partitions": 1, "table": "t"}], "admin": admin}
+    try:
+        parse_config(base, Path("."))
+    except ConfigError as exc:
+        return exc.problems
+    return []
+
+
+def test_admin_config_defaults_to_loopback():
+    from supervisor.config import AdminConfig, parse_config
+
+    config = parse_config({"pipelines": [{"name": "e", "stream": "E", "subject": "e.*", "partitions": 1, "table": "t"}]}, Path("."))
+    assert config.admin == AdminConfig(enabled=True, listen="127.0.0.1:9470", allow_remote=False)
+
+
+def test_admin_listen_is_checked():
+    for ok in ("127.0.0.1:9470", "127.0.0.2:1", "localhost:9470", "[::1]:9470", "127.0.0.1:0"):
+        assert admin_problems({"listen": ok}) == [], ok
+    assert admin_problems({"listen": "0.0.0.0:9470", "allow_remote": True}) == []
+    assert admin_problems({"listen": "0.0.0.0:9470"})[0].startswith("admin.listen: '0.0.0.0:9470' is not a loopback address")
+    assert "is not a loopback address" in admin_problems({"listen": "[::]:9470"})[0]
+    for bad in ("9470", "::1:9470", "host:http", "127.0.0.1:65536", ":9470", 9470):
+        assert admin_problems({"listen": bad})[0].startswith("admin.listen: expected host:port"), bad
+    assert admin_problems({"enabled": "yes"}) == ["admin.enabled: expected true or false, got 'yes'"]
+
+
+def test_summary_line():
+    assert summary(snapshot()) == "1/1 workers ready, 1 partitions, 10 rows/s"
+    assert summary({**snapshot(ready=False), "draining": True}) == "0/1 workers ready, 1 partitions, 10 rows/s, draining"
+    assert summary(None) == "0/0 workers ready, 0 partitions, 0 rows/s"
