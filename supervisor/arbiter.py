@@ -193,8 +193,7 @@ class Arbiter:
         if not admin.enabled:
             return
         self._status_server = StatusServer(admin.listen, lambda: self._snapshot)
-        self._status_server.start()
-        log.info("status endpoint on http://%s (/healthz, /metrics, /status)", self._status_server.address)
+        self._status_server.start()  # it logs its address
 
     @staticmethod
     def _provision(config: Config) -> None:

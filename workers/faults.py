@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import socket
 import struct
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from clickhouse_driver import errors as ch
 
@@ -109,7 +109,3 @@ def describe(exc: BaseException) -> str:
     text = text.split(" Stack trace:")[0][:500]
     return f"{type(exc).__name__}{f' (code {code})' if code else ''}: {text}"
 
-
-def select_rows(columns: Sequence[list], keep: Sequence[int]) -> list[list]:
-    """The columns restricted to the row indices in `keep` (in order)."""
-    return [[col[i] for i in keep] for col in columns]

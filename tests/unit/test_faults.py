@@ -1,0 +1,64 @@
+from clickhouse_driver import errors as ch
+from hypothesis import given, strategies as st
+
+from workers.faults import Fault, classify, describe, isolate_bad_rows
+
+
+def server_error(code):
+    return ch.ServerException("DB::Exception: something. Stack trace:\n0. frames", code=code)
+
+
+def test_classification_by_code_and_type():
+    assert classify(server_error(60)) is Fault.PIPELINE  # unknown table
+    assert classify(server_error(516)) is Fault.PIPELINE  # authentication failed
+    assert classify(server_error(53)) is Fault.ROWS  # type mismatch
+    assert classify(server_error(252)) is Fault.RETRYABLE  # too many parts
+    assert classify(server_error(123456)) is Fault.RETRYABLE  # unknown: pause, never dead-letter
+    assert classify(ch.NetworkError("refused")) is Fault.RETRYABLE
+    assert classify(ConnectionResetError()) is Fault.RETRYABLE
+    assert classify(TypeError("bad value for UInt8")) is Fault.ROWS
+
+
+def test_describe_keeps_the_message_not_the_stack():
+    text = describe(server_error(53))
+    assert "code 53" in text and "Stack trace" not in text and "\n" not in text
+
+
+class Table:
+    """A stand-in for ClickHouse's row check only: refuses any part holding a bad value."""
+
+    def __init__(self, bad):
+        self.bad = bad
+        self.rows = []
+        self.calls = 0
+
+    def insert(self, columns):
+        self.calls += 1
+        if any(v in self.bad for v in columns[0]):
+            raise server_error(53)
+        self.rows.extend(columns[0])
+
+
+@given(st.integers(1, 300), st.data())
+def test_bisection_finds_exactly_the_bad_rows_and_inserts_the_rest_once(n, data):
+    bad_idx = data.draw(st.sets(st.integers(0, n - 1), max_size=min(n, 8)))
+    values = list(range(n))
+    table = Table({values[i] for i in bad_idx})
+    refused = isolate_bad_rows(table.insert, [values, [str(v) for v in values]], n)
+    assert sorted(i for i, _ in refused) == sorted(bad_idx)
+    assert sorted(table.rows) == [v for i, v in enumerate(values) if i not in bad_idx]
+    # Work stays logarithmic per bad row, not a row-by-row retry.
+    assert table.calls <= 1 + 2 * len(bad_idx) * (n.bit_length() + 1)
+
+
+def test_retryable_errors_while_bisecting_propagate():
+    def insert(columns):
+        raise ch.NetworkError("gone")
+
+    try:
+        isolate_bad_rows(insert, [[1, 2]], 2)
+    except ch.NetworkError:
+        pass
+    else:
+        raise AssertionError("a retryable error must reach the caller")
+
