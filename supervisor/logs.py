@@ -11,6 +11,16 @@ import orjson
 
 # Attributes every LogRecord has; anything else was passed with extra= and is emitted.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+# Set on every record by opentelemetry-instrumentation-logging when observability is on.
+_OTEL = {"otelTraceID", "otelSpanID", "otelTraceSampled", "otelServiceName"}
+
+
+def _add_trace_ids(out: dict[str, Any], record: logging.LogRecord) -> None:
+    """trace_id / span_id of the span current when the record was made (none outside spans)."""
+    trace_id = getattr(record, "otelTraceID", "0")
+    if trace_id != "0":
+        out["trace_id"] = trace_id
+        out["span_id"] = record.otelSpanID
 
 
 class JsonFormatter(logging.Formatter):
@@ -29,8 +39,9 @@ class JsonFormatter(logging.Formatter):
             **self._static,
         }
         for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
+            if key not in _STANDARD and not key.startswith("_") and key not in _OTEL:
                 out[key] = value
+        _add_trace_ids(out, record)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(out, default=str).decode()

@@ -8,6 +8,8 @@ from typing import Any, Mapping
 
 import orjson
 
+from workers.telemetry import current_traceparent
+
 # Header names on a dead letter. The message's own headers are kept beside them so
 # that a replay can republish exactly what the producer sent.
 H_ERROR = "Jetsink-Error"
@@ -17,7 +19,8 @@ H_STREAM = "Jetsink-Stream"
 H_STREAM_SEQ = "Jetsink-Stream-Seq"
 H_PIPELINE = "Jetsink-Pipeline"
 H_WORKER = "Jetsink-Worker"
-H_TRACEPARENT = "traceparent"
+H_TRACEPARENT = "traceparent"  # the producer's, unchanged
+H_BATCH_TRACEPARENT = "Jetsink-Traceparent"  # the batch span that dead-lettered it (observability on)
 
 _MAX_ERROR_CHARS = 1000
 
@@ -69,8 +72,11 @@ async def publish_dead_letters(nc: Any, stream: str, subject: str, letters: list
     """
     if not letters:
         return
+    # The batch span current in the caller's task, so a dead letter leads to its trace.
+    batch_span = current_traceparent()
+    extra = {H_BATCH_TRACEPARENT: batch_span, "Nats-Expected-Stream": stream} if batch_span else {"Nats-Expected-Stream": stream}
     # Publish all, then await the acks together: one round trip for the lot.
-    futures = [nc.request(subject, dl.data, timeout=timeout, headers={**dl.headers(), "Nats-Expected-Stream": stream}) for dl in letters]
+    futures = [nc.request(subject, dl.data, timeout=timeout, headers={**dl.headers(), **extra}) for dl in letters]
     replies = await asyncio.gather(*futures)
     for dl, reply in zip(letters, replies):
         body = orjson.loads(reply.data)

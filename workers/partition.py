@@ -135,6 +135,7 @@ class PartitionRunner:
         self._outstanding = 0  # messages the open pull request may still deliver
         self._request_deadline = 0.0
         self._stopping = False
+        self._last_progress = time.monotonic()
         # Expiring pull requests every few seconds bounds how long a release waits.
         self._expires_s = min(5.0, max(0.5, self._limits[2]))
         self._next_subject = intake.next_subject(target.pipeline.stream, target.consumer)
@@ -167,6 +168,21 @@ class PartitionRunner:
             if self._sub is not None:
                 await self._sub.unsubscribe()
 
+    def stalled_for(self, now: float) -> float:
+        """Seconds since the partition last made progress (a pull-loop turn, a finished
+        batch or a retry attempt); a partition that stops turning would otherwise stall
+        silently while the worker's heartbeat still beats."""
+        return now - self._last_progress
+
+    def stacks(self) -> str:
+        """The partition tasks' current stacks, for the log of a stall."""
+        import io
+
+        out = io.StringIO()
+        for t in self._tasks:
+            t.print_stack(file=out)
+        return out.getvalue()
+
     def failed(self) -> BaseException | None:
         """The exception that ended one of the partition's tasks, if any."""
         for t in self._tasks:
@@ -194,6 +210,9 @@ class PartitionRunner:
     async def _pull_loop(self) -> None:
         while True:
             now = time.monotonic()
+            if not self._sealed.full():
+                # Blocked on a full queue is the commit's progress to report, not ours.
+                self._last_progress = now
             if self._outstanding > 0 and now > self._request_deadline:
                 # The reply to this request was lost (e.g. a reconnect): ask again.
                 self._outstanding = 0
@@ -235,6 +254,7 @@ class PartitionRunner:
                 await self._commit_traced(item)
             else:
                 await self._commit(item)
+            self._last_progress = time.monotonic()
 
     async def _commit_traced(self, batch: Batch) -> None:
         with self._telemetry.batch(self.target, batch.messages):
@@ -289,6 +309,7 @@ class PartitionRunner:
         """
         delay = 0.2
         while True:
+            self._last_progress = time.monotonic()
             try:
                 return await fn(*args)
             except Exception as exc:

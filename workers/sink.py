@@ -88,11 +88,19 @@ def build_mapper(client: Client, table: str, database: str, overrides: Sequence[
 
 def insert(client: Client, table: str, database: str, column_names: Sequence[str], columns: list[list], settings: dict | None = None) -> int:
     """Insert columnar data; returns the row count ClickHouse accepted."""
+    return send_insert(client, insert_statement(table, database, column_names), columns, settings)
+
+
+def insert_statement(table: str, database: str, column_names: Sequence[str]) -> str:
+    """The INSERT statement for columnar data into `table`."""
     cols = ", ".join(quote_ident(c) for c in column_names)
-    return client.execute(
-        f"INSERT INTO {qualified(table, database)} ({cols}) VALUES",
-        columns,
-        columnar=True,
-        types_check=False,
-        settings=settings,
-    )
+    return f"INSERT INTO {qualified(table, database)} ({cols}) VALUES"
+
+
+def send_insert(client: Client, statement: str, columns: list[list], settings: dict | None = None) -> int:
+    """Run an INSERT statement with columnar data: the driver serialises and sends it.
+
+    `settings` may carry `opentelemetry_traceparent` (servers >= 20.11), which
+    clickhouse-driver sends in the query's client info rather than as a setting.
+    """
+    return client.execute(statement, columns, columnar=True, types_check=False, settings=settings)

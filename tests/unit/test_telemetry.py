@@ -1,0 +1,234 @@
+"""Observability pieces that need no servers: traceparents, the off switch, links, profiles, log ids, config."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import logging
+import os
+import stat
+import sys
+import threading
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from supervisor import flamegraph, profiles
+from supervisor.config import ConfigError, parse_config, profiles_dir
+from supervisor.logs import JsonFormatter
+from supervisor.profiler import ProfileScheduler, profile_stem
+from workers import telemetry
+
+PIPELINE = {"name": "a", "stream": "S", "subject": "e.*", "partitions": 1, "table": "t"}
+
+
+def _config(**observability):
+    return parse_config({"pipelines": [PIPELINE], "observability": observability}, Path("/tmp"))
+
+
+# -- traceparent ---------------------------------------------------------------------
+
+
+def test_traceparent_round_trip_and_rejects():
+    tp = telemetry.format_traceparent(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, 1)
+    assert tp == "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    assert telemetry.parse_traceparent(tp) == (0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, 1)
+    for bad in (None, "", "garbage", "00-" + "0" * 32 + "-b7ad6b7169203331-01", "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                "00-0af7651916cd43dd8448eb211c80319z-b7ad6b7169203331-01", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"):
+        assert telemetry.parse_traceparent(bad) is None
+
+
+def test_current_traceparent_is_none_outside_spans():
+    assert telemetry.current_traceparent() is None
+
+
+# -- the switch ----------------------------------------------------------------------
+
+
+def test_off_builds_nothing_and_every_method_is_a_no_op():
+    before = {t.name for t in threading.enumerate()}
+    t = telemetry.setup(_config().observability, role="worker", slot=0)
+    assert type(t) is telemetry.Telemetry and not t.enabled
+    with t.span("x") as s, t.batch(None, []), t.control_span({"op": "assign"}), t.ack(3):
+        assert s is None
+    assert t.inject({"op": "drain"}) == {"op": "drain"}
+    run = object()
+    assert t.carry_context(run) is run
+    assert t.traced_prepare(len) is len
+    t.retry("insert", RuntimeError()), t.batch_committed(None, [], None), t.worker_restarted(1), t.shutdown()
+    assert {th.name for th in threading.enumerate()} == before
+
+
+def test_resource_names_the_process_and_respects_otel_service_name(monkeypatch):
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
+    attrs = telemetry.resource_attributes("worker", 3)
+    assert attrs["service.name"] == "jetsink" and attrs["jetsink.worker.slot"] == 3 and attrs["process.pid"] == os.getpid()
+    assert attrs["service.instance.id"] != telemetry.resource_attributes("worker", 3)["service.instance.id"]
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "sink-eu")
+    assert "service.name" not in telemetry.resource_attributes("supervisor", None)
+
+
+def test_batch_links_are_deduplicated_and_capped():
+    from opentelemetry import trace
+
+    t = telemetry.OtelTelemetry.__new__(telemetry.OtelTelemetry)  # only the link logic, no providers
+    t._trace, t._max_links = trace, 3
+    msgs = [SimpleNamespace(headers={"traceparent": telemetry.format_traceparent(i + 1, i + 1, 1)}) for i in range(5)]
+    msgs.insert(0, SimpleNamespace(headers={"traceparent": telemetry.format_traceparent(1, 1, 1)}))  # a repeat
+    msgs.insert(0, SimpleNamespace(headers=None))
+    msgs.insert(0, SimpleNamespace(headers={"traceparent": "nonsense"}))
+    links = t._links(msgs)
+    assert [(link.context.trace_id, link.context.span_id) for link in links] == [(1, 1), (2, 2), (3, 3)]
+    assert all(link.context.is_remote for link in links)
+
+
+# -- config --------------------------------------------------------------------------
+
+
+def test_observability_defaults_and_keys():
+    obs = _config().observability
+    assert (obs.enabled, obs.traces.sample_ratio, obs.traces.per_message_spans, obs.traces.max_links) == (False, 0.1, False, 32)
+    assert obs.metrics.interval_s == 10
+    p = obs.profiling
+    assert (p.cpu, p.interval_s, p.duration_s, p.rate_hz, p.log_base64, p.memory, p.dir) == (True, 300, 30, 100, False, False, None)
+    assert profiles_dir(parse_config({"pipelines": [PIPELINE], "state_dir": "var"}, Path("/srv"))) == Path("/srv/var/profiles")
+
+
+@pytest.mark.parametrize("observability, problem", [
+    ({"traces": {"sample_ratio": 1.5}}, "observability.traces.sample_ratio: expected a number from 0 to 1, got 1.5"),
+    ({"traces": {"sample_rate": 1}}, "observability.traces.sample_rate: unknown key; did you mean 'sample_ratio'?"),
+    ({"profiling": {"memroy": True}}, "observability.profiling.memroy: unknown key; did you mean 'memory'?"),
+    ({"profiling": {"duration_s": 0.5}}, "observability.profiling.duration_s: expected at least 1 second, got 0.5"),
+    ({"profiling": {"interval_s": 10, "duration_s": 30}}, "observability.profiling.duration_s: must not be longer than interval_s"),
+    ({"metrics": {"interval_s": "fast"}}, "observability.metrics.interval_s: expected a positive number of seconds, got 'fast'"),
+])
+def test_observability_problems_name_the_key(observability, problem):
+    with pytest.raises(ConfigError) as exc:
+        _config(**observability)
+    assert problem in str(exc.value)
+
+
+# -- logs ----------------------------------------------------------------------------
+
+
+def test_json_lines_carry_trace_and_span_ids_and_no_otel_internals():
+    fmt = JsonFormatter({"role": "worker", "slot": 1})
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "hello", (), None)
+    record.otelTraceID, record.otelSpanID, record.otelTraceSampled, record.otelServiceName = "ab" * 16, "cd" * 8, True, "jetsink"
+    line = json.loads(fmt.format(record))
+    assert (line["trace_id"], line["span_id"], line["slot"]) == ("ab" * 16, "cd" * 8, 1)
+    assert not [k for k in line if k.startswith("otel")]
+    record.otelTraceID, record.otelSpanID = "0", "0"
+    assert "trace_id" not in json.loads(fmt.format(record))
+
+
+# -- CPU profiles --------------------------------------------------------------------
+
+COLLAPSED = "main (app.py:10);work (app.py:20);parse (app.py:30) 30\nmain (app.py:10);work (app.py:20) 10\nmain (app.py:10);idle (<frozen x>:5) 5\nnot a line\n"
+
+
+def test_speedscope_document_follows_the_schema():
+    stacks = flamegraph.parse_collapsed(COLLAPSED)
+    assert len(stacks) == 3
+    doc = flamegraph.to_speedscope(stacks, "w0", rate_hz=100)
+    assert doc["$schema"] == flamegraph.SPEEDSCOPE_SCHEMA
+    frames = doc["shared"]["frames"]
+    assert frames[0] == {"name": "main", "file": "app.py", "line": 10}
+    prof = doc["profiles"][0]
+    assert prof["type"] == "sampled" and prof["unit"] == "seconds"
+    assert prof["weights"] == [0.3, 0.1, 0.05] and prof["endValue"] == pytest.approx(0.45)
+    assert [[frames[i]["name"] for i in s] for s in prof["samples"]][0] == ["main", "work", "parse"]
+
+
+def test_svg_flame_graph_is_xml_with_a_box_per_frame():
+    root = ET.fromstring(flamegraph.to_svg(flamegraph.parse_collapsed(COLLAPSED), "title <&>"))
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    titles = [t.text for t in root.iter("{http://www.w3.org/2000/svg}title")]
+    assert "all (45 samples, 100.00%)" in titles
+    assert "work (app.py:20) (40 samples, 88.89%)" in titles
+
+
+def _fake_py_spy(tmp_path: Path, body: str) -> str:
+    script = tmp_path / "py-spy"
+    script.write_text(f"#!{sys.executable}\nimport sys\nargs = sys.argv[1:]\n{body}\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return str(script)
+
+
+def _wait_for(cond, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_scheduler_profiles_each_worker_on_its_interval(tmp_path, caplog):
+    spy = _fake_py_spy(tmp_path, f"open(args[args.index('--output') + 1], 'w').write({COLLAPSED!r})\nopen({str(tmp_path / 'argv')!r}, 'a').write(' '.join(args) + '\\n')")
+    cfg = _config(enabled=True, profiling={"interval_s": 5, "duration_s": 1, "rate_hz": 7, "log_base64": True}).observability.profiling
+    out = tmp_path / "profiles"
+    sched = ProfileScheduler(cfg, out, py_spy=spy)
+    with caplog.at_level(logging.INFO):
+        sched.tick(100.0, {0: 4242})
+        assert not (tmp_path / "argv").exists()  # the first window waits min(interval, 30 s)
+        sched.tick(105.0, {0: 4242})
+        _wait_for(lambda: (tmp_path / "argv").exists() and sched._running[0].process.poll() is not None)
+        sched.tick(105.5, {0: 4242})
+    argv = (tmp_path / "argv").read_text().split()
+    assert argv[:3] == ["record", "--pid", "4242"] and "--nonblocking" in argv and argv[argv.index("--rate") + 1] == "7"
+    assert argv[argv.index("--format") + 1] == "raw"
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) == 2 and files[0].startswith("cpu-worker0-") and files[0].endswith(".speedscope.json") and files[1].endswith(".svg")
+    # logged base64, extracted again byte for byte
+    lines = [json.dumps({"profile_name": r.profile_name, "profile_encoding": r.profile_encoding, "profile_b64": r.profile_b64})
+             for r in caplog.records if hasattr(r, "profile_b64")]
+    extracted = dict(profiles.logged_profiles(iter(lines + ["{not json", '{"msg": "other"}'])))
+    assert extracted == {name: (out / name).read_bytes() for name in files}
+    sched.tick(108.0, {0: 4242})
+    assert 0 not in sched._running  # next window only at 110
+    sched.stop()
+
+
+def test_scheduler_warns_once_when_py_spy_fails_and_keeps_going(tmp_path, caplog):
+    spy = _fake_py_spy(tmp_path, "sys.stderr.write('Error: Permission Denied\\n'); sys.exit(1)")
+    cfg = _config(enabled=True, profiling={"interval_s": 1, "duration_s": 1}).observability.profiling
+    sched = ProfileScheduler(cfg, tmp_path / "p", py_spy=spy)
+    with caplog.at_level(logging.DEBUG, logger="jetsink.profiler"):
+        for now in (0.0, 1.0, 2.5, 4.0):
+            sched.tick(now, {1: 99})
+            _wait_for(lambda: all(w.process.poll() is not None for w in sched._running.values()))
+        sched.tick(5.0, {1: 99})
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "Permission Denied" in warnings[0].getMessage()
+    assert not list((tmp_path / "p").glob("cpu-*"))
+    sched.stop()
+
+
+def test_profile_names_carry_slot_and_utc_time():
+    assert profile_stem(3, 0.0) == "cpu-worker3-19700101T000000Z"
+
+
+def test_extract_decodes_plain_base64_and_never_writes_outside_the_directory(tmp_path):
+    line = json.dumps({"profile_name": "../../etc/x.svg", "profile_b64": base64.b64encode(b"<svg/>").decode()})
+    gz = json.dumps({"profile_name": "a.json", "profile_encoding": "gzip+base64", "profile_b64": base64.b64encode(gzip.compress(b"{}")).decode()})
+    assert list(profiles.logged_profiles(iter([line, gz]))) == [("x.svg", b"<svg/>"), ("a.json", b"{}")]
+
+
+def test_per_message_map_spans_give_the_same_columns_as_one_batch():
+    from workers.partition import PartitionTarget, prepare
+    from workers.schema import ServerFeatures, TableColumn, compile_mapper
+
+    config = _config()
+    target = PartitionTarget(pipeline=config.pipelines[0], index=0, consumer="c", worker=0)
+    mapper = compile_mapper("t", [TableColumn("id", "String"), TableColumn("n", "UInt8")], (), ServerFeatures.from_version((18, 16)))
+    bodies = [b'{"id": "a", "n": 1}', b'{"id": "b", "n": 300}', b"nope", b'{"id": "c", "n": 3}', b'{"id": "d", "n": 4}']
+    msgs = [SimpleNamespace(data=b, subject=f"e.0.k{i}", headers=None, reply=f"$JS.ACK.S.c.1.{i + 1}.{i + 1}.1700000000000000000.0")
+            for i, b in enumerate(bodies)]
+    whole = prepare(msgs, mapper, target)
+    joined = telemetry._join_prepared([prepare([m], mapper, target) for m in msgs])
+    assert (joined.columns, joined.rows, joined.row_msgs) == (whole.columns, whole.rows, whole.row_msgs) == ([["a", "c", "d"], [1, 3, 4]], 3, [0, 3, 4])
+    assert sorted(d.stream_seq for d in joined.dead) == sorted(d.stream_seq for d in whole.dead) == [2, 3]

@@ -1,0 +1,512 @@
+"""OpenTelemetry for one jetsink process: traces, metrics and trace-correlated logs over OTLP.
+
+`setup()` is called once per process after it starts (each spawned worker builds its
+own providers; nothing is inherited). It returns a `Telemetry`: the plain class, whose
+methods do nothing, when `observability.enabled` is false, so an idle switch costs no
+SDK objects, no exporter threads and one attribute check per batch on the hot path;
+or `OtelTelemetry` with real providers when it is true.
+
+The exporters are configured by the standard environment variables
+(OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_EXPORTER_OTLP_HEADERS,
+OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER[_ARG]); see
+docs/observability.md.
+
+A batch's span tree (workers/partition.py drives it):
+
+    batch (CONSUMER, links to producer spans)
+      map                       one per batch, or one per message with per_message_spans
+      clickhouse.prepare        statement and settings (see insert())
+      clickhouse.send (CLIENT)  the driver's serialisation, the network and the server
+      nats.ack
+
+The insert thread sees the batch span because the partition runs its thread calls in
+a copy of its task's context (`carry_context`), so parents are explicit, not guessed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from itertools import chain
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+log = logging.getLogger(__name__)
+
+TRACEPARENT = "traceparent"
+SHUTDOWN_TIMEOUT_S = 3.0
+
+# Metric and span attribute keys of our own (OTel asks custom keys to be namespaced).
+A_PIPELINE = "jetsink.pipeline"
+A_PARTITION = "jetsink.partition"
+A_SLOT = "jetsink.worker.slot"
+A_ROLE = "jetsink.role"
+
+# The labels of the batch a thread is working for (pipeline, partition, slot), set by
+# batch() in the partition's task and carried into the insert thread with its context.
+_BATCH_LABELS: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar("jetsink_batch_labels", default={})
+
+
+def format_traceparent(trace_id: int, span_id: int, flags: int) -> str:
+    return f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
+
+
+def parse_traceparent(value: Any) -> tuple[int, int, int] | None:
+    """(trace_id, span_id, flags) of a W3C traceparent, or None when it is not one."""
+    if not isinstance(value, str) or len(value) < 55:
+        return None
+    parts = value.strip().split("-")
+    if len(parts) < 4 or len(parts[0]) != 2 or parts[0] == "ff" or len(parts[1]) != 32 or len(parts[2]) != 16:
+        return None
+    try:
+        trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3][:2], 16)
+    except ValueError:
+        return None
+    if not trace_id or not span_id:
+        return None
+    return trace_id, span_id, flags
+
+
+def current_traceparent() -> str | None:
+    """The traceparent of the span current in this context, if any (works with observability off)."""
+    from opentelemetry import trace
+
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return None
+    return format_traceparent(ctx.trace_id, ctx.span_id, int(ctx.trace_flags))
+
+
+class Telemetry:
+    """Observability switched off: every method is a cheap no-op.
+
+    `OtelTelemetry` overrides them all; callers never check which one they hold, except
+    the hot path, which reads `enabled` once per batch to skip even the no-op calls.
+    """
+
+    enabled = False
+
+    # -- process ---------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        pass
+
+    # -- spans -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def span(self, name: str, attributes: Mapping[str, Any] | None = None, parent: Any = None) -> Iterator[Any]:
+        yield None
+
+    def capture(self) -> Any:
+        """The current context, to parent a later span on (e.g. the start span's)."""
+        return None
+
+    def inject(self, msg: dict) -> dict:
+        """`msg` with a "traceparent" key for the current span (control messages)."""
+        return msg
+
+    @contextlib.contextmanager
+    def control_span(self, msg: Mapping[str, Any]) -> Iterator[Any]:
+        yield None
+
+    @contextlib.contextmanager
+    def batch(self, target: Any, msgs: list[Any]) -> Iterator[Any]:
+        yield None
+
+    def carry_context(self, run_in_thread: Callable[..., Any]) -> Callable[..., Any]:
+        return run_in_thread
+
+    def traced_prepare(self, prepare: Callable[..., Any]) -> Callable[..., Any]:
+        return prepare
+
+    def insert(self, client: Any, table: str, database: str, names: Any, columns: list[list], features: Any) -> int:
+        from workers import sink
+
+        return sink.insert(client, table, database, names, columns)
+
+    @contextlib.contextmanager
+    def ack(self, n: int) -> Iterator[None]:
+        yield
+
+    def retry(self, what: str, exc: BaseException) -> None:
+        pass
+
+    def batch_committed(self, target: Any, msgs: list[Any], prepared: Any) -> None:
+        pass
+
+    # -- metrics ---------------------------------------------------------------
+
+    def observe_pending(self, source: Callable[[], Iterable[tuple[str, int, int]]]) -> None:
+        pass
+
+    def worker_restarted(self, slot: int) -> None:
+        pass
+
+
+def setup(observability: Any, role: str, slot: int | None = None) -> Telemetry:
+    """Build this process's providers when `observability.enabled`, else the no-op Telemetry."""
+    if not observability.enabled:
+        return Telemetry()
+    return OtelTelemetry(observability, role, slot)
+
+
+def resource_attributes(role: str, slot: int | None) -> dict[str, Any]:
+    """Resource attributes of this process; OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES may add or override."""
+    attrs: dict[str, Any] = {
+        "service.instance.id": str(uuid.uuid4()),
+        "host.name": socket.gethostname(),
+        "process.pid": os.getpid(),
+        A_ROLE: role,
+    }
+    if slot is not None:
+        attrs[A_SLOT] = slot
+    env_attrs = os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    if not os.environ.get("OTEL_SERVICE_NAME") and "service.name=" not in env_attrs:
+        attrs["service.name"] = "jetsink"
+    return attrs
+
+
+class OtelTelemetry(Telemetry):
+    """Observability switched on: real providers, OTLP exporters, log correlation."""
+
+    enabled = True
+
+    def __init__(self, observability: Any, role: str, slot: int | None) -> None:
+        from opentelemetry import trace
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+        self._trace = trace
+        self._cfg = observability
+        self.slot = slot
+        self.resource = Resource.create(resource_attributes(role, slot))
+        # OTEL_TRACES_SAMPLER set: the SDK reads it (and _ARG); otherwise our ratio.
+        sampler = None if os.environ.get("OTEL_TRACES_SAMPLER") else ParentBased(TraceIdRatioBased(observability.traces.sample_ratio))
+        span_exporter, metric_exporter, log_exporter = _exporters()
+        # shutdown() is bounded; the SDK's own atexit shutdown would wait out a dead collector.
+        self._tracer_provider = TracerProvider(resource=self.resource, sampler=sampler, shutdown_on_exit=False)
+        self._tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
+        self.tracer = self._tracer_provider.get_tracer("jetsink")
+        reader = PeriodicExportingMetricReader(metric_exporter, export_interval_millis=observability.metrics.interval_s * 1000)
+        self._meter_provider = MeterProvider(resource=self.resource, metric_readers=[reader], shutdown_on_exit=False)
+        self._instruments(self._meter_provider.get_meter("jetsink"))
+        self._logger_provider = self._log_handler = None
+        self._correlate_logs(log_exporter)
+        self._max_links = observability.traces.max_links
+        self._per_message = observability.traces.per_message_spans
+        self._pending_sources: list[Callable[[], Iterable[tuple[str, int, int]]]] = []
+
+    def _instruments(self, meter: Any) -> None:
+        self._consumed = meter.create_counter("jetsink.messages.consumed", "{message}", "Messages taken from JetStream and committed (inserted, dead-lettered and acked).")
+        self._rows = meter.create_counter("jetsink.rows.inserted", "{row}", "Rows ClickHouse accepted.")
+        self._bytes = meter.create_counter("jetsink.bytes.inserted", "By", "Payload bytes of the messages whose rows ClickHouse accepted.")
+        self._batch_rows = meter.create_histogram("jetsink.batch.rows", "{row}", "Messages per committed batch.")
+        self._insert_duration = meter.create_histogram("jetsink.insert.duration", "s", "Duration of one ClickHouse INSERT (prepare + send).")
+        self._freshness = meter.create_histogram("jetsink.freshness", "s", "From JetStream storing a message to its batch being acked.")
+        self._dlq = meter.create_counter("jetsink.dlq.messages", "{message}", "Messages dead-lettered, by reason.")
+        self._retries = meter.create_counter("jetsink.retries", "{retry}", "Failed attempts at an insert or a DLQ publish that were retried.")
+        self._restarts = meter.create_counter("jetsink.worker.restarts", "{restart}", "Workers respawned by the supervisor after dying.")
+        meter.create_observable_gauge("jetsink.consumer.pending", [self._observe_pending], "{message}", "Messages left in a partition's consumer at its last delivery.")
+
+    def _correlate_logs(self, log_exporter: Any) -> None:
+        # Log records get otelTraceID/otelSpanID (supervisor/logs.py turns them into
+        # trace_id/span_id); the records are also exported over OTLP when the SDK can.
+        from opentelemetry.instrumentation.logging import LoggingInstrumentor
+
+        instrumentor = LoggingInstrumentor()
+        if not instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.instrument(
+                tracer_provider=self._tracer_provider, set_logging_format=False,
+                inject_trace_context=True, enable_log_auto_instrumentation=False,
+            )
+        if log_exporter is None:
+            return
+        from opentelemetry.instrumentation.logging.handler import LoggingHandler
+        from opentelemetry.sdk._logs import LoggerProvider
+        from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+
+        self._logger_provider = LoggerProvider(resource=self.resource, shutdown_on_exit=False)
+        self._logger_provider.add_log_record_processor(BatchLogRecordProcessor(log_exporter))
+        self._log_handler = LoggingHandler(logger_provider=self._logger_provider)
+        # The exporters' own complaints must not be exported (they would loop).
+        self._log_handler.addFilter(lambda r: not r.name.startswith("opentelemetry"))
+        logging.getLogger().addHandler(self._log_handler)
+
+    def shutdown(self) -> None:
+        """Flush and stop the exporters, waiting at most SHUTDOWN_TIMEOUT_S.
+
+        An unreachable collector makes the exporters retry for their whole timeout; an
+        exit (a drain, a reload) must not wait for that, so what is not sent by then is lost.
+        """
+        if self._log_handler is not None:
+            logging.getLogger().removeHandler(self._log_handler)
+
+        def stop() -> None:
+            for provider in (self._tracer_provider, self._meter_provider, self._logger_provider):
+                if provider is not None:
+                    try:
+                        provider.shutdown()
+                    except Exception as exc:
+                        log.warning("telemetry shutdown: %s", exc)
+
+        stopper = threading.Thread(target=stop, name="otel-shutdown", daemon=True)
+        stopper.start()
+        stopper.join(SHUTDOWN_TIMEOUT_S)
+        if stopper.is_alive():
+            log.warning("telemetry: the collector did not take the last data within %.0fs; dropped", SHUTDOWN_TIMEOUT_S)
+
+    # -- spans -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def span(self, name: str, attributes: Mapping[str, Any] | None = None, parent: Any = None) -> Iterator[Any]:
+        with self.tracer.start_as_current_span(name, context=parent, attributes=attributes) as span:
+            yield span
+
+    def capture(self) -> Any:
+        from opentelemetry import context
+
+        return context.get_current()
+
+    def inject(self, msg: dict) -> dict:
+        tp = current_traceparent()
+        return {**msg, TRACEPARENT: tp} if tp else msg
+
+    def _remote_context(self, traceparent: Any) -> Any:
+        parsed = parse_traceparent(traceparent)
+        if parsed is None:
+            return None
+        trace = self._trace
+        sc = trace.SpanContext(parsed[0], parsed[1], is_remote=True, trace_flags=trace.TraceFlags(parsed[2] & 1))
+        return trace.set_span_in_context(trace.NonRecordingSpan(sc))
+
+    @contextlib.contextmanager
+    def control_span(self, msg: Mapping[str, Any]) -> Iterator[Any]:
+        """The worker's span for a control message: a child of the supervisor span that sent it."""
+        parent = self._remote_context(msg.get(TRACEPARENT))
+        attrs = {A_SLOT: self.slot, "jetsink.control.op": str(msg.get("op"))}
+        if msg.get("partitions"):
+            attrs["jetsink.partitions"] = [f"{p}/{i}" for p, i in msg["partitions"]]
+        with self.tracer.start_as_current_span(f"worker.{msg.get('op')}", context=parent, attributes=attrs) as span:
+            yield span
+
+    def _links(self, msgs: list[Any]) -> list[Any]:
+        trace = self._trace
+        links: list[Any] = []
+        seen: set[tuple[int, int]] = set()
+        if self._max_links <= 0:
+            return links
+        for msg in msgs:
+            headers = msg.headers
+            if not headers:
+                continue
+            parsed = parse_traceparent(headers.get(TRACEPARENT))
+            if parsed is None or parsed[:2] in seen:
+                continue
+            seen.add(parsed[:2])
+            sc = trace.SpanContext(parsed[0], parsed[1], is_remote=True, trace_flags=trace.TraceFlags(parsed[2] & 1))
+            links.append(trace.Link(sc))
+            if len(links) >= self._max_links:
+                break
+        return links
+
+    @contextlib.contextmanager
+    def batch(self, target: Any, msgs: list[Any]) -> Iterator[Any]:
+        """The `batch` span (CONSUMER), current for the batch's commit, linked to its producers."""
+        from opentelemetry import context
+
+        pipeline = target.pipeline
+        labels = {A_PIPELINE: pipeline.name, A_PARTITION: target.index, A_SLOT: target.worker}
+        attrs = {
+            "messaging.system": "nats",
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "batch",
+            "messaging.destination.name": pipeline.stream,
+            "messaging.destination.subscription.name": target.consumer,
+            "messaging.consumer.group.name": target.consumer,
+            "messaging.batch.message_count": len(msgs),
+            **labels,
+        }
+        token = _BATCH_LABELS.set(labels)
+        try:
+            # A batch is a root of its own trace: its producers are links, not parents.
+            with self.tracer.start_as_current_span(
+                "batch", context=context.Context(), kind=self._trace.SpanKind.CONSUMER, attributes=attrs, links=self._links(msgs),
+            ) as span:
+                yield span
+        finally:
+            _BATCH_LABELS.reset(token)
+
+    def carry_context(self, run_in_thread: Callable[..., Any]) -> Callable[..., Any]:
+        """Run thread calls in a copy of the calling task's context (the batch span and labels)."""
+
+        def run(fn: Callable[..., Any], *args: Any) -> Any:
+            return run_in_thread(contextvars.copy_context().run, fn, *args)
+
+        return run
+
+    def traced_prepare(self, prepare: Callable[..., Any]) -> Callable[..., Any]:
+        """`prepare` (parse + map) under `map` span(s)."""
+
+        def per_batch(msgs: list[Any], mapper: Any, target: Any) -> Any:
+            with self.tracer.start_as_current_span("map", attributes={"messaging.batch.message_count": len(msgs), "db.collection.name": target.pipeline.table}) as span:
+                prepared = prepare(msgs, mapper, target)
+                span.set_attribute("jetsink.rows", prepared.rows)
+                span.set_attribute("jetsink.dead_lettered", len(prepared.dead))
+                return prepared
+
+        def per_message(msgs: list[Any], mapper: Any, target: Any) -> Any:
+            # Each message parsed and mapped on its own, so each span times one message;
+            # the parts are joined into the batch's columns. This costs, hence opt-in.
+            parts = []
+            for msg in msgs:
+                with self.tracer.start_as_current_span("map", attributes={"messaging.message.body.size": len(msg.data)}) as span:
+                    part = prepare([msg], mapper, target)
+                    if part.dead:
+                        span.set_attribute("error.type", part.dead[0].reason)
+                    parts.append(part)
+            return _join_prepared(parts)
+
+        return per_message if self._per_message else per_batch
+
+    def insert(self, client: Any, table: str, database: str, names: Any, columns: list[list], features: Any) -> int:
+        """INSERT under `clickhouse.prepare` and `clickhouse.send` spans.
+
+        clickhouse-driver serialises the columns while it writes them to the socket
+        (and only after the server has sent the table's sample block), so the two cannot
+        be separated without re-implementing its protocol: `clickhouse.prepare` covers
+        building the statement and settings (the trace context for the server included),
+        `clickhouse.send` the whole `client.execute`: serialisation, network and server.
+        """
+        from opentelemetry import context
+
+        from workers import sink
+
+        trace = self._trace
+        db, name = sink.split_table(table, database)
+        rows = len(columns[0]) if columns else 0
+        attrs = {
+            "db.system.name": "clickhouse", "db.namespace": db, "db.collection.name": name,
+            "db.operation.name": "INSERT", "db.operation.batch.size": rows,
+            "server.address": getattr(getattr(client, "connection", None), "host", ""),
+            "server.port": getattr(getattr(client, "connection", None), "port", 0),
+        }
+        started = time.perf_counter()
+        batch_context = context.get_current()  # both spans are children of the batch
+        with self.tracer.start_as_current_span("clickhouse.prepare", attributes=attrs):
+            statement = sink.insert_statement(table, database, names)
+            send = self.tracer.start_span(
+                "clickhouse.send", context=batch_context, kind=trace.SpanKind.CLIENT, attributes={**attrs, "db.query.text": statement},
+            )
+            settings = None
+            if features is not None and features.opentelemetry_traceparent:
+                ctx = send.get_span_context()
+                settings = {"opentelemetry_traceparent": format_traceparent(ctx.trace_id, ctx.span_id, int(ctx.trace_flags))}
+        labels = _BATCH_LABELS.get()
+        outcome = "ok"
+        try:
+            with trace.use_span(send, end_on_exit=True):
+                return sink.send_insert(client, statement, columns, settings)
+        except BaseException as exc:
+            outcome = type(exc).__name__
+            send.set_attribute("error.type", outcome)
+            raise
+        finally:
+            self._insert_duration.record(time.perf_counter() - started, {**labels, "error.type": outcome} if outcome != "ok" else labels)
+
+    @contextlib.contextmanager
+    def ack(self, n: int) -> Iterator[None]:
+        with self.tracer.start_as_current_span("nats.ack", kind=self._trace.SpanKind.CLIENT, attributes={"messaging.system": "nats", "messaging.operation.type": "settle", "messaging.operation.name": "ack", "messaging.batch.message_count": n}):
+            yield
+
+    def retry(self, what: str, exc: BaseException) -> None:
+        span = self._trace.get_current_span()
+        span.record_exception(exc, attributes={"jetsink.operation": what})
+        span.set_attribute("error.type", type(exc).__name__)
+        self._retries.add(1, {**_BATCH_LABELS.get(), "jetsink.operation": what, "error.type": type(exc).__name__})
+
+    def batch_committed(self, target: Any, msgs: list[Any], prepared: Any) -> None:
+        from workers import intake
+
+        labels = _BATCH_LABELS.get() or {A_PIPELINE: target.pipeline.name, A_PARTITION: target.index, A_SLOT: target.worker}
+        dead_bytes = 0
+        span = self._trace.get_current_span()
+        for dl in prepared.dead:
+            dead_bytes += len(dl.data)
+            self._dlq.add(1, {**labels, "jetsink.dlq.reason": dl.reason})
+            span.add_event("dead_letter", {
+                "jetsink.dlq.reason": dl.reason, "jetsink.dlq.error": dl.error[:300],
+                "messaging.nats.subject": dl.subject, "jetsink.stream_seq": dl.stream_seq,
+            })
+        total_bytes = sum(len(m.data) for m in msgs)
+        self._consumed.add(len(msgs), labels)
+        self._rows.add(prepared.rows, labels)
+        self._bytes.add(total_bytes - dead_bytes, labels)
+        self._batch_rows.record(len(msgs), labels)
+        now_ns = time.time_ns()
+        # The oldest and the newest message of the batch: the range of its freshness
+        # without a histogram observation per message.
+        for msg in (msgs[0], msgs[-1]) if len(msgs) > 1 else msgs:
+            self._freshness.record(max(0, now_ns - intake.parse_ack_subject(msg.reply).timestamp_ns) / 1e9, labels)
+        span.set_attribute("jetsink.rows", prepared.rows)
+        span.set_attribute("jetsink.bytes", total_bytes)
+        span.set_attribute("jetsink.dead_lettered", len(prepared.dead))
+
+    # -- metrics ---------------------------------------------------------------
+
+    def observe_pending(self, source: Callable[[], Iterable[tuple[str, int, int]]]) -> None:
+        self._pending_sources.append(source)
+
+    def _observe_pending(self, options: Any) -> Iterator[Any]:
+        from opentelemetry.metrics import Observation
+
+        for source in self._pending_sources:
+            for pipeline, partition, pending in source():
+                yield Observation(pending, {A_PIPELINE: pipeline, A_PARTITION: partition, A_SLOT: self.slot})
+
+    def worker_restarted(self, slot: int) -> None:
+        self._restarts.add(1, {A_SLOT: slot})
+
+
+def _join_prepared(parts: list[Any]) -> Any:
+    """One Prepared from per-message ones: columns concatenated, row indices shifted."""
+    first = parts[0]
+    columns = [list(chain.from_iterable(p.columns[c] for p in parts)) for c in range(len(first.columns))]
+    row_msgs = [i + r for i, p in enumerate(parts) for r in p.row_msgs]
+    return type(first)(columns=columns, rows=sum(p.rows for p in parts), row_msgs=row_msgs, dead=[d for p in parts for d in p.dead])
+
+
+def _exporters() -> tuple[Any, Any, Any]:
+    """OTLP span, metric and log exporters for OTEL_EXPORTER_OTLP_PROTOCOL (default http/protobuf).
+
+    Endpoint, headers, timeout and compression come from the OTEL_EXPORTER_OTLP_* variables,
+    which the exporters read themselves. The log exporter is None when unavailable.
+    """
+    protocol = os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf").strip().lower()
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        log_module = "opentelemetry.exporter.otlp.proto.grpc._log_exporter"
+    else:
+        if protocol != "http/protobuf":
+            log.warning("OTEL_EXPORTER_OTLP_PROTOCOL=%s is not supported; using http/protobuf", protocol)
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        log_module = "opentelemetry.exporter.otlp.proto.http._log_exporter"
+    try:
+        import importlib
+
+        log_exporter = importlib.import_module(log_module).OTLPLogExporter()
+    except (ImportError, AttributeError):
+        log_exporter = None
+    return OTLPSpanExporter(), OTLPMetricExporter(), log_exporter
