@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 from typing import Any
@@ -30,7 +29,6 @@ async def connect_nats(cfg: Any, name: str, initial_attempts: int = 2, **overrid
     """
 
     connected = False
-    holder: list[nats.NATS] = []
 
     async def on_error(exc: Exception) -> None:
         # Failed first attempts end in one ConnectionError below; only later errors are news.
@@ -42,8 +40,6 @@ async def connect_nats(cfg: Any, name: str, initial_attempts: int = 2, **overrid
 
     async def on_reconnect() -> None:
         log.info("reconnected to nats %s", ",".join(cfg.servers))
-        if holder:
-            await _revive_flusher(holder[0])
 
     opts: dict[str, Any] = dict(
         servers=list(cfg.servers),
@@ -80,32 +76,8 @@ async def connect_nats(cfg: Any, name: str, initial_attempts: int = 2, **overrid
         hint = " (embedded: true - is the supervisor running?)" if cfg.embedded else ""
         raise ConnectionError(f"cannot connect to nats {','.join(cfg.servers)}{hint}: {exc or type(exc).__name__}") from exc
     connected = True
-    holder.append(nc)
     nc.options["max_reconnect_attempts"] = -1
     return nc
-
-
-async def _revive_flusher(nc: nats.NATS) -> None:
-    """Work around a nats-py (2.x) reconnect race that silently stops all publishing.
-
-    A reconnect cancels the flusher task and starts a new one while the client is still
-    marked RECONNECTING, so the new task exits at once. A flush request queued before
-    the disconnect then stays in the flush queue forever, and since publish() only asks
-    for a flush when that queue is empty, every later publish (our pull requests and
-    acks) piles up unsent: partitions stall with nothing waiting on the server. Resolve
-    the stale requests, restart the flusher, and write what piled up.
-    """
-    queue = getattr(nc, "_flush_queue", None)
-    if queue is None:  # a nats-py without the race's internals
-        return
-    while not queue.empty():
-        fut = queue.get_nowait()
-        if not fut.done():
-            fut.set_result(None)
-    task = getattr(nc, "_flusher_task", None)
-    if task is None or task.done():
-        nc._flusher_task = asyncio.get_running_loop().create_task(nc._flusher())
-    await nc._flush_pending()
 
 
 def clickhouse_client(cfg: Any, **settings: Any) -> Client:

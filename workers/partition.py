@@ -27,6 +27,7 @@ from workers.telemetry import Telemetry
 log = logging.getLogger(__name__)
 
 _STOP = object()
+MAX_UNANSWERED_PULLS = 3
 
 
 @dataclass
@@ -134,6 +135,7 @@ class PartitionRunner:
         self._wake = asyncio.Event()
         self._outstanding = 0  # messages the open pull request may still deliver
         self._request_deadline = 0.0
+        self._unanswered = 0  # pull requests in a row that got no reply while connected
         self._stopping = False
         self._last_progress = time.monotonic()
         # Expiring pull requests every few seconds bounds how long a release waits.
@@ -193,6 +195,7 @@ class PartitionRunner:
     # -- intake -----------------------------------------------------------------
 
     async def _on_msg(self, msg: Any) -> None:
+        self._unanswered = 0
         if not msg.reply:
             # A status reply: the pull request is over (404/408/409) or a heartbeat.
             status = (msg.headers or {}).get("Status")
@@ -203,8 +206,12 @@ class PartitionRunner:
                 self._wake.set()
             return
         self._batch.add(msg)
-        self._outstanding -= 1
-        if self._outstanding <= 0 or self._batch.full:
+        # Messages of a request we already counted as over (a 409 on server shutdown
+        # arrives ahead of deliveries still in the socket) are kept, but must not drive
+        # the count below zero: a negative count would never send another request.
+        if self._outstanding > 0:
+            self._outstanding -= 1
+        if self._outstanding == 0 or self._batch.full:
             self._wake.set()
 
     async def _pull_loop(self) -> None:
@@ -216,6 +223,14 @@ class PartitionRunner:
             if self._outstanding > 0 and now > self._request_deadline:
                 # The reply to this request was lost (e.g. a reconnect): ask again.
                 self._outstanding = 0
+                # The server answers every pull request, at the latest with a 408 when
+                # it expires. Several unanswered in a row on a connection that says it
+                # is up means the client itself stopped writing or reading (seen with
+                # nats-py after reconnects): fail, so the supervisor restarts the worker
+                # and JetStream redelivers, instead of stalling silently.
+                self._unanswered = self._unanswered + 1 if self._nc.is_connected else 0
+                if self._unanswered >= MAX_UNANSWERED_PULLS:
+                    raise ConnectionError(f"partition {self.name}: {self._unanswered} pull requests unanswered on a connected NATS client")
             batch = self._batch
             deadline = batch.deadline()
             if batch and (batch.full or now >= deadline or (self._stopping and self._outstanding == 0)):

@@ -49,6 +49,7 @@ EXIT_BOOT_ERROR = 3  # bad schema/config: restarting will not help
 # A partition's loops turn at least every few seconds (pull requests expire within 5 s,
 # retries back off at most 30 s, an insert times out after send_receive_timeout_s).
 STALL_TIMEOUT_S = 180.0
+NATS_DOWN_RESTART_S = 30.0
 
 
 class BootError(Exception):
@@ -72,6 +73,7 @@ class Worker:
         # and a single thread owning it is the simplest way to honour that.
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"insert-{slot}")
         self._parent = os.getppid()
+        self._nats_down_since: float | None = None
 
     async def _in_thread(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args))
@@ -117,6 +119,7 @@ class Worker:
                 break
             except Exception as exc:
                 log.warning("waiting for %s: %s", where, exc)
+                self._beat()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         self._features = ServerFeatures.from_version(version)
@@ -130,7 +133,16 @@ class Worker:
                 if type(exc).__name__ in ("SchemaError", "LookupError"):
                     raise BootError(f"pipelines {p.name}: {exc}") from exc
                 raise
-        self._nc = await connect_nats(cfg.nats, name=f"jetsink-worker-{self.slot}")
+        delay = 0.5
+        while True:
+            try:
+                self._nc = await connect_nats(cfg.nats, name=f"jetsink-worker-{self.slot}")
+                break
+            except ConnectionError as exc:  # an outage is waited out, beating meanwhile
+                log.warning("waiting for nats: %s", exc)
+                self._beat()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
         log.info("worker ready: %s, nats %s", where, ",".join(cfg.nats.servers), extra={"clickhouse_version": ".".join(map(str, version))})
 
     def _read_control(self) -> None:
@@ -150,6 +162,18 @@ class Worker:
             if os.getppid() != self._parent:
                 self._control.put_nowait({"op": "drain", "why": "supervisor gone"})
             now = time.monotonic()
+            if self._nc.is_connected:
+                self._nats_down_since = None
+            elif self._nats_down_since is None:
+                self._nats_down_since = now
+            elif now - self._nats_down_since > NATS_DOWN_RESTART_S:
+                # nats-py can stay "reconnecting" for good after a server restart even
+                # when the server is back (seen in the chaos tests). A fresh process
+                # connects cleanly; its boot waits for NATS if it really is down, and
+                # JetStream redelivers whatever this one had not acked.
+                log.error("nats %s: not connected for %.0fs; restarting the worker", ",".join(self.config.nats.servers), now - self._nats_down_since)
+                sys.stdout.flush()
+                os._exit(1)
             for key, runner in list(self._runners.items()):
                 stalled = runner.stalled_for(now)
                 if stalled > STALL_TIMEOUT_S:
