@@ -71,7 +71,7 @@ def prepare(batch_msgs: list[Any], mapper: ColumnMapper, target: PartitionTarget
     loads = orjson.loads
     max_deliver = target.pipeline.max_deliver
     for i, msg in enumerate(batch_msgs):
-        if max_deliver > 0 and intake.parse_ack_subject(msg.reply).delivered >= max_deliver:
+        if max_deliver > 0 and intake.redelivered(msg.reply) >= max_deliver:
             # JetStream will not deliver it again: if this attempt died too, it would be
             # stranded in the stream. It has already been part of max_deliver - 1 failed
             # batches (worker crashes), so it is kept in the DLQ for a replay instead.
@@ -136,6 +136,8 @@ class PartitionRunner:
         self._outstanding = 0  # messages the open pull request may still deliver
         self._request_deadline = 0.0
         self._unanswered = 0  # pull requests in a row that got no reply while connected
+        self._received = 0  # replies seen on the inbox (a cheap activity counter)
+        self._received_at_deadline = 0
         self._stopping = False
         self._last_progress = time.monotonic()
         # Expiring pull requests every few seconds bounds how long a release waits.
@@ -196,12 +198,15 @@ class PartitionRunner:
 
     async def _on_msg(self, msg: Any) -> None:
         self._unanswered = 0
+        self._received += 1
         if not msg.reply:
             # A status reply: the pull request is over (404/408/409) or a heartbeat.
             status = (msg.headers or {}).get("Status")
             if status != intake.HEARTBEAT:
-                if status == intake.CONFLICT:
-                    log.warning("pull on %s ended: %s", self.name, (msg.headers or {}).get("Description"))
+                description = (msg.headers or {}).get("Description")
+                if status == intake.CONFLICT and description != "Batch Completed":
+                    # "Batch Completed" is the normal end of a request capped by max_bytes.
+                    log.warning("pull on %s ended: %s", self.name, description)
                 self._outstanding = 0
                 self._wake.set()
             return
@@ -220,6 +225,12 @@ class PartitionRunner:
             if not self._sealed.full():
                 # Blocked on a full queue is the commit's progress to report, not ours.
                 self._last_progress = now
+            if self._outstanding > 0 and now > self._request_deadline and self._received != self._received_at_deadline:
+                # Still delivering (a big batch to a busy process takes longer than the
+                # request's expiry): the request is alive, give it more time rather than
+                # open a second one beside it.
+                self._received_at_deadline = self._received
+                self._request_deadline = now + self._expires_s + 2.0
             if self._outstanding > 0 and now > self._request_deadline:
                 # The reply to this request was lost (e.g. a reconnect): ask again.
                 self._outstanding = 0

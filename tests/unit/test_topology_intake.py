@@ -85,3 +85,13 @@ def test_dead_letter_headers_keep_originals_and_flatten_errors():
     assert h["Jetsink-Reason"] == "invalid_json" and h["Jetsink-Stream-Seq"] == "42"
     assert "\n" not in h["Jetsink-Error"] and "\r" not in h["Jetsink-Error"]
     assert len(h["Jetsink-Error"]) <= 1000
+
+
+@given(st.integers(1, 10_000), st.booleans())
+def test_redelivered_agrees_with_the_full_decode(delivered, v2):
+    reply = (
+        f"$JS.ACK.hub.HASH.EVENTS.c.{delivered}.42.41.1764150000000000000.7.tok"
+        if v2 else f"$JS.ACK.EVENTS.c.{delivered}.42.41.1764150000000000000.7"
+    )
+    full = intake.parse_ack_subject(reply).delivered
+    assert intake.redelivered(reply) == (0 if full == 1 else full)
