@@ -55,7 +55,7 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     for w in results.get("workers") or []:
         rows.append((f"worker {w['slot']} cpu / rss peak", f"{w['cpu_s']:.1f} s / {w['rss_peak_mb']:.0f} MB", ""))
     for w in base.get("workers") or []:
-        rows.append((f"naive cpu / rss peak", "", f"{w['cpu_s']:.1f} s / {w['rss_peak_mb']:.0f} MB"))
+        rows.append(("naive cpu / rss peak", "", f"{w['cpu_s']:.1f} s / {w['rss_peak_mb']:.0f} MB"))
     if results.get("speedup") is not None:
         rows.append(("speedup (jetsink / naive)", f"{results['speedup']:.2f}x", ""))
     return rows

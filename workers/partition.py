@@ -21,7 +21,7 @@ import orjson
 from workers import faults, intake
 from workers.batch import Batch
 from workers.dlq import DeadLetter, publish_dead_letters
-from workers.schema import ColumnMapper, MappingError
+from workers.schema import ColumnMapper
 from workers.telemetry import Telemetry
 
 log = logging.getLogger(__name__)

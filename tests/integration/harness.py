@@ -147,6 +147,22 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
+def publish_events(nats_url: str, msgs: Any, stream: str) -> Any:
+    """Publish (subject, body, headers) tuples to JetStream, every one acked (bench.events.publish)."""
+    import nats
+
+    from bench.events import publish
+
+    async def go() -> Any:
+        nc = await nats.connect(nats_url)
+        try:
+            return await publish(nc, msgs, stream=stream)
+        finally:
+            await nc.close()
+
+    return run(go())
+
+
 class Load(threading.Thread):
     """Publishes events start..start+count-1 at `rate`/s from a thread, surviving outages.
 

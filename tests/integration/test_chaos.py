@@ -8,12 +8,11 @@ import signal
 import time
 import uuid
 
-import pytest
 import yaml
 from clickhouse_driver import Client
 
 from supervisor import embedded
-from tests.integration.harness import Load, Supervisor, sink_config, wait_until
+from tests.integration.harness import Load, Supervisor, sink_config
 
 RATE = 3000.0
 

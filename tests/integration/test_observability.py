@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -14,9 +13,9 @@ import nats
 import orjson
 import pytest
 
-from bench.events import make_event, publish
+from bench.events import make_event
 from supervisor.profiler import find_py_spy
-from tests.integration.harness import REPO, Supervisor, run, sink_config, wait_until
+from tests.integration.harness import publish_events, REPO, Supervisor, run, sink_config, wait_until
 from tests.integration.otlp_receiver import OTLPReceiver
 
 N_GOOD = 300
@@ -38,15 +37,6 @@ def _otel_env(monkeypatch, receiver):
         monkeypatch.delenv(name, raising=False)
 
 
-def _publish(nats_url, msgs, stream):
-    async def go():
-        nc = await nats.connect(nats_url)
-        try:
-            return await publish(nc, msgs, stream=stream)
-        finally:
-            await nc.close()
-
-    return run(go())
 
 
 def _dead_letters(nats_url, stream):
@@ -100,7 +90,7 @@ def test_traces_metrics_logs_and_profiles_across_processes(tmp_path, monkeypatch
         sup = Supervisor(cfg, tmp_path / "sink.log")
         try:
             sup.wait_acquired(4)
-            assert _publish(nats_url, msgs, stream).published == len(msgs)
+            assert publish_events(nats_url, msgs, stream).published == len(msgs)
             wait_until(lambda: _count(clickhouse_client, ch_database) >= N_GOOD, 60, "rows")
 
             # -- the batch span tree ------------------------------------------------
@@ -233,7 +223,7 @@ def test_observability_off_exports_nothing_and_starts_no_exporter(tmp_path, monk
         try:
             sup.wait_acquired(2)
             msgs = [(f"{prefix}.k{i % 4}", orjson.dumps(make_event(i)), {"traceparent": f"00-{i + 1:032x}-{i + 1:016x}-01"}) for i in range(200)]
-            assert _publish(nats_url, msgs, stream).published == len(msgs)
+            assert publish_events(nats_url, msgs, stream).published == len(msgs)
             wait_until(lambda: _count(clickhouse_client, ch_database) >= len(msgs), 60, "rows")
             for slot, pid in sup.worker_pids().items():
                 names = _thread_names(pid)

@@ -3,8 +3,6 @@ failures stop instead of looping, workers die with their supervisor, NATS auth."
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import uuid

@@ -11,12 +11,11 @@ import uuid
 
 import nats
 import orjson
-import pytest
 import yaml
 
-from bench.events import event_messages, make_event, publish
+from bench.events import event_messages, make_event
 from supervisor.topology import consumer_name
-from tests.integration.harness import REPO, Supervisor, run, sink_config, wait_until
+from tests.integration.harness import publish_events, REPO, Supervisor, run, sink_config, wait_until
 
 N_EVENTS = 100_000
 
@@ -26,15 +25,6 @@ def _names():
     return f"ev{tag}", f"EV_{tag}", f"ev{tag}.*"
 
 
-def _publish(nats_url, msgs, stream):
-    async def go():
-        nc = await nats.connect(nats_url)
-        try:
-            return await publish(nc, msgs, stream=stream)
-        finally:
-            await nc.close()
-
-    return run(go())
 
 
 def _count(client, db, where="1"):
@@ -48,7 +38,7 @@ def test_100k_events_arrive_exactly_with_matching_values(tmp_path, nats_url, cli
     sup = Supervisor(cfg, tmp_path / "sink.log")
     try:
         sup.wait_acquired(8)
-        result = _publish(nats_url, event_messages(0, N_EVENTS, prefix=prefix, keys=16), stream)
+        result = publish_events(nats_url, event_messages(0, N_EVENTS, prefix=prefix, keys=16), stream)
         assert result.published == N_EVENTS
         sup.wait(lambda: _count(clickhouse_client, ch_database) >= N_EVENTS, 180, f"{N_EVENTS} rows")
 
@@ -122,7 +112,7 @@ def test_bad_messages_go_to_the_dlq_and_good_ones_are_inserted(tmp_path, nats_ur
     sup = Supervisor(cfg, tmp_path / "sink.log")
     try:
         sup.wait_acquired(4)
-        assert _publish(nats_url, msgs, stream).published == len(msgs)
+        assert publish_events(nats_url, msgs, stream).published == len(msgs)
         sup.wait(lambda: _count(clickhouse_client, ch_database) >= len(good), 120, "good rows")
 
         async def dead_letters():
@@ -167,12 +157,12 @@ def test_kill_9_of_a_worker_mid_stream_loses_nothing(tmp_path, nats_url, clickho
     sup = Supervisor(cfg, tmp_path / "sink.log")
     try:
         sup.wait_acquired(8)
-        assert _publish(nats_url, event_messages(0, total // 2, prefix=prefix), stream).published == total // 2
+        assert publish_events(nats_url, event_messages(0, total // 2, prefix=prefix), stream).published == total // 2
         # Kill while the workers are mid-stream: some rows inserted, some not yet.
         sup.wait(lambda: _count(clickhouse_client, ch_database) > 0, 60, "first rows")
         victim = sup.worker_pids()[0]
         os.kill(victim, signal.SIGKILL)
-        assert _publish(nats_url, event_messages(total // 2, total - total // 2, prefix=prefix), stream).published == total - total // 2
+        assert publish_events(nats_url, event_messages(total // 2, total - total // 2, prefix=prefix), stream).published == total - total // 2
         wait_until(lambda: len(sup.logged("spawned worker")) >= 3, 60, "the killed worker to be replaced")
         sup.wait(
             lambda: clickhouse_client.execute(f"SELECT uniqExact(event_id) FROM {ch_database}.events")[0][0] >= total,

@@ -4,7 +4,6 @@ and its status endpoint and `status` command while it runs."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -13,7 +12,6 @@ import time
 import urllib.request
 import uuid
 
-import pytest
 
 from tests.integration.harness import REPO, Supervisor, sink_config, wait_until
 
@@ -47,7 +45,6 @@ def test_ready_watchdog_status_reload_stopping(tmp_path, nats_url, clickhouse_se
     try:
         wait_until(lambda: notify.has("READY=1"), 60, "READY=1")
         # READY only after every worker said it was ready.
-        ready_at = next(t for t, m in notify.messages if m.startswith("READY=1"))
         assert len(sup.logged("ready (pid")) == 2
         wait_until(lambda: len(notify.has("WATCHDOG=1")) >= 2, 30, "two watchdog pings")
         status = wait_until(lambda: notify.has("STATUS="), 30, "STATUS")
