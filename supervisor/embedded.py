@@ -219,8 +219,11 @@ def start_clickhouse(
     host: str = "127.0.0.1",
     http_port: int | None = None,
     ready_timeout: float = 60.0,
+    users: dict[str, str] | None = None,
 ) -> ServerProcess:
     """Start clickhouse-server with native port `port`; return once it answers.
+
+    `users` adds password users (name -> password) beside the passwordless default.
 
     Writes its config to data_dir/etc, keeps data, tmp and logs under data_dir.
     Ready means HTTP /ping says "Ok." and `SELECT version()` works over the
@@ -230,7 +233,7 @@ def start_clickhouse(
     data_dir = Path(data_dir)
     if http_port is None:
         http_port = free_port(host)
-    config_path = write_clickhouse_config(data_dir, port, http_port, host)
+    config_path = write_clickhouse_config(data_dir, port, http_port, host, users or {})
     log_dir = data_dir / "log"
     argv = [*argv_prefix, f"--config-file={config_path}"]
     # Newer ClickHouse may fork a watchdog parent; keep one process so that
@@ -258,7 +261,7 @@ def start_clickhouse(
     return server
 
 
-def write_clickhouse_config(data_dir: Path, port: int, http_port: int, host: str) -> Path:
+def write_clickhouse_config(data_dir: Path, port: int, http_port: int, host: str, users_extra: dict[str, str] | None = None) -> Path:
     """Write a minimal config.xml + users.xml under data_dir/etc; return config.xml.
 
     Valid for both 18.16 and 23+: the root element is <yandex> (newer servers
@@ -306,7 +309,7 @@ def write_clickhouse_config(data_dir: Path, port: int, http_port: int, host: str
     <max_concurrent_queries>100</max_concurrent_queries>
 </yandex>
 """
-    users = """<?xml version="1.0"?>
+    users_xml = """<?xml version="1.0"?>
 <yandex>
     <profiles>
         <default>
@@ -323,6 +326,7 @@ def write_clickhouse_config(data_dir: Path, port: int, http_port: int, host: str
             <quota>default</quota>
             <access_management>0</access_management>
         </default>
+        {extra_users}
     </users>
     <quotas>
         <default>
@@ -339,7 +343,13 @@ def write_clickhouse_config(data_dir: Path, port: int, http_port: int, host: str
 </yandex>
 """
     (etc / "config.xml").write_text(config)
-    (etc / "users.xml").write_text(users)
+    # 18.16 has no CREATE USER: password users (tests of authentication) live here.
+    extra = "".join(
+        f"<{name}><password>{escape(pw)}</password><networks><ip>::/0</ip></networks>"
+        f"<profile>default</profile><quota>default</quota></{name}>"
+        for name, pw in (users_extra or {}).items()
+    )
+    (etc / "users.xml").write_text(users_xml.replace("{extra_users}", extra))
     return etc / "config.xml"
 
 

@@ -8,10 +8,11 @@ import sys
 import uuid
 
 import psutil
+import pytest
 import yaml
 
 from supervisor import embedded
-from tests.integration.harness import REPO, DEMO_TABLE, Load, Supervisor, sink_config, wait_until
+from tests.integration.harness import DEMO_TABLE, REPO, Load, Supervisor, sink_config, wait_until
 
 
 def _names(prefix="op"):
@@ -130,4 +131,76 @@ def test_wrong_nats_password_is_a_clear_boot_error(tmp_path, clickhouse_server, 
         assert proc.returncode == 3
         assert f"127.0.0.1:{port}" in proc.stdout and "wrong-one" not in proc.stdout
     finally:
+        server.stop()
+
+
+def _make_certs(d):
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, with openssl."""
+    d.mkdir(parents=True, exist_ok=True)
+
+    def ossl(*args):
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca-key.pem", "-out", "ca.pem", "-days", "2", "-subj", "/CN=jetsink test CA")
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("server", "client"):
+        ossl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}-key.pem", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+        ossl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", "san.ext")
+    return d
+
+
+def test_nats_tls_with_client_certificate_and_clickhouse_password(tmp_path, clickhouse_server, monkeypatch):
+    import ssl
+
+    import nats
+    import orjson
+    from clickhouse_driver import Client
+
+    from bench.events import make_event
+    from tests.integration.harness import run
+
+    certs = _make_certs(tmp_path / "certs")
+    port = embedded.free_port()
+    server = embedded.start_nats(
+        tmp_path / "nats", port,
+        extra_args=["--tls", "--tlscert", str(certs / "server.pem"), "--tlskey", str(certs / "server-key.pem"),
+                    "--tlsverify", "--tlscacert", str(certs / "ca.pem")],
+    )
+    ch_dir, ch_port = tmp_path / "ch", embedded.free_port()
+    ch = embedded.start_clickhouse(ch_dir, ch_port, users={"sink": "ch-s3cret"})
+
+    admin = Client(host="127.0.0.1", port=ch_port)
+    try:
+        assert Client(host="127.0.0.1", port=ch_port, user="sink", password="ch-s3cret").execute("SELECT 1") == [(1,)]
+        with pytest.raises(Exception, match="(?i)password|authentication"):
+            Client(host="127.0.0.1", port=ch_port, user="sink", password="wrong").execute("SELECT 1")
+        admin.execute("CREATE DATABASE tlsdb")
+        names, prefix = _names("tl")
+        cfg = sink_config(tmp_path, f"tls://127.0.0.1:{port}", ch_port, "tlsdb", partitions=1, workers=1, **names)
+        data = yaml.safe_load(cfg.read_text())
+        data["nats"]["tls"] = {"ca_file": str(certs / "ca.pem"), "cert_file": str(certs / "client.pem"), "key_file": str(certs / "client-key.pem")}
+        data["clickhouse"].update(user="sink", password_env="CH_PW")
+        cfg.write_text(yaml.safe_dump(data))
+        monkeypatch.setenv("CH_PW", "ch-s3cret")
+        sup = Supervisor(cfg, tmp_path / "sink.log")
+        try:
+            sup.wait_acquired(1)
+            ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+            ctx.load_cert_chain(str(certs / "client.pem"), str(certs / "client-key.pem"))
+
+            async def pub():
+                nc = await nats.connect(f"tls://127.0.0.1:{port}", tls=ctx)
+                for i in range(200):
+                    await nc.jetstream().publish(f"{prefix}.k{i % 4}", orjson.dumps(make_event(i)))
+                await nc.close()
+
+            run(pub())
+            sup.wait(lambda: admin.execute("SELECT count() FROM tlsdb.events")[0][0] >= 200, 60, "rows over TLS with a password user")
+            assert "ch-s3cret" not in sup.log_path.read_text()
+            assert sup.terminate() == 0
+        finally:
+            sup.close()
+    finally:
+        admin.disconnect()
+        ch.stop()
         server.stop()
