@@ -267,17 +267,23 @@ class JetsinkSink:
 
     def stop(self, timeout: float = 90.0) -> int | None:
         """TERM (workers drain and exit, memray profiles are written), then KILL if needed."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = _terminate(self.proc, timeout)
         self.poll()
-        return self.proc.returncode
+        return code
+
+
+def _terminate(proc: subprocess.Popen | None, timeout: float) -> int | None:
+    """TERM, wait up to `timeout`, then KILL; the exit code (None if never started)."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
 
 
 class NaiveSink:
@@ -319,16 +325,7 @@ class NaiveSink:
         return self.proc is not None
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return _terminate(self.proc, timeout)
 
 
 # ------------------------------------------------------------------------ profiles
