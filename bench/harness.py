@@ -173,6 +173,8 @@ def run_config(base: dict[str, Any], servers: Servers, names: RunNames, workers:
         "clickhouse": {**servers.clickhouse_section, "database": names.database, "embedded": False},
         "pipelines": [pipeline],
         "observability": observability,
+        # A free port: the bench must not collide with a sink already running here.
+        "admin": {"listen": "127.0.0.1:0"},
     }
 
 

@@ -124,9 +124,10 @@ class Arbiter:
                     self._spawn(self._handle(slot))
                 log.info("supervising %d workers over %d partitions", self._size, sum(map(len, self._desired.values())))
             self._loop(wake_r)
-        except (provision.ProvisionError, ConnectionError, RuntimeError, FileNotFoundError) as exc:
+        except (provision.ProvisionError, OSError, RuntimeError) as exc:
             # Unreachable servers, an embedded server that would not start, a table that
-            # does not match: one clear line naming it, and the boot-failure exit code.
+            # does not match, a taken admin port: one clear line naming it, and the
+            # boot-failure exit code.
             log.error("cannot start: %s", exc)
             self._exit_code = EXIT_BOOT
         finally:
