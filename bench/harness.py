@@ -220,7 +220,21 @@ class LogTail:
         return new
 
 
-class JetsinkSink:
+class _ChildProcess:
+    """What both sinks share: one child process, its pid and exit code."""
+
+    proc: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def exit_code(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+
+class JetsinkSink(_ChildProcess):
     """`python -m supervisor --config FILE`; learns its workers from its log."""
 
     name = "jetsink"
@@ -256,14 +270,6 @@ class JetsinkSink:
                 self.errors.append(msg)
         return ready
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def exit_code(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
-
     def is_ready(self) -> bool:
         return self.acquired >= self.partitions
 
@@ -288,7 +294,7 @@ def _terminate(proc: subprocess.Popen | None, timeout: float) -> int | None:
     return proc.returncode
 
 
-class NaiveSink:
+class NaiveSink(_ChildProcess):
     """bench/naive.py as a child process: one process, no supervisor."""
 
     name = "naive"
@@ -314,14 +320,6 @@ class NaiveSink:
             return []
         self._announced = True
         return [(0, self.proc.pid)]
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def exit_code(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
 
     def is_ready(self) -> bool:
         return self.proc is not None
