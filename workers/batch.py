@@ -18,11 +18,12 @@ class Batch:
     nbytes: int = 0
     opened_at: float = 0.0  # monotonic time of the first message
 
-    def add(self, msg: Any) -> None:
+    def extend(self, msgs: list[tuple]) -> None:
+        """Add deliveries (raw tuples, workers/wire.py: data is item 2)."""
         if not self.messages:
             self.opened_at = time.monotonic()
-        self.messages.append(msg)
-        self.nbytes += len(msg.data)
+        self.messages.extend(msgs)
+        self.nbytes += sum([len(m[2]) for m in msgs])
 
     def __len__(self) -> int:
         return len(self.messages)

@@ -9,6 +9,8 @@ from typing import Any
 import nats
 from clickhouse_driver import Client
 
+from workers import wire
+
 log = logging.getLogger(__name__)
 
 
@@ -71,7 +73,9 @@ async def connect_nats(cfg: Any, name: str, initial_attempts: int = 2, **overrid
         opts["tls"] = _ssl_context(cfg.tls)
     opts.update(overrides)
     try:
-        nc = await nats.connect(**opts)
+        # A client whose parser can hand pull inboxes' deliveries over in bulk.
+        nc = wire.new_client()
+        await nc.connect(**opts)
     except Exception as exc:  # nats-py raises a zoo of types here; the user needs one message
         hint = " (embedded: true - is the supervisor running?)" if cfg.embedded else ""
         raise ConnectionError(f"cannot connect to nats {','.join(cfg.servers)}{hint}: {exc or type(exc).__name__}") from exc

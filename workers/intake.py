@@ -42,24 +42,36 @@ class Delivery:
     """What the ack subject of a JetStream message tells about it."""
 
     stream_seq: int
+    consumer_seq: int  # the consumer's delivery number: consecutive over all its deliveries
     delivered: int  # how many times this message has been delivered, this one included
     timestamp_ns: int  # when the stream stored it
     pending: int  # messages left in the consumer after this one
 
 
-def redelivered(reply: str) -> int:
-    """How many times the message was delivered, or 0 on its first delivery.
+def first_delivery_prefix(reply: bytes) -> bytes:
+    """The start every first delivery's ack subject of this consumer has.
 
-    The hot path asks this of every message; almost all are first deliveries, so it
-    only splits the subject and compares one token instead of decoding all of it.
+    ``$JS.ACK.[domain.hash.]<stream>.<consumer>.1.``: a message whose ack subject
+    starts so was delivered once. The hot path checks every message with one
+    ``startswith`` instead of decoding its subject.
     """
-    tokens = reply.split(".")
-    token = tokens[4] if len(tokens) == 9 else tokens[6]
-    return 0 if token == "1" else int(token)
+    tokens = reply.split(b".")
+    if len(tokens) < 9 or tokens[0] != b"$JS" or tokens[1] != b"ACK":
+        raise ValueError(f"not a JetStream ack subject: {reply!r}")
+    base = 2 if len(tokens) == 9 else 4
+    return b".".join(tokens[: base + 2]) + b".1."
 
 
-def parse_ack_subject(reply: str) -> Delivery:
+def redelivered(reply: bytes) -> int:
+    """How many times the message was delivered, or 0 on its first delivery."""
+    d = parse_ack_subject(reply)
+    return 0 if d.delivered == 1 else d.delivered
+
+
+def parse_ack_subject(reply: bytes | str) -> Delivery:
     """Decode `$JS.ACK.[domain.hash.]<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>[.<token>]`."""
+    if isinstance(reply, (bytes, bytearray)):
+        reply = reply.decode("ascii", "replace")
     tokens = reply.split(".")
     if len(tokens) < 9 or tokens[0] != "$JS" or tokens[1] != "ACK":
         raise ValueError(f"not a JetStream ack subject: {reply!r}")
@@ -68,6 +80,7 @@ def parse_ack_subject(reply: str) -> Delivery:
     base = 2 if len(tokens) == 9 else 4
     return Delivery(
         stream_seq=int(tokens[base + 3]),
+        consumer_seq=int(tokens[base + 4]),
         delivered=int(tokens[base + 2]),
         timestamp_ns=int(tokens[base + 5]),
         pending=int(tokens[base + 6]),

@@ -5,6 +5,10 @@ consumer and seals batches (by rows, bytes or age).  The commit task maps a seal
 batch, dead-letters what cannot be mapped, inserts the rest into ClickHouse and only
 then acks.  At most one batch is being committed and one waits, so memory is bounded
 by ~3 x max_rows messages and the consumer's max_ack_pending is sized to match.
+
+Messages arrive in bulk as raw tuples (workers/wire.py) and a batch is acked with
+one AckAll when workers/acks.py says that is safe (explicit per-message acks for
+consumers created with that policy by older versions).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from typing import Any, Awaitable, Callable
 
 import orjson
 
-from workers import faults, intake
+from workers import faults, intake, wire
+from workers.acks import ACK_ALL, ACK_EXPLICIT, AckTracker
 from workers.batch import Batch
 from workers.dlq import DeadLetter, publish_dead_letters
 from workers.schema import ColumnMapper
@@ -28,6 +33,7 @@ log = logging.getLogger(__name__)
 
 _STOP = object()
 MAX_UNANSWERED_PULLS = 3
+SUBJECT, REPLY, DATA, HEADERS = wire.SUBJECT, wire.REPLY, wire.DATA, wire.HEADERS
 
 
 @dataclass
@@ -63,25 +69,39 @@ class Prepared:
     dead: list[DeadLetter] = field(default_factory=list)
 
 
-def prepare(batch_msgs: list[Any], mapper: ColumnMapper, target: PartitionTarget) -> Prepared:
+def prepare(batch_msgs: list[tuple], mapper: ColumnMapper, target: PartitionTarget) -> Prepared:
     """Parse and map a batch (runs in the insert thread, off the event loop)."""
-    docs: list[Any] = []
-    keep: list[int] = []
     dead: list[DeadLetter] = []
-    loads = orjson.loads
+    msgs = batch_msgs
+    keep: list[int] | None = None  # batch index of each doc, when not all are kept
     max_deliver = target.pipeline.max_deliver
-    for i, msg in enumerate(batch_msgs):
-        if max_deliver > 0 and intake.redelivered(msg.reply) >= max_deliver:
-            # JetStream will not deliver it again: if this attempt died too, it would be
-            # stranded in the stream. It has already been part of max_deliver - 1 failed
-            # batches (worker crashes), so it is kept in the DLQ for a replay instead.
-            dead.append(_dead_letter(msg, target, "max_deliver", f"delivered {max_deliver} times without being stored"))
-            continue
-        try:
-            docs.append(loads(msg.data))
-            keep.append(i)
-        except orjson.JSONDecodeError as exc:
-            dead.append(_dead_letter(msg, target, "invalid_json", f"invalid JSON: {exc}"))
+    if max_deliver > 0 and msgs:
+        prefix = intake.first_delivery_prefix(msgs[0][REPLY])
+        again = [i for i, m in enumerate(msgs) if not m[REPLY].startswith(prefix)]
+        last = {i for i in again if intake.redelivered(msgs[i][REPLY]) >= max_deliver}
+        if last:
+            # JetStream will not deliver these again: if this attempt died too, they would
+            # be stranded in the stream. Each has already been part of max_deliver - 1
+            # failed batches (worker crashes), so it is kept in the DLQ for a replay instead.
+            for i in sorted(last):
+                dead.append(_dead_letter(msgs[i], target, "max_deliver", f"delivered {max_deliver} times without being stored"))
+            keep = [i for i in range(len(msgs)) if i not in last]
+            msgs = [msgs[i] for i in keep]
+    loads = orjson.loads
+    try:
+        docs = [loads(m[DATA]) for m in msgs]
+    except orjson.JSONDecodeError:
+        # Rare: find the bad ones one by one.
+        docs, kept = [], []
+        for j, m in enumerate(msgs):
+            try:
+                docs.append(loads(m[DATA]))
+                kept.append(keep[j] if keep is not None else j)
+            except orjson.JSONDecodeError as exc:
+                dead.append(_dead_letter(m, target, "invalid_json", f"invalid JSON: {exc}"))
+        keep = kept
+    if keep is None:
+        keep = list(range(len(docs)))
     columns, failures = mapper.map_rows(docs)
     failed = set()
     for doc_index, err in failures:
@@ -91,12 +111,12 @@ def prepare(batch_msgs: list[Any], mapper: ColumnMapper, target: PartitionTarget
     return Prepared(columns=columns, rows=len(row_msgs), row_msgs=row_msgs, dead=dead)
 
 
-def _dead_letter(msg: Any, target: PartitionTarget, reason: str, error: str) -> DeadLetter:
-    delivery = intake.parse_ack_subject(msg.reply)
-    headers = msg.headers or None
+def _dead_letter(msg: tuple, target: PartitionTarget, reason: str, error: str) -> DeadLetter:
+    delivery = intake.parse_ack_subject(msg[REPLY])
+    headers = wire.parse_headers(msg[HEADERS]) or None
     return DeadLetter(
-        data=msg.data,
-        subject=msg.subject,
+        data=msg[DATA],
+        subject=msg[SUBJECT].decode("utf-8", "replace"),
         stream=target.pipeline.stream,
         stream_seq=delivery.stream_seq,
         reason=reason,
@@ -132,6 +152,7 @@ class PartitionRunner:
         self._limits = (limits.max_rows, limits.max_bytes, limits.max_wait_ms / 1000.0)
         self._batch = self._new_batch()
         self._sealed: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
+        self._committing = False
         self._wake = asyncio.Event()
         self._outstanding = 0  # messages the open pull request may still deliver
         self._request_deadline = 0.0
@@ -146,21 +167,48 @@ class PartitionRunner:
         self._inbox = nc.new_inbox()
         self._sub: Any = None
         self._tasks: list[asyncio.Task] = []
+        self._ack_policy = ACK_ALL
+        self._tracker = AckTracker(0, 0)
+        self._ack_wait_s = 30.0
+        self._keepalive_at = 0.0  # when held messages last got an in-progress ack
+        self._dirty_since = 0.0
         self.stats = PartitionStats()
 
     def _new_batch(self) -> Batch:
         return Batch(*self._limits)
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        info = await self._consumer_info()
+        policy = getattr(info.config.ack_policy, "value", info.config.ack_policy)
+        self._ack_policy = ACK_EXPLICIT if policy == ACK_EXPLICIT else ACK_ALL
+        self._ack_wait_s = float(info.config.ack_wait or 30.0)
+        self._tracker = AckTracker(info.delivered.consumer_seq or 0, info.num_ack_pending or 0)
+        if self._ack_policy == ACK_ALL and self._tracker.dirty:
+            self._dirty_since = time.monotonic()
+            log.info(
+                "partition %s: the consumer has %d messages delivered to a previous owner and not acked; "
+                "holding acks until they are redelivered and stored", self.name, info.num_ack_pending,
+                extra={"pipeline": self.target.pipeline.name, "partition": self.target.index},
+            )
+        self._sub = await self._nc.subscribe(self._inbox, cb=_unused, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        wire.route(self._nc, self._sub, self._on_msgs)
         self._tasks = [
             asyncio.create_task(self._pull_loop(), name=f"pull {self.name}"),
             asyncio.create_task(self._commit_loop(), name=f"commit {self.name}"),
         ]
 
+    async def _consumer_info(self) -> Any:
+        js = self._nc.jetstream(timeout=10.0)
+        return await js.consumer_info(self.target.pipeline.stream, self.target.consumer)
+
     @property
     def name(self) -> str:
         return f"{self.target.pipeline.name}/{self.target.index}"
+
+    @property
+    def dirty(self) -> bool:
+        """Holding stored messages unacked until the consumer's counts prove nothing is missing."""
+        return self._ack_policy == ACK_ALL and self._tracker.dirty
 
     async def stop(self) -> None:
         """Stop pulling, flush and ack what was received, then return."""
@@ -170,6 +218,7 @@ class PartitionRunner:
             await asyncio.gather(*self._tasks)
         finally:
             if self._sub is not None:
+                wire.unroute(self._nc, self._sub)
                 await self._sub.unsubscribe()
 
     def stalled_for(self, now: float) -> float:
@@ -196,28 +245,43 @@ class PartitionRunner:
 
     # -- intake -----------------------------------------------------------------
 
-    async def _on_msg(self, msg: Any) -> None:
+    def _on_msgs(self, msgs: list[tuple]) -> None:
+        """Deliveries and status replies read from one socket chunk, in order."""
         self._unanswered = 0
-        self._received += 1
-        if not msg.reply:
-            # A status reply: the pull request is over (404/408/409) or a heartbeat.
-            status = (msg.headers or {}).get("Status")
-            if status != intake.HEARTBEAT:
-                description = (msg.headers or {}).get("Description")
-                if status == intake.CONFLICT and description != "Batch Completed":
-                    # "Batch Completed" is the normal end of a request capped by max_bytes.
-                    log.warning("pull on %s ended: %s", self.name, description)
-                self._outstanding = 0
-                self._wake.set()
+        self._received += len(msgs)
+        deliveries = msgs
+        if not msgs[-1][REPLY] or not all(m[REPLY] for m in msgs):
+            deliveries = [m for m in msgs if m[REPLY]]
+            for m in msgs:
+                if not m[REPLY]:
+                    self._on_status(m)
+        if not deliveries:
             return
-        self._batch.add(msg)
+        self._batch.extend(deliveries)
         # Messages of a request we already counted as over (a 409 on server shutdown
         # arrives ahead of deliveries still in the socket) are kept, but must not drive
         # the count below zero: a negative count would never send another request.
-        if self._outstanding > 0:
-            self._outstanding -= 1
+        self._outstanding = max(0, self._outstanding - len(deliveries))
         if self._outstanding == 0 or self._batch.full:
             self._wake.set()
+
+    def _on_status(self, msg: tuple) -> None:
+        """A status reply: the pull request is over (404/408/409) or a heartbeat."""
+        headers = wire.parse_headers(msg[HEADERS])
+        status = headers.get("Status")
+        if status == intake.HEARTBEAT:
+            return
+        description = headers.get("Description")
+        if status == intake.CONFLICT and description != "Batch Completed" and not (self.dirty and "MaxAckPending" in (description or "")):
+            # "Batch Completed" is the normal end of a request capped by max_bytes; while
+            # acks are held, reaching max_ack_pending is expected.
+            log.warning("pull on %s ended: %s", self.name, description)
+        self._outstanding = 0
+        self._wake.set()
+
+    def _pipeline_idle(self) -> bool:
+        """No request open, nothing received unstored: the moment to compare with the consumer."""
+        return self._outstanding == 0 and not self._batch and self._sealed.empty() and not self._committing
 
     async def _pull_loop(self) -> None:
         while True:
@@ -242,26 +306,53 @@ class PartitionRunner:
                 self._unanswered = self._unanswered + 1 if self._nc.is_connected else 0
                 if self._unanswered >= MAX_UNANSWERED_PULLS:
                     raise ConnectionError(f"partition {self.name}: {self._unanswered} pull requests unanswered on a connected NATS client")
+            dirty = self.dirty
+            if dirty:
+                await self._keep_held_alive(now)
             batch = self._batch
             deadline = batch.deadline()
-            if batch and (batch.full or now >= deadline or (self._stopping and self._outstanding == 0)):
+            # While acks are held, a batch is sealed only once its request is over, so
+            # that when its commit ends nothing is in flight (see _reconcile).
+            if batch and (
+                self._outstanding == 0 if dirty else (batch.full or now >= deadline or (self._stopping and self._outstanding == 0))
+            ):
                 self._batch = self._new_batch()
                 await self._sealed.put(batch)  # waits while one batch is committing and one queued
                 continue
             if self._stopping:
                 if self._outstanding == 0:
                     break
+            elif dirty and self._outstanding == 0:
+                # One request at a time, each after the last one's batch is stored.
+                if self._pipeline_idle():
+                    await self._reconcile()
+                    if self.dirty:
+                        got = self._received
+                        await self._request(batch.room(), batch.max_bytes - batch.nbytes)
+                        await self._wait_for_request()
+                        if self._received == got:
+                            # Nothing came (max_ack_pending reached, or the lost messages'
+                            # ack_wait has not run out yet): ask again a little later.
+                            await self._wait(min(1.0, self._ack_wait_s / 10))
+                        continue
             elif self._outstanding == 0 and batch.room() > 0:
                 await self._request(batch.room(), batch.max_bytes - batch.nbytes)
             waits = [self._request_deadline - now] if self._outstanding > 0 else []
             if deadline is not None:
                 waits.append(deadline - now)
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, min(waits, default=1.0)))
-            except asyncio.TimeoutError:
-                pass
+            await self._wait(max(0.0, min(waits, default=1.0)))
         await self._sealed.put(_STOP)
+
+    async def _wait(self, timeout: float) -> None:
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _wait_for_request(self) -> None:
+        while self._outstanding > 0 and not self._stopping and time.monotonic() < self._request_deadline:
+            await self._wait(max(0.0, self._request_deadline - time.monotonic()))
 
     async def _request(self, n: int, max_bytes: int) -> None:
         self._outstanding = n
@@ -269,27 +360,83 @@ class PartitionRunner:
         body = intake.pull_request(n, self._expires_s, max_bytes if max_bytes > 0 else None)
         await self._nc.publish(self._next_subject, body, reply=self._inbox)
 
+    # -- acks -------------------------------------------------------------------
+
+    async def _reconcile(self) -> bytes | None:
+        """Dirty and idle: ask the consumer whether every unacked message is one we hold;
+        if so, one AckAll settles them all and acks flow per batch again."""
+        info = await self._consumer_info()
+        reply = self._tracker.reconcile(info.num_ack_pending or 0, info.delivered.consumer_seq or 0)
+        if not self._tracker.dirty:
+            log.info(
+                "partition %s: every unacked message is stored; acking per batch again", self.name,
+                extra={"pipeline": self.target.pipeline.name, "partition": self.target.index},
+            )
+            if reply is not None:
+                await wire.send(self._nc, wire.pubs([reply], intake.ACK))
+        elif time.monotonic() - self._dirty_since > 2 * self._ack_wait_s + 30:
+            self._dirty_since = time.monotonic()
+            log.warning(
+                "partition %s: still holding %d stored messages unacked; the consumer reports %d unacked "
+                "(last delivery %d, ours %d)", self.name, len(self._tracker.held), info.num_ack_pending,
+                info.delivered.consumer_seq, self._tracker.last_seen,
+                extra={"pipeline": self.target.pipeline.name, "partition": self.target.index},
+            )
+        return reply
+
+    async def _keep_held_alive(self, now: float) -> None:
+        """Stored-but-held messages get in-progress acks so JetStream does not redeliver them."""
+        if self._tracker.held and now - self._keepalive_at > self._ack_wait_s / 3:
+            self._keepalive_at = now
+            await wire.send(self._nc, wire.pubs(self._tracker.held_subjects(), intake.IN_PROGRESS))
+
+    async def _ack(self, msgs: list[tuple]) -> None:
+        with self._telemetry.ack(len(msgs)):
+            if self._ack_policy == ACK_EXPLICIT:
+                await wire.send(self._nc, wire.pubs([m[REPLY] for m in msgs], intake.ACK))
+                return
+            was_clean = self._tracker.clean
+            reply = self._tracker.stored(msgs)
+            if reply is not None:
+                await wire.send(self._nc, wire.pubs([reply], intake.ACK))
+            elif was_clean:
+                self._dirty_since = time.monotonic()
+                log.warning(
+                    "partition %s: deliveries missing before consumer sequence %d (a reconnect or a "
+                    "previous owner); holding acks until they are redelivered and stored",
+                    self.name, intake.parse_ack_subject(msgs[-1][REPLY]).consumer_seq,
+                    extra={"pipeline": self.target.pipeline.name, "partition": self.target.index},
+                )
+
     # -- commit -----------------------------------------------------------------
 
     async def _commit_loop(self) -> None:
         while True:
             item = await self._sealed.get()
             if item is _STOP:
+                if self.dirty:
+                    await self._reconcile()
+                    if self.dirty:
+                        log.warning(
+                            "partition %s released with %d stored messages unacked: JetStream redelivers them "
+                            "(duplicates in the table, nothing lost)", self.name, len(self._tracker.held),
+                            extra={"pipeline": self.target.pipeline.name, "partition": self.target.index},
+                        )
                 return
-            if self._telemetry.enabled:
-                await self._commit_traced(item)
-            else:
-                await self._commit(item)
+            self._committing = True
+            try:
+                if self._telemetry.enabled:
+                    await self._commit_traced(item)
+                else:
+                    await self._commit(item)
+            finally:
+                self._committing = False
             self._last_progress = time.monotonic()
+            self._wake.set()
 
     async def _commit_traced(self, batch: Batch) -> None:
         with self._telemetry.batch(self.target, batch.messages):
             await self._commit(batch)
-
-    async def _ack(self, msgs: list[Any]) -> None:
-        with self._telemetry.ack(len(msgs)):
-            for msg in msgs:
-                await self._nc.publish(msg.reply, intake.ACK)
 
     async def _commit(self, batch: Batch) -> None:
         msgs = batch.messages
@@ -317,7 +464,7 @@ class PartitionRunner:
                 prepared.rows -= len(letters)
                 prepared.dead.extend(letters)
         await self._ack(msgs)
-        last = intake.parse_ack_subject(msgs[-1].reply)
+        last = intake.parse_ack_subject(msgs[-1][REPLY])
         s = self.stats
         s.consumed += len(msgs)
         s.inserted += prepared.rows
@@ -327,7 +474,7 @@ class PartitionRunner:
         s.pending = last.pending
         self._telemetry.batch_committed(self.target, msgs, prepared)
 
-    async def _retrying(self, what: str, fn: Callable[..., Awaitable[Any]], *args: Any, keep_alive: list[Any] | None = None) -> Any:
+    async def _retrying(self, what: str, fn: Callable[..., Awaitable[Any]], *args: Any, keep_alive: list[tuple] | None = None) -> Any:
         """Await fn(*args) until it succeeds, backing off (capped, jittered) between tries.
 
         While it fails the partition stops pulling (its queue is full), and the
@@ -355,7 +502,13 @@ class PartitionRunner:
                         "%s for %s failed, retrying in %.1fs: %s", what, self.name, delay, faults.describe(exc),
                         extra={"pipeline": self.target.pipeline.name, "partition": self.target.index, "fault": fault.value},
                     )
-                for msg in keep_alive or ():
-                    await self._nc.publish(msg.reply, intake.IN_PROGRESS)
+                if keep_alive:
+                    await wire.send(self._nc, wire.pubs([m[REPLY] for m in keep_alive], intake.IN_PROGRESS))
+                if self._tracker.held:
+                    await self._keep_held_alive(time.monotonic())
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, 30.0)
+
+
+async def _unused(msg: Any) -> None:
+    """The inbox's messages are routed in bulk (workers/wire.py); nats-py never calls this."""

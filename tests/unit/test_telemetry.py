@@ -13,7 +13,6 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -78,10 +77,14 @@ def test_batch_links_are_deduplicated_and_capped():
 
     t = telemetry.OtelTelemetry.__new__(telemetry.OtelTelemetry)  # only the link logic, no providers
     t._trace, t._max_links = trace, 3
-    msgs = [SimpleNamespace(headers={"traceparent": telemetry.format_traceparent(i + 1, i + 1, 1)}) for i in range(5)]
-    msgs.insert(0, SimpleNamespace(headers={"traceparent": telemetry.format_traceparent(1, 1, 1)}))  # a repeat
-    msgs.insert(0, SimpleNamespace(headers=None))
-    msgs.insert(0, SimpleNamespace(headers={"traceparent": "nonsense"}))
+    def raw(headers):  # a delivery as workers/wire.py hands it over: raw NATS headers
+        lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        return (b"events.0.k", b"$JS.ACK.EVENTS.c.1.1.1.1.0", b"{}", f"NATS/1.0\r\n{lines}\r\n".encode())
+
+    msgs = [raw({"traceparent": telemetry.format_traceparent(i + 1, i + 1, 1)}) for i in range(5)]
+    msgs.insert(0, raw({"traceparent": telemetry.format_traceparent(1, 1, 1), "Nats-Msg-Id": "x"}))  # a repeat
+    msgs.insert(0, (b"events.0.k", b"$JS.ACK.EVENTS.c.1.1.1.1.0", b"{}", None))
+    msgs.insert(0, raw({"traceparent": "nonsense"}))
     links = t._links(msgs)
     assert [(link.context.trace_id, link.context.span_id) for link in links] == [(1, 1), (2, 2), (3, 3)]
     assert all(link.context.is_remote for link in links)
@@ -226,7 +229,7 @@ def test_per_message_map_spans_give_the_same_columns_as_one_batch():
     target = PartitionTarget(pipeline=config.pipelines[0], index=0, consumer="c", worker=0)
     mapper = compile_mapper("t", [TableColumn("id", "String"), TableColumn("n", "UInt8")], (), ServerFeatures.from_version((18, 16)))
     bodies = [b'{"id": "a", "n": 1}', b'{"id": "b", "n": 300}', b"nope", b'{"id": "c", "n": 3}', b'{"id": "d", "n": 4}']
-    msgs = [SimpleNamespace(data=b, subject=f"e.0.k{i}", headers=None, reply=f"$JS.ACK.S.c.1.{i + 1}.{i + 1}.1700000000000000000.0")
+    msgs = [(f"e.0.k{i}".encode(), f"$JS.ACK.S.c.1.{i + 1}.{i + 1}.1700000000000000000.0".encode(), b, None)
             for i, b in enumerate(bodies)]
     whole = prepare(msgs, mapper, target)
     joined = telemetry._join_prepared([prepare([m], mapper, target) for m in msgs])
