@@ -103,7 +103,8 @@ import struct
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from itertools import compress, repeat
+from itertools import chain, compress, repeat
+from operator import add, itemgetter, lshift, or_
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from uuid import UUID, SafeUUID
@@ -426,8 +427,16 @@ class _Converter:
     # Parsing a string is costly and values repeat within a batch (timestamps of one
     # second, a handful of IPs): convert each distinct string once per batch.
     dedupe_strings: bool = False
+    # A whole-column fast path for the common, valid case: list of JSON values -> the
+    # list convert() would make of them, or None when any value is not of the type and
+    # shape it handles (null and the mapper's missing marker included; the per-value
+    # converter then decides and names the error).  It must accept only what convert()
+    # accepts, and emit exactly what convert() emits.
+    column: Callable[[list], list | None] | None = None
 
 
+_STR = frozenset({str})
+_LIST = frozenset({list})
 _MAX_EXACT_FLOAT_INT = 2**53
 _CANONICAL_INT = re.compile(r"-?(?:0|[1-9][0-9]*)\Z", re.ASCII)
 
@@ -529,7 +538,13 @@ def _fixed_string_converter(n: int) -> _Converter:
                 raise _Rejected("out_of_range", f"{_show(v)} is {size} UTF-8 bytes; FixedString({n}) holds {n}")
         return v
 
-    return _Converter(convert, "")
+    def column(values: list) -> list | None:
+        # ASCII strings are one byte a character: a length check is the whole test.
+        if set(map(type, values)) <= _STR and max(map(len, values), default=0) <= n and "".join(values).isascii():
+            return values
+        return None
+
+    return _Converter(convert, "", column=column)
 
 
 _DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})\Z", re.ASCII)
@@ -611,6 +626,58 @@ def _instant_parser(zone: ZoneInfo | None) -> Callable[[str], tuple[int, str]]:
     return parse
 
 
+# "YYYY-MM-DDThh:mm:ssZ" is what most producers send: whole columns of it have a fast path.
+_MINUTE_OF = itemgetter(slice(0, 17))  # "YYYY-MM-DDThh:mm:"
+_SECOND_OF = itemgetter(slice(17, 20))  # "ssZ"
+_MINUTES_CACHED = 10_000  # about a week of distinct minutes, ~1.5 MB
+
+
+def _utc_column(parse: Callable[[str], int], lo: int, hi: int, scale: int) -> Callable[[list], list | None]:
+    """A column fast path for timestamps that are all "YYYY-MM-DDThh:mm:ssZ".
+
+    Such a string is valid exactly when its minute ("YYYY-MM-DDThh:mm:") is and its
+    seconds are 00..59 (the calendar does not depend on the second), and it stands
+    for the minute's instant plus the seconds.  So each minute is parsed once, by the
+    strict ``parse`` as "...:00Z", and kept while the whole minute is in range; a row
+    then costs two dict lookups and an addition, all in C.  Anything else (offsets,
+    fractions, second 60, a minute out of range) returns None: the general path.
+    """
+    minutes: dict[str, int] = {}
+    seconds = {f"{s:02d}Z": s * scale for s in range(60)}
+    last_second = 59 * scale
+
+    def learn(minute: str) -> bool:
+        try:
+            start = parse(minute + "00Z")
+        except _Rejected:
+            return False
+        if not (lo <= start and start + last_second <= hi):
+            return False
+        minutes[minute] = start
+        return True
+
+    def column(values: list) -> list | None:
+        if not (set(map(type, values)) <= _STR and set(map(len, values)) == {20}):
+            return None
+        keys = list(map(_MINUTE_OF, values))
+        try:
+            starts = list(map(minutes.__getitem__, keys))
+        except KeyError:
+            if len(minutes) > _MINUTES_CACHED:
+                minutes.clear()
+            if not all(map(learn, set(keys).difference(minutes))):
+                return None
+            starts = list(map(minutes.get, keys))
+            if None in starts:  # cleared meanwhile by another thread mapping this column
+                return None
+        try:
+            return list(map(add, starts, map(seconds.__getitem__, map(_SECOND_OF, values))))
+        except KeyError:  # not "00Z" .. "59Z"
+            return None
+
+    return column
+
+
 def _zone(name: str | None) -> ZoneInfo | None:
     return None if name is None else ZoneInfo(name)
 
@@ -662,7 +729,7 @@ def _datetime_converter(type_name: str, zone_name: str | None, bounds: tuple[int
             return from_number(v)
         raise _wrong_type(f"a timestamp string or epoch {'milliseconds' if per_unit != 1 else 'seconds'}", v)
 
-    return _Converter(convert, 0, dedupe_strings=True)
+    return _Converter(convert, 0, dedupe_strings=True, column=_utc_column(parse, lo, hi, 1))
 
 
 _INT64 = (-(2**63), 2**63 - 1)
@@ -730,7 +797,7 @@ def _datetime64_converter(
             return from_number(v)
         raise _wrong_type(f"a timestamp string or epoch {'milliseconds' if unit_digits else 'seconds'}", v)
 
-    return _Converter(convert, 0, dedupe_strings=True)
+    return _Converter(convert, 0, dedupe_strings=True, column=_utc_column(parse, lo, hi, scale))
 
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z", re.ASCII)
@@ -742,6 +809,39 @@ def _uuid_converter() -> _Converter:
     # UUID.__init__ spends ~1 us juggling arguments; storing the two slots it
     # would store is twice as fast.  Only while UUID keeps that layout.
     direct = getattr(UUID, "__slots__", None) == ("int", "is_safe", "__weakref__")
+    if direct:
+        # The slots' own setters, callable from map() without a Python frame per row.
+        set_int, set_safe = UUID.__dict__["int"].__set__, UUID.__dict__["is_safe"].__set__
+
+    def column(values: list) -> list | None:
+        # The whole column as one text of 36-character values, checked and decoded in C.
+        # It is exactly what _UUID accepts: dashes at 8, 13, 18 and 23 of each value and
+        # nowhere else, and 32 characters fromhex() turns into 16 bytes, which it does only
+        # for hex digits (ASCII whitespace, the one other thing it takes, yields no byte).
+        n = len(values)
+        if not (set(map(type, values)) <= _STR and set(map(len, values)) == {36}):
+            return None
+        text = "".join(values)
+        dashes = "-" * n
+        if not (text[8::36] == dashes and text[13::36] == dashes and text[18::36] == dashes and text[23::36] == dashes):
+            return None
+        digits = text.replace("-", "")
+        if len(digits) != 32 * n:
+            return None
+        try:
+            raw = bytes.fromhex(digits)
+        except ValueError:
+            return None
+        if len(raw) != 16 * n:
+            return None
+        halves = struct.unpack(f">{2 * n}Q", raw)
+        ints = list(map(or_, map(lshift, halves[0::2], repeat(64)), halves[1::2]))
+        if not direct:
+            return [UUID(int=i) for i in ints]
+        out = list(map(new, repeat(UUID, len(ints))))
+        any(map(set_int, out, ints))  # the setters return None: any() just runs them all
+        any(map(set_safe, out, repeat(unknown)))
+        return out
 
     def convert(v: Any) -> UUID:
         if type(v) is not str:
@@ -756,7 +856,7 @@ def _uuid_converter() -> _Converter:
             return u
         return UUID(int=value)
 
-    return _Converter(convert, UUID(int=0))
+    return _Converter(convert, UUID(int=0), column=column)
 
 
 _DECIMAL = re.compile(r"-?([0-9]+)(?:\.([0-9]+))?\Z", re.ASCII)
@@ -872,6 +972,9 @@ def _nullable(inner: _Converter) -> _Converter:
         fast=fast,
         accepts_str_keys=inner.accepts_str_keys,
         dedupe_strings=inner.dedupe_strings,
+        # A column without nulls converts exactly as T's; column fast paths decline any
+        # column holding a value of a type they do not handle, None included.
+        column=inner.column,
     )
 
 
@@ -892,7 +995,22 @@ def _array(inner: _Converter) -> _Converter:
                 raise e.at(f"[{i}]") from None
         raise AssertionError("unreachable")
 
-    return _Converter(convert, [], accepts_str_keys=False)
+    column = _array_column(*inner.fast) if inner.fast is not None else None
+    return _Converter(convert, [], accepts_str_keys=False, column=column)
+
+
+def _array_column(types: frozenset, lo: int | None, hi: int | None) -> Callable[[list], list | None]:
+    """Array(T) for a T with a ``fast`` check: all elements of all rows checked at once, in C."""
+
+    def column(values: list) -> list | None:
+        if not set(map(type, values)) <= _LIST:
+            return None
+        items = list(chain.from_iterable(values))
+        if set(map(type, items)) <= types and (lo is None or not items or (min(items) >= lo and max(items) <= hi)):
+            return values  # the documents' own lists, equal to the copies convert() makes
+        return None
+
+    return column
 
 
 def _map_key_converter(key: _Converter, key_type: ClickHouseType) -> Callable[[str], Any] | None:
@@ -1137,6 +1255,7 @@ class TableColumn:
 
 _MISSING = object()
 _STR_OR_NULL = frozenset({str, type(None)})
+_DICT = frozenset({dict})
 
 
 @dataclass(frozen=True)
@@ -1144,10 +1263,10 @@ class _Plan:
     """How one inserted column is filled from a document."""
 
     name: str
-    key: str | None  # top-level key (fast path), or None when ``path`` must be walked
     path: tuple[str, ...]
     convert: Callable[[Any], Any]
     fast: tuple | None
+    column: Callable[[list], list | None] | None
     dedupe_strings: bool
     missing_value: Any
     missing_error: tuple[str, str] | None  # (reason, detail) when an absent field is an error
@@ -1175,6 +1294,10 @@ class ColumnMapper:
         # Columns left to the server's DEFAULT; a document carrying one is refused.
         self._server_filled = tuple(server_filled)
         self.column_names: tuple[str, ...] = tuple(p.name for p in self._plans)
+        # The top-level keys the columns read, fetched together in one pass over the
+        # documents (one itemgetter call per document, not one dict.get per column).
+        self._top_keys = tuple(dict.fromkeys(p.path[0] for p in self._plans))
+        self._get_top = itemgetter(*self._top_keys) if len(self._top_keys) > 1 else None
 
     def __repr__(self) -> str:
         return f"ColumnMapper({self.table!r}, columns={list(self.column_names)})"
@@ -1209,7 +1332,10 @@ class ColumnMapper:
                             f"column {name}: the field is sent but the column is filled by the server "
                             f"(DEFAULT {expression}); add a columns override for {name} to insert it",
                         )
-        columns = [self._column(plan, objs, bad) for plan in self._plans]
+        # Only exact dicts (all of orjson's) go through itemgetter: it would honour a
+        # subclass's __getitem__ (a defaultdict's, say), which dict.get never calls.
+        top = self._top_fields(objs) if origin is None else None
+        columns = [self._column(plan, self._values(plan, objs, top), bad) for plan in self._plans]
 
         if bad:
             keep = [i not in bad for i in range(n)]
@@ -1219,13 +1345,31 @@ class ColumnMapper:
             failures.sort(key=lambda f: f[0])
         return columns, failures
 
-    @staticmethod
-    def _column(plan: _Plan, objs: list, bad: dict[int, MappingError]) -> list:
-        if plan.key is not None:
-            values = list(map(dict.get, objs, repeat(plan.key), repeat(_MISSING)))
-        else:
-            values = list(map(_walker(plan.path), objs))
+    def _top_fields(self, objs: list) -> dict[str, tuple] | None:
+        """Every top-level key's values, if every document has every key (else None)."""
+        if self._get_top is None:
+            return None
+        try:
+            return dict(zip(self._top_keys, zip(*map(self._get_top, objs))))
+        except KeyError:
+            return None
 
+    @staticmethod
+    def _values(plan: _Plan, objs: list, top: dict[str, tuple] | None) -> list:
+        """The field of every document, _MISSING where absent."""
+        if top is not None:
+            values = list(top[plan.path[0]])
+        else:
+            values = list(map(dict.get, objs, repeat(plan.path[0]), repeat(_MISSING)))
+        # A dotted path level by level, in C, while every level is an object.
+        for k in plan.path[1:]:
+            if not set(map(type, values)) <= _DICT:
+                return list(map(_walker(plan.path), objs))
+            values = list(map(dict.get, values, repeat(k), repeat(_MISSING)))
+        return values
+
+    @staticmethod
+    def _column(plan: _Plan, values: list, bad: dict[int, MappingError]) -> list:
         convert = plan.convert
         fast = plan.fast
         if fast is not None:
@@ -1234,7 +1378,11 @@ class ColumnMapper:
                 fast[1] is None or (min(values) >= fast[1] and max(values) <= fast[2])
             ):
                 return values
-        elif plan.dedupe_strings and set(map(type, values)) <= _STR_OR_NULL:
+        elif plan.column is not None:
+            done = plan.column(values)
+            if done is not None:
+                return done
+        if fast is None and plan.dedupe_strings and set(map(type, values)) <= _STR_OR_NULL:
             # Only str/None: equal keys are equal values (unlike 1 == 1.0 == True).
             distinct = set(values)
             if len(distinct) * 2 <= len(values):  # else the lookup table costs more than it saves
@@ -1360,10 +1508,10 @@ def compile_mapper(
         plans.append(
             _Plan(
                 name=col.name,
-                key=path[0] if len(path) == 1 else None,
                 path=path,
                 convert=conv.convert,
                 fast=conv.fast,
+                column=conv.column,
                 dedupe_strings=conv.dedupe_strings,
                 missing_value=missing_value,
                 missing_error=missing_error,

@@ -19,6 +19,7 @@ from workers.schema import (
     ServerFeatures,
     TableColumn,
     build_converter,
+    _compile_type,
     compile_mapper,
     parse_type,
 )
@@ -647,3 +648,231 @@ def test_mapping_error_is_picklable():
     assert (err.reason, err.detail, str(err)) == ("out_of_range", "column n: 300", "out_of_range: column n: 300")
     se = pickle.loads(pickle.dumps(SchemaError(["a", "b"])))
     assert se.problems == ["a", "b"] and str(se) == "a\nb"
+
+
+# --------------------------------------------------------------------------- column fast paths
+#
+# map_rows converts whole columns at once where it can (workers/schema.py, _Converter.column).
+# Each fast path must insert exactly what the per-value converter makes and refuse exactly what
+# it refuses, with the same reason and message: these tests map a column both ways.
+
+def _typed(x: Any) -> Any:
+    """x with every value's exact type attached, so that 1 == 1.0 == True cannot hide a difference."""
+    if isinstance(x, (list, tuple)):
+        return (type(x).__name__, [_typed(e) for e in x])
+    if isinstance(x, UUID):
+        return ("UUID", type(x) is UUID, x.int, x.is_safe)
+    return (type(x).__name__, x)
+
+
+def _per_value(type_text: str, values: list, features: ServerFeatures = MODERN) -> list:
+    c = conv(type_text, features)
+    out = []
+    for v in values:
+        try:
+            out.append(("ok", _typed(c(v))))
+        except MappingError as e:
+            out.append((e.reason, e.detail.removeprefix("value")))
+    return out
+
+
+def _by_map_rows(type_text: str, values: list, features: ServerFeatures = MODERN) -> list:
+    mapper = compile_mapper("t", [TableColumn("c", type_text)], [], features)
+    columns, failures = mapper.map_rows([{"c": v} for v in values])
+    errors = dict(failures)
+    good = iter(columns[0])
+    return [
+        (errors[i].reason, errors[i].detail.removeprefix("column c")) if i in errors else ("ok", _typed(next(good)))
+        for i in range(len(values))
+    ]
+
+
+def assert_column_as_per_value(type_text: str, good: list, bad: list, features: ServerFeatures = MODERN) -> None:
+    """The all-good column, and each bad value alone among good ones, map as value by value."""
+    assert _by_map_rows(type_text, good, features) == _per_value(type_text, good, features)
+    for b in bad:
+        column = [*good[:2], b, *good[2:]]
+        assert _by_map_rows(type_text, column, features) == _per_value(type_text, column, features), b
+
+
+def _fast(type_text: str, values: list, features: ServerFeatures = MODERN) -> list | None:
+    return _compile_type(type_text, features, "s", where="test").column(values)
+
+
+TIMESTAMPS = [
+    "2026-11-26T12:34:56Z", "2026-11-26T12:34:00Z", "2026-11-26T12:34:59Z", "2026-11-26T12:35:00Z",
+    "1970-01-01T00:00:00Z", "2024-02-29T23:59:59Z", "2106-02-07T06:27:59Z", "2026-11-26T12:34:56Z",
+]
+BAD_TIMESTAMPS = [
+    "2026-11-26T12:34:60Z", "2026-11-26T24:00:00Z", "2026-02-29T00:00:00Z", "2026-11-26T12:60:00Z",
+    "2026-11-26T12:34:5xZ", "2026-11-26T12:34:-1Z", "2026-11-26T12:34:5.Z", "2026-11-26T12:3:456Z",
+    "2026-11-26T12:34:\uff15\uff16Z", "\uff12026-11-26T12:34:56Z", "+026-11-26T12:34:56Z", "2026-11-26X12:34:56Z",
+    "2106-02-07T06:28:16Z", "2106-02-07T06:28:15Z", "2106-02-07T06:28:00Z", "1969-12-31T23:59:59Z",
+    "2026-11-26T12:34:56z", "2026-11-26t12:34:56Z", "2026-11-26 12:34:56Z", "2026-11-26T12:34:56.5Z",
+    "2026-11-26T12:34:56+01:00", "2026-11-26T12:34:56", "2026-11-26T12:34:56 ", None, 1795696496, 1.5, ["x"],
+]
+
+
+def test_datetime_column_fast_path_is_the_per_value_converter():
+    assert _fast("DateTime", TIMESTAMPS) == [conv("DateTime")(v) for v in TIMESTAMPS]
+    assert_column_as_per_value("DateTime", TIMESTAMPS, BAD_TIMESTAMPS)
+    assert_column_as_per_value("DateTime", ["2105-12-31T23:59:59Z", *TIMESTAMPS[:6]], ["2106-01-01T00:00:00Z"], OLD)
+    assert_column_as_per_value("DateTime('Europe/Berlin')", TIMESTAMPS, BAD_TIMESTAMPS)
+    assert_column_as_per_value("Nullable(DateTime)", TIMESTAMPS, [None, "2026-11-26T12:34:60Z"])
+    assert_column_as_per_value("LowCardinality(DateTime)", TIMESTAMPS, BAD_TIMESTAMPS[:4])
+    for bad in ["2026-11-26T12:34:60Z", "2106-02-07T06:28:15Z", "2026-11-26T12:34:56z", None]:
+        assert _fast("DateTime", [TIMESTAMPS[0], bad]) is None  # left to the per-value converter
+
+
+def test_datetime64_column_fast_path_is_the_per_value_converter():
+    for type_text in ["DateTime64(0)", "DateTime64(3)", "DateTime64(9)", "DateTime64(3, 'Asia/Tokyo')"]:
+        assert _fast(type_text, TIMESTAMPS[:6]) == [conv(type_text)(v) for v in TIMESTAMPS[:6]]
+        bad = [*BAD_TIMESTAMPS, "2023-11-14T22:13:20.123Z", "1899-12-31T23:59:59Z", "2262-04-11T23:47:16Z",
+               "2262-04-11T23:47:17Z", "2262-04-11T23:47:00Z", "1925-01-01T00:00:00Z"]
+        assert_column_as_per_value(type_text, TIMESTAMPS[:6], bad)
+    v21 = ServerFeatures.from_version((21, 8))  # DateTime64 from 1925-01-01 to 2283-11-11
+    assert_column_as_per_value("DateTime64(3)", TIMESTAMPS[:6], ["1924-12-31T23:59:59Z", "2283-11-12T00:00:00Z"], v21)
+
+
+def test_datetime_fast_path_minute_cache_across_batches(monkeypatch):
+    import workers.schema as schema
+
+    monkeypatch.setattr(schema, "_MINUTES_CACHED", 3)  # cleared all the time
+    mapper = compile_mapper("t", [TableColumn("c", "DateTime")], [], MODERN)
+    c = conv("DateTime")
+    for hour in range(10):
+        column = [f"2026-11-26T{hour:02d}:{m:02d}:{s:02d}Z" for m in (0, 1, 59) for s in (0, 30, 59)]
+        assert mapper.map_rows([{"c": v} for v in column]) == ([[c(v) for v in column]], [])
+        # A minute seen before, now with an impossible second: still refused.
+        columns, failures = mapper.map_rows([{"c": column[0]}, {"c": column[0][:17] + "60Z"}])
+        assert columns == [[c(column[0])]] and [(i, e.reason) for i, e in failures] == [(1, "invalid_value")]
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.tuples(
+            st.datetimes(min_value=datetime(1965, 1, 1), max_value=datetime(2110, 1, 1)),
+            st.integers(0, 19),
+            st.sampled_from("0123456789-:TtZz .+6\uff16"),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_datetime_column_fast_path_property(cases):
+    column = []
+    for moment, at, char, mutate in cases:
+        text = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+        column.append(text[:at] + char + text[at + 1:] if mutate else text)
+    assert _by_map_rows("DateTime", column) == _per_value("DateTime", column)
+    assert _by_map_rows("DateTime64(3)", column) == _per_value("DateTime64(3)", column)
+
+
+UUIDS = [
+    "6f1c2d9e-ab12-4000-8000-0000000000ab", "6F1C2D9E-AB12-4000-8000-0000000000AB", "00000000-0000-0000-0000-000000000000",
+    "ffffffff-ffff-ffff-ffff-ffffffffffff", "0123abcd-EF01-4567-89ab-CDEF01234567",
+]
+BAD_UUIDS = [
+    "{6f1c2d9e-ab12-4000-8000-0000000000ab}", "6f1c2d9eab1240008000000000000000", "6f1c2d9e-ab12-4000-8000-0000000000a",
+    "6f1c2d9e-ab12-4000-8000-0000000000abc", "6f1c2d9e-ab12-4000-8000_0000000000ab", "6f1c_d9e-ab12-4000-8000-0000000000ab",
+    " 6f1c2d9-ab12-4000-8000-0000000000ab", "6f1c2d9e-ab12-4000-8000-00000000000g", "6f1c2d9e-ab12-4000-8000-0000000000a\n",
+    "6f1c2d9e\nab12-4000-8000-0000000000ab", "+f1c2d9e-ab12-4000-8000-0000000000ab", "0x1c2d9e-ab12-4000-8000-0000000000ab",
+    "\uff16f1c2d9e-ab12-4000-8000-0000000000ab", "6f1c2d9e-ab12-4000-8000-0000000000ab\n6f1c2d9e-ab12-4000-8000-0000000000ab",
+    "6f1c2d9e-ab12-4000-8000-00000000 0ab", "6f1c2d9e-ab12-4000-8000-  0000000000", "6f1c2d9e-ab12-4000-8000-0000000000\t\t",
+    "6f1c2d9e-ab12-4000-8000-0000000000\x0b\x0c", "\r\n1c2d9e-ab12-4000-8000-0000000000ab", "6f1c2d9e-ab12-4000-8000-00000-0000ab",
+    "", 5, None, ["6f1c2d9e-ab12-4000-8000-0000000000ab"],
+]
+
+
+def test_uuid_column_fast_path_is_the_per_value_converter():
+    fast = _fast("UUID", UUIDS)
+    assert fast == [UUID(u) for u in UUIDS] and [_typed(u) for u in fast] == [_typed(UUID(u)) for u in UUIDS]
+    assert_column_as_per_value("UUID", UUIDS, BAD_UUIDS)
+    assert_column_as_per_value("Nullable(UUID)", UUIDS, [None, "nope"])
+    for bad in BAD_UUIDS:
+        assert _fast("UUID", [UUIDS[0], bad]) is None
+        assert _fast("UUID", [bad] * 3) is None
+
+
+@given(st.lists(st.uuids().map(str) | st.text(alphabet="0123456789abcdefABCDEF-\n_x ", min_size=30, max_size=40),
+                min_size=1, max_size=6))
+def test_uuid_column_fast_path_property(column):
+    assert _by_map_rows("UUID", column) == _per_value("UUID", column)
+
+
+def test_fixed_string_column_fast_path_is_the_per_value_converter():
+    good = ["DE", "FR", "", "a", "é", "  "]
+    bad = ["abc", "éé", "€", "a€", "\ud800", "\x00\x00\x00", 5, None, ["DE"]]
+    assert _fast("FixedString(2)", ["DE", "", "a"]) == ["DE", "", "a"]
+    assert_column_as_per_value("FixedString(2)", good, bad)
+    assert_column_as_per_value("FixedString(3)", [*good, "€", "abc"], ["abcd", "é€"])
+    assert_column_as_per_value("LowCardinality(FixedString(2))", good, bad)
+    for b in ["abc", "é", 5, None]:
+        assert _fast("FixedString(2)", ["DE", b]) is None  # non-ASCII text is measured value by value
+
+
+def test_array_column_fast_path_is_the_per_value_converter():
+    assert_column_as_per_value("Array(String)", [[], ["a"], ["a", "b"], ["t1", "t2", "t3"]],
+                               [["a", 1], "abc", [None], None, [["a"]], ("a",), {"a": 1}])
+    assert_column_as_per_value("Array(UInt8)", [[], [0, 255], [7]], [[256], [-1], [True], [1.0], [1.5], ["1"]])
+    assert_column_as_per_value("Array(Nullable(String))", [["a", None], [], [None]], [[1], None])
+    assert_column_as_per_value("Array(Float64)", [[1.5], [], [0.0, -2.5]], [[1], [True], ["1.5"]])
+    assert_column_as_per_value("Array(Int64)", [[-(2**63), 2**63 - 1]], [[2**63], [-(2**63) - 1]])
+    assert _fast("Array(String)", [["a"], []]) == [["a"], []]
+    assert _fast("Array(UInt8)", [[1], [256]]) is None
+    assert _compile_type("Array(DateTime)", MODERN, "s", where="test").column is None  # elements without one
+    detail = _by_map_rows("Array(String)", [["a"], ["b", 2]])[1][1]
+    assert detail.startswith("[1]: expected a string")
+
+
+def test_dotted_paths_are_walked_as_before():
+    override = Override("uid", path=("user", "id"), required=True)
+    mapper = compile_mapper("t", [TableColumn("uid", "UInt64"), TableColumn("k", "String")], [override], MODERN)
+    docs = [{"user": {"id": 1}, "k": "a"}, {"user": {}, "k": "b"}, {"user": None, "k": "c"}, {"user": "x", "k": "d"},
+            {"k": "e"}, {"user": {"id": "7"}, "k": "f"}, {"user": {"id": 2, "more": 1}, "k": "g"}]
+    columns, failures = mapper.map_rows(docs)
+    assert columns == [[1, 2], ["a", "g"]]
+    assert [(i, e.reason) for i, e in failures] == [
+        (1, "missing_required"), (2, "missing_required"), (3, "missing_required"), (4, "missing_required"),
+        (5, "wrong_type"),
+    ]
+    deep = compile_mapper("t", [TableColumn("v", "String")], [Override("v", path=("a", "b", "c"))], MODERN)
+    assert deep.map_rows([{"a": {"b": {"c": "x"}}}, {"a": {"b": 1}}, {"a": {"b": {}}}]) == ([["x", "", ""]], [])
+
+
+def test_documents_missing_some_keys_map_as_each_alone():
+    cols = [TableColumn("a", "String"), TableColumn("b", "UInt8"), TableColumn("c", "UUID"), TableColumn("d", "DateTime")]
+    mapper = compile_mapper("t", cols, [Override("b", has_default=True, default=9)], MODERN)
+    u, t = "6f1c2d9e-ab12-4000-8000-0000000000ab", "2026-11-26T12:34:56Z"
+    docs = [{"a": "x", "b": 1, "c": u, "d": t}, {"a": "y", "c": u, "d": t}, {"b": 2}, {"a": "z", "b": 3, "c": u, "d": t, "e": 0}]
+    columns, failures = mapper.map_rows(docs)
+    alone = [mapper.map_rows([d])[0] for d in docs]
+    assert failures == []
+    assert _typed(columns) == _typed([[v for a in alone for v in a[k]] for k in range(4)])
+    assert columns[1] == [1, 9, 2, 3]
+
+
+def test_demo_events_map_as_value_by_value():
+    from bench import micro
+    from bench.events import make_event
+
+    mapper = micro.demo_mapper()
+    docs = [make_event(i, 350) for i in range(300)]
+    columns, failures = mapper.map_rows(docs)
+    assert failures == []
+    types = {c.name: c.type for c in micro.DEMO_COLUMNS}
+    for name, column in zip(mapper.column_names, columns):
+        c = conv(types[name], epoch_unit="ms" if name == "ts" else "s")
+        sent = [d["user"]["id"] if name == "user_id" else d[name] for d in docs]
+        assert _typed(column) == _typed([c(v) for v in sent]), name
+
+
+def test_dict_subclasses_are_read_like_plain_objects():
+    from collections import defaultdict
+
+    mapper = compile_mapper("t", [TableColumn("a", "String"), TableColumn("b", "UInt8")], [], MODERN)
+    odd = defaultdict(lambda: "surprise", {"a": "x"})
+    assert mapper.map_rows([odd, {"a": "y", "b": 1}]) == ([["x", "y"], [0, 1]], [])
+    assert dict(odd) == {"a": "x"}  # nothing was read through __getitem__

@@ -1,0 +1,239 @@
+"""Micro-benchmarks of a worker's per-row hot path, without any server.
+
+A batch costs, per message: ``orjson.loads`` -> ``ColumnMapper.map_rows`` -> the
+driver's client-side serialisation of the columnar INSERT block.  Each step is
+timed here on the demo table (config.yaml) with the bench's own traffic
+(:class:`bench.events.EventTemplates`, 350-byte events by default like
+``python -m bench``), as the median of repeated runs in microseconds per row::
+
+    python -c "import bench.micro; bench.micro.main()"
+    python -m bench.micro --rows 10000 --repeats 15
+
+The serialisation step runs clickhouse-driver's own code (``column_chunks`` ->
+``ColumnOrientedBlock`` -> ``BlockOutputStream`` -> ``write_column``, as
+``Client.send_data`` does for ``columnar=True, types_check=False``) into a
+socket writer whose socket only counts bytes: the network is not measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import statistics
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import orjson
+from clickhouse_driver import defines
+from clickhouse_driver.block import ColumnOrientedBlock
+from clickhouse_driver.bufferedwriter import BufferedSocketWriter
+from clickhouse_driver.connection import ServerInfo
+from clickhouse_driver.context import Context
+from clickhouse_driver.protocol import ClientPacketTypes
+from clickhouse_driver.streams.native import BlockOutputStream
+from clickhouse_driver.util.compat import get_localzone_name_compat
+from clickhouse_driver.util.helpers import column_chunks
+from clickhouse_driver.varint import write_varint
+from clickhouse_driver.writer import write_binary_str
+
+from bench.events import EventTemplates
+from supervisor.config import ColumnOverride
+from workers.schema import ColumnMapper, ServerFeatures, TableColumn, compile_mapper
+from workers.worker import GC_GEN0_THRESHOLD
+
+# The demo table of config.yaml, as system.columns reports it, and its overrides.
+DEMO_COLUMNS = (
+    TableColumn("event_id", "String"),
+    TableColumn("ts", "DateTime"),
+    TableColumn("user_id", "UInt64"),
+    TableColumn("kind", "String"),
+    TableColumn("amount", "Float64"),
+    TableColumn("country", "FixedString(2)"),
+    TableColumn("tags", "Array(String)"),
+    TableColumn("session_id", "UUID"),
+    TableColumn("payload", "String"),
+)
+DEMO_OVERRIDES = (
+    ColumnOverride("event_id", required=True),
+    ColumnOverride("user_id", path=("user", "id"), required=True),
+    ColumnOverride("ts", epoch_unit="ms"),
+    ColumnOverride("tags", has_default=True, default=[]),
+)
+DEMO_FEATURES = ServerFeatures.from_version((23, 8, 1))
+
+DEFAULT_PAYLOAD_BYTES = 350  # bench/cli.py --payload-bytes
+DEFAULT_ROWS = 10_000  # config.yaml batch.max_rows
+DEFAULT_REPEATS = 15
+
+
+def demo_mapper() -> ColumnMapper:
+    return compile_mapper("events", DEMO_COLUMNS, DEMO_OVERRIDES, DEMO_FEATURES)
+
+
+def demo_bodies(rows: int, payload_bytes: int = DEFAULT_PAYLOAD_BYTES) -> list[bytes]:
+    """The JSON bodies `python -m bench` publishes, messages 0..rows-1."""
+    templates = EventTemplates(payload_bytes, size=min(rows, 10_000))
+    return [templates.body(i) for i in range(rows)]
+
+
+# --------------------------------------------------------------------------- serialisation
+
+class CountingSocket:
+    """Where the driver's socket writer flushes to: counts the bytes and drops them (or keeps them)."""
+
+    def __init__(self, keep: bool = False) -> None:
+        self.sent = 0
+        self.kept: list[bytes] | None = [] if keep else None
+
+    def sendall(self, data: bytes) -> None:
+        self.sent += len(data)
+        if self.kept is not None:
+            self.kept.append(bytes(data))
+
+
+class Serialiser:
+    """clickhouse-driver's client side of one columnar INSERT's data, into a byte counter."""
+
+    def __init__(self, column_names: Sequence[str], column_types: Sequence[str], keep: bool = False):
+        revision = defines.CLIENT_REVISION
+        # A server in the local zone: the driver then gives DateTime columns no zone to
+        # convert to (our DateTime values are int epochs, which it never converts anyway).
+        zone = get_localzone_name_compat()
+        self.context = Context()
+        self.context.server_info = ServerInfo("ClickHouse", 23, 8, 1, revision, zone, "micro", revision)
+        self.context.settings = {}
+        self.context.client_settings = {
+            "insert_block_size": defines.DEFAULT_INSERT_BLOCK_SIZE,
+            "strings_as_bytes": False,
+            "strings_encoding": defines.STRINGS_ENCODING,
+            "use_numpy": False,
+            "input_format_null_as_default": False,
+        }
+        self.columns_with_types = list(zip(column_names, column_types))
+        self.socket = CountingSocket(keep)
+        self.fout = BufferedSocketWriter(self.socket, defines.BUFFER_SIZE)
+        self.stream = BlockOutputStream(self.fout, self.context)
+
+    def write(self, columns: list[list]) -> int:
+        """Serialise `columns` as Client.send_data + Connection.send_data do; returns the bytes written.
+
+        `columns` are left unchanged: like the driver, each block gets copies (the
+        driver's UUID column rewrites its list in place).
+        """
+        before = self.socket.sent
+        block_size = self.context.client_settings["insert_block_size"]
+        for chunk in column_chunks(columns, block_size):
+            block = ColumnOrientedBlock(self.columns_with_types, chunk, types_check=False)
+            write_varint(ClientPacketTypes.DATA, self.fout)
+            write_binary_str("", self.fout)  # temporary table name
+            self.stream.write(block)  # ends with a flush
+        return self.socket.sent - before
+
+
+# --------------------------------------------------------------------------- timing
+
+@contextlib.contextmanager
+def worker_gc():
+    """The cyclic GC as a worker runs it (workers/worker.py): boot objects frozen, rare young collections.
+
+    With CPython's default thresholds the collector would walk the batch's live
+    objects every few hundred allocations, a cost the worker does not pay.
+    """
+    thresholds = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 50, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+
+def _median_us_per_row(run: Callable[[], Any], rows: int, repeats: int) -> float:
+    times = []
+    with worker_gc():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) / rows * 1e6
+
+
+def bench_loads(bodies: list[bytes], repeats: int) -> float:
+    """Median us/row of orjson.loads over `bodies`."""
+    loads = orjson.loads
+    return _median_us_per_row(lambda: [loads(b) for b in bodies], len(bodies), repeats)
+
+
+def bench_map(mapper: ColumnMapper, docs: list[Any], repeats: int) -> float:
+    """Median us/row of mapper.map_rows(docs); every doc must map (asserts no failures)."""
+    _, failures = mapper.map_rows(docs)
+    if failures:
+        raise AssertionError(f"demo events failed to map: {failures[:3]}")
+    return _median_us_per_row(lambda: mapper.map_rows(docs), len(docs), repeats)
+
+
+def bench_serialise(serialiser: Serialiser, columns: list[list], repeats: int) -> float:
+    """Median us/row of the driver's serialisation of `columns`."""
+    rows = len(columns[0]) if columns else 0
+    return _median_us_per_row(lambda: serialiser.write(columns), rows, repeats)
+
+
+def run(rows: int = DEFAULT_ROWS, repeats: int = DEFAULT_REPEATS, payload_bytes: int = DEFAULT_PAYLOAD_BYTES) -> dict[str, Any]:
+    """All three steps; a dict of the figures (us/row) and what they were measured on."""
+    bodies = demo_bodies(rows, payload_bytes)
+    docs = [orjson.loads(b) for b in bodies]
+    mapper = demo_mapper()
+    columns, _ = mapper.map_rows(docs)
+    types = {c.name: c.type for c in DEMO_COLUMNS}
+    serialiser = Serialiser(mapper.column_names, [types[n] for n in mapper.column_names])
+    result = {
+        "rows": rows,
+        "repeats": repeats,
+        "mean_body_bytes": sum(map(len, bodies)) / rows,
+        "loads_us": bench_loads(bodies, repeats),
+        "map_us": bench_map(mapper, docs, repeats),
+        "serialise_us": bench_serialise(serialiser, columns, repeats),
+        "block_bytes": serialiser.write(columns),
+    }
+    result["total_us"] = result["loads_us"] + result["map_us"] + result["serialise_us"]
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [
+        f"{result['rows']} demo events of {result['mean_body_bytes']:.0f} bytes, "
+        f"median of {result['repeats']} runs",
+        f"{'step':<28} {'us/row':>8}",
+    ]
+    for label, key in (
+        ("orjson.loads", "loads_us"),
+        ("ColumnMapper.map_rows", "map_us"),
+        ("driver serialisation", "serialise_us"),
+        ("total", "total_us"),
+    ):
+        lines.append(f"{label:<28} {result[key]:>8.3f}")
+    lines.append(f"(block: {result['block_bytes']} bytes, {result['block_bytes'] / result['rows']:.1f} per row)")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=DEFAULT_ROWS, help=f"events per batch (default {DEFAULT_ROWS})")
+    p.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help=f"timed runs per step (default {DEFAULT_REPEATS})")
+    p.add_argument(
+        "--payload-bytes", type=int, default=DEFAULT_PAYLOAD_BYTES,
+        help=f"size of each JSON event (default {DEFAULT_PAYLOAD_BYTES}, as python -m bench)",
+    )
+    args = p.parse_args(argv)
+    if args.rows < 1 or args.repeats < 1 or args.payload_bytes < 0:
+        p.error("--rows and --repeats must be >= 1, --payload-bytes >= 0")
+    print(format_table(run(args.rows, args.repeats, args.payload_bytes)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
