@@ -1,7 +1,9 @@
 """Micro-benchmarks of a worker's per-row hot path, without any server.
 
-A batch costs, per message: ``orjson.loads`` -> ``ColumnMapper.map_rows`` -> the
-driver's client-side serialisation of the columnar INSERT block.  Each step is
+A batch costs, per message: intake (the NATS protocol read in bulk by
+``workers.wire.BulkParser``, batching, the batch's ack decision) -> ``orjson.loads``
+-> ``ColumnMapper.map_rows`` -> the driver's client-side serialisation of the
+columnar INSERT block.  Each step is
 timed here on the demo table (config.yaml) with the bench's own traffic
 (:class:`bench.events.EventTemplates`, 350-byte events by default like
 ``python -m bench``), as the median of repeated runs in microseconds per row::
@@ -162,6 +164,45 @@ def _median_us_per_row(run: Callable[[], Any], rows: int, repeats: int) -> float
     return statistics.median(times) / rows * 1e6
 
 
+def delivery_frames(bodies: list[bytes], chunk: int = 256 * 1024) -> list[bytes]:
+    """`bodies` as JetStream delivers them to a pull inbox (HMSG with a Nats-Msg-Id
+    header and a real ack subject), cut into socket reads of `chunk` bytes."""
+    out = []
+    for i, body in enumerate(bodies):
+        headers = b"NATS/1.0\r\nNats-Msg-Id: e%012d\r\n\r\n" % i
+        reply = b"$JS.ACK.EVENTS.jetsink_events_3.1.%d.%d.1790000000000000000.%d" % (8 * i + 3, i + 1, len(bodies) - i - 1)
+        out.append(b"HMSG events.3.k%d 7 %b %d %d\r\n%b%b\r\n" % (i % 32, reply, len(headers), len(headers) + len(body), headers, body))
+    data = b"".join(out)
+    return [data[i : i + chunk] for i in range(0, len(data), chunk)]
+
+
+def bench_intake(frames: list[bytes], rows: int, repeats: int) -> float:
+    """Median us/row of reading deliveries off the socket into a batch and deciding its ack."""
+    import asyncio
+
+    from workers.acks import AckTracker
+    from workers.batch import Batch
+    from workers.wire import BulkParser
+
+    class _Client:  # what the parser asks of nats-py for routed messages
+        stats = {"in_msgs": 0}
+
+    def once() -> None:
+        batch = Batch(rows, 1 << 40, 1.0)
+        parser = BulkParser(_Client())
+        parser.routes[b"7"] = batch.extend
+
+        async def feed() -> None:
+            for frame in frames:
+                await parser.parse(frame)
+
+        asyncio.run(feed())
+        if len(batch) != rows or AckTracker(0, 0).stored(batch.messages) is None:
+            raise AssertionError("intake lost messages or refused to ack a clean batch")
+
+    return _median_us_per_row(once, rows, repeats)
+
+
 def bench_loads(bodies: list[bytes], repeats: int) -> float:
     """Median us/row of orjson.loads over `bodies`."""
     loads = orjson.loads
@@ -183,7 +224,7 @@ def bench_serialise(serialiser: Serialiser, columns: list[list], repeats: int) -
 
 
 def run(rows: int = DEFAULT_ROWS, repeats: int = DEFAULT_REPEATS, payload_bytes: int = DEFAULT_PAYLOAD_BYTES) -> dict[str, Any]:
-    """All three steps; a dict of the figures (us/row) and what they were measured on."""
+    """All four steps; a dict of the figures (us/row) and what they were measured on."""
     bodies = demo_bodies(rows, payload_bytes)
     docs = [orjson.loads(b) for b in bodies]
     mapper = demo_mapper()
@@ -194,12 +235,13 @@ def run(rows: int = DEFAULT_ROWS, repeats: int = DEFAULT_REPEATS, payload_bytes:
         "rows": rows,
         "repeats": repeats,
         "mean_body_bytes": sum(map(len, bodies)) / rows,
+        "intake_us": bench_intake(delivery_frames(bodies), rows, repeats),
         "loads_us": bench_loads(bodies, repeats),
         "map_us": bench_map(mapper, docs, repeats),
         "serialise_us": bench_serialise(serialiser, columns, repeats),
         "block_bytes": serialiser.write(columns),
     }
-    result["total_us"] = result["loads_us"] + result["map_us"] + result["serialise_us"]
+    result["total_us"] = result["intake_us"] + result["loads_us"] + result["map_us"] + result["serialise_us"]
     return result
 
 
@@ -210,6 +252,7 @@ def format_table(result: dict[str, Any]) -> str:
         f"{'step':<28} {'us/row':>8}",
     ]
     for label, key in (
+        ("intake (wire, batch, ack)", "intake_us"),
         ("orjson.loads", "loads_us"),
         ("ColumnMapper.map_rows", "map_us"),
         ("driver serialisation", "serialise_us"),

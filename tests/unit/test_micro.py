@@ -121,6 +121,7 @@ def test_each_benchmark_runs_on_a_tiny_batch():
     mapper = micro.demo_mapper()
     names, types, columns = _mapped(20)
     assert micro.bench_loads(bodies, 2) > 0
+    assert micro.bench_intake(micro.delivery_frames(bodies, chunk=100), 20, 2) > 0
     assert micro.bench_map(mapper, docs, 2) > 0
     assert micro.bench_serialise(micro.Serialiser(names, types), columns, 2) > 0
 
@@ -128,12 +129,33 @@ def test_each_benchmark_runs_on_a_tiny_batch():
 def test_run_and_main_report_every_step(capsys):
     result = micro.run(rows=30, repeats=2)
     assert result["rows"] == 30 and result["repeats"] == 2
-    for key in ("loads_us", "map_us", "serialise_us", "total_us"):
+    for key in ("intake_us", "loads_us", "map_us", "serialise_us", "total_us"):
         assert result[key] > 0, key
     names, types, columns = _mapped(30)
     assert result["block_bytes"] == _expected_block_size(names, types, columns)
     assert micro.main(["--rows", "12", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "12 demo events" in out
-    for label in ("orjson.loads", "ColumnMapper.map_rows", "driver serialisation", "total"):
+    for label in ("intake (wire, batch, ack)", "orjson.loads", "ColumnMapper.map_rows", "driver serialisation", "total"):
         assert label in out
+
+
+def test_intake_frames_are_real_deliveries_whatever_the_read_size():
+    """The intake benchmark feeds what nats-server sends: every body comes out intact, in order."""
+    import asyncio
+
+    from workers.wire import BulkParser
+
+    bodies = micro.demo_bodies(50)
+    for chunk in (7, 1000, 1 << 20):
+        got = []
+        parser = BulkParser(type("C", (), {"stats": {"in_msgs": 0}})())
+        parser.routes[b"7"] = got.extend
+
+        async def feed(frames=micro.delivery_frames(bodies, chunk=chunk)):
+            for f in frames:
+                await parser.parse(f)
+
+        asyncio.run(feed())
+        assert [m[2] for m in got] == bodies
+        assert got[3][3] == b"NATS/1.0\r\nNats-Msg-Id: e000000000003\r\n\r\n"
