@@ -163,7 +163,15 @@ def run_config(base: dict[str, Any], servers: Servers, names: RunNames, workers:
     )
     # The bench records its own CPU profiles over the measured window; the supervisor's
     # periodic ones (with observability on) would put a second py-spy on each worker.
-    observability: dict[str, Any] = {"enabled": bool(tracing), "profiling": {"cpu": False, "memory": bool(memory_profiles)}}
+    # Without the bench's profiles (--no-profiles), a --trace run keeps the supervisor's
+    # periodic CPU profiles at the default's duty cycle (10 %: the default is a 30 s window
+    # every 300 s) but a shorter period (1 s every 10 s), so that a drain of a few
+    # seconds pays for them too.
+    periodic = bool(tracing) and not memory_profiles
+    profiling: dict[str, Any] = {"cpu": periodic, "memory": bool(memory_profiles)}
+    if periodic:
+        profiling.update(interval_s=10, duration_s=1)
+    observability: dict[str, Any] = {"enabled": bool(tracing), "profiling": profiling}
     return {
         "workers": workers or base.get("workers", 1),
         "shutdown_grace_s": base.get("shutdown_grace_s", 30),
