@@ -509,13 +509,18 @@ def _latency(opts: RunOptions, outcome: dict[str, Any], probe: Probe, nats: Nats
         async def subjects() -> list[tuple[int, float, str]]:
             import asyncio
 
+            # A few at a time: thousands of requests at once time out on a busy server
+            # (seen after a 10-minute run) and would lose the run's results.
+            gate = asyncio.Semaphore(32)
+
             async def one(t: float, seq: int) -> tuple[int, float, str]:
-                msg = await nats.js.get_msg(names.stream, seq)
+                async with gate:
+                    msg = await nats.js.get_msg(names.stream, seq)
                 return seq, t, msg.subject
 
             return await asyncio.gather(*(one(t, seq) for t, seq in samples.values()))
 
-        for seq, t, subj in nats.call(subjects(), timeout=120):
+        for seq, t, subj in nats.call(subjects(), timeout=600):
             part = int(subj.split(".")[first_star])
             by_consumer.setdefault(consumer_name(harness.PIPELINE, part), []).append((seq, t))
     latencies: list[float] = []
