@@ -27,6 +27,20 @@ def _names():
 
 
 
+async def _pending(nats_url, stream, name, partitions):
+    """(unacked, undelivered) per partition consumer."""
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        out = []
+        for p in range(partitions):
+            info = await js.consumer_info(stream, consumer_name(name, p))
+            out.append((info.num_ack_pending, info.num_pending))
+        return out
+    finally:
+        await nc.close()
+
+
 def _count(client, db, where="1"):
     return client.execute(f"SELECT count() FROM {db}.events WHERE {where}")[0][0]
 
@@ -75,19 +89,7 @@ def test_100k_events_arrive_exactly_with_matching_values(tmp_path, nats_url, cli
         sup.close()
 
     # After a clean drain every message is acked.
-    async def pending():
-        nc = await nats.connect(nats_url)
-        try:
-            js = nc.jetstream()
-            out = []
-            for p in range(8):
-                info = await js.consumer_info(stream, consumer_name(name, p))
-                out.append((info.num_ack_pending, info.num_pending))
-            return out
-        finally:
-            await nc.close()
-
-    assert run(pending()) == [(0, 0)] * 8
+    assert run(_pending(nats_url, stream, name, 8)) == [(0, 0)] * 8
 
 
 def test_bad_messages_go_to_the_dlq_and_good_ones_are_inserted(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
@@ -173,6 +175,13 @@ def test_kill_9_of_a_worker_mid_stream_loses_nothing(tmp_path, nats_url, clickho
         duplicates = rows - distinct
         print(f"kill -9: {total} events, {rows} rows, {duplicates} duplicates")
         assert sup.logged("died")
+        # The replacement found the dead worker's deliveries unacked and held its own acks
+        # (one AckAll would have settled them unstored) until they came back and were
+        # stored; then every partition acks again and nothing is left unacked.
+        held = sup.logged("holding acks until they are redelivered and stored")
+        assert held
+        sup.wait(lambda: len(sup.logged("acking per batch again")) >= len(held), 120, "held partitions to ack again")
+        sup.wait(lambda: run(_pending(nats_url, stream, name, 8)) == [(0, 0)] * 8, 60, "nothing unacked")
         assert sup.terminate() == 0
     finally:
         sup.close()
