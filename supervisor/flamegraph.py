@@ -15,10 +15,18 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from html import escape
+from html import escape as _html_escape
 
 SPEEDSCOPE_SCHEMA = "https://www.speedscope.app/file-format-schema.json"
 _FRAME = re.compile(r"^(?P<name>.*?) \((?P<file>[^()]*):(?P<line>\d+)\)$")
+# Characters XML 1.0 does not allow even escaped; a torn py-spy sample (non-blocking
+# mode reads a running process) can put them in a frame name.
+_NOT_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def escape(text: str) -> str:
+    """Text for an SVG: markup escaped, characters XML cannot hold shown as U+FFFD."""
+    return _html_escape(_NOT_XML.sub("\ufffd", text))
 
 
 def parse_collapsed(text: str) -> list[tuple[list[str], int]]:

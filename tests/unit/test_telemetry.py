@@ -156,6 +156,14 @@ def test_svg_flame_graph_is_xml_with_a_box_per_frame():
     assert "work (app.py:20) (40 samples, 88.89%)" in titles
 
 
+def test_svg_survives_a_torn_sample_with_control_characters():
+    # py-spy in non-blocking mode can read a half-written frame: seen as " (\x01:-1101128832)".
+    stacks = flamegraph.parse_collapsed("main (app.py:1);\x01bad\x1f (\x01:-1101128832) 1\nmain (app.py:1) 2\n")
+    root = ET.fromstring(flamegraph.to_svg(stacks, "t"))
+    titles = [t.text for t in root.iter("{http://www.w3.org/2000/svg}title")]
+    assert any("\ufffdbad\ufffd" in t for t in titles)
+
+
 def _fake_py_spy(tmp_path: Path, body: str) -> str:
     script = tmp_path / "py-spy"
     script.write_text(f"#!{sys.executable}\nimport sys\nargs = sys.argv[1:]\n{body}\n")
