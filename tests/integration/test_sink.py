@@ -214,3 +214,55 @@ def test_check_connect_reports_table_and_servers(tmp_path, nats_url, clickhouse_
     proc = subprocess.run([sys.executable, "-m", "supervisor", "check", "--config", str(cfg), "--connect"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "nosuch" in proc.stderr
+
+
+def test_consumers_made_explicit_by_an_earlier_version_keep_working(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
+    """An existing consumer's ack policy cannot change: explicit ones are kept and acked per message."""
+    from nats.js import api
+
+    from supervisor.topology import partition_filter, transform_destination
+
+    name, stream, subject = _names()
+    prefix = subject[:-2]
+    partitions = 2
+
+    async def as_an_earlier_version_made_them():
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            await js.add_stream(api.StreamConfig(
+                name=stream, subjects=[subject], storage=api.StorageType.FILE,
+                subject_transform=api.SubjectTransform(src=subject, dest=transform_destination(subject, partitions)),
+            ))
+            for p in range(partitions):
+                await js.add_consumer(stream, api.ConsumerConfig(
+                    durable_name=consumer_name(name, p), filter_subject=partition_filter(subject, p),
+                    ack_policy=api.AckPolicy.EXPLICIT, deliver_policy=api.DeliverPolicy.ALL, ack_wait=4.0,
+                    max_ack_pending=15000, max_deliver=10, max_waiting=16,
+                ))
+        finally:
+            await nc.close()
+
+    async def policies():
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            return [(await js.consumer_info(stream, consumer_name(name, p))).config.ack_policy for p in range(partitions)]
+        finally:
+            await nc.close()
+
+    run(as_an_earlier_version_made_them())
+    cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, name=name, stream=stream, subject=subject, partitions=partitions, workers=1)
+    sup = Supervisor(cfg, tmp_path / "sink.log")
+    try:
+        sup.wait_acquired(partitions)
+        assert sup.logged("consumers ack each message (made by an earlier version)")
+        n = 5000
+        assert publish_events(nats_url, event_messages(0, n, prefix=prefix, keys=8), stream).published == n
+        sup.wait(lambda: _count(clickhouse_client, ch_database) >= n, 120, f"{n} rows")
+        assert clickhouse_client.execute(f"SELECT count(), uniqExact(event_id) FROM {ch_database}.events")[0] == (n, n)
+        sup.wait(lambda: run(_pending(nats_url, stream, name, partitions)) == [(0, 0)] * partitions, 60, "every message acked")
+        assert run(policies()) == [api.AckPolicy.EXPLICIT] * partitions
+        assert sup.terminate() == 0
+    finally:
+        sup.close()
