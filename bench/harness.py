@@ -283,23 +283,9 @@ class JetsinkSink(_ChildProcess):
 
     def stop(self, timeout: float = 90.0) -> int | None:
         """TERM (workers drain and exit, memray profiles are written), then KILL if needed."""
-        code = _terminate(self.proc, timeout)
+        code = embedded.terminate(self.proc, timeout)
         self.poll()
         return code
-
-
-def _terminate(proc: subprocess.Popen | None, timeout: float) -> int | None:
-    """TERM, wait up to `timeout`, then KILL; the exit code (None if never started)."""
-    if proc is None:
-        return None
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
 
 
 class NaiveSink(_ChildProcess):
@@ -333,7 +319,7 @@ class NaiveSink(_ChildProcess):
         return self.proc is not None
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        return _terminate(self.proc, timeout)
+        return embedded.terminate(self.proc, timeout)
 
 
 # ------------------------------------------------------------------------ profiles
