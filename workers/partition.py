@@ -158,6 +158,7 @@ class PartitionRunner:
         self._request_deadline = 0.0
         self._unanswered = 0  # pull requests in a row that got no reply while connected
         self._received = 0  # replies seen on the inbox (a cheap activity counter)
+        self._delivered = 0  # messages among them (not status replies)
         self._received_at_deadline = 0
         self._stopping = False
         self._last_progress = time.monotonic()
@@ -257,6 +258,7 @@ class PartitionRunner:
                     self._on_status(m)
         if not deliveries:
             return
+        self._delivered += len(deliveries)
         self._batch.extend(deliveries)
         # Messages of a request we already counted as over (a 409 on server shutdown
         # arrives ahead of deliveries still in the socket) are kept, but must not drive
@@ -327,14 +329,14 @@ class PartitionRunner:
                 if self._pipeline_idle():
                     await self._reconcile()
                     if self.dirty:
-                        got = self._received
+                        got = self._delivered
                         await self._request(batch.room(), batch.max_bytes - batch.nbytes)
                         await self._wait_for_request()
-                        if self._received == got:
+                        if self._delivered == got:
                             # Nothing came (max_ack_pending reached, or the lost messages'
                             # ack_wait has not run out yet): ask again a little later.
                             await self._wait(min(1.0, self._ack_wait_s / 10))
-                        continue
+                    continue
             elif self._outstanding == 0 and batch.room() > 0:
                 await self._request(batch.room(), batch.max_bytes - batch.nbytes)
             waits = [self._request_deadline - now] if self._outstanding > 0 else []
