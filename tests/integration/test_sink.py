@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import os
 import signal
@@ -13,7 +14,7 @@ import nats
 import orjson
 import yaml
 
-from bench.events import event_messages, make_event
+from bench.events import event_messages, make_event, publish
 from supervisor.topology import consumer_name
 from tests.integration.harness import publish_events, REPO, Supervisor, run, sink_config, wait_until
 
@@ -263,6 +264,52 @@ def test_consumers_made_explicit_by_an_earlier_version_keep_working(tmp_path, na
         assert clickhouse_client.execute(f"SELECT count(), uniqExact(event_id) FROM {ch_database}.events")[0] == (n, n)
         sup.wait(lambda: run(_pending(nats_url, stream, name, partitions)) == [(0, 0)] * partitions, 60, "every message acked")
         assert run(policies()) == [api.AckPolicy.EXPLICIT] * partitions
+        assert sup.terminate() == 0
+    finally:
+        sup.close()
+
+
+def test_deliveries_the_sink_never_saw_hold_its_acks_until_they_come_back(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
+    """A gap in the consumer's delivery numbering (here: another client pulls a few messages
+    and drops them, as a socket cut mid-delivery would) must stop the per-batch AckAll, which
+    would settle them unstored; they are redelivered after ack_wait, stored, and only then acked."""
+    name, stream, subject = _names()
+    prefix = subject[:-2]
+    cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, name=name, stream=stream, subject=subject,
+                      partitions=1, workers=1, max_rows=50, ack_wait_s=3)
+    sup = Supervisor(cfg, tmp_path / "sink.log")
+    try:
+        sup.wait_acquired(1)
+        stolen: list = []
+
+        async def steal_and_publish():
+            nc = await nats.connect(nats_url)
+            try:
+                inbox = nc.new_inbox()
+                got = asyncio.Event()
+
+                async def on_msg(msg):
+                    if msg.reply:  # a delivery, never acked
+                        stolen.append(msg.reply)
+                        if len(stolen) == 5:
+                            got.set()
+
+                await nc.subscribe(inbox, cb=on_msg)
+                await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer_name(name, 0)}",
+                                 orjson.dumps({"batch": 5, "expires": 30_000_000_000}), reply=inbox)
+                await nc.flush()
+                result = await publish(nc, event_messages(0, 2000, prefix=prefix), stream=stream)
+                await asyncio.wait_for(got.wait(), 60)
+                return result
+            finally:
+                await nc.close()
+
+        assert run(steal_and_publish()).published == 2000
+        assert len(stolen) == 5
+        sup.wait(lambda: sup.logged("deliveries missing before consumer sequence"), 60, "the gap to be noticed")
+        sup.wait(lambda: clickhouse_client.execute(f"SELECT uniqExact(event_id) FROM {ch_database}.events")[0][0] == 2000, 120, "every event")
+        sup.wait(lambda: sup.logged("acking per batch again"), 60, "acks to resume")
+        sup.wait(lambda: run(_pending(nats_url, stream, name, 1)) == [(0, 0)], 60, "nothing unacked")
         assert sup.terminate() == 0
     finally:
         sup.close()
