@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from workers.wire import DATA
+
 
 @dataclass(slots=True)
 class Batch:
@@ -19,11 +21,11 @@ class Batch:
     opened_at: float = 0.0  # monotonic time of the first message
 
     def extend(self, msgs: list[tuple]) -> None:
-        """Add deliveries (raw tuples, workers/wire.py: data is item 2)."""
+        """Add deliveries (raw tuples, workers/wire.py)."""
         if not self.messages:
             self.opened_at = time.monotonic()
         self.messages.extend(msgs)
-        self.nbytes += sum([len(m[2]) for m in msgs])
+        self.nbytes += sum([len(m[DATA]) for m in msgs])
 
     def __len__(self) -> int:
         return len(self.messages)

@@ -174,6 +174,7 @@ class PartitionRunner:
         self._keepalive_at = 0.0  # when held messages last got an in-progress ack
         self._dirty_since = 0.0
         self.stats = PartitionStats()
+        self._log_extra = {"pipeline": target.pipeline.name, "partition": target.index}  # on every log line
 
     def _new_batch(self) -> Batch:
         return Batch(*self._limits)
@@ -189,7 +190,7 @@ class PartitionRunner:
             log.info(
                 "partition %s: the consumer has %d messages delivered to a previous owner and not acked; "
                 "holding acks until they are redelivered and stored", self.name, info.num_ack_pending,
-                extra={"pipeline": self.target.pipeline.name, "partition": self.target.index},
+                extra=self._log_extra,
             )
         self._sub = await self._nc.subscribe(self._inbox, cb=_unused, pending_msgs_limit=-1, pending_bytes_limit=-1)
         wire.route(self._nc, self._sub, self._on_msgs)
@@ -364,7 +365,7 @@ class PartitionRunner:
 
     # -- acks -------------------------------------------------------------------
 
-    async def _reconcile(self) -> bytes | None:
+    async def _reconcile(self) -> None:
         """Dirty and idle: ask the consumer whether every unacked message is one we hold;
         if so, one AckAll settles them all and acks flow per batch again."""
         info = await self._consumer_info()
@@ -372,42 +373,45 @@ class PartitionRunner:
         if not self._tracker.dirty:
             log.info(
                 "partition %s: every unacked message is stored; acking per batch again", self.name,
-                extra={"pipeline": self.target.pipeline.name, "partition": self.target.index},
+                extra=self._log_extra,
             )
             if reply is not None:
-                await wire.send(self._nc, wire.pubs([reply], intake.ACK))
+                await self._settle([reply], intake.ACK)
         elif time.monotonic() - self._dirty_since > 2 * self._ack_wait_s + 30:
             self._dirty_since = time.monotonic()
             log.warning(
                 "partition %s: still holding %d stored messages unacked; the consumer reports %d unacked "
                 "(last delivery %d, ours %d)", self.name, len(self._tracker.held), info.num_ack_pending,
                 info.delivered.consumer_seq, self._tracker.last_seen,
-                extra={"pipeline": self.target.pipeline.name, "partition": self.target.index},
+                extra=self._log_extra,
             )
-        return reply
+
+    async def _settle(self, ack_subjects: list[bytes], verb: bytes) -> None:
+        """Send `verb` (+ACK, +WPI) to each ack subject, as one write."""
+        await wire.send(self._nc, wire.pubs(ack_subjects, verb))
 
     async def _keep_held_alive(self, now: float) -> None:
         """Stored-but-held messages get in-progress acks so JetStream does not redeliver them."""
         if self._tracker.held and now - self._keepalive_at > self._ack_wait_s / 3:
             self._keepalive_at = now
-            await wire.send(self._nc, wire.pubs(self._tracker.held_subjects(), intake.IN_PROGRESS))
+            await self._settle(self._tracker.held_subjects(), intake.IN_PROGRESS)
 
     async def _ack(self, msgs: list[tuple]) -> None:
         with self._telemetry.ack(len(msgs)):
             if self._ack_policy == ACK_EXPLICIT:
-                await wire.send(self._nc, wire.pubs([m[REPLY] for m in msgs], intake.ACK))
+                await self._settle([m[REPLY] for m in msgs], intake.ACK)
                 return
             was_clean = self._tracker.clean
             reply = self._tracker.stored(msgs)
             if reply is not None:
-                await wire.send(self._nc, wire.pubs([reply], intake.ACK))
+                await self._settle([reply], intake.ACK)
             elif was_clean:
                 self._dirty_since = time.monotonic()
                 log.warning(
                     "partition %s: deliveries missing before consumer sequence %d (a reconnect or a "
                     "previous owner); holding acks until they are redelivered and stored",
                     self.name, intake.parse_ack_subject(msgs[-1][REPLY]).consumer_seq,
-                    extra={"pipeline": self.target.pipeline.name, "partition": self.target.index},
+                    extra=self._log_extra,
                 )
 
     # -- commit -----------------------------------------------------------------
@@ -422,7 +426,7 @@ class PartitionRunner:
                         log.warning(
                             "partition %s released with %d stored messages unacked: JetStream redelivers them "
                             "(duplicates in the table, nothing lost)", self.name, len(self._tracker.held),
-                            extra={"pipeline": self.target.pipeline.name, "partition": self.target.index},
+                            extra=self._log_extra,
                         )
                 return
             self._committing = True
@@ -448,7 +452,7 @@ class PartitionRunner:
             for dl in prepared.dead:
                 log.warning(
                     "dead-lettered %s seq %d: %s: %s", dl.subject, dl.stream_seq, dl.reason, dl.error,
-                    extra={"pipeline": pipeline.name, "partition": self.target.index},
+                    extra=self._log_extra,
                 )
             await self._retrying("dlq publish", publish_dead_letters, self._nc, pipeline.dlq_stream, pipeline.dlq_subject, prepared.dead)
         if prepared.rows:
@@ -460,7 +464,7 @@ class PartitionRunner:
                 for dl in letters:
                     log.warning(
                         "ClickHouse refused %s seq %d, dead-lettered: %s", dl.subject, dl.stream_seq, dl.error,
-                        extra={"pipeline": pipeline.name, "partition": self.target.index},
+                        extra=self._log_extra,
                     )
                 await self._retrying("dlq publish", publish_dead_letters, self._nc, pipeline.dlq_stream, pipeline.dlq_subject, letters, keep_alive=msgs)
                 prepared.rows -= len(letters)
@@ -497,15 +501,15 @@ class PartitionRunner:
                     log.error(
                         "pipeline %s paused: %s; retrying in %.0fs (nothing is dead-lettered meanwhile)",
                         self.target.pipeline.name, faults.describe(exc), delay,
-                        extra={"pipeline": self.target.pipeline.name, "partition": self.target.index, "fault": fault.value},
+                        extra={**self._log_extra, "fault": fault.value},
                     )
                 else:
                     log.error(
                         "%s for %s failed, retrying in %.1fs: %s", what, self.name, delay, faults.describe(exc),
-                        extra={"pipeline": self.target.pipeline.name, "partition": self.target.index, "fault": fault.value},
+                        extra={**self._log_extra, "fault": fault.value},
                     )
                 if keep_alive:
-                    await wire.send(self._nc, wire.pubs([m[REPLY] for m in keep_alive], intake.IN_PROGRESS))
+                    await self._settle([m[REPLY] for m in keep_alive], intake.IN_PROGRESS)
                 if self._tracker.held:
                     await self._keep_held_alive(time.monotonic())
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))

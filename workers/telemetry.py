@@ -36,9 +36,12 @@ import uuid
 from itertools import chain
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
+from workers import wire
+
 log = logging.getLogger(__name__)
 
 TRACEPARENT = "traceparent"
+TRACEPARENT_BYTES = TRACEPARENT.encode()  # header names are matched exactly, as nats-py does
 SHUTDOWN_TIMEOUT_S = 3.0
 
 # Metric and span attribute keys of our own (OTel asks custom keys to be namespaced).
@@ -304,13 +307,11 @@ class OtelTelemetry(Telemetry):
         seen: set[tuple[int, int]] = set()
         if self._max_links <= 0:
             return links
-        from workers.wire import HEADERS, parse_headers
-
         for msg in msgs:
-            raw = msg[HEADERS]  # raw NATS headers (workers/wire.py), parsed only when they hold one
-            if not raw or b"traceparent" not in raw.lower():
+            raw = msg[wire.HEADERS]  # raw NATS headers (workers/wire.py), parsed only when they hold one
+            if not raw or TRACEPARENT_BYTES not in raw:
                 continue
-            parsed = parse_traceparent(parse_headers(raw).get(TRACEPARENT))
+            parsed = parse_traceparent(wire.parse_headers(raw).get(TRACEPARENT))
             if parsed is None or parsed[:2] in seen:
                 continue
             seen.add(parsed[:2])
@@ -370,7 +371,7 @@ class OtelTelemetry(Telemetry):
             # the parts are joined into the batch's columns. This costs, hence opt-in.
             parts = []
             for msg in msgs:
-                with self.tracer.start_as_current_span("map", attributes={"messaging.message.body.size": len(msg[2])}) as span:
+                with self.tracer.start_as_current_span("map", attributes={"messaging.message.body.size": len(msg[wire.DATA])}) as span:
                     part = prepare([msg], mapper, target)
                     if part.dead:
                         span.set_attribute("error.type", part.dead[0].reason)
@@ -448,7 +449,7 @@ class OtelTelemetry(Telemetry):
                 "jetsink.dlq.reason": dl.reason, "jetsink.dlq.error": dl.error[:300],
                 "messaging.nats.subject": dl.subject, "jetsink.stream_seq": dl.stream_seq,
             })
-        total_bytes = sum(len(m[2]) for m in msgs)  # raw tuples: data is item 2
+        total_bytes = sum(len(m[wire.DATA]) for m in msgs)
         self._consumed.add(len(msgs), labels)
         self._rows.add(prepared.rows, labels)
         self._bytes.add(total_bytes - dead_bytes, labels)
@@ -457,7 +458,7 @@ class OtelTelemetry(Telemetry):
         # The oldest and the newest message of the batch: the range of its freshness
         # without a histogram observation per message.
         for msg in (msgs[0], msgs[-1]) if len(msgs) > 1 else msgs:
-            self._freshness.record(max(0, now_ns - intake.parse_ack_subject(msg[1]).timestamp_ns) / 1e9, labels)
+            self._freshness.record(max(0, now_ns - intake.parse_ack_subject(msg[wire.REPLY]).timestamp_ns) / 1e9, labels)
         span.set_attribute("jetsink.rows", prepared.rows)
         span.set_attribute("jetsink.bytes", total_bytes)
         span.set_attribute("jetsink.dead_lettered", len(prepared.dead))
