@@ -80,24 +80,26 @@ def isolate_bad_rows(insert: Callable[[list[list]], Any], columns: list[list], r
     whole batch, and rows already inserted by then may be inserted twice (at-least-once).
     """
     bad: list[tuple[int, BaseException]] = []
-
-    def attempt(lo: int, hi: int) -> None:
+    # A loop over a stack of row ranges, not a recursive closure: a closure that refers
+    # to itself is a reference cycle, and it would keep every batch's columns alive
+    # until the cyclic GC ran (and make that GC walk them all).
+    ranges = [(0, rows)] if rows else []
+    while ranges:
+        lo, hi = ranges.pop()
+        # A copy per attempt: the driver rewrites some columns in place (UUIDs).
         part = [col[lo:hi] for col in columns]
         try:
             insert(part)
-            return
+            continue
         except Exception as exc:
             if classify(exc) is not Fault.ROWS:
                 raise
             if hi - lo == 1:
-                bad.append((lo, exc))
-                return
+                bad.append((lo, exc.with_traceback(None)))
+                continue
         mid = (lo + hi) // 2
-        attempt(lo, mid)
-        attempt(mid, hi)
-
-    if rows:
-        attempt(0, rows)
+        ranges.append((mid, hi))
+        ranges.append((lo, mid))  # popped first: rows are tried in order
     return bad
 
 

@@ -1,3 +1,7 @@
+import gc
+import weakref
+
+import pytest
 from clickhouse_driver import errors as ch
 from hypothesis import given, strategies as st
 
@@ -46,9 +50,32 @@ def test_bisection_finds_exactly_the_bad_rows_and_inserts_the_rest_once(n, data)
     table = Table({values[i] for i in bad_idx})
     refused = isolate_bad_rows(table.insert, [values, [str(v) for v in values]], n)
     assert sorted(i for i, _ in refused) == sorted(bad_idx)
-    assert sorted(table.rows) == [v for i, v in enumerate(values) if i not in bad_idx]
+    # In row order, each good row once.
+    assert table.rows == [v for i, v in enumerate(values) if i not in bad_idx]
     # Work stays logarithmic per bad row, not a row-by-row retry.
     assert table.calls <= 1 + 2 * len(bad_idx) * (n.bit_length() + 1)
+
+
+class Column(list):
+    """A list that can be watched with a weak reference."""
+
+
+@pytest.mark.parametrize("bad", [set(), {3}])
+def test_a_batch_is_freed_by_reference_counting_when_its_insert_returns(bad):
+    # Workers rely on this: the cyclic GC runs rarely in them (workers/worker.py), so a
+    # reference cycle holding a batch would hold it (and its memory) for long.
+    gc.disable()
+    try:
+        columns = [Column(range(10)), Column(map(str, range(10)))]
+        table = Table(bad)
+        refs = [weakref.ref(c) for c in columns]
+        refused = isolate_bad_rows(table.insert, columns, 10)
+        assert [i for i, _ in refused] == sorted(bad)
+        assert len(table.rows) == 10 - len(bad)
+        del columns, refused
+        assert [r() for r in refs] == [None, None]
+    finally:
+        gc.enable()
 
 
 def test_retryable_errors_while_bisecting_propagate():
