@@ -31,6 +31,8 @@ a loss.
 
 from __future__ import annotations
 
+from itertools import repeat
+from operator import itemgetter
 from typing import Sequence
 
 from workers import intake
@@ -38,6 +40,7 @@ from workers.wire import REPLY
 
 ACK_ALL = "all"
 ACK_EXPLICIT = "explicit"
+_reply = itemgetter(REPLY)
 
 
 class AckTracker:
@@ -77,7 +80,7 @@ class AckTracker:
         prefix = self.first_prefix
         if prefix is None:
             prefix = self.first_prefix = intake.first_delivery_prefix(msgs[0][REPLY])
-        if all(m[REPLY].startswith(prefix) for m in msgs):
+        if all(map(bytes.startswith, map(_reply, msgs), repeat(prefix))):  # in C: no frame per message
             return msgs[-1][REPLY]
         return max((m[REPLY] for m in msgs), key=lambda r: intake.parse_ack_subject(r).stream_seq)
 

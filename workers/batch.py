@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+from operator import itemgetter
 from dataclasses import dataclass, field
 from typing import Any
 
 from workers.wire import DATA
+
+_data = itemgetter(DATA)
 
 
 @dataclass(slots=True)
@@ -25,7 +28,7 @@ class Batch:
         if not self.messages:
             self.opened_at = time.monotonic()
         self.messages.extend(msgs)
-        self.nbytes += sum([len(m[DATA]) for m in msgs])
+        self.nbytes += sum(map(len, map(_data, msgs)))
 
     def __len__(self) -> int:
         return len(self.messages)

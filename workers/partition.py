@@ -18,6 +18,8 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
+from itertools import compress, count, repeat
+from operator import itemgetter, not_
 from typing import Any, Awaitable, Callable
 
 import orjson
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 _STOP = object()
 MAX_UNANSWERED_PULLS = 3
 SUBJECT, REPLY, DATA, HEADERS = wire.SUBJECT, wire.REPLY, wire.DATA, wire.HEADERS
+_reply, _data = itemgetter(REPLY), itemgetter(DATA)
 
 
 @dataclass
@@ -77,7 +80,8 @@ def prepare(batch_msgs: list[tuple], mapper: ColumnMapper, target: PartitionTarg
     max_deliver = target.pipeline.max_deliver
     if max_deliver > 0 and msgs:
         prefix = intake.first_delivery_prefix(msgs[0][REPLY])
-        again = [i for i, m in enumerate(msgs) if not m[REPLY].startswith(prefix)]
+        firsts = map(bytes.startswith, map(_reply, msgs), repeat(prefix))
+        again = list(compress(count(), map(not_, firsts)))  # in C: no frame per message
         last = {i for i in again if intake.redelivered(msgs[i][REPLY]) >= max_deliver}
         if last:
             # JetStream will not deliver these again: if this attempt died too, they would
@@ -89,7 +93,7 @@ def prepare(batch_msgs: list[tuple], mapper: ColumnMapper, target: PartitionTarg
             msgs = [msgs[i] for i in keep]
     loads = orjson.loads
     try:
-        docs = [loads(m[DATA]) for m in msgs]
+        docs = list(map(loads, map(_data, msgs)))
     except orjson.JSONDecodeError:
         # Rare: find the bad ones one by one.
         docs, kept = [], []
@@ -252,7 +256,7 @@ class PartitionRunner:
         self._unanswered = 0
         self._received += len(msgs)
         deliveries = msgs
-        if not msgs[-1][REPLY] or not all(m[REPLY] for m in msgs):
+        if not msgs[-1][REPLY] or not all(map(_reply, msgs)):
             deliveries = [m for m in msgs if m[REPLY]]
             for m in msgs:
                 if not m[REPLY]:

@@ -161,8 +161,17 @@ def test_kill_9_of_a_worker_mid_stream_loses_nothing(tmp_path, nats_url, clickho
     try:
         sup.wait_acquired(8)
         assert publish_events(nats_url, event_messages(0, total // 2, prefix=prefix), stream).published == total // 2
-        # Kill while the workers are mid-stream: some rows inserted, some not yet.
+        # Kill worker 0 mid-stream: some rows inserted, and deliveries in its hands
+        # unacked (what its replacement must not ack before they are stored).
         sup.wait(lambda: _count(clickhouse_client, ch_database) > 0, 60, "first rows")
+        owned = [line["partition"] for line in sup.logged("acquired partition") if line.get("slot") == 0]
+        assert owned
+
+        def victim_holds_deliveries():
+            pending = run(_pending(nats_url, stream, name, 8))
+            return any(pending[p][0] > 0 for p in owned)
+
+        sup.wait(victim_holds_deliveries, 60, "worker 0 to hold unacked deliveries")
         victim = sup.worker_pids()[0]
         os.kill(victim, signal.SIGKILL)
         assert publish_events(nats_url, event_messages(total // 2, total - total // 2, prefix=prefix), stream).published == total - total // 2
