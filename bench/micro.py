@@ -42,6 +42,7 @@ from clickhouse_driver.writer import write_binary_str
 
 from bench.events import EventTemplates
 from supervisor.config import ColumnOverride
+from workers import native
 from workers.schema import ColumnMapper, ServerFeatures, TableColumn, compile_mapper
 from workers.worker import GC_GEN0_THRESHOLD
 
@@ -96,9 +97,13 @@ class CountingSocket:
 
 
 class Serialiser:
-    """clickhouse-driver's client side of one columnar INSERT's data, into a byte counter."""
+    """clickhouse-driver's client side of one columnar INSERT's data, into a byte counter.
+
+    With the column writers a worker installs (workers.native), as a worker runs it.
+    """
 
     def __init__(self, column_names: Sequence[str], column_types: Sequence[str], keep: bool = False):
+        native.install()
         revision = defines.CLIENT_REVISION
         # A server in the local zone: the driver then gives DateTime columns no zone to
         # convert to (our DateTime values are int epochs, which it never converts anyway).

@@ -33,7 +33,7 @@ import yaml
 from supervisor.config import Config, parse_config, profiles_dir
 from supervisor.logs import setup_logging
 from supervisor.topology import consumer_name
-from workers import sink
+from workers import native, sink
 from workers.connections import clickhouse_client, clickhouse_where, connect_nats
 from workers.partition import PartitionRunner, PartitionTarget
 from workers.profiling import memory_profile
@@ -278,6 +278,8 @@ def main(slot: int, config_text: str, base_dir: str, source: str | None, conn: A
     # Both together cut the sink's CPU per message by ~20 % (docs/benchmarks.md).
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD, 50, 100)
+    # clickhouse-driver's column writers without their per-row Python loops (same bytes).
+    native.install()
     try:
         # With profiling.memory, the whole worker runs under memray (workers/profiling.py).
         with memory_profile(profiles_dir(config), slot, config.observability.profiling.memory):
