@@ -396,7 +396,7 @@ def collect_memray(state_dir: Path, slot: int, out_dir: Path) -> dict[str, Any]:
         except Exception:
             pass
         htmls = sorted((state_dir / "profiles").glob(f"memray-worker{slot}-*.html"), key=lambda p: p.stat().st_mtime)
-    out: dict[str, Any] = {"memray_html": None, "memray_peak_mb": None, "memray_top": []}
+    out: dict[str, Any] = {"memray_html": None, "memray_peak_mb": None, "memray_top": [], "memray_heap_mb_by_minute": []}
     if not htmls:
         return out
     html = htmls[-1]
@@ -411,6 +411,7 @@ def collect_memray(state_dir: Path, slot: int, out_dir: Path) -> dict[str, Any]:
         if isinstance(peak, (int, float)):
             out["memray_peak_mb"] = round(peak / 2**20, 1)
         out["memray_top"] = (data.get("top_allocations") or [])[:10]
+        out["memray_heap_mb_by_minute"] = data.get("heap_mb_by_minute") or []
     return out
 
 

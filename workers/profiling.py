@@ -4,7 +4,8 @@ The worker's whole life runs inside `memray.Tracker`, writing
 `<profiles dir>/memray-worker<slot>-<pid>.bin`. When the worker exits normally, the
 capture is turned into `memray-worker<slot>-<pid>.html` (a flame graph of the
 allocations live at the peak) and `memray-worker<slot>-<pid>.summary.json`
-({"peak_memory_bytes", "total_allocations", "top_allocations": [{"location", "bytes", "count"}]}).
+({"peak_memory_bytes", "total_allocations", "top_allocations": [{"location", "bytes", "count"}],
+"heap_mb_by_minute"}).
 A worker that was killed leaves only the .bin; `finalize_memray` (used by bench too)
 makes the rest from it later.
 """
@@ -15,10 +16,11 @@ import contextlib
 import json
 import logging
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -88,4 +90,16 @@ def memray_summary(bin_path: str | Path, top: int = TOP_ALLOCATIONS) -> dict:
             "duration_s": (meta.end_time - meta.start_time).total_seconds(),
             "pid": meta.pid,
             "top_allocations": [{"location": loc, "bytes": size, "count": count} for loc, (size, count) in ranked],
+            "heap_mb_by_minute": _heap_by_minute(reader),
         }
+
+
+def _heap_by_minute(reader: Any) -> list[float]:
+    """memray's heap size over the capture: the median of each minute's snapshots, in MB
+    (a leak shows as a rising series; the peak alone cannot tell)."""
+    minutes: dict[int, list[int]] = {}
+    start = None
+    for snap in reader.get_memory_snapshots():
+        start = snap.time if start is None else start
+        minutes.setdefault(int((snap.time - start) // 60_000), []).append(snap.heap)
+    return [round(statistics.median(minutes[m]) / 2**20, 1) for m in sorted(minutes)]

@@ -33,7 +33,8 @@ import socket
 import threading
 import time
 import uuid
-from itertools import chain
+from itertools import chain, compress, repeat
+from operator import contains, itemgetter
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from workers import wire
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 TRACEPARENT = "traceparent"
 TRACEPARENT_BYTES = TRACEPARENT.encode()  # header names are matched exactly, as nats-py does
+_headers, _data = itemgetter(wire.HEADERS), itemgetter(wire.DATA)
 SHUTDOWN_TIMEOUT_S = 3.0
 
 # Metric and span attribute keys of our own (OTel asks custom keys to be namespaced).
@@ -307,10 +309,9 @@ class OtelTelemetry(Telemetry):
         seen: set[tuple[int, int]] = set()
         if self._max_links <= 0:
             return links
-        for msg in msgs:
-            raw = msg[wire.HEADERS]  # raw NATS headers (workers/wire.py), parsed only when they hold one
-            if not raw or TRACEPARENT_BYTES not in raw:
-                continue
+        # Raw NATS headers (workers/wire.py), picked in C, parsed only when they hold one.
+        raws = list(filter(None, map(_headers, msgs)))
+        for raw in compress(raws, map(contains, raws, repeat(TRACEPARENT_BYTES))):
             parsed = parse_traceparent(wire.parse_headers(raw).get(TRACEPARENT))
             if parsed is None or parsed[:2] in seen:
                 continue
@@ -342,8 +343,11 @@ class OtelTelemetry(Telemetry):
         try:
             # A batch is a root of its own trace: its producers are links, not parents.
             with self.tracer.start_as_current_span(
-                "batch", context=context.Context(), kind=self._trace.SpanKind.CONSUMER, attributes=attrs, links=self._links(msgs),
+                "batch", context=context.Context(), kind=self._trace.SpanKind.CONSUMER, attributes=attrs,
             ) as span:
+                if span.is_recording():  # only sampled batches look for their producers
+                    for link in self._links(msgs):
+                        span.add_link(link.context)
                 yield span
         finally:
             _BATCH_LABELS.reset(token)
@@ -449,7 +453,7 @@ class OtelTelemetry(Telemetry):
                 "jetsink.dlq.reason": dl.reason, "jetsink.dlq.error": dl.error[:300],
                 "messaging.nats.subject": dl.subject, "jetsink.stream_seq": dl.stream_seq,
             })
-        total_bytes = sum(len(m[wire.DATA]) for m in msgs)
+        total_bytes = sum(map(len, map(_data, msgs)))
         self._consumed.add(len(msgs), labels)
         self._rows.add(prepared.rows, labels)
         self._bytes.add(total_bytes - dead_bytes, labels)

@@ -211,6 +211,7 @@ def test_traces_metrics_logs_and_profiles_across_processes(tmp_path, monkeypatch
         assert html.stat().st_size > 0 and "<html" in html.read_text()[:2000].lower()
         assert summary["peak_memory_bytes"] > 0
         assert summary["top_allocations"] and all(t["bytes"] > 0 and t["location"] for t in summary["top_allocations"])
+        assert summary["heap_mb_by_minute"] and all(mb > 0 for mb in summary["heap_mb_by_minute"])
 
 
 def test_observability_off_exports_nothing_and_starts_no_exporter(tmp_path, monkeypatch, nats_url, clickhouse_server, clickhouse_client, ch_database):
