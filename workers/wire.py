@@ -65,30 +65,42 @@ class BulkParser(nats_parser.Parser):
         pending: dict[bytes, list[RawMsg]] = {}  # routed messages of this chunk, per sid
         n = len(data)
         pos = 0
+        find, startswith = data.find, data.startswith
+        got_sid, got = None, []  # the routed subscription of the last message, and its list
         while pos < n:
-            eol = data.find(_CRLF, pos)
+            eol = find(_CRLF, pos)
             if eol < 0:
                 if n - pos > nats_parser.MAX_CONTROL_LINE_SIZE:
                     raise errors.ProtocolError("nats: control line too long")
                 break
-            op = data[pos : pos + 4]
-            if op == b"MSG " or op == b"HMSG":
-                args = data[pos:eol].split()
+            # A JetStream delivery is an HMSG (headers) or a MSG: each cut out with as few
+            # Python operations as it takes, as this runs once per message.
+            if startswith(b"HMSG ", pos):
                 try:
-                    if op == b"MSG ":
-                        hsize = 0
-                        if len(args) == 5:
-                            _, subject, sid, reply, size = args
-                        else:
-                            _, subject, sid, size = args
-                            reply = b""
+                    args = data[pos:eol].split()
+                    if len(args) == 6:
+                        _, subject, sid, reply, hsize, size = args
                     else:
-                        if len(args) == 6:
-                            _, subject, sid, reply, hsize, size = args
-                        else:
-                            _, subject, sid, hsize, size = args
-                            reply = b""
-                        hsize = int(hsize)
+                        _, subject, sid, hsize, size = args
+                        reply = b""
+                    start = eol + 2
+                    body = start + int(hsize)
+                    end = start + int(size)
+                except ValueError:
+                    raise errors.ProtocolError("nats: malformed MSG") from None
+                if end + 2 > n:
+                    self._want = end + 2 - pos
+                    break
+                headers = data[start:body] if body > start else None
+                payload = data[body:end]
+            elif startswith(b"MSG ", pos):
+                try:
+                    args = data[pos:eol].split()
+                    if len(args) == 5:
+                        _, subject, sid, reply, size = args
+                    else:
+                        _, subject, sid, size = args
+                        reply = b""
                     start = eol + 2
                     end = start + int(size)
                 except ValueError:
@@ -96,38 +108,47 @@ class BulkParser(nats_parser.Parser):
                 if end + 2 > n:
                     self._want = end + 2 - pos
                     break
-                headers = data[start : start + hsize] if hsize else None
-                payload = data[start + hsize : end]
-                pos = end + 2
-                if sid in routes:
-                    got = pending.get(sid)
-                    if got is None:
-                        pending[sid] = got = []
-                    got.append((subject, reply, payload, headers))
-                else:
-                    self._dispatch(pending)
-                    await nc._process_msg(int(sid), subject, reply, payload, headers)
-                continue
-            # Anything but a message: deliver what came before it first, then let
-            # nats-py act on it exactly as its own parser would.
-            self._dispatch(pending)
-            line = data[pos : eol + 2]
-            pos = eol + 2
-            if nats_parser.OK_RE.match(line):
-                continue
-            if nats_parser.PING_RE.match(line):
-                await nc._process_ping()
-            elif nats_parser.PONG_RE.match(line):
-                await nc._process_pong()
-            elif m := nats_parser.ERR_RE.match(line):
-                await nc._process_err((m.groups()[0] or b"").decode().lower())
-            elif m := nats_parser.INFO_RE.match(line):
-                await nc._process_info(json.loads(m.groups()[0].decode()))
+                headers = None
+                payload = data[start:end]
             else:
-                raise errors.ProtocolError("nats: unknown protocol")
+                got_sid = None  # _dispatch below hands over (and forgets) the lists
+                await self._non_message(pending, data[pos : eol + 2])
+                pos = eol + 2
+                continue
+            pos = end + 2
+            if sid == got_sid:
+                got.append((subject, reply, payload, headers))
+            elif sid in routes:
+                got = pending.get(sid)
+                if got is None:
+                    pending[sid] = got = []
+                got_sid = sid
+                got.append((subject, reply, payload, headers))
+            else:
+                self._dispatch(pending)
+                got_sid = None
+                await nc._process_msg(int(sid), subject, reply, payload, headers)
         self._dispatch(pending)
         if pos < n:
             self.buf.extend(data[pos:])
+
+    async def _non_message(self, pending: dict[bytes, list[RawMsg]], line: bytes) -> None:
+        """Anything but a message: deliver what came before it first, then let nats-py
+        act on it exactly as its own parser would."""
+        self._dispatch(pending)
+        nc = self.nc
+        if nats_parser.OK_RE.match(line):
+            return
+        if nats_parser.PING_RE.match(line):
+            await nc._process_ping()
+        elif nats_parser.PONG_RE.match(line):
+            await nc._process_pong()
+        elif m := nats_parser.ERR_RE.match(line):
+            await nc._process_err((m.groups()[0] or b"").decode().lower())
+        elif m := nats_parser.INFO_RE.match(line):
+            await nc._process_info(json.loads(m.groups()[0].decode()))
+        else:
+            raise errors.ProtocolError("nats: unknown protocol")
 
     def _dispatch(self, pending: dict[bytes, list[RawMsg]]) -> None:
         if not pending:
