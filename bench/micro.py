@@ -75,6 +75,17 @@ def demo_mapper() -> ColumnMapper:
     return compile_mapper("events", DEMO_COLUMNS, DEMO_OVERRIDES, DEMO_FEATURES)
 
 
+def demo_block(rows: int, payload_bytes: int = DEFAULT_PAYLOAD_BYTES) -> tuple[tuple[str, ...], list[str], list[list]]:
+    """(column names, their types, the mapped columns) of `rows` demo events; all must map."""
+    docs = [orjson.loads(b) for b in demo_bodies(rows, payload_bytes)]
+    mapper = demo_mapper()
+    columns, failures = mapper.map_rows(docs)
+    if failures:
+        raise AssertionError(f"demo events failed to map: {failures[:3]}")
+    types = {c.name: c.type for c in DEMO_COLUMNS}
+    return mapper.column_names, [types[n] for n in mapper.column_names], columns
+
+
 def demo_bodies(rows: int, payload_bytes: int = DEFAULT_PAYLOAD_BYTES) -> list[bytes]:
     """The JSON bodies `python -m bench` publishes, messages 0..rows-1."""
     templates = EventTemplates(payload_bytes, size=min(rows, 10_000))

@@ -75,16 +75,25 @@ class BulkParser(nats_parser.Parser):
                 break
             # A JetStream delivery is an HMSG (headers) or a MSG: each cut out with as few
             # Python operations as it takes, as this runs once per message.
-            if startswith(b"HMSG ", pos):
+            hmsg = startswith(b"HMSG ", pos)
+            if hmsg or startswith(b"MSG ", pos):
                 try:
                     args = data[pos:eol].split()
-                    if len(args) == 6:
-                        _, subject, sid, reply, hsize, size = args
-                    else:
-                        _, subject, sid, hsize, size = args
-                        reply = b""
                     start = eol + 2
-                    body = start + int(hsize)
+                    if hmsg:
+                        if len(args) == 6:
+                            _, subject, sid, reply, hsize, size = args
+                        else:
+                            _, subject, sid, hsize, size = args
+                            reply = b""
+                        body = start + int(hsize)
+                    else:
+                        if len(args) == 5:
+                            _, subject, sid, reply, size = args
+                        else:
+                            _, subject, sid, size = args
+                            reply = b""
+                        body = start
                     end = start + int(size)
                 except ValueError:
                     raise errors.ProtocolError("nats: malformed MSG") from None
@@ -93,23 +102,6 @@ class BulkParser(nats_parser.Parser):
                     break
                 headers = data[start:body] if body > start else None
                 payload = data[body:end]
-            elif startswith(b"MSG ", pos):
-                try:
-                    args = data[pos:eol].split()
-                    if len(args) == 5:
-                        _, subject, sid, reply, size = args
-                    else:
-                        _, subject, sid, size = args
-                        reply = b""
-                    start = eol + 2
-                    end = start + int(size)
-                except ValueError:
-                    raise errors.ProtocolError("nats: malformed MSG") from None
-                if end + 2 > n:
-                    self._want = end + 2 - pos
-                    break
-                headers = None
-                payload = data[start:end]
             else:
                 got_sid = None  # _dispatch below hands over (and forgets) the lists
                 await self._non_message(pending, data[pos : eol + 2])

@@ -54,15 +54,6 @@ def _expected_block_size(names, types, columns) -> int:
     return size
 
 
-def _mapped(rows: int):
-    docs = [orjson.loads(b) for b in micro.demo_bodies(rows)]
-    mapper = micro.demo_mapper()
-    columns, failures = mapper.map_rows(docs)
-    assert failures == []
-    types = {c.name: c.type for c in micro.DEMO_COLUMNS}
-    return mapper.column_names, [types[n] for n in mapper.column_names], columns
-
-
 def test_demo_table_and_overrides_are_those_of_config_yaml():
     pipeline = load_config(REPO / "config.yaml").pipelines[0]
     assert sorted(pipeline.columns, key=lambda o: o.column) == sorted(micro.DEMO_OVERRIDES, key=lambda o: o.column)
@@ -79,7 +70,7 @@ def test_demo_bodies_are_the_bench_traffic():
 
 
 def test_serialised_block_has_exactly_the_native_format_size():
-    names, types, columns = _mapped(40)
+    names, types, columns = micro.demo_block(40)
     serialiser = micro.Serialiser(names, types)
     size = serialiser.write(columns)
     assert size == _expected_block_size(names, types, columns)
@@ -93,7 +84,7 @@ def test_serialised_block_reads_back_as_the_mapped_rows():
     from clickhouse_driver.streams.native import BlockInputStream
     from clickhouse_driver.varint import read_varint
 
-    names, types, columns = _mapped(25)
+    names, types, columns = micro.demo_block(25)
     serialiser = micro.Serialiser(names, types, keep=True)
     serialiser.write(columns)
     data = b"".join(serialiser.socket.kept)
@@ -119,7 +110,7 @@ def test_each_benchmark_runs_on_a_tiny_batch():
     bodies = micro.demo_bodies(20)
     docs = [orjson.loads(b) for b in bodies]
     mapper = micro.demo_mapper()
-    names, types, columns = _mapped(20)
+    names, types, columns = micro.demo_block(20)
     assert micro.bench_loads(bodies, 2) > 0
     assert micro.bench_intake(micro.delivery_frames(bodies, chunk=100), 20, 2) > 0
     assert micro.bench_map(mapper, docs, 2) > 0
@@ -131,7 +122,7 @@ def test_run_and_main_report_every_step(capsys):
     assert result["rows"] == 30 and result["repeats"] == 2
     for key in ("intake_us", "loads_us", "map_us", "serialise_us", "total_us"):
         assert result[key] > 0, key
-    names, types, columns = _mapped(30)
+    names, types, columns = micro.demo_block(30)
     assert result["block_bytes"] == _expected_block_size(names, types, columns)
     assert micro.main(["--rows", "12", "--repeats", "1"]) == 0
     out = capsys.readouterr().out

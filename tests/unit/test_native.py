@@ -372,7 +372,7 @@ def test_inside_other_columns(spec, items):
 # --------------------------------------------------------------------------- whole blocks
 
 def test_demo_block_is_identical():
-    names, types, columns_ = _demo(500)
+    names, types, columns_ = micro.demo_block(500)
     serialiser = micro.Serialiser(names, types, keep=True)
     native.uninstall()
     serialiser.write(columns_)
@@ -381,17 +381,6 @@ def test_demo_block_is_identical():
     serialiser.socket.kept.clear()
     serialiser.write(columns_)
     assert serialiser.socket.kept == stock
-
-
-def _demo(rows: int):
-    import orjson
-
-    docs = [orjson.loads(b) for b in micro.demo_bodies(rows)]
-    mapper = micro.demo_mapper()
-    columns_, failures = mapper.map_rows(docs)
-    assert failures == []
-    types = {c.name: c.type for c in micro.DEMO_COLUMNS}
-    return mapper.column_names, [types[n] for n in mapper.column_names], columns_
 
 
 def test_fast_paths_are_taken(monkeypatch):
