@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from operator import itemgetter
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from workers.wire import DATA
