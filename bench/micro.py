@@ -213,7 +213,7 @@ def bench_intake(frames: list[bytes], rows: int, repeats: int) -> float:
                 await parser.parse(frame)
 
         asyncio.run(feed())
-        if len(batch) != rows or AckTracker(0, 0).stored(batch.messages) is None:
+        if len(batch) != rows or AckTracker(0, 0).stored(batch.messages, redelivered=False) is None:
             raise AssertionError("intake lost messages or refused to ack a clean batch")
 
     return _median_us_per_row(once, rows, repeats)

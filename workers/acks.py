@@ -31,8 +31,6 @@ a loss.
 
 from __future__ import annotations
 
-from itertools import repeat
-from operator import itemgetter
 from typing import Sequence
 
 from workers import intake
@@ -40,7 +38,6 @@ from workers.wire import REPLY
 
 ACK_ALL = "all"
 ACK_EXPLICIT = "explicit"
-_reply = itemgetter(REPLY)
 
 
 class AckTracker:
@@ -51,20 +48,24 @@ class AckTracker:
         self.last_seen = delivered_consumer_seq  # consumer sequence of the last delivery we saw
         self.clean = num_ack_pending == 0
         self.held: dict[int, bytes] = {}  # stream seq -> ack subject, stored but unacked (dirty)
-        self.first_prefix: bytes | None = None
 
     @property
     def dirty(self) -> bool:
         return not self.clean
 
-    def stored(self, msgs: Sequence[tuple]) -> bytes | None:
-        """A batch (in delivery order) is stored: the ack subject to AckAll, or None to hold it."""
+    def stored(self, msgs: Sequence[tuple], redelivered: bool = True) -> bytes | None:
+        """A batch (in delivery order) is stored: the ack subject to AckAll, or None to hold it.
+
+        `redelivered`: the batch may hold redeliveries (the partition knows from parsing
+        it, workers/partition.py `prepare`); without any, the highest stream sequence is
+        the last message's and no subject is decoded.
+        """
         first = intake.parse_ack_subject(msgs[0][REPLY])
         last = intake.parse_ack_subject(msgs[-1][REPLY])
         contiguous = first.consumer_seq == self.last_seen + 1 and last.consumer_seq - first.consumer_seq + 1 == len(msgs)
         self.last_seen = last.consumer_seq
         if self.clean and contiguous:
-            return self._highest(msgs)
+            return self._highest(msgs) if redelivered else msgs[-1][REPLY]
         self.clean = False
         held = self.held
         for m in msgs:
@@ -74,14 +75,9 @@ class AckTracker:
     def _highest(self, msgs: Sequence[tuple]) -> bytes:
         """The ack subject of the batch's highest stream sequence.
 
-        New deliveries come in stream order, so that is the last one unless the batch
-        holds redeliveries (of messages we stored before: the tracker is clean).
+        New deliveries come in stream order, but a redelivery (of a message we stored
+        before: the tracker is clean) may come after a higher one.
         """
-        prefix = self.first_prefix
-        if prefix is None:
-            prefix = self.first_prefix = intake.first_delivery_prefix(msgs[0][REPLY])
-        if all(map(bytes.startswith, map(_reply, msgs), repeat(prefix))):  # in C: no frame per message
-            return msgs[-1][REPLY]
         return max((m[REPLY] for m in msgs), key=lambda r: intake.parse_ack_subject(r).stream_seq)
 
     def reconcile(self, num_ack_pending: int, delivered_consumer_seq: int) -> bytes | None:

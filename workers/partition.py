@@ -70,6 +70,7 @@ class Prepared:
     rows: int
     row_msgs: list[int]  # for each row, the index of its message in the batch
     dead: list[DeadLetter] = field(default_factory=list)
+    redelivered: bool = False  # the batch holds redeliveries (its ack then needs the highest sequence)
 
 
 def prepare(batch_msgs: list[tuple], mapper: ColumnMapper, target: PartitionTarget) -> Prepared:
@@ -78,10 +79,11 @@ def prepare(batch_msgs: list[tuple], mapper: ColumnMapper, target: PartitionTarg
     msgs = batch_msgs
     keep: list[int] | None = None  # batch index of each doc, when not all are kept
     max_deliver = target.pipeline.max_deliver
-    if max_deliver > 0 and msgs:
+    again: list[int] = []  # batch index of each redelivery, found in C (no frame per message)
+    if msgs:
         prefix = intake.first_delivery_prefix(msgs[0][REPLY])
-        firsts = map(bytes.startswith, map(_reply, msgs), repeat(prefix))
-        again = list(compress(count(), map(not_, firsts)))  # in C: no frame per message
+        again = list(compress(count(), map(not_, map(bytes.startswith, map(_reply, msgs), repeat(prefix)))))
+    if max_deliver > 0 and again:
         last = {i for i in again if intake.redelivered(msgs[i][REPLY]) >= max_deliver}
         if last:
             # JetStream will not deliver these again: if this attempt died too, they would
@@ -112,7 +114,7 @@ def prepare(batch_msgs: list[tuple], mapper: ColumnMapper, target: PartitionTarg
         failed.add(doc_index)
         dead.append(_dead_letter(batch_msgs[keep[doc_index]], target, err.reason, err.detail))
     row_msgs = [m for d, m in enumerate(keep) if d not in failed] if failed else keep
-    return Prepared(columns=columns, rows=len(row_msgs), row_msgs=row_msgs, dead=dead)
+    return Prepared(columns=columns, rows=len(row_msgs), row_msgs=row_msgs, dead=dead, redelivered=bool(again))
 
 
 def _dead_letter(msg: tuple, target: PartitionTarget, reason: str, error: str) -> DeadLetter:
@@ -400,13 +402,13 @@ class PartitionRunner:
             self._keepalive_at = now
             await self._settle(self._tracker.held_subjects(), intake.IN_PROGRESS)
 
-    async def _ack(self, msgs: list[tuple]) -> None:
+    async def _ack(self, msgs: list[tuple], redelivered: bool) -> None:
         with self._telemetry.ack(len(msgs)):
             if self._ack_policy == ACK_EXPLICIT:
                 await self._settle([m[REPLY] for m in msgs], intake.ACK)
                 return
             was_clean = self._tracker.clean
-            reply = self._tracker.stored(msgs)
+            reply = self._tracker.stored(msgs, redelivered)
             if reply is not None:
                 await self._settle([reply], intake.ACK)
             elif was_clean:
@@ -473,7 +475,7 @@ class PartitionRunner:
                 await self._retrying("dlq publish", publish_dead_letters, self._nc, pipeline.dlq_stream, pipeline.dlq_subject, letters, keep_alive=msgs)
                 prepared.rows -= len(letters)
                 prepared.dead.extend(letters)
-        await self._ack(msgs)
+        await self._ack(msgs, prepared.redelivered)
         last = intake.parse_ack_subject(msgs[-1][REPLY])
         s = self.stats
         s.consumed += len(msgs)

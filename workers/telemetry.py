@@ -488,7 +488,10 @@ def _join_prepared(parts: list[Any]) -> Any:
     first = parts[0]
     columns = [list(chain.from_iterable(p.columns[c] for p in parts)) for c in range(len(first.columns))]
     row_msgs = [i + r for i, p in enumerate(parts) for r in p.row_msgs]
-    return type(first)(columns=columns, rows=sum(p.rows for p in parts), row_msgs=row_msgs, dead=[d for p in parts for d in p.dead])
+    return type(first)(
+        columns=columns, rows=sum(p.rows for p in parts), row_msgs=row_msgs, dead=[d for p in parts for d in p.dead],
+        redelivered=any(p.redelivered for p in parts),
+    )
 
 
 def _exporters() -> tuple[Any, Any, Any]:

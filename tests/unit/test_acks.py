@@ -66,7 +66,8 @@ def test_no_ack_ever_settles_an_unstored_message(previous_owner_left, steps):
     def commit():
         if received:
             stored.update(intake.parse_ack_subject(m[1]).stream_seq for m in received)
-            ack(tracker.stored(list(received)))
+            redelivered = any(intake.parse_ack_subject(m[1]).delivered > 1 for m in received)
+            ack(tracker.stored(list(received), redelivered))
             received.clear()
         if tracker.dirty:  # idle now: what the partition does between requests while dirty
             ack(tracker.reconcile(len(consumer.pending), consumer.dseq))
@@ -95,11 +96,11 @@ def test_clean_batches_ack_their_highest_sequence_without_decoding_each_subject(
     consumer = _Consumer()
     tracker = AckTracker(0, 0)
     batch = [consumer.new() for _ in range(5)]
-    assert tracker.stored(batch) == batch[-1][1]
+    assert tracker.stored(batch, redelivered=False) == batch[-1][1]
     # A redelivery of an earlier (stored) message inside a later batch: still the highest.
     batch2 = [consumer.new()]
     batch2.append(consumer.deliver(3))
-    assert tracker.stored(batch2) == batch2[0][1] and tracker.clean
+    assert tracker.stored(batch2, redelivered=True) == batch2[0][1] and tracker.clean
 
 
 def test_a_gap_in_delivery_numbers_holds_acks_until_the_consumer_agrees():
