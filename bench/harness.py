@@ -13,7 +13,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +49,7 @@ class Servers:
     nats_pid: int | None
     clickhouse_pid: int | None
     owned: list[embedded.ServerProcess] = field(default_factory=list)
+    nats_profile_port: int | None = None  # Go's pprof endpoint of a nats-server the bench started
 
     def stop(self) -> None:
         embedded.stop_all(*self.owned)
@@ -61,9 +64,12 @@ def bring_up(base: dict[str, Any], base_dir: Path, work_dir: Path) -> Servers:
     owned: list[embedded.ServerProcess] = []
     nats = dict(base.get("nats") or {})
     ch = dict(base.get("clickhouse") or {})
+    profile_port: int | None = None
     try:
         if nats.get("embedded", False):
-            server = embedded.start_nats(work_dir / "nats", embedded.free_port())
+            # Go's profiler answers on this port only when asked (NatsProfiler); idle, it costs nothing.
+            profile_port = embedded.free_port()
+            server = embedded.start_nats(work_dir / "nats", embedded.free_port(), extra_args=["--profile", str(profile_port)])
             owned.append(server)
             nats_section: dict[str, Any] = {"url": f"nats://{server.host}:{server.port}"}
             nats_pid: int | None = server.pid
@@ -82,7 +88,7 @@ def bring_up(base: dict[str, Any], base_dir: Path, work_dir: Path) -> Servers:
     except BaseException:
         embedded.stop_all(*owned)
         raise
-    return Servers(nats_section, ch_section, nats_pid, ch_pid, owned)
+    return Servers(nats_section, ch_section, nats_pid, ch_pid, owned, profile_port)
 
 
 def _absolute_files(section: dict[str, Any], base_dir: Path) -> dict[str, Any]:
@@ -377,6 +383,70 @@ class CpuProfiler:
             "samples": samples,
             "top": flame.top_functions(raw),
         }
+
+
+class NatsProfiler:
+    """nats-server's own CPU profile (Go's pprof at 100 Hz) over a drain, beside the workers'.
+
+    Go's /debug/pprof/profile answers after the number of seconds asked for, so a thread
+    asks for short windows back to back until stopped and adds their samples up.
+    """
+
+    WINDOW_S = 2
+
+    def __init__(self, port: int, name: str, out_dir: Path) -> None:
+        self.name = name
+        self.url = f"http://127.0.0.1:{port}/debug/pprof/profile?seconds={self.WINDOW_S}"
+        self.raw_path = out_dir / f"cpu-{name}.collapsed.txt"
+        self.stacks: dict[tuple[str, ...], int] = {}
+        self.period_ns = 0
+        self.windows = 0
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"profile-{name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from bench import pprof
+
+        while not self._stop.is_set():
+            try:
+                with urllib.request.urlopen(self.url, timeout=self.WINDOW_S + 30) as answer:
+                    data = answer.read()
+                stacks, self.period_ns = pprof.read(data)
+            except (OSError, pprof.ProfileError) as exc:
+                self.error = f"{self.url}: {exc}"
+                return
+            for frames, count in stacks:
+                key = tuple(frames)
+                self.stacks[key] = self.stacks.get(key, 0) + count
+            self.windows += 1
+
+    def stop(self) -> None:
+        """Ends after the window under way (at most WINDOW_S) is added."""
+        self._stop.set()
+        self._thread.join(self.WINDOW_S + 35)
+
+    def write_views(self) -> dict[str, Any]:
+        """Collapsed stacks, speedscope JSON and SVG in out_dir; results.json's servers.nats_profile."""
+        from bench import flame, pprof
+
+        stacks = [(list(k), c) for k, c in self.stacks.items()]
+        out: dict[str, Any] = {"cpu_svg": None, "cpu_speedscope": None, "samples": sum(c for _, c in stacks),
+                               "parts": pprof.breakdown(stacks), "top": [], "error": self.error}
+        if not stacks:
+            out["error"] = self.error or "no samples (the server was idle)"
+            return out
+        raw = pprof.to_collapsed(stacks)
+        self.raw_path.write_text(raw)
+        rate = round(1e9 / self.period_ns) if self.period_ns else 100
+        speedscope, svg, _ = flame.convert(raw, f"{self.name}", rate)
+        json_path = self.raw_path.with_name(f"cpu-{self.name}.speedscope.json")
+        svg_path = self.raw_path.with_name(f"cpu-{self.name}.svg")
+        json_path.write_bytes(speedscope)
+        svg_path.write_text(svg)
+        out.update(cpu_svg=f"profiles/{svg_path.name}", cpu_speedscope=f"profiles/{json_path.name}", top=flame.top_functions(raw))
+        return out
 
 
 def collect_memray(state_dir: Path, slot: int, out_dir: Path) -> dict[str, Any]:

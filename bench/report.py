@@ -237,6 +237,21 @@ def _flames(figures: dict[str, Any], out_dir: Path) -> list[str]:
             parts.append("<table><tr><th>frame (self time)</th><th>self %</th><th>total %</th></tr>" + "".join(
                 f"<tr><td><code>{escape(t['frame'])}</code></td><td>{t['self_pct']}</td><td>{t['total_pct']}</td></tr>" for t in top[:10]
             ) + "</table>")
+    servers = figures.get("servers") or {}
+    nats = servers.get("nats_profile")
+    if nats:
+        parts.append(f"<h3>nats-server (Go CPU profile, {nats.get('samples', 0)} samples): {servers.get('nats_cpu_s')} CPU s</h3>")
+        if nats.get("error"):
+            parts.append(f"<p>{escape(str(nats['error']))}</p>")
+        if nats.get("parts"):
+            parts.append("<table><tr><th>where nats-server's CPU went</th><th>%</th></tr>" + "".join(
+                f"<tr><td>{escape(p['part'])}</td><td>{p['pct']}</td></tr>" for p in nats["parts"]
+            ) + "</table>")
+        svg_rel = nats.get("cpu_svg")
+        if svg_rel and (out_dir / svg_rel).exists():
+            parts.append(f'<div class="flame">{(out_dir / svg_rel).read_text()}</div>')
+        if nats.get("cpu_speedscope"):
+            parts.append(f'<p><a href="{escape(nats["cpu_speedscope"])}">speedscope JSON</a></p>')
     return parts
 
 

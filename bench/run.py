@@ -143,7 +143,8 @@ def run_once(base: dict[str, Any], base_dir: Path, servers: harness.Servers, opt
             sink = harness.JetsinkSink(config_path, out_dir / "supervisor.log", pipeline.partitions)
             table, consumers = names.table, [consumer_name(harness.PIPELINE, i) for i in range(pipeline.partitions)]
         probe = Probe(nats, client, names.database, table, names.stream, names.dlq_stream if opts.sink != "naive" else None, consumers, watched)
-        figures = _drive(opts, sink, probe, pub, watched, py_spy, profiles_dir, state_dir, console, notes)
+        nats_profile_port = servers.nats_profile_port if opts.profiles else None
+        figures = _drive(opts, sink, probe, pub, watched, py_spy, profiles_dir, state_dir, console, notes, nats_profile_port=nats_profile_port)
         pub_outcome = pub.outcome
         figures.update(_latency(opts, pub_outcome, probe, nats, names, sink.name, pipeline.subject))
         if opts.baseline and opts.sink != "naive":
@@ -151,7 +152,8 @@ def run_once(base: dict[str, Any], base_dir: Path, servers: harness.Servers, opt
             _ensure_naive_table(client, names)
             naive = _naive_sink(config, names, out_dir / "naive.log")
             base_probe = Probe(nats, client, names.database, names.table + NAIVE_TABLE_SUFFIX, names.stream, None, [NAIVE_DURABLE], _servers_only(watched))
-            base_figures = _drive(opts, naive, base_probe, pub, base_probe.watched, py_spy, profiles_dir, state_dir, console, notes, published_already=True)
+            base_figures = _drive(opts, naive, base_probe, pub, base_probe.watched, py_spy, profiles_dir, state_dir, console, notes,
+                                  published_already=True, nats_profile_port=nats_profile_port)
             base_figures.update(_latency(opts, pub_outcome, base_probe, nats, names, "naive", pipeline.subject))
         else:
             base_figures = None
@@ -283,11 +285,13 @@ class _Publisher:
 
 
 def _drive(opts: RunOptions, sink: Any, probe: Probe, pub: _Publisher, watched: Watched, py_spy: str | None,
-           profiles_dir: Path, state_dir: Path, console: Console, notes: list[str], published_already: bool = False) -> dict[str, Any]:
+           profiles_dir: Path, state_dir: Path, console: Console, notes: list[str], published_already: bool = False,
+           nats_profile_port: int | None = None) -> dict[str, Any]:
     """Run `sink` until every published message is accounted for; return its figures."""
     t_start = time.time()
     profilers: dict[int, harness.CpuProfiler] = {}
     prefix = "naive" if sink.name == "naive" else "worker"
+    nats_profiler: harness.NatsProfiler | None = None
     label = sink.name
 
     def tick(published: int) -> Sample:
@@ -313,6 +317,8 @@ def _drive(opts: RunOptions, sink: Any, probe: Probe, pub: _Publisher, watched: 
         watched.procs.pop("publisher", None)
 
     sink.start()
+    if nats_profile_port:
+        nats_profiler = harness.NatsProfiler(nats_profile_port, "nats-server" if prefix == "worker" else "nats-server-naive", profiles_dir)
     if sink.name == "jetsink":
         watched.add("supervisor", sink.pid)
     live = not published_already and not opts.preload
@@ -357,6 +363,8 @@ def _drive(opts: RunOptions, sink: Any, probe: Probe, pub: _Publisher, watched: 
 
     for prof in profilers.values():
         prof.stop()
+    if nats_profiler is not None:
+        nats_profiler.stop()
     code = sink.stop()
     if code not in (0, None) and not (sink.name == "naive" and code in (-15, 143)):
         notes.append(f"{label} exited with code {code} after the run")
@@ -365,6 +373,7 @@ def _drive(opts: RunOptions, sink: Any, probe: Probe, pub: _Publisher, watched: 
     dlq = probe.nats.stream_messages(probe.dlq_stream) if probe.dlq_stream else 0
     figures: dict[str, Any] = {"sink": label, **stats.accounting(pub.outcome["published"], dlq, rows, unique)}
     figures.update(_window_figures(probe.samples, t0_index, t1_index, sink, prefix, profilers, state_dir, profiles_dir, t_start))
+    figures["servers"]["nats_profile"] = nats_profiler.write_views() if nats_profiler is not None else None
     return figures
 
 

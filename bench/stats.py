@@ -83,7 +83,7 @@ def ratios(new: Mapping[str, Any], old: Mapping[str, Any], prefix: str = "") -> 
     """
     out: dict[str, float | None] = {}
     for key, value in new.items():
-        if key in ("timeline", "config", "versions", "machine", "histogram", "top_functions", "notes", "profiles"):
+        if key in ("timeline", "config", "versions", "machine", "histogram", "top_functions", "notes", "profiles", "nats_profile"):
             continue
         name = f"{prefix}{key}"
         other = old.get(key) if isinstance(old, Mapping) else None
@@ -120,7 +120,7 @@ FIGURES_SCHEMA: dict[str, Any] = {
     "latency_ms": {"p50": _OPT_NUM, "p95": _OPT_NUM, "p99": _OPT_NUM, "max": _OPT_NUM, "samples": int},
     "workers": list,
     "supervisor": {"cpu_s": _OPT_NUM, "rss_peak_mb": _OPT_NUM},
-    "servers": {"nats_cpu_s": _OPT_NUM, "clickhouse_cpu_s": _OPT_NUM},
+    "servers": {"nats_cpu_s": _OPT_NUM, "clickhouse_cpu_s": _OPT_NUM, "nats_profile": (dict, type(None))},
     "cpu_us_per_msg": {"sink": _OPT_NUM, "workers": _OPT_NUM, "supervisor": _OPT_NUM, "nats": _OPT_NUM, "clickhouse": _OPT_NUM, "total": _OPT_NUM},
     "timeline": list,
 }

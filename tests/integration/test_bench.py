@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from bench import stats
+from supervisor import flamegraph
 
 REPO = Path(__file__).resolve().parents[2]
 MESSAGES = 20_000
@@ -69,6 +70,16 @@ def test_profiles_exist_and_parse(run):
         doc = orjson.loads((out / prof["cpu_speedscope"]).read_bytes())
         assert doc["profiles"] and doc["shared"]["frames"]
         ET.parse(out / prof["cpu_svg"])
+    # nats-server's own CPU profile (Go's pprof), for both sinks' drains.
+    for figures in (r, r["baseline"]):
+        nats = figures["servers"]["nats_profile"]
+        assert nats["error"] is None and nats["samples"] > 0
+        assert abs(sum(p["pct"] for p in nats["parts"]) - 100) < 1
+        stacks = flamegraph.parse_collapsed((out / "profiles" / Path(nats["cpu_svg"]).name.replace(".svg", ".collapsed.txt")).read_text())
+        assert sum(c for _, c in stacks) == nats["samples"]
+        assert any("(*consumer)." in f for frames, _ in stacks for f in frames)  # the server delivered to a consumer
+        ET.parse(out / nats["cpu_svg"])
+        assert orjson.loads((out / nats["cpu_speedscope"]).read_bytes())["profiles"]
     for w in r["workers"]:
         prof = w["profiles"]
         if prof["memray_html"] is None:  # only when this jetsink cannot make memory profiles
@@ -82,6 +93,7 @@ def test_report_has_charts_and_flame_graphs(run):
     _, out = run
     html = (out / "report.html").read_text()
     assert html.count("<svg") >= 6  # charts for both sinks + flame graphs
+    assert "nats-server (Go CPU profile" in html
     assert "http://" not in html.replace("http://www.w3.org/2000/svg", "")  # nothing fetched from the network
 
 

@@ -59,7 +59,7 @@ def _figures(sink: str = "jetsink") -> dict:
         "workers": [{"slot": 0, "pid": 1, "cpu_s": 1.0, "cpu_pct_avg": 50.0, "rss_peak_mb": 80.0,
                      "profiles": {"cpu_svg": None, "cpu_speedscope": None, "memray_html": None, "memray_peak_mb": None}}],
         "supervisor": {"cpu_s": 0.1, "rss_peak_mb": 50.0},
-        "servers": {"nats_cpu_s": 0.5, "clickhouse_cpu_s": 0.4},
+        "servers": {"nats_cpu_s": 0.5, "clickhouse_cpu_s": 0.4, "nats_profile": None},
         "cpu_us_per_msg": {"sink": 1.0, "workers": 1.0, "supervisor": 0.0, "nats": 1.0, "clickhouse": 1.0, "total": 3.0},
         "timeline": [],
     }
