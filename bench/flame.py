@@ -40,3 +40,36 @@ def top_functions(raw_text: str, limit: int = 15) -> list[dict]:
         {"frame": f, "self_pct": round(100.0 * c / total, 2), "total_pct": round(100.0 * total_counts[f] / total, 2)}
         for f, c in ranked
     ]
+
+
+# Where a worker's CPU goes, by the first rule (in this order) with a frame on the sample's
+# stack: a frame is "function (file:line)" as py-spy writes it.  The serialisation runs
+# inside the insert call and the batching inside the protocol read, so those come first.
+WORKER_PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("serialise (clickhouse-driver, workers/native.py)", ("BlockOutputStream.write (", "write_column (")),
+    ("insert: send and wait for ClickHouse", ("Client.execute (", "send_insert (")),
+    ("map (ColumnMapper)", ("ColumnMapper.map_rows (",)),
+    ("parse JSON (orjson.loads)", ("_loads_all (",)),
+    ("prepare, other (redelivery scan, dead letters)", ("prepare (workers/partition.py",)),
+    ("batching", ("PartitionRunner._on_msgs (", "Batch.extend (")),
+    ("intake: NATS protocol read (workers/wire.py)", ("BulkParser.parse (",)),
+    ("intake: socket reads", ("_read_ready (", "_read_ready__data_received (")),
+    ("ack", ("PartitionRunner._ack (", "PartitionRunner._settle (")),
+    ("telemetry", ("(workers/telemetry.py:",)),
+    # What is left in the insert thread: taking work, handing results back, freeing batches.
+    ("insert thread: hand-offs, freeing batches", ("_WorkItem.run (", "_worker (", "call_soon_threadsafe (")),
+    ("event loop, other", ("BaseEventLoop._run_once (",)),
+)
+
+
+def worker_parts(raw_text: str) -> list[dict]:
+    """[{part, pct}] of a worker's py-spy samples over WORKER_PARTS (and "other"), largest first."""
+    stacks = flamegraph.parse_collapsed(raw_text)
+    total = sum(c for _, c in stacks)
+    if not total:
+        return []
+    counts: dict[str, int] = {}
+    for frames, count in stacks:
+        part = next((name for name, markers in WORKER_PARTS if any(m in f for f in frames for m in markers)), "other")
+        counts[part] = counts.get(part, 0) + count
+    return [{"part": p, "pct": round(100.0 * c / total, 1)} for p, c in sorted(counts.items(), key=lambda kv: -kv[1])]

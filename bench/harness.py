@@ -382,6 +382,7 @@ class CpuProfiler:
             "cpu_speedscope": f"profiles/{json_path.name}",
             "samples": samples,
             "top": flame.top_functions(raw),
+            "parts": flame.worker_parts(raw),
         }
 
 

@@ -232,6 +232,10 @@ def _flames(figures: dict[str, Any], out_dir: Path) -> list[str]:
         if svg_rel and (out_dir / svg_rel).exists():
             svg = (out_dir / svg_rel).read_text()
             parts.append(f'<div class="flame">{svg}</div>')
+        if prof.get("parts"):
+            parts.append("<table><tr><th>where the worker's CPU went</th><th>%</th></tr>" + "".join(
+                f"<tr><td>{escape(p['part'])}</td><td>{p['pct']}</td></tr>" for p in prof["parts"]
+            ) + "</table>")
         top = prof.get("top") or []
         if top:
             parts.append("<table><tr><th>frame (self time)</th><th>self %</th><th>total %</th></tr>" + "".join(

@@ -95,7 +95,7 @@ def prepare(batch_msgs: list[tuple], mapper: ColumnMapper, target: PartitionTarg
             msgs = [msgs[i] for i in keep]
     loads = orjson.loads
     try:
-        docs = list(map(loads, map(_data, msgs)))
+        docs = _loads_all(msgs)
     except orjson.JSONDecodeError:
         # Rare: find the bad ones one by one.
         docs, kept = [], []
@@ -115,6 +115,12 @@ def prepare(batch_msgs: list[tuple], mapper: ColumnMapper, target: PartitionTarg
         dead.append(_dead_letter(batch_msgs[keep[doc_index]], target, err.reason, err.detail))
     row_msgs = [m for d, m in enumerate(keep) if d not in failed] if failed else keep
     return Prepared(columns=columns, rows=len(row_msgs), row_msgs=row_msgs, dead=dead, redelivered=bool(again))
+
+
+def _loads_all(msgs: list[tuple]) -> list:
+    """Every message's JSON (raises at the first invalid one).  A function of its own so
+    that CPU profiles show the time orjson takes apart from the rest of prepare()."""
+    return list(map(orjson.loads, map(_data, msgs)))
 
 
 def _dead_letter(msg: tuple, target: PartitionTarget, reason: str, error: str) -> DeadLetter:

@@ -70,6 +70,9 @@ def test_profiles_exist_and_parse(run):
         doc = orjson.loads((out / prof["cpu_speedscope"]).read_bytes())
         assert doc["profiles"] and doc["shared"]["frames"]
         ET.parse(out / prof["cpu_svg"])
+        assert abs(sum(p["pct"] for p in prof["parts"]) - 100) < 1
+    for w in r["workers"]:
+        assert {"intake: NATS protocol read (workers/wire.py)", "map (ColumnMapper)"} <= {p["part"] for p in w["profiles"]["parts"]}
     # nats-server's own CPU profile (Go's pprof), for both sinks' drains.
     for figures in (r, r["baseline"]):
         nats = figures["servers"]["nats_profile"]
