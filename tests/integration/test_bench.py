@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bench import stats
+from bench import flame, stats
 from supervisor import flamegraph
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,8 +71,10 @@ def test_profiles_exist_and_parse(run):
         assert doc["profiles"] and doc["shared"]["frames"]
         ET.parse(out / prof["cpu_svg"])
         assert abs(sum(p["pct"] for p in prof["parts"]) - 100) < 1
-    for w in r["workers"]:
-        assert {"intake: NATS protocol read (workers/wire.py)", "map (ColumnMapper)"} <= {p["part"] for p in w["profiles"]["parts"]}
+    # (A 20,000-message run gives each worker a few dozen samples: which parts show is chance.)
+    known = {name for name, _ in flame.WORKER_PARTS} | {"other"}
+    seen = {p["part"] for w in r["workers"] for p in w["profiles"]["parts"]}
+    assert seen <= known and seen - {"other"}
     # nats-server's own CPU profile (Go's pprof), for both sinks' drains.
     for figures in (r, r["baseline"]):
         nats = figures["servers"]["nats_profile"]
