@@ -53,8 +53,12 @@ WORKER_PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("prepare, other (redelivery scan, dead letters)", ("prepare (workers/partition.py",)),
     ("batching", ("PartitionRunner._on_msgs (", "Batch.extend (")),
     ("intake: NATS protocol read (workers/wire.py)", ("BulkParser.parse (",)),
-    ("intake: socket reads", ("_read_ready (", "_read_ready__data_received (")),
+    ("intake: socket reads", ("_read_ready (", "_read_ready__data_received (", "StreamReader.read (")),
     ("ack", ("PartitionRunner._ack (", "PartitionRunner._settle (")),
+    # On loopback the kernel delivers what a send() carries, and may process arriving
+    # packets, in the sender's time slice: this grows with the bytes received, not sent.
+    ("socket writes (pull requests, acks; kernel)", ("_SelectorSocketTransport.write (", "WriteTransport.writelines (")),
+    ("epoll (waking up for sockets and the insert thread)", ("EpollSelector.select (",)),
     ("telemetry", ("(workers/telemetry.py:",)),
     # What is left in the insert thread: taking work, handing results back, freeing batches.
     ("insert thread: hand-offs, freeing batches", ("_WorkItem.run (", "_worker (", "call_soon_threadsafe (")),
