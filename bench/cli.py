@@ -196,6 +196,11 @@ def _run_series(base: dict[str, Any], base_dir: Path, param: str | None, series:
                     code = max(code, EXIT_ERROR)
                 print()
                 print(report.summary_table(results))
+                went = report.where_cpu_went(results)
+                if went:
+                    print("\nwhere the CPU went (from the profiles, which slow the workers they sample):")
+                    for line in went:
+                        print(f"  {line}")
                 print(f"\nresults: {run_dir / 'results.json'}\nreport:  {run_dir / 'report.html'}")
                 for note in results.get("notes") or []:
                     print(f"note: {note}")

@@ -75,6 +75,31 @@ def summary_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def where_cpu_went(figures: dict[str, Any], top: int = 5) -> list[str]:
+    """Lines naming the largest parts of the workers' and nats-server's CPU per message,
+    from the run's profiles ([] when it recorded none)."""
+    lines = []
+    cpu = figures.get("cpu_us_per_msg") or {}
+    weighted: dict[str, float] = {}
+    samples = 0
+    for w in figures.get("workers") or []:
+        prof = w.get("profiles") or {}
+        n = prof.get("samples") or 0
+        samples += n
+        for p in prof.get("parts") or []:
+            weighted[p["part"]] = weighted.get(p["part"], 0.0) + p["pct"] * n
+    parts = sorted(((k, v / samples) for k, v in weighted.items()), key=lambda kv: -kv[1]) if samples else []
+    nats = ((figures.get("servers") or {}).get("nats_profile") or {}).get("parts") or []
+    for label, us, shares in (("workers", cpu.get("workers"), parts), ("nats-server", cpu.get("nats"), [(p["part"], p["pct"]) for p in nats])):
+        if not shares:
+            continue
+        text = ", ".join(
+            f"{name} {pct:.0f}%" + (f" ({us * pct / 100:.1f} us)" if us else "") for name, pct in shares[:top]
+        )
+        lines.append(f"{label}" + (f" ({us:.1f} us/msg)" if us else "") + f": {text}")
+    return lines
+
+
 def compare_table(ratios: dict[str, float | None], new: dict[str, Any], old: dict[str, Any]) -> str:
     lines = [f"{'metric':<48} {'old':>14} {'new':>14} {'new/old':>9}"]
     for key, ratio in ratios.items():

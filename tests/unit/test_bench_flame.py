@@ -72,3 +72,21 @@ def test_templates_are_make_event_with_their_own_id():
 def test_charts_are_valid_svg():
     ET.fromstring(line_chart("t", {"a": [(0, 1), (1, 3)], "b": [(0, 2)]}, "s", "n", marks=(0.5,)))
     ET.fromstring(bar_chart("t", [("x", 1.0), ("y", 2.0)], "n"))
+
+
+def test_where_cpu_went_weights_workers_by_their_samples():
+    from bench.report import where_cpu_went
+
+    figures = {
+        "cpu_us_per_msg": {"workers": 10.0, "nats": 8.0},
+        "workers": [
+            {"profiles": {"samples": 100, "parts": [{"part": "map", "pct": 60.0}, {"part": "intake", "pct": 40.0}]}},
+            {"profiles": {"samples": 300, "parts": [{"part": "map", "pct": 20.0}, {"part": "intake", "pct": 80.0}]}},
+        ],
+        "servers": {"nats_profile": {"parts": [{"part": "message lookup", "pct": 50.0}, {"part": "acks", "pct": 50.0}]}},
+    }
+    assert where_cpu_went(figures, top=1) == [
+        "workers (10.0 us/msg): intake 70% (7.0 us)",  # (40 x 100 + 80 x 300) / 400
+        "nats-server (8.0 us/msg): message lookup 50% (4.0 us)",
+    ]
+    assert where_cpu_went({"workers": [{"profiles": {}}], "servers": {"nats_profile": None}}) == []
