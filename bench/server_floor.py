@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
 import psutil
 
 from bench.events import EventTemplates
@@ -56,25 +55,22 @@ class Drained:
         return 1e6 * self.nats_cpu_s / self.messages if self.messages else float("nan")
 
 
-async def _api(nc: Any, subject: str, body: dict) -> dict:
-    reply = orjson.loads((await nc.request(subject, orjson.dumps(body), timeout=10)).data)
-    if "error" in reply:
-        raise RuntimeError(f"{subject}: {reply['error']}")
-    return reply
+async def _stream(js: Any, name: str, subjects: list[str], transform: tuple[str, str] | None = None) -> None:
+    from nats.js import api
+
+    await js.add_stream(api.StreamConfig(
+        name=name, subjects=subjects, storage=api.StorageType.FILE,
+        subject_transform=api.SubjectTransform(src=transform[0], dest=transform[1]) if transform else None,
+    ))
 
 
-async def _stream(nc: Any, name: str, subjects: list[str], transform: tuple[str, str] | None = None) -> None:
-    cfg: dict[str, Any] = {"name": name, "subjects": subjects, "storage": "file", "retention": "limits"}
-    if transform:
-        cfg["subject_transform"] = {"src": transform[0], "dest": transform[1]}
-    await _api(nc, f"$JS.API.STREAM.CREATE.{name}", cfg)
+async def _consumer(js: Any, stream: str, name: str, filter_subject: str | None) -> None:
+    from nats.js import api
 
-
-async def _consumer(nc: Any, stream: str, name: str, filter_subject: str | None) -> None:
-    cfg: dict[str, Any] = {"durable_name": name, "ack_policy": "all", "deliver_policy": "all", "max_ack_pending": 3 * PULL, "ack_wait": 60_000_000_000}
-    if filter_subject:
-        cfg["filter_subject"] = filter_subject
-    await _api(nc, f"$JS.API.CONSUMER.CREATE.{stream}.{name}", {"stream_name": stream, "config": cfg})
+    await js.add_consumer(stream, api.ConsumerConfig(
+        durable_name=name, ack_policy=api.AckPolicy.ALL, deliver_policy=api.DeliverPolicy.ALL,
+        max_ack_pending=3 * PULL, ack_wait=60, filter_subject=filter_subject,
+    ))
 
 
 async def _publish(nc: Any, subjects: list[str], messages: int, payload_bytes: int, keys: int) -> None:
@@ -139,7 +135,7 @@ async def _drain(nc: Any, consumers: list[tuple[str, str]], expect: int) -> tupl
                     if n >= PULL:
                         done = True
                 if last is not None:
-                    await wire.send(nc, b"PUB " + last + b" " + str(len(intake.ACK)).encode() + b"\r\n" + intake.ACK + b"\r\n")
+                    await wire.send(nc, wire.pubs([last], intake.ACK))
                     acks += 1
                 delivered += n
                 if n == 0:
@@ -156,27 +152,28 @@ async def _drain(nc: Any, consumers: list[tuple[str, str]], expect: int) -> tupl
 async def _layout(url: str, layout: str, run: str, messages: int, partitions: int, keys: int, payload_bytes: int, server: psutil.Process) -> Drained:
     nc = wire.new_client()
     await nc.connect(url, name="server-floor")
+    js = nc.jetstream(timeout=10.0)
     try:
         prefix = f"f{run}"
         if layout == LAYOUTS[0]:
             pattern = f"{prefix}.*"
-            await _stream(nc, f"F{run}", [pattern], (pattern, topology.transform_destination(pattern, partitions)))
+            await _stream(js, f"F{run}", [pattern], (pattern, topology.transform_destination(pattern, partitions)))
             consumers = [(f"F{run}", f"c{p}") for p in range(partitions)]
             for p in range(partitions):
-                await _consumer(nc, f"F{run}", f"c{p}", topology.partition_filter(pattern, p))
+                await _consumer(js, f"F{run}", f"c{p}", topology.partition_filter(pattern, p))
             streams = [f"F{run}"]
             subjects = [f"{prefix}.k{k}" for k in range(keys)]
         elif layout == LAYOUTS[1]:
             streams = [f"F{run}_{p}" for p in range(partitions)]
             for p, name in enumerate(streams):
-                await _stream(nc, name, [f"{prefix}.{p}.*"])
-                await _consumer(nc, name, "c", None)
+                await _stream(js, name, [f"{prefix}.{p}.*"])
+                await _consumer(js, name, "c", None)
             consumers = [(name, "c") for name in streams]
             subjects = [f"{prefix}.{k % partitions}.k{k}" for k in range(keys)]
         else:
             streams = [f"F{run}"]
-            await _stream(nc, streams[0], [f"{prefix}.*"])
-            await _consumer(nc, streams[0], "c", None)
+            await _stream(js, streams[0], [f"{prefix}.*"])
+            await _consumer(js, streams[0], "c", None)
             consumers = [(streams[0], "c")]
             subjects = [f"{prefix}.k{k}" for k in range(keys)]
         await _publish(nc, subjects, messages, payload_bytes, keys)
@@ -185,10 +182,10 @@ async def _layout(url: str, layout: str, run: str, messages: int, partitions: in
         cpu1, t1 = sum(server.cpu_times()[:2]), time.monotonic()
         pending = 0
         for stream, name in consumers:
-            info = await _api(nc, f"$JS.API.CONSUMER.INFO.{stream}.{name}", {})
-            pending += info["num_ack_pending"] + info["num_pending"]
+            info = await js.consumer_info(stream, name)
+            pending += info.num_ack_pending + info.num_pending
         for name in streams:
-            await _api(nc, f"$JS.API.STREAM.DELETE.{name}", {})
+            await js.delete_stream(name)
         return Drained(layout.replace("P", str(partitions)), delivered, acks, pending, cpu1 - cpu0, t1 - t0)
     finally:
         await nc.close()
