@@ -8,6 +8,8 @@ carries so that two runs can be compared without opening a browser.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import orjson
 
 from supervisor import flamegraph
@@ -66,14 +68,23 @@ WORKER_PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-def worker_parts(raw_text: str) -> list[dict]:
-    """[{part, pct}] of a worker's py-spy samples over WORKER_PARTS (and "other"), largest first."""
-    stacks = flamegraph.parse_collapsed(raw_text)
-    total = sum(c for _, c in stacks)
+def part_shares(stacks: list[tuple[list[str], int]], part_of: Callable[[list[str]], str]) -> list[dict]:
+    """[{part, pct}]: each part's share of all samples, largest first; part_of names a stack's part."""
+    total = sum(c for _, c in stacks if c > 0)
     if not total:
         return []
     counts: dict[str, int] = {}
     for frames, count in stacks:
-        part = next((name for name, markers in WORKER_PARTS if any(m in f for f in frames for m in markers)), "other")
-        counts[part] = counts.get(part, 0) + count
+        if count > 0:
+            part = part_of(frames)
+            counts[part] = counts.get(part, 0) + count
     return [{"part": p, "pct": round(100.0 * c / total, 1)} for p, c in sorted(counts.items(), key=lambda kv: -kv[1])]
+
+
+def worker_parts(raw_text: str) -> list[dict]:
+    """[{part, pct}] of a worker's py-spy samples over WORKER_PARTS (and "other"), largest first."""
+    return part_shares(flamegraph.parse_collapsed(raw_text), _worker_part)
+
+
+def _worker_part(frames: list[str]) -> str:
+    return next((name for name, markers in WORKER_PARTS if any(m in f for f in frames for m in markers)), "other")

@@ -372,18 +372,22 @@ class CpuProfiler:
             note = self.log_path.read_text(errors="replace")[-500:] if self.log_path.exists() else ""
             return {"cpu_svg": None, "cpu_speedscope": None, "samples": 0, "top": [], "error": note.strip() or "py-spy wrote nothing"}
         raw = self.raw_path.read_text(errors="replace")
-        speedscope, svg, samples = flame.convert(raw, f"{self.name} (pid {self.pid})", self.rate)
-        json_path = self.raw_path.with_name(f"cpu-{self.name}.speedscope.json")
-        svg_path = self.raw_path.with_name(f"cpu-{self.name}.svg")
-        json_path.write_bytes(speedscope)
-        svg_path.write_text(svg)
-        return {
-            "cpu_svg": f"profiles/{svg_path.name}",
-            "cpu_speedscope": f"profiles/{json_path.name}",
-            "samples": samples,
-            "top": flame.top_functions(raw),
-            "parts": flame.worker_parts(raw),
-        }
+        return {**_flame_views(raw, f"{self.name} (pid {self.pid})", self.rate, self.raw_path), "parts": flame.worker_parts(raw)}
+
+
+def _flame_views(raw: str, title: str, rate_hz: int, raw_path: Path) -> dict[str, Any]:
+    """speedscope JSON and SVG of collapsed stacks, written beside raw_path (cpu-<name>.collapsed.txt):
+    their paths relative to the out dir, the sample count and the top frames."""
+    from bench import flame
+
+    speedscope, svg, samples = flame.convert(raw, title, rate_hz)
+    stem = raw_path.name[: -len(".collapsed.txt")]
+    json_path = raw_path.with_name(f"{stem}.speedscope.json")
+    svg_path = raw_path.with_name(f"{stem}.svg")
+    json_path.write_bytes(speedscope)
+    svg_path.write_text(svg)
+    return {"cpu_svg": f"profiles/{svg_path.name}", "cpu_speedscope": f"profiles/{json_path.name}",
+            "samples": samples, "top": flame.top_functions(raw)}
 
 
 class NatsProfiler:
@@ -401,7 +405,6 @@ class NatsProfiler:
         self.raw_path = out_dir / f"cpu-{name}.collapsed.txt"
         self.stacks: dict[tuple[str, ...], int] = {}
         self.period_ns = 0
-        self.windows = 0
         self.error: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"profile-{name}", daemon=True)
@@ -421,7 +424,6 @@ class NatsProfiler:
             for frames, count in stacks:
                 key = tuple(frames)
                 self.stacks[key] = self.stacks.get(key, 0) + count
-            self.windows += 1
 
     def stop(self) -> None:
         """Ends after the window under way (at most WINDOW_S) is added."""
@@ -430,7 +432,7 @@ class NatsProfiler:
 
     def write_views(self) -> dict[str, Any]:
         """Collapsed stacks, speedscope JSON and SVG in out_dir; results.json's servers.nats_profile."""
-        from bench import flame, pprof
+        from bench import pprof
 
         stacks = [(list(k), c) for k, c in self.stacks.items()]
         out: dict[str, Any] = {"cpu_svg": None, "cpu_speedscope": None, "samples": sum(c for _, c in stacks),
@@ -441,12 +443,7 @@ class NatsProfiler:
         raw = pprof.to_collapsed(stacks)
         self.raw_path.write_text(raw)
         rate = round(1e9 / self.period_ns) if self.period_ns else 100
-        speedscope, svg, _ = flame.convert(raw, f"{self.name}", rate)
-        json_path = self.raw_path.with_name(f"cpu-{self.name}.speedscope.json")
-        svg_path = self.raw_path.with_name(f"cpu-{self.name}.svg")
-        json_path.write_bytes(speedscope)
-        svg_path.write_text(svg)
-        out.update(cpu_svg=f"profiles/{svg_path.name}", cpu_speedscope=f"profiles/{json_path.name}", top=flame.top_functions(raw))
+        out.update(_flame_views(raw, self.name, rate, self.raw_path))
         return out
 
 

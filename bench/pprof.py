@@ -177,16 +177,9 @@ OTHER = "other"
 
 def breakdown(stacks: list[tuple[list[str], int]]) -> list[dict]:
     """[{part, pct}] over PARTS (and "other"), largest first; shares of all samples."""
-    total = sum(c for _, c in stacks)
-    counts: dict[str, int] = {}
-    for frames, count in stacks:
-        if count <= 0:
-            continue
-        part = _part(frames)
-        counts[part] = counts.get(part, 0) + count
-    if not total:
-        return []
-    return [{"part": p, "pct": round(100.0 * c / total, 1)} for p, c in sorted(counts.items(), key=lambda kv: -kv[1])]
+    from bench.flame import part_shares
+
+    return part_shares(stacks, _part)
 
 
 def _part(frames: list[str]) -> str:

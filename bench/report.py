@@ -258,9 +258,7 @@ def _flames(figures: dict[str, Any], out_dir: Path) -> list[str]:
             svg = (out_dir / svg_rel).read_text()
             parts.append(f'<div class="flame">{svg}</div>')
         if prof.get("parts"):
-            parts.append("<table><tr><th>where the worker's CPU went</th><th>%</th></tr>" + "".join(
-                f"<tr><td>{escape(p['part'])}</td><td>{p['pct']}</td></tr>" for p in prof["parts"]
-            ) + "</table>")
+            parts.append(_parts_table("where the worker's CPU went", prof["parts"]))
         top = prof.get("top") or []
         if top:
             parts.append("<table><tr><th>frame (self time)</th><th>self %</th><th>total %</th></tr>" + "".join(
@@ -273,15 +271,19 @@ def _flames(figures: dict[str, Any], out_dir: Path) -> list[str]:
         if nats.get("error"):
             parts.append(f"<p>{escape(str(nats['error']))}</p>")
         if nats.get("parts"):
-            parts.append("<table><tr><th>where nats-server's CPU went</th><th>%</th></tr>" + "".join(
-                f"<tr><td>{escape(p['part'])}</td><td>{p['pct']}</td></tr>" for p in nats["parts"]
-            ) + "</table>")
+            parts.append(_parts_table("where nats-server's CPU went", nats["parts"]))
         svg_rel = nats.get("cpu_svg")
         if svg_rel and (out_dir / svg_rel).exists():
             parts.append(f'<div class="flame">{(out_dir / svg_rel).read_text()}</div>')
         if nats.get("cpu_speedscope"):
             parts.append(f'<p><a href="{escape(nats["cpu_speedscope"])}">speedscope JSON</a></p>')
     return parts
+
+
+def _parts_table(title: str, shares: list[dict]) -> str:
+    return f"<table><tr><th>{escape(title)}</th><th>%</th></tr>" + "".join(
+        f"<tr><td>{escape(p['part'])}</td><td>{p['pct']}</td></tr>" for p in shares
+    ) + "</table>"
 
 
 def write_report(results: dict[str, Any], out_dir: Path) -> Path:
