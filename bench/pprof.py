@@ -158,15 +158,16 @@ def to_collapsed(stacks: list[tuple[list[str], int]]) -> str:
     return "".join(f"{';'.join(frames)} {count}\n" for frames, count in stacks)
 
 
-# Where nats-server's time goes, by the first rule whose function is on a sample's stack.
-# Order matters: the consumer loop both looks messages up and delivers them.
+# Where nats-server's time goes, by the first rule with a marker in a frame of the sample's
+# stack (a substring: "LoadNextMsg" also matches LoadNextMsgMulti). Order matters: the
+# consumer loop both looks messages up and delivers them.
 PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("message lookup (file store, subject filter)", ("(*fileStore).LoadNextMsg", "(*fileStore).LoadNextMsgMulti", "(*memStore).LoadNextMsg")),
+    ("message lookup (file store, subject filter)", ("(*fileStore).LoadNextMsg", "(*memStore).LoadNextMsg")),
     ("consumer state writes", ("(*consumerFileStore).flushLoop", "(*consumerFileStore).writeState", "(*consumerFileStore).encodeState")),
     # A pull consumer's deliveries go out through its stream's internal client.
     ("delivery to the client", ("(*consumer).deliverMsg", "(*stream).internalLoop")),
-    ("acks", ("(*consumer).processAck", "(*consumer).processAckMsg", "(*consumer).ackMsg", "(*consumer).processAckAll")),
-    ("pull requests", ("(*consumer).processNextMsgReq", "(*consumer).processNextMsgRequest", "(*consumer).processWaiting")),
+    ("acks", ("(*consumer).processAck", "(*consumer).ackMsg")),
+    ("pull requests", ("(*consumer).processNextMsgReq", "(*consumer).processWaiting")),
     ("stream writes (publish)", ("(*stream).processJetStreamMsg", "(*stream).processInboundJetStreamMsg", "(*fileStore).StoreMsg")),
     ("consumer loop, other", ("(*consumer).loopAndGatherMsgs",)),
     ("client connections (read, route, write)", ("(*client).readLoop", "(*client).writeLoop", "(*client).flushOutbound")),
