@@ -24,12 +24,8 @@ import orjson
 import yaml
 
 from bench import report, stats
+from workers import exitcodes
 
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_BOOT = 3
-EXIT_LOST = 4
 
 SWEEPABLE = ("workers", "payload_bytes", "rate")
 
@@ -62,11 +58,11 @@ def main(argv: list[str]) -> int:
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:
-        return EXIT_USAGE if exc.code else EXIT_OK
+        return exitcodes.CONFIG if exc.code else exitcodes.OK
     problem = _usage_problem(args)
     if problem:
         print(f"bench: {problem}", file=sys.stderr)
-        return EXIT_USAGE
+        return exitcodes.CONFIG
     runs_something = any((args.messages, args.duration, args.sweep, args.preload, args.baseline, args.config, args.sink != "jetsink"))
     if args.compare and args.out and not runs_something and Path(args.out, "results.json").exists():
         # `--compare OLD --out DIR` and nothing to run: compare DIR's results with OLD's.
@@ -85,10 +81,10 @@ def main(argv: list[str]) -> int:
         parse_config(base, config_path.parent, source=config_path)
     except FileNotFoundError:
         print(f"bench: config file {config_path} not found", file=sys.stderr)
-        return EXIT_USAGE
+        return exitcodes.CONFIG
     except Exception as exc:
         print(f"bench: invalid config {config_path}:\n{exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exitcodes.CONFIG
 
     out = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     opts = RunOptions(
@@ -176,7 +172,7 @@ def _run_series(base: dict[str, Any], base_dir: Path, param: str | None, series:
 
     out.mkdir(parents=True, exist_ok=True)
     work_dir = Path(tempfile.mkdtemp(prefix="jetsink-bench-"))
-    code = EXIT_OK
+    code = exitcodes.OK
     done: list[tuple[Any, dict[str, Any]]] = []
     try:
         print(f"bench: starting servers (data under {work_dir})", file=sys.stderr)
@@ -188,12 +184,12 @@ def _run_series(base: dict[str, Any], base_dir: Path, param: str | None, series:
                     results = run_once(base, base_dir, servers, opts, run_dir, work_dir)
                 except SinkFailed as exc:
                     print(f"bench: {exc}", file=sys.stderr)
-                    return EXIT_BOOT if exc.code == EXIT_BOOT else EXIT_ERROR
+                    return exitcodes.BOOT if exc.code == exitcodes.BOOT else exitcodes.ERROR
                 report.write_report(results, run_dir)
                 problems = stats.schema_problems(results)
                 if problems:
                     print("bench: results.json departs from its schema:\n  " + "\n  ".join(problems), file=sys.stderr)
-                    code = max(code, EXIT_ERROR)
+                    code = max(code, exitcodes.ERROR)
                 print()
                 print(report.summary_table(results))
                 went = report.where_cpu_went(results)
@@ -207,7 +203,7 @@ def _run_series(base: dict[str, Any], base_dir: Path, param: str | None, series:
                 lost = results["lost"] + (results.get("baseline") or {}).get("lost", 0)
                 if lost:
                     print(f"bench: {lost} message(s) LOST (neither in ClickHouse nor dead-lettered)", file=sys.stderr)
-                    code = EXIT_LOST
+                    code = exitcodes.LOST
                 done.append((value, results))
         finally:
             servers.stop()
@@ -233,4 +229,4 @@ def _run_series(base: dict[str, Any], base_dir: Path, param: str | None, series:
 def _compare(new_path: Path, old_path: Path) -> int:
     new, old = orjson.loads(new_path.read_bytes()), orjson.loads(old_path.read_bytes())
     print(report.compare_table(stats.ratios(new, old), new, old))
-    return EXIT_OK
+    return exitcodes.OK

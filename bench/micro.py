@@ -41,7 +41,7 @@ from clickhouse_driver.varint import write_varint
 from clickhouse_driver.writer import write_binary_str
 
 from bench.events import EventTemplates
-from supervisor.config import ColumnOverride
+from workers.settings import ColumnOverride
 from workers import native
 from workers.schema import ColumnMapper, ServerFeatures, TableColumn, compile_mapper
 from workers.worker import GC_GEN0_THRESHOLD

@@ -30,7 +30,7 @@ import psutil
 
 from bench import harness, publisher, stats
 from bench.monitor import NatsThread, Probe, Sample, Watched
-from supervisor.topology import consumer_name
+from workers.topology import consumer_name
 
 NAIVE_DURABLE = "naive_sink"
 NAIVE_TABLE_SUFFIX = "_naive"

@@ -33,7 +33,8 @@ from typing import Any
 import psutil
 
 from bench.events import EventTemplates
-from supervisor import embedded, topology
+from supervisor import embedded
+from workers import topology
 from workers import intake, wire
 
 PULL = 10_000

@@ -26,18 +26,16 @@ from supervisor import provision
 from supervisor.status import PoolView, StatusServer, summary
 from supervisor.systemd import Notifier
 from supervisor.assignment import Partition, assign, rebalance
-from supervisor.config import Config, ConfigError, load_config, profiles_dir
+from supervisor.config import ConfigError, load_config
+from workers.settings import Config, profiles_dir
 from supervisor.profiler import ProfileScheduler
+from workers import exitcodes
 from workers import telemetry as otel
 from workers import worker as worker_main
 
 log = logging.getLogger("jetsink.supervisor")
 
 # The exit-code protocol of `python -m supervisor` (docs/operations.md).
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_CONFIG = 2
-EXIT_BOOT = 3
 
 HEARTBEAT_TIMEOUT_S = 60.0
 ABORT_GRACE_S = 5.0  # after SIGABRT (which dumps the stuck worker's stacks), SIGKILL
@@ -91,7 +89,7 @@ class Arbiter:
         self._size = config.workers
         self._servers: list[Any] = []
         self._draining_since: float | None = None
-        self._exit_code = EXIT_OK
+        self._exit_code = exitcodes.OK
         self._notifier = Notifier()
         self._announced_ready = False  # READY=1 sent for the current generation
         self._next_watchdog = 0.0
@@ -129,7 +127,7 @@ class Arbiter:
             # does not match, a taken admin port: one clear line naming it, and the
             # boot-failure exit code.
             log.error("cannot start: %s", exc)
-            self._exit_code = EXIT_BOOT
+            self._exit_code = exitcodes.BOOT
         finally:
             self._kill_all()
             if self._status_server is not None:
@@ -232,7 +230,7 @@ class Arbiter:
                     self._kill_all()
                     return
                 continue
-            if self._exit_code != EXIT_OK:
+            if self._exit_code != exitcodes.OK:
                 return
             self._murder_stalled()
             self._restart_due()
@@ -264,7 +262,7 @@ class Arbiter:
             if self._draining_since is not None:
                 log.warning("second %s while draining: exiting now", name)
                 self._kill_all()
-                raise SystemExit(EXIT_OK)
+                raise SystemExit(exitcodes.OK)
             log.info("%s: draining workers (grace %ss)", name, self.config.shutdown_grace_s)
             self._notifier.stopping()
             self._draining_since = time.monotonic()
@@ -274,7 +272,7 @@ class Arbiter:
         elif sig == signal.SIGQUIT:
             log.warning("SIGQUIT: stopping now without draining")
             self._kill_all()
-            raise SystemExit(EXIT_OK)
+            raise SystemExit(exitcodes.OK)
         elif self._draining_since is not None:
             log.warning("%s ignored while draining", name)
         elif sig == signal.SIGHUP:
@@ -371,15 +369,15 @@ class Arbiter:
                 w.respawn = w.retiring = False
                 self._spawn(w)
                 continue
-            if code == worker_main.EXIT_BOOT_ERROR:
+            if code == exitcodes.BOOT:
                 log.error("worker %d could not boot; stopping (fix the cause and start again)", w.slot, extra={"slot": w.slot})
-                self._exit_code = EXIT_BOOT
+                self._exit_code = exitcodes.BOOT
                 continue
             if not was_ready:
                 w.failed_boots += 1
                 if w.failed_boots >= MAX_FAILED_BOOTS:
                     log.error("worker %d died %d times before it was ready (exit %s); stopping", w.slot, w.failed_boots, code, extra={"slot": w.slot})
-                    self._exit_code = EXIT_BOOT
+                    self._exit_code = exitcodes.BOOT
                     continue
             if time.monotonic() - w.started_at > STABLE_RUN_S:
                 w.backoff_s = BACKOFF_START_S
@@ -475,11 +473,9 @@ class Arbiter:
     def _spawn(self, w: WorkerHandle) -> None:
         parent_conn, child_conn = self._ctx.Pipe()
         w.heartbeat = self._ctx.Value("d", time.monotonic(), lock=False)
-        cfg = self.config
-        base_dir = str(cfg.source.parent) if cfg.source else os.getcwd()
         w.process = self._ctx.Process(
             target=worker_main.main,
-            args=(w.slot, self._config_text, base_dir, str(cfg.source) if cfg.source else None, child_conn, w.heartbeat),
+            args=(w.slot, self.config, child_conn, w.heartbeat),
             name=f"jetsink-worker-{w.slot}",
         )
         w.process.start()

@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 
 from supervisor import dlq_tool, profiles, status
-from supervisor.arbiter import EXIT_BOOT, EXIT_CONFIG, EXIT_OK, Arbiter
+from supervisor.arbiter import Arbiter
+from workers import exitcodes
 from supervisor.config import Config, ConfigError, load_config
-from supervisor.logs import setup_logging
+from workers.logs import setup_logging
 
 log = logging.getLogger("jetsink.supervisor")
 
@@ -45,14 +46,14 @@ def main(argv: list[str]) -> int:
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:
-        return EXIT_CONFIG if exc.code else EXIT_OK
+        return exitcodes.CONFIG if exc.code else exitcodes.OK
     if getattr(args, "handler", None) is not None:  # status, dlq: they load what they need
         return args.handler(args)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"jetsink: invalid config {args.config}:\n{exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return exitcodes.CONFIG
     if args.command == "check":
         return _check(config, args.connect)
     setup_logging(config.log_level, role="supervisor")
@@ -62,7 +63,7 @@ def main(argv: list[str]) -> int:
 def _check(config: Config, connect: bool) -> int:
     if not connect:
         print(f"{config.source}: ok ({len(config.pipelines)} pipeline(s), {config.workers} worker(s))")
-        return EXIT_OK
+        return exitcodes.OK
     from supervisor import provision
     from workers.connections import connect_nats
 
@@ -78,11 +79,11 @@ def _check(config: Config, connect: bool) -> int:
         mappers = provision.check_tables(config, create=False)
     except (ConnectionError, provision.ProvisionError) as exc:
         print(f"jetsink: {exc}", file=sys.stderr)
-        return EXIT_BOOT
+        return exitcodes.BOOT
     except Exception as exc:  # e.g. JetStream disabled on the server
         print(f"jetsink: check failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_BOOT
+        return exitcodes.BOOT
     for name, mapper in mappers.items():
         print(f"pipeline {name}: inserts columns {', '.join(mapper.column_names)}")
     print(f"{config.source}: ok, servers answer and tables match")
-    return EXIT_OK
+    return exitcodes.OK

@@ -23,11 +23,9 @@ from typing import Any
 
 import orjson
 
-from workers import dlq
+from workers import dlq, exitcodes
 
 __all__ = ["StoredLetter", "original_subject", "replay_headers"]
-
-EXIT_NOT_DONE = 5  # some dead letters were not found or not replayed (each named on stderr)
 
 _DROPPED_PREFIXES = (
     "jetsink-",  # ours: why and where it was dead-lettered
@@ -181,14 +179,13 @@ class _Unavailable(Exception):
 
 def run(args: argparse.Namespace) -> int:
     """`python -m supervisor dlq ...`: returns the exit code."""
-    from supervisor.arbiter import EXIT_BOOT, EXIT_CONFIG
     from supervisor.config import ConfigError, load_config
 
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"jetsink: invalid config {args.config}:\n{exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return exitcodes.CONFIG
     try:
         pipelines = _pipelines(config, args)
         if args.action == "replay" and bool(args.seqs) == bool(args.all):
@@ -197,12 +194,12 @@ def run(args: argparse.Namespace) -> int:
             raise _Usage("dlq list: --limit must be at least 1")
     except _Usage as exc:
         print(f"jetsink: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return exitcodes.CONFIG
     try:
         return asyncio.run(_run(config, pipelines, args))
     except (ConnectionError, _Unavailable) as exc:
         print(f"jetsink: {exc}", file=sys.stderr)
-        return EXIT_BOOT
+        return exitcodes.BOOT
 
 
 def _pipelines(config: Any, args: argparse.Namespace) -> list[Any]:
@@ -257,7 +254,7 @@ async def _show_one(js: Any, pipeline: Any, seq: int) -> int:
     letter = await fetch_letter(js, pipeline.dlq_stream, seq)
     if letter is None:
         print(f"jetsink: no dead letter {seq} in {pipeline.dlq_stream} (never stored, or deleted after a replay)", file=sys.stderr)
-        return EXIT_NOT_DONE
+        return exitcodes.NOT_DONE
     sys.stdout.write(_show(pipeline, letter))
     return 0
 
@@ -301,7 +298,7 @@ async def _replay(js: Any, pipelines: list[Any], args: argparse.Namespace) -> in
             replayed += 1
     if not args.dry_run:
         print(f"replayed {replayed} dead letter(s)" + (f"; {failed} not replayed (see above)" if failed else ""))
-    return EXIT_NOT_DONE if failed else 0
+    return exitcodes.NOT_DONE if failed else 0
 
 
 async def _republish(js: Any, p: Any, letter: StoredLetter, subject: str, headers: dict[str, str], keep: bool) -> bool:

@@ -14,7 +14,7 @@ from nats.js import api
 from nats.js.errors import NotFoundError
 
 from supervisor.config import Config, Pipeline
-from supervisor.topology import consumer_name, partition_filter, transform_destination
+from workers.topology import consumer_name, partition_filter, transform_destination
 from workers import sink
 from workers.connections import clickhouse_client, clickhouse_where, connect_nats
 from workers.schema import ServerFeatures

@@ -443,7 +443,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`python -m supervisor status`: fetch /status from the running supervisor and print it."""
-    from supervisor.arbiter import EXIT_BOOT, EXIT_CONFIG, EXIT_OK
+    from workers import exitcodes
     from supervisor.config import ConfigError, load_config
 
     listen, where = args.listen, "--listen"
@@ -452,19 +452,19 @@ def run(args: argparse.Namespace) -> int:
             admin = load_config(args.config).admin
         except ConfigError as exc:
             print(f"jetsink: invalid config {args.config}:\n{exc}", file=sys.stderr)
-            return EXIT_CONFIG
+            return exitcodes.CONFIG
         if not admin.enabled:
             print(f"jetsink: the admin endpoint is disabled in {args.config} (admin.enabled: false)", file=sys.stderr)
-            return EXIT_CONFIG
+            return exitcodes.CONFIG
         listen, where = admin.listen, f"admin.listen in {args.config}"
     try:
         host, port = parse_listen(listen)
     except ValueError as exc:
         print(f"jetsink: {where}: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return exitcodes.CONFIG
     if port == 0:
         print(f"jetsink: {where} is {listen!r} (a free port chosen at start); pass the real one with --listen", file=sys.stderr)
-        return EXIT_CONFIG
+        return exitcodes.CONFIG
     # A wildcard bind answers on loopback.
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
     url = f"http://[{host}]:{port}/status" if ":" in host else f"http://{host}:{port}/status"
@@ -474,9 +474,9 @@ def run(args: argparse.Namespace) -> int:
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         print(f"jetsink: no status from {url} ({where}): {reason}; is the supervisor running?", file=sys.stderr)
-        return EXIT_BOOT
+        return exitcodes.BOOT
     if args.json:
         print(json.dumps(body, indent=2))
     else:
         sys.stdout.write(render_status_table(body))
-    return EXIT_OK
+    return exitcodes.OK

@@ -110,8 +110,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from uuid import UUID, SafeUUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-if TYPE_CHECKING:  # the dataclass lives in supervisor/config.py; we only read its attributes
-    from supervisor.config import ColumnOverride
+if TYPE_CHECKING:  # only its attributes are read
+    from workers.settings import ColumnOverride
 
 
 class SchemaError(Exception):

@@ -223,7 +223,7 @@ class OtelTelemetry(Telemetry):
         meter.create_observable_gauge("jetsink.consumer.pending", [self._observe_pending], "{message}", "Messages left in a partition's consumer at its last delivery.")
 
     def _correlate_logs(self, log_exporter: Any) -> None:
-        # Log records get otelTraceID/otelSpanID (supervisor/logs.py turns them into
+        # Log records get otelTraceID/otelSpanID (workers/logs.py turns them into
         # trace_id/span_id); the records are also exported over OTLP when the SDK can.
         from opentelemetry.instrumentation.logging import LoggingInstrumentor
 

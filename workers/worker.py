@@ -25,15 +25,12 @@ import signal
 import sys
 import time
 from functools import partial
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-from supervisor.config import Config, parse_config, profiles_dir
-from supervisor.logs import setup_logging
-from supervisor.topology import consumer_name
-from workers import native, sink
+from workers import exitcodes, native, sink
+from workers.logs import setup_logging
+from workers.settings import Config, profiles_dir
+from workers.topology import consumer_name
 from workers.connections import clickhouse_client, clickhouse_where, connect_nats
 from workers.partition import PartitionRunner, PartitionTarget
 from workers.profiling import memory_profile
@@ -42,10 +39,6 @@ from workers.telemetry import Telemetry
 from workers.telemetry import setup as setup_telemetry
 
 log = logging.getLogger("jetsink.worker")
-
-# Exit codes a worker reports to its supervisor.
-EXIT_OK = 0
-EXIT_BOOT_ERROR = 3  # bad schema/config: restarting will not help
 
 # A partition's loops turn at least every few seconds (pull requests expire within 5 s,
 # retries back off at most 30 s, an insert times out after send_receive_timeout_s).
@@ -100,7 +93,7 @@ class Worker:
         except BootError as exc:
             log.error("worker cannot start: %s", exc)
             self._send({"op": "fatal", "error": str(exc)})
-            return EXIT_BOOT_ERROR
+            return exitcodes.BOOT
         self._telemetry.observe_pending(self._pending)
         self._send({"op": "ready", "pid": os.getpid()})
         beats = asyncio.create_task(self._beat_loop())
@@ -110,7 +103,7 @@ class Worker:
             beats.cancel()
             await self._nc.drain() if self._nc.is_connected else await self._nc.close()
             self._pool.shutdown(wait=True)
-        return EXIT_OK
+        return exitcodes.OK
 
     async def _boot(self) -> None:
         cfg = self.config
@@ -259,13 +252,12 @@ class Worker:
             )
 
 
-def main(slot: int, config_text: str, base_dir: str, source: str | None, conn: Any, heartbeat: Any) -> None:
-    """Process entry point (multiprocessing spawn target)."""
+def main(slot: int, config: Config, conn: Any, heartbeat: Any) -> None:
+    """Process entry point (multiprocessing spawn target); `config` arrives pickled."""
     # Ctrl-C in a terminal reaches the whole process group; only the supervisor decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A stuck worker gets SIGABRT from the supervisor: dump every thread's stack first.
     faulthandler.enable()
-    config = parse_config(yaml.safe_load(config_text), Path(base_dir), Path(source) if source else None)
     setup_logging(config.log_level, role="worker", slot=slot)
     # Providers are built here, in the new process, never inherited.
     telemetry = setup_telemetry(config.observability, role="worker", slot=slot)

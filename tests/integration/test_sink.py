@@ -15,7 +15,7 @@ import orjson
 import yaml
 
 from bench.events import event_messages, make_event, publish
-from supervisor.topology import consumer_name
+from workers.topology import consumer_name
 from tests.integration.harness import publish_events, REPO, Supervisor, run, sink_config, wait_until
 
 N_EVENTS = 100_000
@@ -230,7 +230,7 @@ def test_consumers_made_explicit_by_an_earlier_version_keep_working(tmp_path, na
     """An existing consumer's ack policy cannot change: explicit ones are kept and acked per message."""
     from nats.js import api
 
-    from supervisor.topology import partition_filter, transform_destination
+    from workers.topology import partition_filter, transform_destination
 
     name, stream, subject = _names()
     prefix = subject[:-2]

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from supervisor.dlq_tool import original_subject, replay_headers
-from supervisor.topology import partition_filter
+from workers.topology import partition_filter
 
 token = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_-", min_size=1, max_size=8)
 

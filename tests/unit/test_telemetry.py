@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from supervisor import flamegraph, profiles
-from supervisor.config import ConfigError, parse_config, profiles_dir
-from supervisor.logs import JsonFormatter
+from supervisor.config import ConfigError, parse_config
+from workers.settings import profiles_dir
+from workers.logs import JsonFormatter
 from supervisor.profiler import ProfileScheduler, profile_stem
 from workers import telemetry
 

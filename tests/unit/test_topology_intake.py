@@ -4,7 +4,7 @@ import orjson
 import pytest
 from hypothesis import given, strategies as st
 
-from supervisor.topology import consumer_name, partition_filter, stored_subjects, transform_destination
+from workers.topology import consumer_name, partition_filter, stored_subjects, transform_destination
 from workers import intake
 from workers.batch import Batch
 from workers.dlq import DeadLetter
