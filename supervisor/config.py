@@ -24,6 +24,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
@@ -601,6 +602,16 @@ def _batch(value: Any, at: _At) -> BatchLimits | _Marker:
     return _INVALID if v is _INVALID else BatchLimits(**v)
 
 
+def _timezone(value: Any, at: _At) -> str:
+    if not isinstance(value, str) or not value:
+        raise _Bad(f"expected an IANA time zone name like 'Europe/Berlin', got {_show(value)}")
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise _Bad(f"unknown time zone {value!r}; expected an IANA name like 'Europe/Berlin' or 'UTC'") from None
+    return value
+
+
 def _dotted_path(value: Any, at: _At) -> tuple[str, ...]:
     if not isinstance(value, str) or not value:
         raise _Bad(f"expected a dotted path like 'user.id', got {_show(value)}")
@@ -615,6 +626,7 @@ _COLUMN = {
     "required": _Field(_bool, False),
     "default": _Field(_json_value),
     "epoch_unit": _Field(_choice("s", "ms"), "s"),
+    "timezone": _Field(_timezone),
 }
 
 
@@ -628,7 +640,7 @@ def _column(name: str, value: Any, at: _At) -> ColumnOverride | _Marker:
     has_default = isinstance(value, dict) and "default" in value  # `default: null` is a default too
     if has_default and v["required"] is True:
         at.fail("required: true and a default contradict each other; keep one")
-    return ColumnOverride(name, v["path"], v["required"], has_default, v["default"], v["epoch_unit"])
+    return ColumnOverride(name, v["path"], v["required"], has_default, v["default"], v["epoch_unit"], v["timezone"])
 
 
 def _columns(value: Any, at: _At) -> tuple[ColumnOverride, ...] | _Marker:
@@ -659,6 +671,8 @@ _PIPELINE = {
     "dlq": _Field(_dlq, {}),
     "max_deliver": _Field(_int(1), 10),
     "ack_wait_s": _Field(_seconds()),
+    "unknown_keys": _Field(_choice("ignore", "dead_letter"), "ignore"),
+    "delivery": _Field(_choice("exactly_once", "at_least_once"), "exactly_once"),
 }
 
 

@@ -97,6 +97,7 @@ class ColumnOverride:
     has_default: bool = False
     default: Any = None  # JSON-ish value (str/int/float/bool/None/list/dict)
     epoch_unit: str = "s"
+    timezone: str | None = None  # IANA name; None = the column's own, else the server's
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +114,8 @@ class Pipeline:
     dlq_subject: str
     max_deliver: int = 10
     ack_wait_s: float | None = None  # None = derived from the batch limits by the provisioner
+    unknown_keys: str = "ignore"  # "ignore" | "dead_letter": JSON keys that match no column
+    delivery: str = "exactly_once"  # "exactly_once" | "at_least_once"
 
 
 @dataclass(frozen=True, slots=True)
