@@ -165,7 +165,9 @@ def check_tables(config: Config, create: bool = True) -> dict[str, Any]:
                     raise ProvisionError(f"pipelines[{i}].create_table failed on {where}: {exc}") from exc
                 log.info("created table %s", p.table, extra={"pipeline": p.name})
             try:
-                mappers[p.name] = sink.build_mapper(client, p.table, config.clickhouse.database, p.columns, features)
+                mappers[p.name] = sink.build_mapper(
+                    client, p.table, config.clickhouse.database, p.columns, features, p.unknown_keys
+                )
             except LookupError as exc:
                 raise ProvisionError(f"pipelines[{i}].table: {exc} on {where}") from exc
             except Exception as exc:

@@ -126,7 +126,8 @@ class Worker:
         for p in cfg.pipelines:
             try:
                 self._mappers[p.name] = await self._in_thread(
-                    sink.build_mapper, self._client, p.table, cfg.clickhouse.database, p.columns, self._features
+                    sink.build_mapper, self._client, p.table, cfg.clickhouse.database, p.columns, self._features,
+                    p.unknown_keys,
                 )
             except Exception as exc:
                 if type(exc).__name__ in ("SchemaError", "LookupError"):

@@ -32,15 +32,19 @@ class Override:  # the duck-typed shape of supervisor.config.ColumnOverride
     has_default: bool = False
     default: Any = None
     epoch_unit: str = "s"
+    timezone: str | None = None
 
 
-def conv(type_text: str, features: ServerFeatures = MODERN, epoch_unit: str = "s"):
-    return build_converter(type_text, features, epoch_unit)
+def conv(type_text: str, features: ServerFeatures = MODERN, epoch_unit: str = "s", **zones: str | None):
+    """The converter of type_text; ``zones``: timezone (the override's) and server_timezone."""
+    return build_converter(type_text, features, epoch_unit, **zones)
 
 
-def rejects(type_text: str, value: Any, reason: str, features: ServerFeatures = MODERN, epoch_unit: str = "s") -> str:
+def rejects(
+    type_text: str, value: Any, reason: str, features: ServerFeatures = MODERN, epoch_unit: str = "s", **zones: str | None
+) -> str:
     with pytest.raises(MappingError) as info:
-        conv(type_text, features, epoch_unit)(value)
+        conv(type_text, features, epoch_unit, **zones)(value)
     assert info.value.reason == reason, str(info.value)
     return info.value.detail
 

@@ -13,7 +13,7 @@ from workers.schema import (
 
 
 def test_long_values_are_truncated_in_messages():
-    detail = rejects("UInt8", "x" * 10_000, "wrong_type")
+    detail = rejects("UInt8", "x" * 10_000, "invalid_value")
     assert len(detail) < 300
     detail = rejects("String", list(range(10_000)), "wrong_type")
     assert len(detail) < 300

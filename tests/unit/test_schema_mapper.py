@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from datetime import date
 from uuid import UUID
 
@@ -71,14 +74,21 @@ def test_map_rows_isolates_bad_docs_and_keeps_order():
     assert "column user" in reasons[6][1]  # the first failing column in table order is reported
 
 
-@given(st.lists(st.one_of(st.integers(-5, 300), st.none(), st.text(max_size=3)), max_size=30))
+def uint8(v: Any) -> int | None:
+    """What a UInt8 column stores of v, by the rules written out: a JSON integer or canonical string in range."""
+    if type(v) is str and re.fullmatch(r"-?(0|[1-9][0-9]*)", v, re.ASCII):
+        v = int(v)
+    return v if type(v) is int and 0 <= v <= 255 else None
+
+
+@given(st.lists(st.one_of(st.integers(-5, 300), st.none(), st.text(max_size=3), st.integers(-5, 300).map(str)), max_size=30))
 def test_map_rows_property_good_rows_survive_in_order(values):
     mapper = compile_mapper("t", [TableColumn("v", "UInt8")], [], MODERN)
     docs = [{"v": v} for v in values]
     columns, failures = mapper.map_rows(docs)
-    ok = [v for v in values if type(v) is int and 0 <= v <= 255]
-    assert columns == [ok]
-    assert [i for i, _ in failures] == [i for i, v in enumerate(values) if not (type(v) is int and 0 <= v <= 255)]
+    stored = [uint8(v) for v in values]
+    assert columns == [[v for v in stored if v is not None]]
+    assert [i for i, _ in failures] == [i for i, v in enumerate(stored) if v is None]
 
 
 def test_missing_fields():
@@ -191,7 +201,7 @@ def test_dotted_paths_are_walked_as_before():
     override = Override("uid", path=("user", "id"), required=True)
     mapper = compile_mapper("t", [TableColumn("uid", "UInt64"), TableColumn("k", "String")], [override], MODERN)
     docs = [{"user": {"id": 1}, "k": "a"}, {"user": {}, "k": "b"}, {"user": None, "k": "c"}, {"user": "x", "k": "d"},
-            {"k": "e"}, {"user": {"id": "7"}, "k": "f"}, {"user": {"id": 2, "more": 1}, "k": "g"}]
+            {"k": "e"}, {"user": {"id": ["7"]}, "k": "f"}, {"user": {"id": 2, "more": 1}, "k": "g"}]
     columns, failures = mapper.map_rows(docs)
     assert columns == [[1, 2], ["a", "g"]]
     assert [(i, e.reason) for i, e in failures] == [
@@ -236,3 +246,47 @@ def test_dict_subclasses_are_read_like_plain_objects():
     odd = defaultdict(lambda: "surprise", {"a": "x"})
     assert mapper.map_rows([odd, {"a": "y", "b": 1}]) == ([["x", "y"], [0, 1]], [])
     assert dict(odd) == {"a": "x"}  # nothing was read through __getitem__
+
+
+# --------------------------------------------------------------------------- issue 13: unknown and duplicate keys
+
+def test_unknown_keys_are_ignored_by_default():
+    mapper = compile_mapper("t", [TableColumn("a", "String")], [], MODERN)
+    assert mapper.map_rows([{"a": "x", "extra": 1}]) == ([["x"]], [])
+
+
+def test_unknown_keys_dead_letter_names_the_key():
+    cols = [TableColumn("a", "String"), TableColumn("uid", "UInt64"), TableColumn("m", "Map(String, UInt8)")]
+    overrides = [Override("uid", path=("user", "id"))]
+    mapper = compile_mapper("db.t", cols, overrides, MODERN, unknown_keys="dead_letter")
+    docs = [
+        {"a": "x", "user": {"id": 1}, "m": {"any": 1}},  # keys inside a Map column's object are its values
+        {"a": "x", "extra": 1},
+        {"a": "x", "user": {"id": 2, "name": "n"}},
+        {"a": 5, "extra": 1},  # a bad value is reported before the unknown key
+        {},
+    ]
+    columns, failures = mapper.map_rows(docs)
+    assert columns == [["x", ""], [1, 0], [{"any": 1}, {}]]
+    assert [(i, e.reason) for i, e in failures] == [(1, "unknown_key"), (2, "unknown_key"), (3, "wrong_type")]
+    assert "'extra'" in failures[0][1].detail
+    assert "db.t" in failures[0][1].detail
+    assert "'user.name'" in failures[1][1].detail
+
+
+def test_unknown_keys_dead_letter_knows_server_filled_columns():
+    mapper = compile_mapper("t", EVENTS, [], MODERN, {"source": "api"}, unknown_keys="dead_letter")
+    _, failures = mapper.map_rows([{**good(1), "day": "2020-01-01"}, {**good(2), "ts_hour": 0}])
+    assert [(i, e.reason) for i, e in failures] == [(0, "invalid_value"), (1, "unknown_key")]
+
+
+def test_unknown_keys_setting_is_checked():
+    with pytest.raises(SchemaError, match="unknown_keys"):
+        compile_mapper("t", [TableColumn("a", "String")], [], MODERN, unknown_keys="drop")
+
+
+def test_duplicate_keys_the_last_one_wins():
+    import orjson
+
+    mapper = compile_mapper("t", [TableColumn("a", "UInt8")], [], MODERN)
+    assert mapper.map_rows([orjson.loads(b'{"a": 300, "a": 7}')]) == ([[7]], [])

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta, timezone
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from schema_cases import (
     MODERN,
     OLD,
+    Override,
     assert_column_as_per_value,
     by_map_rows,
     conv,
@@ -18,6 +20,7 @@ from schema_cases import (
 )
 
 from workers.schema import (
+    SchemaError,
     ServerFeatures,
     TableColumn,
     compile_mapper,
@@ -47,7 +50,7 @@ def test_datetime_strings():
         assert c(text) == expected, text
     assert type(c("2026-11-26T12:34:56Z")) is int
     assert "offset" in rejects("DateTime", "2026-11-26T12:34:56", "invalid_value")
-    assert "DateTime64(3)" in rejects("DateTime", "2026-11-26T12:34:56.5Z", "out_of_range")
+    assert "DateTime64(3)" in rejects("DateTime", "2026-11-26T12:34:56.5Z", "lost_precision")
     for bad in ["2026-11-26T24:00:00Z", "2026-02-29T00:00:00Z", "2026-11-26T12:34:60Z", "2026-11-26T12:34Z",
                 "2026-11-26T12:34:56+24:00", "2026-11-26T12:34:56 Z", "1700000000"]:
         rejects("DateTime", bad, "invalid_value")
@@ -70,11 +73,11 @@ def test_datetime_naive_strings_need_a_column_time_zone():
 def test_datetime_epoch_numbers():
     assert conv("DateTime")(1700000000) == 1700000000
     assert conv("DateTime")(1700000000.0) == 1700000000
-    rejects("DateTime", 1700000000.5, "out_of_range")
+    rejects("DateTime", 1700000000.5, "lost_precision")
     rejects("DateTime", -1, "out_of_range")
     ms = conv("DateTime", epoch_unit="ms")
     assert ms(1700000000000) == 1700000000
-    rejects("DateTime", 1700000000123, "out_of_range", epoch_unit="ms")
+    rejects("DateTime", 1700000000123, "lost_precision", epoch_unit="ms")
     rejects("DateTime", True, "wrong_type")
 
 
@@ -91,14 +94,14 @@ def test_datetime64():
     assert c("2023-11-14T22:13:20.1Z") == base * 1000 + 100
     assert c("2023-11-14T22:13:20.123Z") == base * 1000 + 123
     assert c("2023-11-14T22:13:20.123000Z") == base * 1000 + 123
-    rejects("DateTime64(3)", "2023-11-14T22:13:20.1234Z", "out_of_range")
+    rejects("DateTime64(3)", "2023-11-14T22:13:20.1234Z", "lost_precision")
     assert conv("DateTime64(9)")("2023-11-14T22:13:20.123456789Z") == base * 10**9 + 123456789
     assert c(base) == base * 1000
     assert conv("DateTime64(3)", epoch_unit="ms")(base * 1000 + 7) == base * 1000 + 7
     assert conv("DateTime64(6)", epoch_unit="ms")(base * 1000 + 7) == (base * 1000 + 7) * 1000
     assert c(1700000000.123) == base * 1000 + 123
-    rejects("DateTime64(3)", 1700000000.1234, "out_of_range")
-    rejects("DateTime64(0)", base * 1000 + 7, "out_of_range", epoch_unit="ms")
+    rejects("DateTime64(3)", 1700000000.1234, "lost_precision")
+    rejects("DateTime64(0)", base * 1000 + 7, "lost_precision", epoch_unit="ms")
     assert c("1950-01-01T00:00:00Z") < 0  # extended range on modern servers
     rejects("DateTime64(3)", "1899-12-31T23:59:59Z", "out_of_range")
     rejects("DateTime64(9)", "2263-01-01T00:00:00Z", "out_of_range")  # beyond Int64 ticks
@@ -177,3 +180,62 @@ def test_datetime_column_fast_path_property(cases):
         column.append(text[:at] + char + text[at + 1:] if mutate else text)
     assert by_map_rows("DateTime", column) == per_value("DateTime", column)
     assert by_map_rows("DateTime64(3)", column) == per_value("DateTime64(3)", column)
+
+
+# --------------------------------------------------------------------------- issue 13: date-times without offset
+
+def test_naive_datetimes_are_read_in_the_server_time_zone():
+    utc = conv("DateTime")("2024-01-05T10:20:30Z")
+    assert conv("DateTime", server_timezone="UTC")("2024-01-05 10:20:30") == utc  # ClickHouse's own format
+    assert conv("DateTime", server_timezone="UTC")("2024-01-05T10:20:30") == utc
+    assert conv("DateTime", server_timezone="Europe/Berlin")("2024-01-05 11:20:30") == utc
+    assert conv("DateTime", server_timezone="Europe/Berlin")("2024-01-05T10:20:30Z") == utc  # an offset wins
+
+
+def test_naive_datetimes_prefer_the_override_then_the_column_zone():
+    utc = conv("DateTime")("2024-07-05T10:20:30Z")
+    berlin_column = conv("DateTime('Europe/Berlin')", server_timezone="UTC")
+    assert berlin_column("2024-07-05 12:20:30") == utc
+    tokyo_override = conv("DateTime('Europe/Berlin')", timezone="Asia/Tokyo", server_timezone="UTC")
+    assert tokyo_override("2024-07-05 19:20:30") == utc
+    assert conv("DateTime", timezone="Asia/Tokyo")("2024-07-05 19:20:30") == utc
+
+
+def test_naive_datetimes_without_any_known_zone_are_refused():
+    detail = rejects("DateTime", "2024-01-05 10:20:30", "invalid_value")
+    assert "timezone" in detail
+
+
+def test_naive_datetime64_keeps_fractions_it_can_hold():
+    c = conv("DateTime64(3)", server_timezone="UTC")
+    assert c("2024-01-05 10:20:30.123") == conv("DateTime64(3)")("2024-01-05T10:20:30.123Z")
+    rejects("DateTime64(3)", "2024-01-05 10:20:30.1234", "lost_precision", server_timezone="UTC")
+    rejects("DateTime", "2024-01-05 10:20:30.5", "lost_precision", server_timezone="UTC")
+    assert conv("DateTime", server_timezone="UTC")("2024-01-05 10:20:30.000") == conv("DateTime")("2024-01-05T10:20:30Z")
+
+
+def test_date_takes_a_naive_datetime_at_midnight_only():
+    assert conv("Date")("2024-01-05 00:00:00") == date(2024, 1, 5)
+    assert conv("Date")("2024-01-05T00:00:00.000") == date(2024, 1, 5)
+    assert conv("Date32")("2024-01-05 00:00:00") == date(2024, 1, 5)
+    assert "time of day" in rejects("Date", "2024-01-05 10:20:30", "lost_precision")
+    rejects("Date", "2024-01-05 00:00:00.5", "lost_precision")
+    rejects("Date", "2024-01-05T00:00:00Z", "invalid_value")
+    rejects("Date", "2024-02-30 00:00:00", "invalid_value")
+
+
+def test_timezone_override_on_a_column_without_date_times_is_a_schema_error():
+    with pytest.raises(SchemaError, match="timezone override applies to DateTime and DateTime64 only"):
+        compile_mapper("t", [TableColumn("n", "UInt8")], [Override("n", timezone="UTC")], MODERN)
+    with pytest.raises(SchemaError, match="unknown to this host"):
+        compile_mapper("t", [TableColumn("ts", "DateTime")], [Override("ts", timezone="Mars/Olympus")], MODERN)
+
+
+def test_server_time_zone_reaches_the_columns_through_compile_mapper():
+    mapper = compile_mapper(
+        "t", [TableColumn("a", "DateTime"), TableColumn("b", "Nullable(DateTime64(3))")], [], MODERN,
+        server_timezone="Europe/Berlin",
+    )
+    columns, failures = mapper.map_rows([{"a": "2024-01-05 11:20:30", "b": "2024-01-05 11:20:30.5"}])
+    assert failures == []
+    assert columns == [[conv("DateTime")("2024-01-05T10:20:30Z")], [conv("DateTime64(3)")("2024-01-05T10:20:30.5Z")]]

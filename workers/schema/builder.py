@@ -43,9 +43,14 @@ from workers.schema.text import (
 class Builder:
     """Builds a converter for one column, collecting every problem instead of stopping at the first."""
 
-    def __init__(self, features: ServerFeatures, epoch_unit: str):
+    def __init__(
+        self, features: ServerFeatures, epoch_unit: str, timezone: str | None = None, server_timezone: str | None = None
+    ):
         self.features = features
         self.epoch_unit = epoch_unit
+        self.timezone = timezone  # the column override's, for strings without offset
+        self.server_timezone = server_timezone
+        self.timezone_used = False
         self.problems: list[str] = []
 
     def need(self, feature: str) -> None:
@@ -74,6 +79,11 @@ class Builder:
         if t.args:
             self.problems.append(f"{t.name} takes no arguments")
         return conv
+
+    def naive_zone(self, column_zone: str | None) -> str | None:
+        """Where a date-time without offset is read: the override's zone, the column's, else the server's."""
+        self.timezone_used = True
+        return self.zone(self.timezone or column_zone or self.server_timezone)
 
     def zone(self, name: str | None) -> str | None:
         if name is None:
@@ -121,8 +131,8 @@ def _datetime(b: Builder, t: ClickHouseType) -> Converter:
     args = t.args
     if args and not (len(args) == 1 and isinstance(args[0], str)):
         return b.unsupported(t, "takes only a time zone name")
-    zone = b.zone(args[0] if args else None)
-    return datetime_converter(t.name, zone, b.features.datetime_range, b.epoch_unit)
+    column_zone = b.zone(args[0] if args else None)
+    return datetime_converter(t.name, b.naive_zone(column_zone), b.features.datetime_range, b.epoch_unit)
 
 
 def _datetime64(b: Builder, t: ClickHouseType) -> Converter:
@@ -131,7 +141,8 @@ def _datetime64(b: Builder, t: ClickHouseType) -> Converter:
         len(args) == 2 and not isinstance(args[1], str)
     ):
         return b.unsupported(t, "needs a precision 0..9 and an optional time zone")
-    zone = b.zone(args[1] if len(args) == 2 else None)
+    column_zone = b.zone(args[1] if len(args) == 2 else None)
+    zone = b.naive_zone(column_zone)
     type_name = f"DateTime64({args[0]})"
     return datetime64_converter(type_name, args[0], zone, b.features.datetime64_range, b.epoch_unit)
 
@@ -234,13 +245,19 @@ _FACTORIES: Mapping[str, _Factory] = {
 }
 
 
-def build_converter(type_text: str, features: ServerFeatures, epoch_unit: str = "s") -> Callable[[Any], Any]:
+def build_converter(
+    type_text: str,
+    features: ServerFeatures,
+    epoch_unit: str = "s",
+    timezone: str | None = None,
+    server_timezone: str | None = None,
+) -> Callable[[Any], Any]:
     """A strict JSON-value -> driver-value function for one ClickHouse type.
 
     Raises SchemaError if the type is unsupported (by us or by the server); the
     returned function raises MappingError(reason, detail) for values it refuses.
     """
-    converter = compile_type(type_text, features, epoch_unit, where=f"type {type_text}")
+    converter = compile_type(type_text, features, epoch_unit, f"type {type_text}", timezone, server_timezone)
     inner = converter.convert
 
     def convert(value: Any) -> Any:
@@ -252,14 +269,27 @@ def build_converter(type_text: str, features: ServerFeatures, epoch_unit: str = 
     return convert
 
 
-def compile_type(type_text: str, features: ServerFeatures, epoch_unit: str, where: str) -> Converter:
-    """The converter of one column's type; SchemaError listing every problem found in it."""
+def compile_type(
+    type_text: str,
+    features: ServerFeatures,
+    epoch_unit: str,
+    where: str,
+    timezone: str | None = None,
+    server_timezone: str | None = None,
+) -> Converter:
+    """The converter of one column's type; SchemaError listing every problem found in it.
+
+    ``timezone`` (a column override) reads date-times without offset, before the
+    column's own zone and ``server_timezone``; it is an error on a type without date-times.
+    """
     try:
         node = parse_type(type_text)
     except ValueError as e:
         raise SchemaError(f"{where}: cannot parse type {type_text!r}: {e}") from None
-    builder = Builder(features, epoch_unit)
+    builder = Builder(features, epoch_unit, timezone, server_timezone)
     converter = builder.build(node)
+    if timezone is not None and not builder.timezone_used:
+        builder.problems.append(f"the timezone override applies to DateTime and DateTime64 only, not {node.name}")
     if builder.problems:
         unique = list(dict.fromkeys(builder.problems))
         # Version problems read as a sentence ("type IPv4 needs ..."), the rest after a colon.

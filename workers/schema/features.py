@@ -30,7 +30,11 @@ VERSION_TABLE: tuple[VersionRow, ...] = (
     VersionRow("Decimal(P,S) with P <= 38, Decimal32/64/128(S)", None),
     VersionRow("Nullable, Array, Tuple", None),
     VersionRow("IPv4, IPv6", (19, 3), types=("IPv4", "IPv6")),
-    VersionRow("LowCardinality(T)", (19, 9), "experimental before", types=("LowCardinality",)),
+    # 18.16 inserts into LowCardinality columns (clickhouse-driver writes them); only its CREATE TABLE
+    # needs the experimental setting, and jetsink creates no tables on its own.
+    VersionRow(
+        "LowCardinality(T)", None, "before 19.9 a CREATE TABLE with it needs allow_experimental_low_cardinality_type = 1"
+    ),
     VersionRow("DateTime64(P[, 'tz'])", (20, 1), types=("DateTime64",)),
     VersionRow(
         "Int128, Int256, UInt256, Decimal with P > 38", (20, 8), "experimental before 21.x",

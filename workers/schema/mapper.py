@@ -79,11 +79,18 @@ def _walker(path: tuple[str, ...]) -> Callable[[Any], Any]:
 class ColumnMapper:
     """Maps parsed JSON documents to the columnar lists of one table's insertable columns."""
 
-    def __init__(self, table: str, plans: Sequence[_Plan], server_filled: Sequence[tuple[str, str]]):
+    def __init__(
+        self,
+        table: str,
+        plans: Sequence[_Plan],
+        server_filled: Sequence[tuple[str, str]],
+        unknown_keys: "_UnknownKeys | None" = None,
+    ):
         self.table = table
         self._plans = tuple(plans)
         # Columns left to the server's DEFAULT; a document carrying one is refused.
         self._server_filled = tuple(server_filled)
+        self._unknown_keys = unknown_keys  # None: keys that match no column are ignored
         self.column_names: tuple[str, ...] = tuple(p.name for p in self._plans)
         # The top-level keys the columns read, fetched together in one pass over the
         # documents (one itemgetter call per document, not one dict.get per column).
@@ -127,6 +134,8 @@ class ColumnMapper:
         # subclass's __getitem__ (a defaultdict's, say), which dict.get never calls.
         top = self._top_fields(objs) if origin is None else None
         columns = [self._column(plan, self._values(plan, objs, top), bad) for plan in self._plans]
+        if self._unknown_keys is not None:
+            self._unknown_keys.check(objs, bad)
 
         if bad:
             keep = [i not in bad for i in range(n)]
@@ -206,6 +215,56 @@ class ColumnMapper:
         return out
 
 
+class _UnknownKeys:
+    """Refuses documents carrying a key that no inserted column reads (pipeline ``unknown_keys: dead_letter``).
+
+    ``known`` is the tree of the columns' paths: a key maps to None where a column takes
+    its whole value, or to the keys read inside it where paths go deeper.
+    """
+
+    def __init__(self, table: str, known: dict):
+        self.table = table
+        self.known = known
+        self.top = frozenset(known)
+        self.flat = all(v is None for v in known.values())
+
+    def check(self, objs: list, bad: dict[int, MappingError]) -> None:
+        # One C-level superset test per document answers the common, flat case.
+        for i, ok in enumerate(map(self.top.issuperset, objs)):
+            if i in bad or (ok and self.flat):
+                continue
+            key = self._first_unknown(objs[i], self.known, "")
+            if key is not None:
+                bad[i] = MappingError(
+                    "unknown_key",
+                    f"key {key!r} matches no column of {self.table} (the pipeline's unknown_keys is dead_letter)",
+                )
+
+    def _first_unknown(self, obj: dict, known: dict, prefix: str) -> str | None:
+        for k, v in obj.items():
+            if k not in known:
+                return prefix + k
+            inner = known[k]
+            if inner is not None and type(v) is dict:
+                found = self._first_unknown(v, inner, f"{prefix}{k}.")
+                if found is not None:
+                    return found
+        return None
+
+
+def _key_tree(paths: Sequence[tuple[str, ...]]) -> dict:
+    tree: dict = {}
+    for path in sorted(paths, key=len):  # a column taking a whole object wins over deeper paths
+        node: dict | None = tree
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+            if node is None:
+                break
+        else:
+            node[path[-1]] = None
+    return tree
+
+
 _INSERTABLE_KINDS = ("", "DEFAULT", "EPHEMERAL")
 _COMPUTED_KINDS = ("MATERIALIZED", "ALIAS")
 
@@ -216,15 +275,21 @@ def compile_mapper(
     overrides: Sequence["ColumnOverride"],
     features: ServerFeatures,
     constant_defaults: Mapping[str, Any] = MappingProxyType({}),
+    unknown_keys: str = "ignore",
+    server_timezone: str | None = None,
 ) -> ColumnMapper:
     """Compile the strict mapping of JSON documents onto ``table`` (raises SchemaError listing every problem).
 
     ``columns`` are the table's ``system.columns`` rows in table order;
     ``overrides`` are duck-typed ColumnOverride objects (column, path, required,
-    has_default, default, epoch_unit); ``constant_defaults`` maps columns whose
-    DEFAULT is a constant to its value as clickhouse-driver returns it.
+    has_default, default, epoch_unit, timezone); ``constant_defaults`` maps columns whose
+    DEFAULT is a constant to its value as clickhouse-driver returns it.  ``unknown_keys``
+    is the pipeline's "ignore" | "dead_letter"; ``server_timezone`` reads date-times
+    without offset in columns that declare no zone, as the server itself does.
     """
     problems: list[str] = []
+    if unknown_keys not in ("ignore", "dead_letter"):
+        problems.append(f"table {table}: unknown_keys must be 'ignore' or 'dead_letter', got {unknown_keys!r}")
     by_name = {c.name: c for c in columns}
     override_of: dict[str, Any] = {}
     for o in overrides:
@@ -267,7 +332,8 @@ def compile_mapper(
             problems.append(f"{where}: epoch_unit must be 's' or 'ms', got {epoch_unit!r}")
             epoch_unit = "s"
         try:
-            conv = compile_type(col.type, features, epoch_unit, where)
+            timezone = getattr(o, "timezone", None) if o is not None else None
+            conv = compile_type(col.type, features, epoch_unit, where, timezone, server_timezone)
         except SchemaError as e:
             problems.extend(e.problems)
             continue
@@ -313,4 +379,8 @@ def compile_mapper(
         problems.append(f"table {table}: has no column that can be inserted")
     if problems:
         raise SchemaError(problems)
-    return ColumnMapper(table, plans, server_filled)
+    checker = None
+    if unknown_keys == "dead_letter":
+        paths = [p.path for p in plans] + [(name,) for name, _ in server_filled]
+        checker = _UnknownKeys(table, _key_tree(paths))
+    return ColumnMapper(table, plans, server_filled, checker)

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 from workers.schema.converter import MAX_EXACT_FLOAT_INT, ONLY_STR, Converter
 from workers.schema.errors import Rejected, show, wrong_type
 
-_DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})\Z", re.ASCII)
+_DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})(?:[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?)?\Z", re.ASCII)
 
 
 def date_converter(type_name: str, bounds: tuple[date, date]) -> Converter:
@@ -26,6 +26,9 @@ def date_converter(type_name: str, bounds: tuple[date, date]) -> Converter:
         m = _DATE.match(v)
         if m is None:
             raise Rejected("invalid_value", f"{show(v)} is not a date in YYYY-MM-DD form")
+        if m[4] is not None and (m[4] != "00" or m[5] != "00" or m[6] != "00" or (m[7] or "").strip("0")):
+            # A date-time without offset is accepted at midnight only: the date is then all it says.
+            raise Rejected("lost_precision", f"{show(v)} has a time of day; {type_name} keeps only the date")
         try:
             d = date(int(m[1]), int(m[2]), int(m[3]))
         except ValueError:
@@ -78,8 +81,8 @@ def _instant_parser(zone: ZoneInfo | None) -> Callable[[str], tuple[int, str]]:
         elif zone is None:
             raise Rejected(
                 "invalid_value",
-                f"{show(v)} has no UTC offset; add 'Z' or '+hh:mm' (naive times are accepted only "
-                "when the column declares a time zone, e.g. DateTime('UTC'))",
+                f"{show(v)} has no UTC offset and no time zone is known to read it in; add 'Z' or '+hh:mm', "
+                "or set the column's timezone override",
             )
         else:
             placed = local.replace(tzinfo=zone)
@@ -151,9 +154,10 @@ def _zone(name: str | None) -> ZoneInfo | None:
     return None if name is None else ZoneInfo(name)
 
 
-def datetime_converter(type_name: str, zone_name: str | None, bounds: tuple[int, int], epoch_unit: str) -> Converter:
+def datetime_converter(type_name: str, naive_zone: str | None, bounds: tuple[int, int], epoch_unit: str) -> Converter:
+    """DateTime; strings without offset are read in ``naive_zone`` (refused when it is None)."""
     lo, hi = bounds
-    zone = _zone(zone_name)
+    zone = _zone(naive_zone)
     per_unit = 1000 if epoch_unit == "ms" else 1
 
     def check(seconds: int, shown: Any) -> int:
@@ -167,7 +171,7 @@ def datetime_converter(type_name: str, zone_name: str | None, bounds: tuple[int,
         seconds, fraction = instant(v)
         if fraction and fraction.strip("0"):
             raise Rejected(
-                "out_of_range", f"{show(v)} has sub-second digits {type_name} cannot store; use DateTime64(3)"
+                "lost_precision", f"{show(v)} has sub-second digits {type_name} cannot store; use DateTime64(3)"
             )
         if lo <= seconds <= hi:
             return seconds
@@ -178,14 +182,14 @@ def datetime_converter(type_name: str, zone_name: str | None, bounds: tuple[int,
         if type(v) is float:
             if not (v.is_integer() and -MAX_EXACT_FLOAT_INT < v < MAX_EXACT_FLOAT_INT):
                 raise Rejected(
-                    "out_of_range",
+                    "lost_precision",
                     f"epoch {show(v)} has sub-second digits {type_name} cannot store; use DateTime64(3)",
                 )
             iv = int(v)
         if per_unit != 1:
             if iv % per_unit:
                 raise Rejected(
-                    "out_of_range", f"epoch {show(v)} ms has milliseconds {type_name} cannot store; use DateTime64(3)"
+                    "lost_precision", f"epoch {show(v)} ms has milliseconds {type_name} cannot store; use DateTime64(3)"
                 )
             iv //= per_unit
         return check(iv, v)
@@ -205,12 +209,13 @@ _INT64 = (-(2**63), 2**63 - 1)
 
 
 def datetime64_converter(
-    type_name: str, precision: int, zone_name: str | None, bounds: tuple[int, int], epoch_unit: str
+    type_name: str, precision: int, naive_zone: str | None, bounds: tuple[int, int], epoch_unit: str
 ) -> Converter:
+    """DateTime64(P); strings without offset are read in ``naive_zone`` (refused when it is None)."""
     scale = 10**precision
     lo = max(bounds[0] * scale, _INT64[0])
     hi = min(bounds[1] * scale + scale - 1, _INT64[1])
-    zone = _zone(zone_name)
+    zone = _zone(naive_zone)
     unit_digits = 3 if epoch_unit == "ms" else 0
 
     def check(ticks: int, shown: Any) -> int:
@@ -219,7 +224,7 @@ def datetime64_converter(
         raise Rejected("out_of_range", f"{show(shown)} is outside the {type_name} range")
 
     def too_precise(shown: Any) -> Rejected:
-        return Rejected("out_of_range", f"{show(shown)} has more fraction digits than {type_name} stores")
+        return Rejected("lost_precision", f"{show(shown)} has more fraction digits than {type_name} stores")
 
     instant = _instant_parser(zone)
 
