@@ -41,7 +41,12 @@ def conv(type_text: str, features: ServerFeatures = MODERN, epoch_unit: str = "s
 
 
 def rejects(
-    type_text: str, value: Any, reason: str, features: ServerFeatures = MODERN, epoch_unit: str = "s", **zones: str | None
+    type_text: str,
+    value: Any,
+    reason: str,
+    features: ServerFeatures = MODERN,
+    epoch_unit: str = "s",
+    **zones: str | None,
 ) -> str:
     with pytest.raises(MappingError) as info:
         conv(type_text, features, epoch_unit, **zones)(value)

@@ -81,7 +81,11 @@ def uint8(v: Any) -> int | None:
     return v if type(v) is int and 0 <= v <= 255 else None
 
 
-@given(st.lists(st.one_of(st.integers(-5, 300), st.none(), st.text(max_size=3), st.integers(-5, 300).map(str)), max_size=30))
+@given(
+    st.lists(
+        st.one_of(st.integers(-5, 300), st.none(), st.text(max_size=3), st.integers(-5, 300).map(str)), max_size=30
+    )
+)
 def test_map_rows_property_good_rows_survive_in_order(values):
     mapper = compile_mapper("t", [TableColumn("v", "UInt8")], [], MODERN)
     docs = [{"v": v} for v in values]

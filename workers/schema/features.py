@@ -33,7 +33,8 @@ VERSION_TABLE: tuple[VersionRow, ...] = (
     # 18.16 inserts into LowCardinality columns (clickhouse-driver writes them); only its CREATE TABLE
     # needs the experimental setting, and jetsink creates no tables on its own.
     VersionRow(
-        "LowCardinality(T)", None, "before 19.9 a CREATE TABLE with it needs allow_experimental_low_cardinality_type = 1"
+        "LowCardinality(T)", None,
+        "before 19.9 a CREATE TABLE with it needs allow_experimental_low_cardinality_type = 1",
     ),
     VersionRow("DateTime64(P[, 'tz'])", (20, 1), types=("DateTime64",)),
     VersionRow(

@@ -16,7 +16,9 @@ from zoneinfo import ZoneInfo
 from workers.schema.converter import MAX_EXACT_FLOAT_INT, ONLY_STR, Converter
 from workers.schema.errors import Rejected, show, wrong_type
 
-_DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})(?:[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?)?\Z", re.ASCII)
+_DATE = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})(?:[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?)?\Z", re.ASCII
+)
 
 
 def date_converter(type_name: str, bounds: tuple[date, date]) -> Converter:
