@@ -100,7 +100,7 @@ def test_bad_messages_go_to_the_dlq_and_good_ones_are_inserted(tmp_path, nats_ur
     good = [(f"{prefix}.k{i % 8}", orjson.dumps(make_event(i)), None) for i in range(2000)]
     bad_specs = {
         "invalid_json": b'{"event_id": "bad-1", ',
-        "wrong_type": orjson.dumps({**make_event(10_001), "event_id": "bad-2", "amount": "lots"}),
+        "wrong_type": orjson.dumps({**make_event(10_001), "event_id": "bad-2", "amount": True}),
         "missing_required": orjson.dumps({k: v for k, v in make_event(10_002).items() if k != "user"} | {"event_id": "bad-3"}),
         "out_of_range": orjson.dumps({**make_event(10_003), "event_id": "bad-4", "user": {"id": -5}}),
         "invalid_value": orjson.dumps({**make_event(10_004), "event_id": "bad-5", "session_id": "not-a-uuid"}),
