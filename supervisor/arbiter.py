@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor import provision
+from supervisor.schemas import SchemaBook
 from supervisor.status import PoolView, StatusServer, summary
 from supervisor.systemd import Notifier
 from supervisor.assignment import Partition, assign, rebalance
@@ -96,6 +97,7 @@ class Arbiter:
         self._next_status = 0.0
         self._view = PoolView()
         self._snapshot: dict | None = None  # replaced, never mutated: the status thread reads it
+        self._schemas = SchemaBook()  # the tables' versions as the workers read them
         self._status_server: StatusServer | None = None
         # Observability (built in run()): spans, metrics, CPU profiles of the workers.
         self._telemetry = otel.Telemetry()
@@ -238,7 +240,9 @@ class Arbiter:
 
     def _report(self) -> None:
         """Publish the status snapshot and talk to systemd (READY, STATUS, WATCHDOG)."""
-        self._snapshot = self._view.snapshot(self._workers.values(), draining=self._draining_since is not None)
+        snapshot = self._view.snapshot(self._workers.values(), draining=self._draining_since is not None)
+        snapshot["schemas"] = self._schemas.snapshot(s for s, w in self._workers.items() if w.alive)
+        self._snapshot = snapshot
         now = time.monotonic()
         n = self._notifier
         if not n.enabled:
@@ -278,6 +282,7 @@ class Arbiter:
         elif sig == signal.SIGHUP:
             self._notifier.reloading()
             self._reload()
+            self._refresh_schemas()
             # READY=1 again once every worker of the (possibly new) generation is ready.
             self._announced_ready = False
         elif sig == signal.SIGTTIN:
@@ -314,6 +319,8 @@ class Arbiter:
         elif op == "released":
             w.releasing -= parts
             w.owned -= parts
+        elif op == "schema":
+            self._schemas.seen(w.slot, msg)
         elif op == "fatal":
             log.error("worker %d cannot start: %s", w.slot, msg.get("error"), extra={"slot": w.slot})
 
@@ -462,6 +469,14 @@ class Arbiter:
             w = self._handle(slot)
             if not w.alive and w.restart_at is None:
                 self._spawn(w)
+
+    def _refresh_schemas(self) -> None:
+        """SIGHUP: every running worker reads its tables again now (config changed or not)."""
+        running = [w for w in self._workers.values() if w.ready and not w.draining]
+        if running:
+            log.info("SIGHUP: workers read every table again")
+        for w in running:
+            self._send(w, {"op": "refresh_schema"})
 
     # -- workers ----------------------------------------------------------------
 

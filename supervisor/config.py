@@ -673,6 +673,7 @@ _PIPELINE = {
     "ack_wait_s": _Field(_seconds()),
     "unknown_keys": _Field(_choice("ignore", "dead_letter"), "ignore"),
     "delivery": _Field(_choice("exactly_once", "at_least_once"), "exactly_once"),
+    "schema_refresh_s": _Field(_seconds(allow_zero=True), 30.0),
 }
 
 

@@ -37,6 +37,7 @@ Snapshot schema (plain JSON-friendly data):
           },
         },
       ],
+      "schemas": {"events": {...}},   # per pipeline, its table's version (supervisor/schemas.py)
     }
 
 `render_prometheus` and `render_status_table` are pure functions of a snapshot.
@@ -206,6 +207,8 @@ _METRICS = (
     ("jetsink_insert_retries_total", "counter", "Retried inserts or DLQ publishes.", ("slot", "pipeline", "partition")),
     ("jetsink_last_batch_timestamp_seconds", "gauge", "When the partition's last batch was committed (unix seconds).", ("slot", "pipeline", "partition")),
     ("jetsink_consumer_pending", "gauge", "Messages left in the partition's consumer (lag), as of the last delivery.", ("pipeline", "partition")),
+    ("jetsink_schema_changes_total", "counter", "Changes of the pipeline's table (columns added, dropped or retyped) the workers found.", ("pipeline", "table")),
+    ("jetsink_schema_read_timestamp_seconds", "gauge", "When a worker last read the pipeline's table (unix seconds).", ("pipeline", "table")),
 )
 
 _COUNTERS = {
@@ -246,6 +249,9 @@ def render_prometheus(snapshot: Mapping | None) -> str:
             if (pipeline, index) not in pending_seen:
                 pending_seen.add((pipeline, index))
                 samples["jetsink_consumer_pending"].append(((pipeline, index), int(stats.get("pending", 0))))
+    for pipeline, t in sorted((snapshot.get("schemas") or {}).items()):
+        samples["jetsink_schema_changes_total"].append(((pipeline, t.get("table", "")), int(t.get("changes", 0))))
+        samples["jetsink_schema_read_timestamp_seconds"].append(((pipeline, t.get("table", "")), float(t.get("read_at") or 0.0)))
     lines = []
     for name, kind, help_text, label_names in _METRICS:
         lines.append(f"# HELP {name} {help_text}")
@@ -318,10 +324,35 @@ def render_status_table(snapshot: Mapping | None, now: float | None = None) -> s
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [head, ""] + ["  ".join(cell.ljust(width) for cell, width in zip(r, widths)).rstrip() for r in rows]
+    lines += _schema_table(snapshot.get("schemas") or {}, now)
     problems = health(snapshot, now=now)
     if problems and not snapshot.get("draining"):
         lines += ["", "unhealthy:"] + [f"  {p}" for p in problems]
     return "\n".join(lines) + "\n"
+
+
+def _schema_table(schemas: Mapping, now: float) -> list[str]:
+    """Per pipeline: its table, schema version (hash), when it was read, changes; workers still on another version."""
+    if not schemas:
+        return []
+    header = ("PIPELINE", "TABLE", "SCHEMA", "SINCE", "READ", "CHANGES")
+    rows = [header]
+    notes = []
+    for pipeline, t in sorted(schemas.items()):
+        since, read_at = float(t.get("since") or 0.0), float(t.get("read_at") or 0.0)
+        rows.append((
+            pipeline, str(t.get("table", "")), str(t.get("digest") or "-"),
+            f"{_age(max(0.0, now - since))} ago" if since else "-",
+            f"{_age(max(0.0, now - read_at))} ago" if read_at else "never",
+            str(t.get("changes", 0)),
+        ))
+        behind = sorted(s for s, d in (t.get("slots") or {}).items() if d != t.get("digest"))
+        if behind:
+            notes.append(f"  {pipeline}: worker(s) {', '.join(behind)} still on an older schema")
+        if t.get("problem"):
+            notes.append(f"  {pipeline}: {t['problem']}")
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return ["", *("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows), *notes]
 
 
 # --------------------------------------------------------------------------- the HTTP server

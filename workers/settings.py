@@ -116,6 +116,7 @@ class Pipeline:
     ack_wait_s: float | None = None  # None = derived from the batch limits by the provisioner
     unknown_keys: str = "ignore"  # "ignore" | "dead_letter": JSON keys that match no column
     delivery: str = "exactly_once"  # "exactly_once" | "at_least_once"
+    schema_refresh_s: float = 30.0  # how often each worker reads the table's columns again; 0 = never
 
 
 @dataclass(frozen=True, slots=True)
