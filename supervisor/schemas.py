@@ -61,7 +61,10 @@ class SchemaBook:
             if problem:
                 log.error("pipeline %s: table %s: %s", pipeline, t.table, problem, extra={"pipeline": pipeline})
             elif t.problem:
-                log.info("pipeline %s: table %s can be read and mapped again", pipeline, t.table, extra={"pipeline": pipeline})
+                log.info(
+                    "pipeline %s: table %s can be read and mapped again", pipeline, t.table,
+                    extra={"pipeline": pipeline},
+                )
             t.problem = problem
         t.read_at = max(t.read_at, read_at)
         if digest is None or digest == t.digest or read_at < t.since:

@@ -207,8 +207,10 @@ _METRICS = (
     ("jetsink_insert_retries_total", "counter", "Retried inserts or DLQ publishes.", ("slot", "pipeline", "partition")),
     ("jetsink_last_batch_timestamp_seconds", "gauge", "When the partition's last batch was committed (unix seconds).", ("slot", "pipeline", "partition")),
     ("jetsink_consumer_pending", "gauge", "Messages left in the partition's consumer (lag), as of the last delivery.", ("pipeline", "partition")),
-    ("jetsink_schema_changes_total", "counter", "Changes of the pipeline's table (columns added, dropped or retyped) the workers found.", ("pipeline", "table")),
-    ("jetsink_schema_read_timestamp_seconds", "gauge", "When a worker last read the pipeline's table (unix seconds).", ("pipeline", "table")),
+    ("jetsink_schema_changes_total", "counter",
+     "Changes of the pipeline's table (columns added, dropped or retyped) the workers found.", ("pipeline", "table")),
+    ("jetsink_schema_read_timestamp_seconds", "gauge",
+     "When a worker last read the pipeline's table (unix seconds).", ("pipeline", "table")),
 )
 
 _COUNTERS = {
@@ -250,8 +252,9 @@ def render_prometheus(snapshot: Mapping | None) -> str:
                 pending_seen.add((pipeline, index))
                 samples["jetsink_consumer_pending"].append(((pipeline, index), int(stats.get("pending", 0))))
     for pipeline, t in sorted((snapshot.get("schemas") or {}).items()):
-        samples["jetsink_schema_changes_total"].append(((pipeline, t.get("table", "")), int(t.get("changes", 0))))
-        samples["jetsink_schema_read_timestamp_seconds"].append(((pipeline, t.get("table", "")), float(t.get("read_at") or 0.0)))
+        labels = (pipeline, t.get("table", ""))
+        samples["jetsink_schema_changes_total"].append((labels, int(t.get("changes", 0))))
+        samples["jetsink_schema_read_timestamp_seconds"].append((labels, float(t.get("read_at") or 0.0)))
     lines = []
     for name, kind, help_text, label_names in _METRICS:
         lines.append(f"# HELP {name} {help_text}")

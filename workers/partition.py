@@ -472,11 +472,13 @@ class PartitionRunner:
         if prepared.rows:
             # A table changed under the batch has its rows mapped again (remapped: what the new mapping refused).
             refused, remapped = await self._retrying(
-                "insert", self._run_in_thread, self._schema.store, self._prepare, self._insert, msgs, prepared, self.target,
-                keep_alive=msgs,
+                "insert", self._run_in_thread, self._schema.store, self._prepare, self._insert, msgs, prepared,
+                self.target, keep_alive=msgs,
             )
             if refused or remapped:
-                letters = remapped + [_dead_letter(msgs[i], self.target, "insert_rejected", error) for i, error in refused]
+                letters = remapped + [
+                    _dead_letter(msgs[i], self.target, "insert_rejected", error) for i, error in refused
+                ]
                 for dl in letters:
                     log.warning(
                         "%s %s seq %d, dead-lettered: %s", "ClickHouse refused" if dl.reason == "insert_rejected"

@@ -67,7 +67,8 @@ def column_changes(old: Sequence[Sequence[str]], new: Sequence[Sequence[str]]) -
     dropped = [n for n in before if n not in after]
     retyped = [f"{n} {before[n][0]} -> {after[n][0]}" for n in after if n in before and before[n][0] != after[n][0]]
     redefaulted = [n for n in after if n in before and before[n][0] == after[n][0] and before[n][1:] != after[n][1:]]
-    for label, names in (("added", added), ("dropped", dropped), ("retyped", retyped), ("default changed", redefaulted)):
+    labelled = (("added", added), ("dropped", dropped), ("retyped", retyped), ("default changed", redefaulted))
+    for label, names in labelled:
         if names:
             parts.append(f"{label} {', '.join(names)}")
     if not parts and [c[0] for c in old] != [c[0] for c in new]:

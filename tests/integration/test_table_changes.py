@@ -249,7 +249,9 @@ def test_modify_column_narrowing_dead_letters_exactly_the_unstorable(
         assert load.join_checked(120) == n
         bad = {_id(i) for i in range(first, n) if unstorable(i)}
         sup.wait(lambda: _count(clickhouse_client, db) >= n - len(bad), 120, "every storable event")
-        letters = wait_until(lambda: (ls := _dead_letters(nats_url, names["stream"])) and len(ls) >= len(bad) and ls, 60, "dead letters")
+        letters = wait_until(
+            lambda: (ls := _dead_letters(nats_url, names["stream"])) and len(ls) >= len(bad) and ls, 60, "dead letters"
+        )
         assert sorted(json.loads(m.data)["event_id"] for m in letters) == sorted(bad)
         assert all("UInt8" in m.headers["Jetsink-Error"] for m in letters)
         rows = dict(clickhouse_client.execute(f"SELECT event_id, code FROM {db}.events"))
@@ -285,10 +287,11 @@ def test_drop_table_and_create_it_again(tmp_path, nats_url, clickhouse_server, c
         _report("DROP TABLE + CREATE TABLE", took)
         assert load.join_checked(120) == n
         # What the old table held went with it; every event published after the DROP is in the new one, once.
-        sup.wait(lambda: _count(clickhouse_client, db, f"event_id >= '{_id(after)}'") >= n - after, 120, "every later event")
+        later = f"event_id >= '{_id(after)}'"
+        sup.wait(lambda: _count(clickhouse_client, db, later) >= n - after, 120, "every later event")
         got = clickhouse_client.execute(f"SELECT uniqExact(event_id), count() FROM {db}.events")[0]
         assert got[0] == got[1]  # none twice
-        assert _count(clickhouse_client, db, f"event_id >= '{_id(after)}'") == n - after
+        assert _count(clickhouse_client, db, later) == n - after
         assert not _dead_letters(nats_url, names["stream"])
         assert "dropped payload" in sup.logged("changed, schema")[0]["msg"]
         _ran_through(sup, 2)

@@ -31,7 +31,9 @@ def test_a_change_seen_by_every_worker_is_logged_and_counted_once(caplog):
         book.seen(0, _report("bbb", 20.0, NEW))
         book.seen(1, _report("bbb", 20.2, NEW))
         book.seen(1, _report("bbb", 50.0))  # a later periodic read: no columns, no news
-    assert _changes(caplog) == ["pipeline events: table db.events changed, schema aaa -> bbb: added note String; dropped payload"]
+    assert _changes(caplog) == [
+        "pipeline events: table db.events changed, schema aaa -> bbb: added note String; dropped payload"
+    ]
     entry = book.snapshot([0, 1])["events"]
     assert (entry["digest"], entry["since"], entry["read_at"], entry["changes"]) == ("bbb", 20.0, 50.0, 1)
     assert entry["slots"] == {"0": "bbb", "1": "bbb"}
@@ -67,7 +69,8 @@ def test_status_and_metrics_show_each_tables_version():
     book.seen(0, _report("aaa", 100.0, OLD))
     book.seen(0, _report("bbb", 200.0, NEW))
     book.seen(1, _report("aaa", 150.0, OLD))
-    snapshot = {"started_at": 0.0, "taken_at": 260.0, "draining": False, "workers": [], "schemas": book.snapshot([0, 1])}
+    snapshot = {"started_at": 0.0, "taken_at": 260.0, "draining": False, "workers": [],
+                "schemas": book.snapshot([0, 1])}
     table = render_status_table(snapshot, now=260.0)
     assert "events    db.events  bbb     1m00s ago  1m00s ago  1" in table
     assert "events: worker(s) 1 still on an older schema" in table
