@@ -19,6 +19,7 @@ import dataclasses
 import difflib
 import ipaddress
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -519,3 +520,9 @@ _RULES: Mapping[type, Callable[[dict[str, Any], _At, Any], _Marker | None]] = {
     ProfilingConfig: _profiling_rules,
     AdminConfig: _admin_rules,
 }
+
+
+if __name__ == "__main__":
+    from supervisor.config_reference import main
+
+    raise SystemExit(main(sys.argv[1:]))

@@ -309,7 +309,7 @@ def subject_tokens(value: Any) -> list[str]:
 def subjects_overlap(a: str, b: str) -> bool:
     """Whether some subject matches both patterns ('*' wildcards only; '>' is rejected earlier)."""
     ta, tb = a.split("."), b.split(".")
-    return len(ta) == len(tb) and all(x == y or "*" in (x, y) for x, y in zip(ta, tb))
+    return len(ta) == len(tb) and all(x == y or "*" in (x, y) for x, y in zip(ta, tb, strict=True))
 
 
 @dataclass(frozen=True)
@@ -358,7 +358,7 @@ def _nats_url_problem(url: Any) -> str | None:
     if parts.username or parts.password:
         return "credentials in the URL are not allowed; use user with password_env/password_file, or token_env"
     try:
-        parts.port
+        _ = parts.port  # raises on a bad port
     except ValueError:
         return f"invalid port in {url!r}"
     if not parts.hostname:

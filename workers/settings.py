@@ -30,8 +30,8 @@ from workers.setting_types import (
     Int,
     JsonValue,
     Key,
-    ListOf,
     Listen,
+    ListOf,
     MapOf,
     NatsUrls,
     Ratio,
@@ -76,7 +76,7 @@ def key(check: Check, doc: str, default: Any = MISSING, *, factory: Any = MISSIN
 def section(cls: type, doc: str, *, optional: bool = False) -> Any:
     """A nested mapping; absent means all defaults, or None when ``optional``."""
     if optional:
-        return key(Section(cls, optional=True), doc, None, default_doc="none")
+        return key(Section(cls, optional=True), doc, None)
     return key(Section(cls), doc, factory=cls, default_doc="all defaults")
 
 
@@ -110,13 +110,11 @@ class NatsConfig:
     embedded: bool = key(
         Bool(), "The supervisor starts `nats-server` (with JetStream) itself, listening on the port of `url`. "
         "Requires exactly one `nats://127.0.0.1:PORT` or `nats://localhost:PORT` URL.", False)
-    user: str | None = key(Text(), "User name for user/password auth. Required when a password is set.", None,
-                           default_doc="none")
-    password: Secret | None = key(Text(), _SECRET_DOC.format("password"), None, secret=True, default_doc="none")
-    token: Secret | None = key(Text(), "Token auth; see [secrets](#secrets).", None, secret=True, default_doc="none")
-    creds_file: Path | None = key(FilePath(must_exist=True), "A `.creds` file (JWT + nkey seed).", None,
-                                  default_doc="none")
-    nkey_seed_file: Path | None = key(FilePath(must_exist=True), "An nkey seed file.", None, default_doc="none")
+    user: str | None = key(Text(), "User name for user/password auth. Required when a password is set.", None)
+    password: Secret | None = key(Text(), _SECRET_DOC.format("password"), None, secret=True)
+    token: Secret | None = key(Text(), "Token auth; see [secrets](#secrets).", None, secret=True)
+    creds_file: Path | None = key(FilePath(must_exist=True), "A `.creds` file (JWT + nkey seed).", None)
+    nkey_seed_file: Path | None = key(FilePath(must_exist=True), "An nkey seed file.", None)
     tls: TLSConfig | None = section(TLSConfig, "See [tls](#tls).", optional=True)
     connect_timeout_s: float = key(Seconds(), "Connection timeout.", 5.0)
 
@@ -167,11 +165,11 @@ class ColumnOverride:
     default: Any = key(
         JsonValue(), "Used when the value is missing; converted like an input value. `default: null` is a default "
         "(NULL). Cannot be combined with `required: true`. Quote dates (`'2024-01-01'`): YAML would otherwise turn "
-        "them into date objects.", None, default_doc="none")
+        "them into date objects.", None)
     epoch_unit: str = key(Choice("s", "ms"), "Unit of numeric timestamps for `DateTime`/`DateTime64` columns.", "s")
     timezone: str | None = key(
         Timezone(), "Time zone for date-times sent without an offset; else the column's own, else the server's. "
-        "Accepted now; the mapping reads it once issue 13 lands.", None, default_doc="none")
+        "Accepted now; the mapping reads it once issue 13 lands.", None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -198,7 +196,7 @@ class Pipeline:
         required=True)
     table: str = key(TABLE_NAME, "Target table. Without a database, `clickhouse.database` is used.", required=True)
     create_table: str | None = key(
-        Text(), "DDL run when the table does not exist (the embedded demo uses it).", None, default_doc="none")
+        Text(), "DDL run when the table does not exist (the embedded demo uses it).", None)
     batch: BatchLimits = section(BatchLimits, "See [batch](#batch).")
     columns: tuple[ColumnOverride, ...] = key(
         MapOf(ColumnOverride, "path", "column name -> path or settings"),
