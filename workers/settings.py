@@ -168,8 +168,8 @@ class ColumnOverride:
         "them into date objects.", None)
     epoch_unit: str = key(Choice("s", "ms"), "Unit of numeric timestamps for `DateTime`/`DateTime64` columns.", "s")
     timezone: str | None = key(
-        Timezone(), "Time zone for date-times sent without an offset; else the column's own, else the server's. "
-        "Accepted now; the mapping reads it once issue 13 lands.", None)
+        Timezone(), "Time zone for date-times sent without an offset (DateTime/DateTime64 columns); else the "
+        "column's own, else the server's.", None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -212,8 +212,8 @@ class Pipeline:
         Seconds(), "How long JetStream waits for an ack before redelivering. Must be longer than `batch.max_wait_ms`. "
         "See [derived consumer settings](#derived-consumer-settings).", None, default_doc="derived")
     unknown_keys: str = key(
-        Choice("ignore", "dead_letter"), "JSON keys that match no column: `ignore` them, or dead-letter the message. "
-        "Accepted now; the mapping reads it once issue 13 lands.", "ignore")
+        Choice("ignore", "dead_letter"), "JSON keys that match no column: `ignore` them, or dead-letter the message "
+        "(reason `unknown_key`, naming the key).", "ignore")
     delivery: str = key(
         Choice("exactly_once", "at_least_once"), "The delivery guarantee. Accepted now; the workers read it once "
         "issue 14 lands (until then delivery is at least once, see docs/architecture.md).", "exactly_once")
