@@ -163,11 +163,7 @@ def test_snapshot_of_the_arbiters_own_worker_handles():
     from supervisor.arbiter import WorkerHandle
 
     w = WorkerHandle(slot=2)
-    held = {Partition("events", 10), Partition("events", 2)}
-    if hasattr(w, "owned"):
-        w.owned = held
-    else:
-        w.partitions = tuple(held)
+    w.owned = {Partition("events", 10), Partition("events", 2)}
     w.process, w.ready, w.restarts = SimpleNamespace(pid=7), True, 1
     w.heartbeat = SimpleNamespace(value=999.0)
     w.stats = {"op": "stats", "partitions": {"events/2": stats(3, pending=1)}}
