@@ -39,7 +39,8 @@ Snapshot schema (plain JSON-friendly data):
       ],
     }
 
-`render_prometheus` and `render_status_table` are pure functions of a snapshot.
+`pool_metrics` (prometheus_client metric families, rendered by `render_prometheus`) and
+`render_status_table` are pure functions of a snapshot.
 """
 
 from __future__ import annotations
@@ -47,7 +48,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import socket
 import sys
 import threading
@@ -58,9 +58,14 @@ from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from prometheus_client import generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
 log = logging.getLogger("jetsink.supervisor")
 
-__all__ = ["PoolView", "StatusServer", "health", "parse_listen", "render_prometheus", "render_status_table", "summary"]
+__all__ = ["PoolView", "StatusServer", "health", "parse_listen", "pool_metrics", "render_prometheus",
+           "render_status_table", "summary"]
 
 STALE_AFTER_S = 10.0  # workers beat every second; this much silence makes /healthz fail
 RATE_WINDOW_S = 5.0
@@ -170,26 +175,10 @@ def health(snapshot: Mapping | None, now: float | None = None, stale_after_s: fl
     return problems
 
 
-# --------------------------------------------------------------------------- Prometheus text
+# --------------------------------------------------------------------------- Prometheus
 
 
-def _value(v: float | int | bool) -> str:
-    if isinstance(v, bool):
-        return "1" if v else "0"
-    if isinstance(v, int):
-        return str(v)
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    return repr(float(v))
-
-
-def _label(v: Any) -> str:
-    return str(v).replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-
-
-_METRICS = (
+METRICS = (
     # name, type, help, label names
     ("jetsink_supervisor_start_time_seconds", "gauge", "Start time of the supervisor (unix seconds).", ()),
     ("jetsink_draining", "gauge", "1 while the supervisor drains its workers for shutdown.", ()),
@@ -199,13 +188,19 @@ _METRICS = (
     ("jetsink_worker_partitions", "gauge", "Partitions assigned to the worker slot.", ("slot",)),
     ("jetsink_worker_heartbeat_age_seconds", "gauge", "Seconds since the worker's event loop last beat.", ("slot",)),
     ("jetsink_rows_per_second", "gauge", "Rows the worker slot inserted per second over the last window.", ("slot",)),
-    ("jetsink_messages_consumed_total", "counter", "Messages pulled from the partition's consumer by the current worker process.", ("slot", "pipeline", "partition")),
-    ("jetsink_rows_inserted_total", "counter", "Rows inserted into ClickHouse by the current worker process.", ("slot", "pipeline", "partition")),
-    ("jetsink_dead_letters_total", "counter", "Messages sent to the dead-letter stream by the current worker process.", ("slot", "pipeline", "partition")),
-    ("jetsink_batches_total", "counter", "Batches committed by the current worker process.", ("slot", "pipeline", "partition")),
+    ("jetsink_messages_consumed_total", "counter",
+     "Messages pulled from the partition's consumer by the current worker process.", ("slot", "pipeline", "partition")),
+    ("jetsink_rows_inserted_total", "counter", "Rows inserted into ClickHouse by the current worker process.",
+     ("slot", "pipeline", "partition")),
+    ("jetsink_dead_letters_total", "counter", "Messages sent to the dead-letter stream by the current worker process.",
+     ("slot", "pipeline", "partition")),
+    ("jetsink_batches_total", "counter", "Batches committed by the current worker process.",
+     ("slot", "pipeline", "partition")),
     ("jetsink_insert_retries_total", "counter", "Retried inserts or DLQ publishes.", ("slot", "pipeline", "partition")),
-    ("jetsink_last_batch_timestamp_seconds", "gauge", "When the partition's last batch was committed (unix seconds).", ("slot", "pipeline", "partition")),
-    ("jetsink_consumer_pending", "gauge", "Messages left in the partition's consumer (lag), as of the last delivery.", ("pipeline", "partition")),
+    ("jetsink_last_batch_timestamp_seconds", "gauge", "When the partition's last batch was committed (unix seconds).",
+     ("slot", "pipeline", "partition")),
+    ("jetsink_consumer_pending", "gauge", "Messages left in the partition's consumer (lag), as of the last delivery.",
+     ("pipeline", "partition")),
 )
 
 _COUNTERS = {
@@ -216,44 +211,61 @@ _COUNTERS = {
     "jetsink_insert_retries_total": "insert_retries",
 }
 
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-def render_prometheus(snapshot: Mapping | None) -> str:
-    """The snapshot in the Prometheus text exposition format 0.0.4."""
+
+def pool_metrics(snapshot: Mapping | None) -> list[Metric]:
+    """The snapshot as Prometheus metric families (every family, with or without samples)."""
     snapshot = snapshot or {}
-    samples: dict[str, list[tuple[tuple, float | int]]] = {name: [] for name, *_ in _METRICS}
+    families: dict[str, Metric] = {
+        name: (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(name, help_text, labels=labels)
+        for name, kind, help_text, labels in METRICS
+    }
+
+    def add(name: str, labels: tuple, value: float) -> None:
+        families[name].add_metric([str(v) for v in labels], float(value))
+
     if snapshot:
-        samples["jetsink_supervisor_start_time_seconds"].append(((), float(snapshot.get("started_at", 0.0))))
-        samples["jetsink_draining"].append(((), bool(snapshot.get("draining"))))
+        add("jetsink_supervisor_start_time_seconds", (), snapshot.get("started_at", 0.0))
+        add("jetsink_draining", (), bool(snapshot.get("draining")))
     pending_seen: set[tuple[str, str]] = set()
     for w in snapshot.get("workers") or []:
         slot = (w["slot"],)
-        samples["jetsink_worker_up"].append((slot, bool(w.get("ready")) and w.get("pid") is not None))
+        add("jetsink_worker_up", slot, bool(w.get("ready")) and w.get("pid") is not None)
         if w.get("pid") is not None:
-            samples["jetsink_worker_pid"].append((slot, int(w["pid"])))
-        samples["jetsink_worker_restarts_total"].append((slot, int(w.get("restarts", 0))))
-        samples["jetsink_worker_partitions"].append((slot, len(w.get("partitions") or ())))
+            add("jetsink_worker_pid", slot, w["pid"])
+        add("jetsink_worker_restarts_total", slot, w.get("restarts", 0))
+        add("jetsink_worker_partitions", slot, len(w.get("partitions") or ()))
         if w.get("heartbeat_age_s") is not None:
-            samples["jetsink_worker_heartbeat_age_seconds"].append((slot, float(w["heartbeat_age_s"])))
-        samples["jetsink_rows_per_second"].append((slot, float(w.get("rows_per_s", 0.0))))
+            add("jetsink_worker_heartbeat_age_seconds", slot, w["heartbeat_age_s"])
+        add("jetsink_rows_per_second", slot, w.get("rows_per_s", 0.0))
         for name, stats in sorted((w.get("stats") or {}).items()):
             pipeline, _, index = name.rpartition("/")
             labels = (w["slot"], pipeline, index)
             for metric, key in _COUNTERS.items():
-                samples[metric].append((labels, int(stats.get(key, 0))))
+                add(metric, labels, stats.get(key, 0))
             if stats.get("last_batch_at"):
-                samples["jetsink_last_batch_timestamp_seconds"].append((labels, float(stats["last_batch_at"])))
+                add("jetsink_last_batch_timestamp_seconds", labels, stats["last_batch_at"])
             # During a move two workers may report a partition; the first report wins.
             if (pipeline, index) not in pending_seen:
                 pending_seen.add((pipeline, index))
-                samples["jetsink_consumer_pending"].append(((pipeline, index), int(stats.get("pending", 0))))
-    lines = []
-    for name, kind, help_text, label_names in _METRICS:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
-        for labels, value in samples[name]:
-            text = ",".join(f'{k}="{_label(v)}"' for k, v in zip(label_names, labels))
-            lines.append(f"{name}{{{text}}} {_value(value)}" if text else f"{name} {_value(value)}")
-    return "\n".join(lines) + "\n"
+                add("jetsink_consumer_pending", (pipeline, index), stats.get("pending", 0))
+    return list(families.values())
+
+
+class _SnapshotCollector(Collector):
+    def __init__(self, snapshot: Mapping | None) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterable[Metric]:
+        return pool_metrics(self._snapshot)
+
+
+def render_prometheus(snapshot: Mapping | None) -> str:
+    """The snapshot in the Prometheus text exposition format 0.0.4 (prometheus_client writes it)."""
+    registry = CollectorRegistry(auto_describe=False)  # one per scrape: no state shared between threads
+    registry.register(_SnapshotCollector(snapshot))
+    return generate_latest(registry).decode()
 
 
 # --------------------------------------------------------------------------- the status table
@@ -365,7 +377,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send(200, "text/plain; charset=utf-8", "ok\n")
         elif path == "/metrics":
-            self._send(200, "text/plain; version=0.0.4; charset=utf-8", render_prometheus(snapshot))
+            self._send(200, PROMETHEUS_CONTENT_TYPE, render_prometheus(snapshot))
         elif path == "/status":
             problems = health(snapshot, stale_after_s=self.server.stale_after_s)
             body = {**(snapshot or {}), "now": time.time(), "healthy": not problems, "problems": problems}
