@@ -36,7 +36,7 @@ from supervisor import provision
 from supervisor.assignment import Partition, assign, rebalance
 from supervisor.config import ConfigError, load_config
 from supervisor.profiler import ProfileScheduler
-from supervisor.status import PoolView, StatusServer, summary
+from supervisor.status import PoolView, StatusServer, address_file, summary
 from supervisor.systemd import Notifier
 from workers import exitcodes
 from workers import telemetry as otel
@@ -283,7 +283,8 @@ class Arbiter:
         admin = self.config.admin
         if not admin.enabled:
             return
-        self._status_server = StatusServer(admin.listen, lambda: self._snapshot)
+        self._status_server = StatusServer(admin.listen, lambda: self._snapshot,
+                                           address_file=address_file(self.config))
         self._status_server.start()  # it logs its address
 
     @staticmethod

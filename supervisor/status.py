@@ -56,11 +56,15 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
+
+from supervisor.config import Config, ConfigError, load_config
+from workers import exitcodes
 
 log = logging.getLogger("jetsink.supervisor")
 
@@ -69,6 +73,7 @@ __all__ = ["PoolView", "StatusServer", "health", "parse_listen", "pool_metrics",
 
 STALE_AFTER_S = 10.0  # workers beat every second; this much silence makes /healthz fail
 RATE_WINDOW_S = 5.0
+ADDRESS_FILE = "admin.address"  # in state_dir, while the admin endpoint listens
 
 
 # --------------------------------------------------------------------------- snapshots
@@ -401,10 +406,12 @@ class _Handler(BaseHTTPRequestHandler):
 class StatusServer:
     """/healthz, /metrics and /status on `listen`, served from a daemon thread."""
 
-    def __init__(self, listen: str, snapshot: Callable[[], Mapping | None], stale_after_s: float = STALE_AFTER_S) -> None:
+    def __init__(self, listen: str, snapshot: Callable[[], Mapping | None], stale_after_s: float = STALE_AFTER_S,
+                 address_file: Path | None = None) -> None:
         self._listen = listen
         self._snapshot = snapshot
         self._stale_after_s = stale_after_s
+        self._address_file = address_file
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -419,6 +426,12 @@ class StatusServer:
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.5},
                                         name="jetsink-admin", daemon=True)
         self._thread.start()
+        if self._address_file is not None:
+            # Where `status` finds a port picked at start (listen port 0); renamed into place whole.
+            self._address_file.parent.mkdir(parents=True, exist_ok=True)
+            partial = self._address_file.with_name(self._address_file.name + ".new")
+            partial.write_text(self.address + "\n")
+            partial.replace(self._address_file)
         log.info("admin endpoint on http://%s/ (/healthz, /metrics, /status)", self.address)
 
     @property
@@ -438,6 +451,8 @@ class StatusServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        if self._address_file is not None:
+            self._address_file.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- `python -m supervisor status`
@@ -453,39 +468,62 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(handler=run)
 
 
+def address_file(config: Config) -> Path:
+    """Where a running supervisor of `config` writes the admin address it listens on."""
+    return Path(config.state_dir) / ADDRESS_FILE
+
+
+def admin_address(config: Config) -> str | None:
+    """host:port of the admin endpoint of `config`'s supervisor: admin.listen, or with port 0 the
+    address the running supervisor wrote to its state_dir (None when it has not, or is not running)."""
+    if parse_listen(config.admin.listen)[1] != 0:
+        return config.admin.listen
+    try:
+        return address_file(config).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def fetch_status(address: str, timeout: float = 5.0) -> dict:
+    """GET /status from the admin endpoint at host:port; raises OSError or ValueError."""
+    host, port = parse_listen(address)
+    # A wildcard bind answers on loopback.
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    url = f"http://[{host}]:{port}/status" if ":" in host else f"http://{host}:{port}/status"
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - http only, built above
+        return json.load(resp)
+
+
 def run(args: argparse.Namespace) -> int:
     """`python -m supervisor status`: fetch /status from the running supervisor and print it."""
-    from workers import exitcodes
-    from supervisor.config import ConfigError, load_config
-
     listen, where = args.listen, "--listen"
     if listen is None:
         try:
-            admin = load_config(args.config).admin
+            config = load_config(args.config)
         except ConfigError as exc:
             print(f"jetsink: invalid config {args.config}:\n{exc}", file=sys.stderr)
             return exitcodes.CONFIG
-        if not admin.enabled:
+        if not config.admin.enabled:
             print(f"jetsink: the admin endpoint is disabled in {args.config} (admin.enabled: false)", file=sys.stderr)
             return exitcodes.CONFIG
-        listen, where = admin.listen, f"admin.listen in {args.config}"
+        listen, where = admin_address(config), f"admin.listen in {args.config}"
+        if listen is None:
+            print(f"jetsink: {where} is {config.admin.listen!r} (a free port chosen at start) and "
+                  f"{address_file(config)} does not exist; is the supervisor running?", file=sys.stderr)
+            return exitcodes.BOOT
     try:
-        host, port = parse_listen(listen)
+        port = parse_listen(listen)[1]
     except ValueError as exc:
         print(f"jetsink: {where}: {exc}", file=sys.stderr)
         return exitcodes.CONFIG
     if port == 0:
-        print(f"jetsink: {where} is {listen!r} (a free port chosen at start); pass the real one with --listen", file=sys.stderr)
+        print(f"jetsink: {where} is {listen!r}: give the port the supervisor listens on", file=sys.stderr)
         return exitcodes.CONFIG
-    # A wildcard bind answers on loopback.
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-    url = f"http://[{host}]:{port}/status" if ":" in host else f"http://{host}:{port}/status"
     try:
-        with urllib.request.urlopen(url, timeout=args.timeout) as resp:  # noqa: S310 - http only, built above
-            body = json.load(resp)
+        body = fetch_status(listen, timeout=args.timeout)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        print(f"jetsink: no status from {url} ({where}): {reason}; is the supervisor running?", file=sys.stderr)
+        print(f"jetsink: no status from {listen} ({where}): {reason}; is the supervisor running?", file=sys.stderr)
         return exitcodes.BOOT
     if args.json:
         print(json.dumps(body, indent=2))

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from supervisor import provision
 from supervisor.config import load_config
-from supervisor.status import StatusServer
+from supervisor.status import StatusServer, address_file
 from workers.dlq import DeadLetter, publish_dead_letters
 
 REPO = Path(__file__).resolve().parents[2]
@@ -304,3 +304,19 @@ def test_status_command_when_nothing_listens(tmp_path):
     result = cli("status", "--config", str(path))
     assert result.returncode == 3
     assert address in result.stderr and "is the supervisor running?" in result.stderr
+
+
+def test_status_command_finds_a_port_chosen_at_start(tmp_path):
+    path, _ = write_config(tmp_path, admin={"listen": "127.0.0.1:0"})
+    config = load_config(path)
+    assert cli("status", "--config", str(path)).returncode == 3  # nothing runs: no address written
+    server = StatusServer(config.admin.listen, fake_snapshot, address_file=address_file(config))
+    server.start()
+    try:
+        assert address_file(config).read_text().strip() == server.address
+        result = cli("status", "--config", str(path), "--json")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["workers"][0]["pid"] == 4242
+    finally:
+        server.stop()
+    assert not address_file(config).exists()
