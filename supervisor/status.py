@@ -104,12 +104,14 @@ class PoolView:
         """
         now = self._clock()
         entries = [self._worker(w, now) for w in workers]
-        return {"started_at": self._started_at, "taken_at": self._wall(), "draining": bool(draining), "workers": entries}
+        return {"started_at": self._started_at, "taken_at": self._wall(), "draining": bool(draining),
+                "workers": entries}
 
     def _worker(self, w: Any, now: float) -> dict:
         pid = w.process.pid if w.process is not None else None
         report = w.stats or {}
-        stats = {name: dict(values) for name, values in (report.get("partitions", report) or {}).items() if isinstance(values, Mapping)}
+        per_partition = report.get("partitions", report) or {}
+        stats = {name: dict(values) for name, values in per_partition.items() if isinstance(values, Mapping)}
         inserted = sum(int(s.get("inserted", 0)) for s in stats.values())
         heartbeat = getattr(w, "heartbeat", None)
         return {
@@ -355,7 +357,8 @@ def parse_listen(listen: str) -> tuple[str, int]:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], family: int, snapshot: Callable[[], Mapping | None], stale_after_s: float) -> None:
+    def __init__(self, address: tuple[str, int], family: int, snapshot: Callable[[], Mapping | None],
+                 stale_after_s: float) -> None:
         self.address_family = family
         self.snapshot = snapshot
         self.stale_after_s = stale_after_s
@@ -461,7 +464,8 @@ class StatusServer:
 def add_parser(sub: Any) -> None:
     """Register `status` on the CLI's subparsers."""
     p = sub.add_parser("status", help="per worker: pid, partitions, rows/s, lag, last batch, restarts")
-    p.add_argument("--config", default="config.yaml", help="config.yaml whose admin.listen to ask (default: ./config.yaml)")
+    p.add_argument("--config", default="config.yaml",
+                   help="config.yaml whose admin.listen to ask (default: ./config.yaml)")
     p.add_argument("--listen", help="ask this host:port instead of the config's admin.listen")
     p.add_argument("--json", action="store_true", help="print the raw /status JSON")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer (default 5)")
