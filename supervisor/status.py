@@ -97,8 +97,8 @@ class PoolView:
     def snapshot(self, workers: Iterable[Any], draining: bool) -> dict:
         """A new snapshot of `workers` (objects shaped like arbiter.WorkerHandle).
 
-        Reads, per worker: slot, process (.pid) or None, ready, restarts, owned (or
-        partitions): the partitions it consumes (objects with .pipeline and .index),
+        Reads, per worker: slot, process (.pid) or None, ready, restarts, owned: the
+        partitions it consumes (assignment.Partition, ordered by pipeline and index),
         stats (the worker's last {"op": "stats", "partitions": {...}} message) and
         heartbeat (.value, time.monotonic() of the last beat).
         """
@@ -119,7 +119,7 @@ class PoolView:
             "pid": pid,
             "ready": bool(w.ready) and pid is not None,
             "restarts": int(w.restarts),
-            "partitions": [_partition_name(p) for p in sorted(_owned(w), key=_partition_key)],
+            "partitions": [f"{p.pipeline}/{p.index}" for p in sorted(w.owned)],
             "rows_per_s": self._rate(w.slot, pid, inserted, now),
             "last_batch_at": max((float(s.get("last_batch_at") or 0.0) for s in stats.values()), default=0.0),
             "heartbeat_age_s": max(0.0, now - heartbeat.value) if pid is not None and heartbeat is not None else None,
@@ -137,25 +137,6 @@ class PoolView:
             rate = (inserted - rows_then) / (now - since)
             self._samples[slot] = (pid, now, inserted, rate)
         return round(rate, 1)
-
-
-def _owned(w: Any) -> Iterable[Any]:
-    owned = getattr(w, "owned", None)
-    return owned if owned is not None else w.partitions
-
-
-def _partition_key(p: Any) -> tuple[str, int]:
-    name = _partition_name(p)
-    pipeline, _, index = name.rpartition("/")
-    return pipeline, int(index) if index.isdigit() else -1
-
-
-def _partition_name(p: Any) -> str:
-    if isinstance(p, str):
-        return p
-    if isinstance(p, (tuple, list)):
-        return f"{p[0]}/{p[1]}"
-    return f"{p.pipeline}/{p.index}"
 
 
 def health(snapshot: Mapping | None, now: float | None = None, stale_after_s: float = STALE_AFTER_S) -> list[str]:

@@ -36,7 +36,7 @@ class Handle:  # shaped like arbiter.WorkerHandle
     pid: int | None = 100
     ready: bool = True
     restarts: int = 0
-    partitions: tuple = ()
+    owned: tuple = ()
     stats: dict = field(default_factory=dict)
     beat: float = 0.0
 
@@ -60,7 +60,7 @@ class Clock:
 def test_snapshot_shape_and_rows_per_second():
     clock = Clock()
     view = PoolView(window_s=5.0, clock=clock, wall=lambda: NOW)
-    w = Handle(0, partitions=(Partition("events", 0), Partition("events", 3)), beat=999.5)
+    w = Handle(0, owned=(Partition("events", 0), Partition("events", 3)), beat=999.5)
     w.stats = {"op": "stats", "partitions": {"events/0": stats(100), "events/3": stats(50, pending=7, last_batch_at=NOW - 2)}}
     snap = view.snapshot([w], draining=False)
     assert snap["started_at"] == NOW and snap["taken_at"] == NOW and snap["draining"] is False
