@@ -171,8 +171,8 @@ def test_kill_9_of_a_worker_mid_stream_loses_nothing(tmp_path, nats_url, clickho
             pending = run(_pending(nats_url, stream, name, 8))
             return any(pending[p][0] > 0 for p in owned)
 
+        victim = sup.worker_pids()[0]  # asked first: the kill follows the check at once
         sup.wait(victim_holds_deliveries, 60, "worker 0 to hold unacked deliveries")
-        victim = sup.worker_pids()[0]
         os.kill(victim, signal.SIGKILL)
         assert publish_events(nats_url, event_messages(total // 2, total - total // 2, prefix=prefix), stream).published == total - total // 2
         sup.wait(lambda: sup.worker_pids().get(0) not in (None, victim), 60, "the killed worker to be replaced")
