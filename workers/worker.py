@@ -34,7 +34,7 @@ from workers.topology import consumer_name
 from workers.connections import clickhouse_client, clickhouse_where, connect_nats
 from workers.partition import PartitionRunner, PartitionTarget
 from workers.profiling import memory_profile
-from workers.schema import ServerFeatures
+from workers.schema import SchemaError, ServerFeatures
 from workers.telemetry import Telemetry
 from workers.telemetry import setup as setup_telemetry
 
@@ -129,10 +129,8 @@ class Worker:
                     sink.build_mapper, self._client, p.table, cfg.clickhouse.database, p.columns, self._features,
                     p.unknown_keys,
                 )
-            except Exception as exc:
-                if type(exc).__name__ in ("SchemaError", "LookupError"):
-                    raise BootError(f"pipelines {p.name}: {exc}") from exc
-                raise
+            except (SchemaError, LookupError) as exc:  # a table we cannot map: restarting will not help
+                raise BootError(f"pipelines {p.name}: {exc}") from exc
         delay = 0.5
         while True:
             try:
