@@ -43,7 +43,7 @@ from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from workers import wire
+from workers import exporters, wire
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,10 @@ class Telemetry:
     def worker_restarted(self, slot: int) -> None:
         pass
 
+    def dropped(self) -> dict[str, int]:
+        """Spans, metric points and log records dropped so far because their OTLP endpoint was down, by signal."""
+        return {}
+
 
 def setup(observability: Any, role: str, slot: int | None = None) -> Telemetry:
     """Build this process's providers when `observability.enabled`, else the no-op Telemetry."""
@@ -199,7 +203,7 @@ class OtelTelemetry(Telemetry):
         self.resource = Resource.create(resource_attributes(role, slot))
         # OTEL_TRACES_SAMPLER set: the SDK reads it (and _ARG); otherwise our ratio.
         sampler = None if os.environ.get("OTEL_TRACES_SAMPLER") else ParentBased(TraceIdRatioBased(observability.traces.sample_ratio))
-        span_exporter, metric_exporter, log_exporter = _exporters()
+        span_exporter, metric_exporter, log_exporter, self._export_guards = exporters.build()
         # shutdown() is bounded; the SDK's own atexit shutdown would wait out a dead collector.
         self._tracer_provider = TracerProvider(resource=self.resource, sampler=sampler, shutdown_on_exit=False)
         self._tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
@@ -224,6 +228,10 @@ class OtelTelemetry(Telemetry):
         self._retries = meter.create_counter("jetsink.retries", "{retry}", "Failed attempts at an insert or a DLQ publish that were retried.")
         self._restarts = meter.create_counter("jetsink.worker.restarts", "{restart}", "Workers respawned by the supervisor after dying.")
         meter.create_observable_gauge("jetsink.consumer.pending", [self._observe_pending], "{message}", "Messages left in a partition's consumer at its last delivery.")
+        meter.create_observable_counter(
+            "jetsink.telemetry.dropped", [self._observe_dropped], "{item}",
+            "Spans, metric points and log records dropped because their OTLP endpoint was unreachable.",
+        )
 
     def _correlate_logs(self, log_exporter: Any) -> None:
         # Log records get otelTraceID/otelSpanID (workers/logs.py turns them into
@@ -245,8 +253,8 @@ class OtelTelemetry(Telemetry):
         self._logger_provider = LoggerProvider(resource=self.resource, shutdown_on_exit=False)
         self._logger_provider.add_log_record_processor(BatchLogRecordProcessor(log_exporter))
         self._log_handler = LoggingHandler(logger_provider=self._logger_provider)
-        # The exporters' own complaints must not be exported (they would loop).
-        self._log_handler.addFilter(lambda r: not r.name.startswith("opentelemetry"))
+        # The exporters' own complaints, and ours about them, must not be exported (they would loop).
+        self._log_handler.addFilter(lambda r: not r.name.startswith(("opentelemetry", exporters.EXPORT_LOGGER)))
         logging.getLogger().addHandler(self._log_handler)
 
     def shutdown(self) -> None:
@@ -485,30 +493,11 @@ class OtelTelemetry(Telemetry):
     def worker_restarted(self, slot: int) -> None:
         self._restarts.add(1, {A_SLOT: slot})
 
+    def dropped(self) -> dict[str, int]:
+        return {g.signal: g.dropped_total for g in self._export_guards}
 
-def _exporters() -> tuple[Any, Any, Any]:
-    """OTLP span, metric and log exporters for OTEL_EXPORTER_OTLP_PROTOCOL (default http/protobuf).
+    def _observe_dropped(self, options: Any) -> Iterator[Any]:
+        from opentelemetry.metrics import Observation
 
-    Endpoint, headers, timeout and compression come from the OTEL_EXPORTER_OTLP_* variables,
-    which the exporters read themselves. The log exporter is None when unavailable.
-    """
-    protocol = os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf").strip().lower()
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        log_module = "opentelemetry.exporter.otlp.proto.grpc._log_exporter"
-    else:
-        if protocol != "http/protobuf":
-            log.warning("OTEL_EXPORTER_OTLP_PROTOCOL=%s is not supported; using http/protobuf", protocol)
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        log_module = "opentelemetry.exporter.otlp.proto.http._log_exporter"
-    try:
-        import importlib
-
-        log_exporter = importlib.import_module(log_module).OTLPLogExporter()
-    except (ImportError, AttributeError):
-        log_exporter = None
-    return OTLPSpanExporter(), OTLPMetricExporter(), log_exporter
+        for guard in self._export_guards:
+            yield Observation(guard.dropped_total, {"jetsink.telemetry.signal": guard.signal})

@@ -195,7 +195,10 @@ class Worker:
                 # objects per insert); collected here, it never adds up.
                 self._gc_at = now
                 gc.collect()
-            self._send({"op": "stats", "partitions": {f"{k[0]}/{k[1]}": vars(r.stats) for k, r in self._runners.items()}})
+            self._send({
+                "op": "stats", "partitions": {f"{k[0]}/{k[1]}": vars(r.stats) for k, r in self._runners.items()},
+                "telemetry_dropped": self._telemetry.dropped(),
+            })
             await asyncio.sleep(1.0)
 
     async def _control_loop(self) -> None:
