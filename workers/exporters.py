@@ -116,11 +116,14 @@ class ExportGuard(logging.Filter):
             return True
         self._count(items)
         self._next_try = self._clock() + self._probe_interval_s
-        if not self.down:
+        if self.down:
+            log.debug("telemetry: %s export to %s still failing: %s", self.signal, self.endpoint, self._reason)
+        else:
             self._down_since = now
             log.warning(
                 "telemetry: cannot export %s to %s (%s); dropping %s until it answers, trying again every %.0fs",
-                self.signal, self.endpoint, self._reason or "export failed", _ITEMS[self.signal], self._probe_interval_s,
+                self.signal, self.endpoint, self._reason or "export failed", _ITEMS[self.signal],
+                self._probe_interval_s,
                 extra={"signal": self.signal, "endpoint": self.endpoint},
             )
         return False
