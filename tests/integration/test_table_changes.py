@@ -17,6 +17,7 @@ import uuid
 
 import nats
 from nats.js.errors import NotFoundError
+from prometheus_client.parser import text_string_to_metric_families
 import pytest
 import yaml
 
@@ -69,14 +70,14 @@ def _effect(sup, since: float, cond, what: str) -> float:
 
 
 def _status(sup) -> dict:
-    addr = sup.wait(lambda: sup.logged("admin endpoint on http://"), 30, "status endpoint")[0]["msg"]
-    addr = addr.split("http://")[1].split("/")[0]
-    return json.loads(urllib.request.urlopen(f"http://{addr}/status").read())
+    return sup.wait(sup.status, 30, "status endpoint")
 
 
-def _metrics(sup) -> str:
-    addr = sup.logged("admin endpoint on http://")[0]["msg"].split("http://")[1].split("/")[0]
-    return urllib.request.urlopen(f"http://{addr}/metrics").read().decode()
+def _metrics(sup) -> dict:
+    """/metrics as {(sample name, sorted labels): value}, read by prometheus_client's parser."""
+    text = urllib.request.urlopen(f"http://{sup.address()}/metrics").read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def _all_on(sup, pipeline: str, digest_not: str | None = None):
@@ -150,7 +151,8 @@ def test_add_column(found_by, tmp_path, nats_url, clickhouse_server, clickhouse_
         changed = sup.logged("changed, schema")
         assert len(changed) == 1 and "added note String" in changed[0]["msg"]  # logged once, by two workers' reports
         assert after["changes"] == 1
-        assert f'jetsink_schema_changes_total{{pipeline="{names["name"]}",table="{db}.events"}} 1' in _metrics(sup)
+        labels = (("pipeline", names["name"]), ("table", f"{db}.events"))
+        assert _metrics(sup)[("jetsink_schema_changes_total", labels)] == 1
         assert not _dead_letters(nats_url, names["stream"])
         _ran_through(sup, 2)
     finally:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from supervisor.schemas import SchemaBook
 from supervisor.status import render_prometheus, render_status_table
 
@@ -74,6 +76,10 @@ def test_status_and_metrics_show_each_tables_version():
     table = render_status_table(snapshot, now=260.0)
     assert "events    db.events  bbb     1m00s ago  1m00s ago  1" in table
     assert "events: worker(s) 1 still on an older schema" in table
-    metrics = render_prometheus(snapshot)
-    assert 'jetsink_schema_changes_total{pipeline="events",table="db.events"} 1' in metrics
-    assert 'jetsink_schema_read_timestamp_seconds{pipeline="events",table="db.events"} 200.0' in metrics
+    values = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(render_prometheus(snapshot)) for sample in family.samples
+    }
+    labels = (("pipeline", "events"), ("table", "db.events"))
+    assert values[("jetsink_schema_changes_total", labels)] == 1
+    assert values[("jetsink_schema_read_timestamp_seconds", labels)] == 200.0
