@@ -80,6 +80,18 @@ def decode(key: str, value: bytes | None, seen_at: float) -> tuple[Member, str, 
         return None
 
 
+def instances(view: Mapping[str, Member], me: str, now: float | None = None) -> list[dict]:
+    """The live instances for /status: id, what it holds and its published summary, this one first."""
+    now = time.monotonic() if now is None else now
+    out = []
+    for key in sorted(view, key=lambda k: (k != me, k)):
+        m = view[key]
+        out.append({**m.info, "instance_id": key, "self": key == me,
+                    "holds": [f"{p.pipeline}/{p.index}" for p in sorted(m.holds)],
+                    "seen_s_ago": round(max(0.0, now - m.seen_at), 1) if m.seen_at else None})
+    return out
+
+
 async def live_member(nc: Any, instance_id: str) -> bool:
     """Whether `instance_id` has a live key in the members bucket (for `check --connect`)."""
     import nats.js.errors

@@ -37,6 +37,12 @@ Snapshot schema (plain JSON-friendly data):
           },
         },
       ],
+      "instance_id": str,         # this supervisor's (config instance_id)
+      "instances": [              # every live instance sharing the partitions, this one first
+        {"instance_id": str, "self": bool, "holds": ["events/0", ...], "seen_s_ago": float | None,
+         "admin": "host:port" | None, "workers": int, "ready": int, "partitions": [...],
+         "rows_per_s": float, "lag": int, "draining": bool, "host": str, "pid": int, "started_at": float},
+      ],
     }
 
 `pool_metrics` (prometheus_client metric families, rendered by `render_prometheus`) and
@@ -137,6 +143,20 @@ class PoolView:
             rate = (inserted - rows_then) / (now - since)
             self._samples[slot] = (pid, now, inserted, rate)
         return round(rate, 1)
+
+
+def member_info(snapshot: Mapping, admin: str | None) -> dict:
+    """What this instance publishes in its members key for the others' `status` (supervisor/members.py)."""
+    workers = snapshot.get("workers") or []
+    return {
+        "admin": admin,
+        "workers": len(workers),
+        "ready": sum(1 for w in workers if w.get("ready")),
+        "partitions": sorted(p for w in workers for p in w.get("partitions") or ()),
+        "rows_per_s": round(sum(float(w.get("rows_per_s", 0.0)) for w in workers), 1),
+        "lag": sum(int(s.get("pending", 0)) for w in workers for s in (w.get("stats") or {}).values()),
+        "draining": bool(snapshot.get("draining")),
+    }
 
 
 def health(snapshot: Mapping | None, now: float | None = None, stale_after_s: float = STALE_AFTER_S) -> list[str]:
@@ -318,6 +338,21 @@ def render_status_table(snapshot: Mapping | None, now: float | None = None) -> s
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [head, ""] + ["  ".join(cell.ljust(width) for cell, width in zip(r, widths)).rstrip() for r in rows]
+    members = snapshot.get("instances") or []
+    if members:
+        lines += ["", f"instances ({len(members)} live, this one is {snapshot.get('instance_id')}):", ""]
+        table = [("INSTANCE", "ADMIN", "WORKERS", "PARTITIONS", "ROWS/S", "LAG")]
+        for m in members:
+            table.append((
+                m["instance_id"] + (" *" if m.get("self") else ""),
+                str(m.get("admin") or "-"),
+                f"{m.get('ready', 0)}/{m.get('workers', 0)}",
+                _partition_list(m.get("partitions") or m.get("holds") or ()),
+                f"{float(m.get('rows_per_s', 0.0)):.1f}",
+                str(m.get("lag", 0)),
+            ))
+        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+        lines += ["  ".join(cell.ljust(width) for cell, width in zip(r, widths)).rstrip() for r in table]
     problems = health(snapshot, now=now)
     if problems and not snapshot.get("draining"):
         lines += ["", "unhealthy:"] + [f"  {p}" for p in problems]
