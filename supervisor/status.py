@@ -35,6 +35,7 @@ Snapshot schema (plain JSON-friendly data):
                          "batches": int, "insert_retries": int,
                          "last_batch_at": float, "pending": int},
           },
+          "telemetry_dropped": {"traces": int, "metrics": int, "logs": int},  # OTLP endpoint down
         },
       ],
       "instance_id": str,         # this supervisor's (config instance_id)
@@ -130,6 +131,7 @@ class PoolView:
             "last_batch_at": max((float(s.get("last_batch_at") or 0.0) for s in stats.values()), default=0.0),
             "heartbeat_age_s": max(0.0, now - heartbeat.value) if pid is not None and heartbeat is not None else None,
             "stats": stats,
+            "telemetry_dropped": {k: int(v) for k, v in (report.get("telemetry_dropped") or {}).items()},
         }
 
     def _rate(self, slot: int, pid: int | None, inserted: int, now: float) -> float:
@@ -353,6 +355,13 @@ def render_status_table(snapshot: Mapping | None, now: float | None = None) -> s
             ))
         widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
         lines += ["  ".join(cell.ljust(width) for cell, width in zip(r, widths)).rstrip() for r in table]
+    dropped: dict[str, int] = {}
+    for w in workers:
+        for signal, n in (w.get("telemetry_dropped") or {}).items():
+            dropped[signal] = dropped.get(signal, 0) + int(n)
+    if any(dropped.values()):
+        counts = ", ".join(f"{signal} {n}" for signal, n in dropped.items())
+        lines += ["", f"telemetry dropped while its OTLP endpoint was unreachable: {counts}"]
     problems = health(snapshot, now=now)
     if problems and not snapshot.get("draining"):
         lines += ["", "unhealthy:"] + [f"  {p}" for p in problems]

@@ -12,19 +12,17 @@ from dataclasses import dataclass
 
 import orjson
 
-# Status codes the server sends on the pull inbox (as NATS/1.0 <code> headers).
-NO_MESSAGES = "404"
-REQUEST_TIMEOUT = "408"
+# Status codes the server sends on the pull inbox (as NATS/1.0 <code> headers) that the
+# partition tells apart; any other (404 no messages, 408 request expired) ends the request.
 CONFLICT = "409"  # max ack pending reached, consumer deleted, leadership change...
 PIN_LOST = "423"  # the priority group's pin is another puller's (Nats-Pin-Id mismatch, Nats-Wrong-Pin-Id)
 UNAVAILABLE = "503"  # no responders: the stream or consumer has no leader right now (failover)
 HEARTBEAT = "100"
 PIN_HEADER = b"Nats-Pin-Id"
 
+# Acks the partition sends (no NAK or TERM: what cannot be stored goes to the DLQ, a failed insert is retried).
 ACK = b"+ACK"
-NAK = b"-NAK"
 IN_PROGRESS = b"+WPI"
-TERM = b"+TERM"
 
 
 def next_subject(stream: str, consumer: str) -> str:

@@ -18,7 +18,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from itertools import compress, count, repeat
+from itertools import chain, compress, count, repeat
 from operator import itemgetter, not_
 from typing import Any, Awaitable, Callable
 
@@ -119,6 +119,16 @@ def prepare(batch_msgs: list[tuple], mapper: ColumnMapper, target: PartitionTarg
     return Prepared(columns=columns, rows=len(row_msgs), row_msgs=row_msgs, dead=dead, redelivered=bool(again))
 
 
+def join_prepared(parts: list[Prepared]) -> Prepared:
+    """One Prepared from per-message ones: columns concatenated, row indices shifted."""
+    columns = [list(chain.from_iterable(p.columns[c] for p in parts)) for c in range(len(parts[0].columns))]
+    row_msgs = [i + r for i, p in enumerate(parts) for r in p.row_msgs]
+    return Prepared(
+        columns=columns, rows=sum(p.rows for p in parts), row_msgs=row_msgs, dead=[d for p in parts for d in p.dead],
+        redelivered=any(p.redelivered for p in parts),
+    )
+
+
 def _loads_all(msgs: list[tuple]) -> list:
     """Every message's JSON (raises at the first invalid one).  A function of its own so
     that CPU profiles show the time orjson takes apart from the rest of prepare()."""
@@ -160,7 +170,6 @@ class PartitionRunner:
         self._telemetry = telemetry or Telemetry()
         # With observability on, thread calls carry the batch span (see workers/telemetry.py).
         self._run_in_thread = self._telemetry.carry_context(run_in_thread)
-        self._prepare = self._telemetry.traced_prepare(prepare)
         self._insert = insert
         limits = target.pipeline.batch
         self._limits = (limits.max_rows, limits.max_bytes, limits.max_wait_ms / 1000.0)
@@ -519,7 +528,7 @@ class PartitionRunner:
     async def _commit(self, batch: Batch) -> None:
         msgs = batch.messages
         pipeline = self.target.pipeline
-        prepared: Prepared = await self._run_in_thread(self._prepare, msgs, self._mapper, self.target)
+        prepared: Prepared = await self._run_in_thread(self._prepare, msgs)
         if prepared.dead:
             for dl in prepared.dead:
                 log.warning(
@@ -551,6 +560,22 @@ class PartitionRunner:
         s.last_batch_at = time.time()
         s.pending = last.pending
         self._telemetry.batch_committed(self.target, msgs, prepared)
+
+    def _prepare(self, msgs: list[tuple]) -> Prepared:
+        """prepare() in the insert thread, under the telemetry's `map` span(s)."""
+        if not self._telemetry.per_message_spans:
+            with self._telemetry.map(self.target, msgs) as mapped:
+                prepared = prepare(msgs, self._mapper, self.target)
+                mapped(prepared)
+                return prepared
+        # Each message parsed and mapped on its own, so that each span times one message;
+        # this costs, hence opt-in (observability.traces.per_message_spans).
+        parts = []
+        for msg in msgs:
+            with self._telemetry.map_message(msg) as mapped:
+                parts.append(prepare([msg], self._mapper, self.target))
+                mapped(parts[-1])
+        return join_prepared(parts)
 
     async def _retrying(self, what: str, fn: Callable[..., Awaitable[Any]], *args: Any, keep_alive: list[tuple] | None = None) -> Any:
         """Await fn(*args) until it succeeds, backing off (capped, jittered) between tries.

@@ -194,7 +194,10 @@ class Worker:
                 # objects per insert); collected here, it never adds up.
                 self._gc_at = now
                 gc.collect()
-            self._send({"op": "stats", "partitions": {f"{k[0]}/{k[1]}": vars(r.stats) for k, r in self._runners.items()}})
+            self._send({
+                "op": "stats", "partitions": {f"{k[0]}/{k[1]}": vars(r.stats) for k, r in self._runners.items()},
+                "telemetry_dropped": self._telemetry.dropped(),
+            })
             await asyncio.sleep(1.0)
 
     async def _control_loop(self) -> None:
@@ -233,8 +236,11 @@ class Worker:
         log.info("acquired partition %s", runner.name, extra={"pipeline": pipeline, "partition": index})
 
     def _insert_columns(self, table: str, database: str, names: tuple[str, ...], columns: list[list]) -> int:
-        # Off, the telemetry object's insert is the plain sink.insert.
-        return self._telemetry.insert(self._client, table, database, names, columns, self._features)
+        statement = sink.insert_statement(table, database, names)
+        rows = len(columns[0]) if columns else 0
+        # The telemetry's spans and timing wrap the call; with a trace, settings carry its context to the server.
+        with self._telemetry.insert(self._client, table, database, statement, rows, self._features) as settings:
+            return sink.send_insert(self._client, statement, columns, settings)
 
     def _pending(self) -> list[tuple[str, int, int]]:
         """(pipeline, partition, pending) per owned partition, for the consumer.pending gauge."""

@@ -131,6 +131,17 @@ def test_dlq_list(dead_letters):
     assert len(limited.stdout.splitlines()) == 2
 
 
+def test_command_line_tools_print_only_their_result(dead_letters):
+    # A clean close of the NATS connection is the end of a normal run, not a warning.
+    path, _, originals = dead_letters
+    for args in (("dlq", "list"), ("dlq", "show", "1"), ("check", "--connect")):
+        result = cli(*args, "--config", str(path))
+        assert "disconnected from nats" not in result.stderr + result.stdout, args
+    listed = cli("dlq", "list", "--config", str(path))
+    assert (listed.returncode, listed.stderr) == (0, "")
+    assert len(listed.stdout.splitlines()) == len(originals)
+
+
 def test_dlq_show(dead_letters):
     path, config, originals = dead_letters
     result = cli("dlq", "show", "1", "--config", str(path))

@@ -179,6 +179,16 @@ def test_status_table_shows_problems_and_never_run_batches():
     assert render_status_table(None) == "supervisor is starting (no status yet)\n"
 
 
+def test_status_shows_what_telemetry_dropped_while_its_endpoint_was_down():
+    workers = [Handle(slot, stats={"op": "stats", "partitions": {}, "telemetry_dropped": {"traces": 10 * slot, "logs": 2}})
+               for slot in (1, 2)]
+    snap = PoolView(wall=lambda: NOW).snapshot(workers, draining=False)
+    assert [w["telemetry_dropped"] for w in snap["workers"]] == [{"traces": 10, "logs": 2}, {"traces": 20, "logs": 2}]
+    assert "telemetry dropped while its OTLP endpoint was unreachable: traces 30, logs 4" in render_status_table(snap, now=NOW)
+    quiet = PoolView(wall=lambda: NOW).snapshot([Handle(0, stats={"op": "stats", "partitions": {}})], draining=False)
+    assert "telemetry" not in render_status_table(quiet, now=NOW)
+
+
 def test_parse_listen():
     assert parse_listen("127.0.0.1:9470") == ("127.0.0.1", 9470)
     assert parse_listen("[::1]:0") == ("::1", 0)

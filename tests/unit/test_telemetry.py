@@ -33,13 +33,25 @@ def _config(**observability):
 # -- traceparent ---------------------------------------------------------------------
 
 
+def _traceparent(trace_id: int, span_id: int) -> str:
+    """What a producer's propagator writes for a sampled span."""
+    from opentelemetry import trace
+
+    ctx = trace.SpanContext(trace_id, span_id, is_remote=False, trace_flags=trace.TraceFlags(1))
+    span = trace.NonRecordingSpan(ctx)
+    return telemetry.traceparent_of(trace.set_span_in_context(span))
+
+
 def test_traceparent_round_trip_and_rejects():
-    tp = telemetry.format_traceparent(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, 1)
+    tp = _traceparent(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331)
     assert tp == "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    assert telemetry.parse_traceparent(tp) == (0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, 1)
+    sc = telemetry.remote_span_context({"traceparent": tp})
+    assert (sc.trace_id, sc.span_id, int(sc.trace_flags), sc.is_remote) == (
+        0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, 1, True)
     for bad in (None, "", "garbage", "00-" + "0" * 32 + "-b7ad6b7169203331-01", "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-                "00-0af7651916cd43dd8448eb211c80319z-b7ad6b7169203331-01", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"):
-        assert telemetry.parse_traceparent(bad) is None
+                "00-0af7651916cd43dd8448eb211c80319z-b7ad6b7169203331-01"):
+        assert telemetry.remote_span_context({"traceparent": bad}) is None
+    assert telemetry.remote_span_context({}) is None
 
 
 def test_current_traceparent_is_none_outside_spans():
@@ -58,7 +70,9 @@ def test_off_builds_nothing_and_every_method_is_a_no_op():
     assert t.inject({"op": "drain"}) == {"op": "drain"}
     run = object()
     assert t.carry_context(run) is run
-    assert t.traced_prepare(len) is len
+    insert = t.insert(None, "t", "db", "INSERT", 0, None)
+    with t.map(None, []) as mapped, t.map_message(None) as mapped_one, insert as settings:
+        assert mapped(None) is None and mapped_one(None) is None and settings is None
     t.retry("insert", RuntimeError()), t.batch_committed(None, [], None), t.worker_restarted(1), t.shutdown()
     assert {th.name for th in threading.enumerate()} == before
 
@@ -74,16 +88,14 @@ def test_resource_names_the_process_and_respects_otel_service_name(monkeypatch):
 
 
 def test_batch_links_are_deduplicated_and_capped():
-    from opentelemetry import trace
-
     t = telemetry.OtelTelemetry.__new__(telemetry.OtelTelemetry)  # only the link logic, no providers
-    t._trace, t._max_links = trace, 3
+    t._max_links = 3
     def raw(headers):  # a delivery as workers/wire.py hands it over: raw NATS headers
         lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         return (b"events.0.k", b"$JS.ACK.EVENTS.c.1.1.1.1.0", b"{}", f"NATS/1.0\r\n{lines}\r\n".encode())
 
-    msgs = [raw({"traceparent": telemetry.format_traceparent(i + 1, i + 1, 1)}) for i in range(5)]
-    msgs.insert(0, raw({"traceparent": telemetry.format_traceparent(1, 1, 1), "Nats-Msg-Id": "x"}))  # a repeat
+    msgs = [raw({"traceparent": _traceparent(i + 1, i + 1)}) for i in range(5)]
+    msgs.insert(0, raw({"traceparent": _traceparent(1, 1), "Nats-Msg-Id": "x"}))  # a repeat
     msgs.insert(0, (b"events.0.k", b"$JS.ACK.EVENTS.c.1.1.1.1.0", b"{}", None))
     msgs.insert(0, raw({"traceparent": "nonsense"}))
     links = t._links(msgs)
@@ -231,7 +243,7 @@ def test_extract_decodes_plain_base64_and_never_writes_outside_the_directory(tmp
 
 
 def test_per_message_map_spans_give_the_same_columns_as_one_batch():
-    from workers.partition import PartitionTarget, prepare
+    from workers.partition import PartitionTarget, join_prepared, prepare
     from workers.schema import ServerFeatures, TableColumn, compile_mapper
 
     config = _config()
@@ -241,6 +253,78 @@ def test_per_message_map_spans_give_the_same_columns_as_one_batch():
     msgs = [(f"e.0.k{i}".encode(), f"$JS.ACK.S.c.1.{i + 1}.{i + 1}.1700000000000000000.0".encode(), b, None)
             for i, b in enumerate(bodies)]
     whole = prepare(msgs, mapper, target)
-    joined = telemetry._join_prepared([prepare([m], mapper, target) for m in msgs])
+    joined = join_prepared([prepare([m], mapper, target) for m in msgs])
     assert (joined.columns, joined.rows, joined.row_msgs) == (whole.columns, whole.rows, whole.row_msgs) == ([["a", "c", "d"], [1, 3, 4]], 3, [0, 3, 4])
     assert sorted(d.stream_seq for d in joined.dead) == sorted(d.stream_seq for d in whole.dead) == [2, 3]
+
+
+@pytest.mark.parametrize("per_message", [False, True])
+def test_the_partition_prepares_under_map_spans(per_message):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from workers.partition import PartitionRunner, PartitionTarget, prepare
+    from workers.schema import ServerFeatures, TableColumn, compile_mapper
+
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    t = telemetry.OtelTelemetry.__new__(telemetry.OtelTelemetry)  # its span hooks on an in-memory tracer
+    t.tracer, t.per_message_spans = provider.get_tracer("test"), per_message
+    runner = PartitionRunner.__new__(PartitionRunner)  # only _prepare: no connection needed
+    runner._telemetry = t
+    runner._mapper = compile_mapper("t", [TableColumn("id", "String")], (), ServerFeatures.from_version((18, 16)))
+    runner.target = PartitionTarget(pipeline=_config().pipelines[0], index=0, consumer="c", worker=0)
+    bodies = [b'{"id": "a"}', b"nope", b'{"id": "c"}']
+    msgs = [(b"e.0.k", f"$JS.ACK.S.c.1.{i + 1}.{i + 1}.1700000000000000000.0".encode(), b, None)
+            for i, b in enumerate(bodies)]
+    prepared = runner._prepare(msgs)
+    whole = prepare(msgs, runner._mapper, runner.target)
+    assert (prepared.columns, prepared.row_msgs, len(prepared.dead)) == (whole.columns, whole.row_msgs, 1)
+    assert (whole.columns, whole.row_msgs) == ([["a", "c"]], [0, 2])
+    spans = exported.get_finished_spans()
+    assert {s.name for s in spans} == {"map"}
+    if per_message:
+        assert [s.attributes["messaging.message.body.size"] for s in spans] == [len(b) for b in bodies]
+        assert [s.attributes.get("error.type") for s in spans] == [None, "invalid_json", None]
+    else:
+        (span,) = spans
+        assert dict(span.attributes) == {"messaging.batch.message_count": 3, "db.collection.name": "t",
+                                         "jetsink.rows": 2, "jetsink.dead_lettered": 1}
+
+
+def test_the_insert_hook_wraps_the_call_in_prepare_and_send_and_hands_the_server_its_trace():
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from workers.schema import ServerFeatures
+
+    exported, reader = InMemorySpanExporter(), InMemoryMetricReader()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    t = telemetry.OtelTelemetry.__new__(telemetry.OtelTelemetry)
+    t.tracer = provider.get_tracer("test")
+    t._instruments(MeterProvider(metric_readers=[reader]).get_meter("test"))
+    statement = "INSERT INTO `db`.`t` (`id`) VALUES"
+    with t.span("batch") as batch:
+        with t.insert(None, "t", "db", statement, 2, ServerFeatures.from_version((23, 8))) as settings:
+            pass
+        failing = t.insert(None, "t", "db", statement, 2, ServerFeatures.from_version((18, 16)))
+        with pytest.raises(ConnectionError), failing as old:
+            raise ConnectionError("gone")
+    assert old is None  # 18.16 has no trace context in its protocol
+    spans = [s for s in exported.get_finished_spans() if s.name != "batch"]
+    assert [s.name for s in spans] == ["clickhouse.prepare", "clickhouse.send", "clickhouse.prepare", "clickhouse.send"]
+    assert all(s.parent.span_id == batch.get_span_context().span_id for s in spans)
+    send = spans[1]
+    ctx = send.context
+    assert settings == {"opentelemetry_traceparent": f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"}
+    assert send.attributes["db.query.text"] == statement and send.attributes["db.operation.batch.size"] == 2
+    assert spans[3].attributes["error.type"] == "ConnectionError" and not spans[3].status.is_ok
+    (metric,) = [m for rm in reader.get_metrics_data().resource_metrics for sm in rm.scope_metrics for m in sm.metrics]
+    assert metric.name == "jetsink.insert.duration"
+    assert sorted(p.count for p in metric.data.data_points) == [1, 1]  # one ok, one with error.type
