@@ -191,6 +191,8 @@ def health(snapshot: Mapping | None, now: float | None = None, stale_after_s: fl
 METRICS = (
     # name, type, help, label names
     ("jetsink_supervisor_start_time_seconds", "gauge", "Start time of the supervisor (unix seconds).", ()),
+    ("jetsink_instance_info", "gauge", "1, labelled with this supervisor's instance_id.", ("instance_id",)),
+    ("jetsink_instances_live", "gauge", "Live instances sharing the partitions (the members bucket).", ()),
     ("jetsink_draining", "gauge", "1 while the supervisor drains its workers for shutdown.", ()),
     ("jetsink_worker_up", "gauge", "1 when the worker slot's process runs and reported ready.", ("slot",)),
     ("jetsink_worker_pid", "gauge", "Process id of the worker slot.", ("slot",)),
@@ -237,6 +239,9 @@ def pool_metrics(snapshot: Mapping | None) -> list[Metric]:
 
     if snapshot:
         add("jetsink_supervisor_start_time_seconds", (), snapshot.get("started_at", 0.0))
+        if snapshot.get("instance_id"):
+            add("jetsink_instance_info", (snapshot["instance_id"],), 1)
+            add("jetsink_instances_live", (), len(snapshot.get("instances") or ()))
         add("jetsink_draining", (), bool(snapshot.get("draining")))
     pending_seen: set[tuple[str, str]] = set()
     for w in snapshot.get("workers") or []:
