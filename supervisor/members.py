@@ -105,6 +105,12 @@ async def live_member(nc: Any, instance_id: str) -> bool:
     return decode(instance_id, entry.value, 0.0) is not None
 
 
+def _revision(exc: Exception) -> int:
+    """The revision of a deleted key's marker (nats-py's get() raises KeyNotFoundError carrying it), else 0."""
+    entry = getattr(exc, "entry", None)
+    return int(entry.revision or 0) if entry is not None else 0
+
+
 class Solo:
     """Membership of an instance that shares with no one (no NATS)."""
 
@@ -251,15 +257,13 @@ class Membership:
             try:
                 entry = await self._kv.get(self.instance_id)
                 last = entry.revision if decode(self.instance_id, entry.value, 0.0) is None else None
-            except nats.js.errors.KeyNotFoundError:
-                last = 0
-            except nats.js.errors.KeyDeletedError as exc:
-                last = exc.entry.revision
+            except nats.js.errors.KeyNotFoundError as exc:  # get() raises it for a deleted key too
+                last = _revision(exc)
             if last is not None:
                 try:
                     return await self._put(last)
                 except nats.js.errors.KeyWrongLastSequenceError:
-                    pass  # someone was quicker: look again
+                    await asyncio.sleep(0.05)  # someone was quicker: look again
             elif time.monotonic() >= deadline:
                 raise MembershipError(
                     f"instance_id {self.instance_id!r} is live in the members bucket {BUCKET} (another supervisor "
@@ -314,10 +318,8 @@ class Membership:
             entry = await self._kv.get(self.instance_id)
             found = decode(self.instance_id, entry.value, 0.0)
             revision = entry.revision
-        except nats.js.errors.KeyNotFoundError:
-            found, revision = None, 0
-        except nats.js.errors.KeyDeletedError as exc:
-            found, revision = None, exc.entry.revision
+        except nats.js.errors.KeyNotFoundError as exc:
+            found, revision = None, _revision(exc)
         if found is not None and found[1] != self._incarnation:
             self.error = (f"instance_id {self.instance_id!r} was taken by another supervisor "
                           f"({found[0].info.get('host')}, pid {found[0].info.get('pid')}); stopping")
