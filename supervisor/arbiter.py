@@ -38,6 +38,7 @@ from supervisor.cluster import share
 from supervisor.config import ConfigError, load_config
 from supervisor.members import Membership, Solo, instances
 from supervisor.profiler import ProfileScheduler
+from supervisor.schemas import SchemaBook
 from supervisor.status import PoolView, StatusServer, address_file, member_info, summary
 from supervisor.systemd import Notifier
 from workers import exitcodes
@@ -194,6 +195,7 @@ class Arbiter:
         self._next_status = 0.0
         self._view = PoolView()
         self._snapshot: dict | None = None  # replaced, never mutated: the status thread reads it
+        self._schemas = SchemaBook()  # the tables' versions as the workers read them
         self._status_server: StatusServer | None = None
         # Observability (built in run()): spans, metrics, CPU profiles of the workers.
         self._telemetry = otel.Telemetry()
@@ -203,6 +205,11 @@ class Arbiter:
     @property
     def exit_code(self) -> int:
         return self._exit_code
+
+    @property
+    def snapshot(self) -> dict | None:
+        """The latest status snapshot (what /status serves)."""
+        return self._snapshot
 
     @property
     def workers(self) -> dict[int, WorkerHandle]:
@@ -400,6 +407,7 @@ class Arbiter:
         snapshot = self._view.snapshot(self._workers.values(), draining=self._draining_since is not None)
         address = self._status_server.address if self._status_server is not None else None
         self._members.publish((p for w in self._workers.values() for p in w.holds()), member_info(snapshot, address))
+        snapshot["schemas"] = self._schemas.snapshot(s for s, w in self._workers.items() if w.alive)
         self._snapshot = {**snapshot, "instance_id": self.config.instance_id,
                           "instances": instances(self._members.view(), self.config.instance_id)}
         now = time.monotonic()
@@ -447,11 +455,12 @@ class Arbiter:
         self._halted = True
 
     def handle_hup(self) -> None:
-        """Reload config.yaml: resize in place, or drain and restart the workers with it."""
+        """Reload config.yaml: resize in place, or drain and restart the workers with it; read every table again."""
         if self._ignored_while_draining("SIGHUP"):
             return
         self._notifier.reloading()
         self._reload()
+        self._refresh_schemas()
         # READY=1 again once every worker of the (possibly new) generation is ready.
         self._announced_ready = False
 
@@ -510,6 +519,8 @@ class Arbiter:
         elif op == "released":
             w.releasing -= parts
             w.owned -= parts
+        elif op == "schema":
+            self._schemas.seen(w.slot, msg)
         elif op == "fatal":
             log.error("worker %d cannot start: %s", w.slot, msg.get("error"), extra={"slot": w.slot})
 
@@ -656,6 +667,14 @@ class Arbiter:
             w = self._handle(slot)
             if not w.alive and w.restart_at is None:
                 self._spawn(w)
+
+    def _refresh_schemas(self) -> None:
+        """SIGHUP: every running worker reads its tables again now (config changed or not)."""
+        running = [w for w in self._workers.values() if w.ready and not w.draining]
+        if running:
+            log.info("SIGHUP: workers read every table again")
+        for w in running:
+            self._tell(w, "supervisor.refresh_schema", {"op": "refresh_schema"})
 
     # -- workers ----------------------------------------------------------------
 

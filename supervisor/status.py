@@ -44,6 +44,7 @@ Snapshot schema (plain JSON-friendly data):
          "admin": "host:port" | None, "workers": int, "ready": int, "partitions": [...],
          "rows_per_s": float, "lag": int, "draining": bool, "host": str, "pid": int, "started_at": float},
       ],
+      "schemas": {"events": {...}},   # per pipeline, its table's version (supervisor/schemas.py)
     }
 
 `pool_metrics` (prometheus_client metric families, rendered by `render_prometheus`) and
@@ -212,7 +213,10 @@ METRICS = (
     ("jetsink_last_batch_timestamp_seconds", "gauge", "When the partition's last batch was committed (unix seconds).",
      ("slot", "pipeline", "partition")),
     ("jetsink_consumer_pending", "gauge", "Messages left in the partition's consumer (lag), as of the last delivery.",
-     ("pipeline", "partition")),
+     ("pipeline", "partition")),    ("jetsink_schema_changes_total", "counter",
+     "Changes of the pipeline's table (columns added, dropped or retyped) the workers found.", ("pipeline", "table")),
+    ("jetsink_schema_read_timestamp_seconds", "gauge",
+     "When a worker last read the pipeline's table (unix seconds).", ("pipeline", "table")),
 )
 
 _COUNTERS = {
@@ -265,6 +269,10 @@ def pool_metrics(snapshot: Mapping | None) -> list[Metric]:
             if (pipeline, index) not in pending_seen:
                 pending_seen.add((pipeline, index))
                 add("jetsink_consumer_pending", (pipeline, index), stats.get("pending", 0))
+    for pipeline, t in sorted((snapshot.get("schemas") or {}).items()):
+        labels = (pipeline, t.get("table", ""))
+        add("jetsink_schema_changes_total", labels, t.get("changes", 0))
+        add("jetsink_schema_read_timestamp_seconds", labels, t.get("read_at") or 0.0)
     return list(families.values())
 
 
@@ -360,6 +368,7 @@ def render_status_table(snapshot: Mapping | None, now: float | None = None) -> s
             ))
         widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
         lines += ["  ".join(cell.ljust(width) for cell, width in zip(r, widths)).rstrip() for r in table]
+    lines += _schema_table(snapshot.get("schemas") or {}, now)
     dropped: dict[str, int] = {}
     for w in workers:
         for signal, n in (w.get("telemetry_dropped") or {}).items():
@@ -371,6 +380,30 @@ def render_status_table(snapshot: Mapping | None, now: float | None = None) -> s
     if problems and not snapshot.get("draining"):
         lines += ["", "unhealthy:"] + [f"  {p}" for p in problems]
     return "\n".join(lines) + "\n"
+
+
+def _schema_table(schemas: Mapping, now: float) -> list[str]:
+    """Per pipeline: its table, schema version (hash), when it was read, changes; workers still on another version."""
+    if not schemas:
+        return []
+    header = ("PIPELINE", "TABLE", "SCHEMA", "SINCE", "READ", "CHANGES")
+    rows = [header]
+    notes = []
+    for pipeline, t in sorted(schemas.items()):
+        since, read_at = float(t.get("since") or 0.0), float(t.get("read_at") or 0.0)
+        rows.append((
+            pipeline, str(t.get("table", "")), str(t.get("digest") or "-"),
+            f"{_age(max(0.0, now - since))} ago" if since else "-",
+            f"{_age(max(0.0, now - read_at))} ago" if read_at else "never",
+            str(t.get("changes", 0)),
+        ))
+        behind = sorted(s for s, d in (t.get("slots") or {}).items() if d != t.get("digest"))
+        if behind:
+            notes.append(f"  {pipeline}: worker(s) {', '.join(behind)} still on an older schema")
+        if t.get("problem"):
+            notes.append(f"  {pipeline}: {t['problem']}")
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return ["", *("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows), *notes]
 
 
 # --------------------------------------------------------------------------- the HTTP server

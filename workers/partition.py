@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from itertools import chain, compress, count, repeat
 from operator import itemgetter, not_
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 
 import orjson
 
@@ -29,6 +29,7 @@ from workers.acks import ACK_ALL, ACK_EXPLICIT, AckTracker
 from workers.batch import Batch
 from workers.dlq import DeadLetter, publish_dead_letters
 from workers.schema import ColumnMapper
+from workers.table_schema import TableSchema
 from workers.telemetry import Telemetry
 from workers.topology import PRIORITY_GROUP
 
@@ -73,6 +74,7 @@ class Prepared:
     row_msgs: list[int]  # for each row, the index of its message in the batch
     dead: list[DeadLetter] = field(default_factory=list)
     redelivered: bool = False  # the batch holds redeliveries (its ack then needs the highest sequence)
+    mapper: Any = None  # the ColumnMapper that mapped it (set by workers/table_schema.py)
 
 
 def prepare(batch_msgs: list[tuple], mapper: ColumnMapper, target: PartitionTarget) -> Prepared:
@@ -159,14 +161,14 @@ class PartitionRunner:
         self,
         nc: Any,
         target: PartitionTarget,
-        mapper: ColumnMapper,
+        schema: TableSchema,
         run_in_thread: Callable[..., Awaitable[Any]],
-        insert: Callable[[list[list]], int],
+        insert: Callable[[Sequence[str], list[list]], int],
         telemetry: Telemetry | None = None,
     ) -> None:
         self._nc = nc
         self.target = target
-        self._mapper = mapper
+        self._schema = schema  # the table's current mapper; it follows changes of the table
         self._telemetry = telemetry or Telemetry()
         # With observability on, thread calls carry the batch span (see workers/telemetry.py).
         self._run_in_thread = self._telemetry.carry_context(run_in_thread)
@@ -528,7 +530,7 @@ class PartitionRunner:
     async def _commit(self, batch: Batch) -> None:
         msgs = batch.messages
         pipeline = self.target.pipeline
-        prepared: Prepared = await self._run_in_thread(self._prepare, msgs)
+        prepared: Prepared = await self._run_in_thread(self._schema.prepare, self._prepare, msgs, self.target)
         if prepared.dead:
             for dl in prepared.dead:
                 log.warning(
@@ -537,14 +539,19 @@ class PartitionRunner:
                 )
             await self._retrying("dlq publish", publish_dead_letters, self._nc, pipeline.dlq_stream, pipeline.dlq_subject, prepared.dead)
         if prepared.rows:
-            refused = await self._retrying(
-                "insert", self._run_in_thread, faults.isolate_bad_rows, self._insert, prepared.columns, prepared.rows, keep_alive=msgs
+            # A table changed under the batch has its rows mapped again (remapped: what the new mapping refused).
+            refused, remapped = await self._retrying(
+                "insert", self._run_in_thread, self._schema.store, self._prepare, self._insert, msgs, prepared,
+                self.target, keep_alive=msgs,
             )
-            if refused:
-                letters = [_dead_letter(msgs[prepared.row_msgs[i]], self.target, "insert_rejected", faults.describe(exc)) for i, exc in refused]
+            if refused or remapped:
+                letters = remapped + [
+                    _dead_letter(msgs[i], self.target, "insert_rejected", error) for i, error in refused
+                ]
                 for dl in letters:
                     log.warning(
-                        "ClickHouse refused %s seq %d, dead-lettered: %s", dl.subject, dl.stream_seq, dl.error,
+                        "%s %s seq %d, dead-lettered: %s", "ClickHouse refused" if dl.reason == "insert_rejected"
+                        else f"the changed table refuses ({dl.reason})", dl.subject, dl.stream_seq, dl.error,
                         extra=self._log_extra,
                     )
                 await self._retrying("dlq publish", publish_dead_letters, self._nc, pipeline.dlq_stream, pipeline.dlq_subject, letters, keep_alive=msgs)
@@ -561,11 +568,15 @@ class PartitionRunner:
         s.pending = last.pending
         self._telemetry.batch_committed(self.target, msgs, prepared)
 
-    def _prepare(self, msgs: list[tuple]) -> Prepared:
-        """prepare() in the insert thread, under the telemetry's `map` span(s)."""
+    def _prepare(self, msgs: list[tuple], mapper: ColumnMapper, target: PartitionTarget) -> Prepared:
+        """prepare() in the insert thread, under the telemetry's `map` span(s).
+
+        The table's schema (workers/table_schema.py) calls it with its current mapper,
+        and again with a new one when the table changed under the batch.
+        """
         if not self._telemetry.per_message_spans:
-            with self._telemetry.map(self.target, msgs) as mapped:
-                prepared = prepare(msgs, self._mapper, self.target)
+            with self._telemetry.map(target, msgs) as mapped:
+                prepared = prepare(msgs, mapper, target)
                 mapped(prepared)
                 return prepared
         # Each message parsed and mapped on its own, so that each span times one message;
@@ -573,7 +584,7 @@ class PartitionRunner:
         parts = []
         for msg in msgs:
             with self._telemetry.map_message(msg) as mapped:
-                parts.append(prepare([msg], self._mapper, self.target))
+                parts.append(prepare([msg], mapper, target))
                 mapped(parts[-1])
         return join_prepared(parts)
 

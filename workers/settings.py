@@ -223,6 +223,10 @@ class Pipeline:
     delivery: str = key(
         Choice("exactly_once", "at_least_once"), "The delivery guarantee. Accepted now; the workers read it once "
         "issue 14 lands (until then delivery is at least once, see docs/architecture.md).", "exactly_once")
+    schema_refresh_s: float = key(
+        Seconds(allow_zero=True), "How often each worker reads the table's columns again, so that an added or "
+        "widened column is used without a restart (0 = never; SIGHUP and a failed insert still read it). See "
+        "[Changing a table while jetsink runs](operations.md#changing-a-table-while-jetsink-runs).", 30.0)
 
 
 @dataclass(frozen=True, slots=True)

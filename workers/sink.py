@@ -98,6 +98,18 @@ def build_mapper(
     if not columns:
         db, name = split_table(table, database)
         raise LookupError(f"table {db}.{name} does not exist")
+    return compile_columns(client, table, columns, overrides, features, unknown_keys)
+
+
+def compile_columns(
+    client: Client,
+    table: str,
+    columns: Sequence[TableColumn],
+    overrides: Sequence[Any],
+    features: ServerFeatures,
+    unknown_keys: str = "ignore",
+) -> ColumnMapper:
+    """The ColumnMapper of `columns` as read from the table (evaluates its constant DEFAULTs; raises SchemaError)."""
     return compile_mapper(
         table, columns, overrides, features, constant_defaults(client, columns), unknown_keys, server_timezone(client)
     )

@@ -4,9 +4,10 @@ The supervisor spawns `main()` (spawn context, so no threads or sockets are inhe
 and talks to it over a pipe with small dict messages:
 
     supervisor -> worker   {"op": "assign"|"release", "partitions": [[pipeline, index], ...]}
-                           {"op": "drain"}
+                           {"op": "drain"}, {"op": "refresh_schema"} (read every table again now)
     worker -> supervisor   {"op": "ready"}, {"op": "assigned"|"released", "partitions": [...]},
-                           {"op": "stats", ...}, {"op": "drained"}
+                           {"op": "stats", ...}, {"op": "drained"},
+                           {"op": "schema", ...} after each read of a table (workers/table_schema.py)
 
 Every control message may carry "traceparent": the supervisor span that caused it.
 Liveness is a heartbeat the event loop writes into shared memory: if the loop is
@@ -27,14 +28,15 @@ import time
 from functools import partial
 from typing import Any
 
-from workers import exitcodes, native, sink
+from workers import exitcodes, faults, native, sink
 from workers.logs import setup_logging
 from workers.settings import Config, profiles_dir
 from workers.topology import consumer_name
 from workers.connections import clickhouse_client, clickhouse_where, connect_nats
 from workers.partition import PartitionRunner, PartitionTarget
 from workers.profiling import memory_profile
-from workers.schema import SchemaError, ServerFeatures
+from workers.schema import ServerFeatures
+from workers.table_schema import SchemaWatch, TableSchema
 from workers.telemetry import Telemetry
 from workers.telemetry import setup as setup_telemetry
 
@@ -97,10 +99,12 @@ class Worker:
         self._telemetry.observe_pending(self._pending)
         self._send({"op": "ready", "pid": os.getpid()})
         beats = asyncio.create_task(self._beat_loop())
+        schema_reads = asyncio.create_task(self._schemas.run())
         try:
             await self._control_loop()
         finally:
             beats.cancel()
+            schema_reads.cancel()
             await self._nc.drain() if self._nc.is_connected else await self._nc.close()
             self._pool.shutdown(wait=True)
         return exitcodes.OK
@@ -122,15 +126,19 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         self._features = ServerFeatures.from_version(version)
-        self._mappers = {}
+        loop = asyncio.get_running_loop()
+
+        def report(msg: dict) -> None:  # from the insert thread: the pipe is the loop's
+            loop.call_soon_threadsafe(self._send, msg)
+
+        tables = {}
         for p in cfg.pipelines:
+            tables[p.name] = TableSchema.for_pipeline(self._client, p, cfg.clickhouse.database, self._features, report)
             try:
-                self._mappers[p.name] = await self._in_thread(
-                    sink.build_mapper, self._client, p.table, cfg.clickhouse.database, p.columns, self._features,
-                    p.unknown_keys,
-                )
-            except (SchemaError, LookupError) as exc:  # a table we cannot map: restarting will not help
+                await self._in_thread(tables[p.name].read, "start")
+            except faults.TableUnusable as exc:  # a table we cannot map: restarting will not help
                 raise BootError(f"pipelines {p.name}: {exc}") from exc
+        self._schemas = SchemaWatch(tables, self._in_thread)
         delay = 0.5
         while True:
             try:
@@ -213,6 +221,8 @@ class Worker:
                 elif op == "release":
                     await self._release([tuple(p) for p in msg["partitions"]])
                     self._send({"op": "released", "partitions": msg["partitions"]})
+                elif op == "refresh_schema":
+                    self._schemas.refresh_all()
                 elif op == "drain":
                     log.info("draining (%s)", msg.get("why", "asked"))
                     await self._release(list(self._runners))
@@ -227,10 +237,9 @@ class Worker:
             return
         p = self._pipelines[pipeline]
         db = self.config.clickhouse.database
-        mapper = self._mappers[pipeline]
-        insert = partial(self._insert_columns, p.table, db, mapper.column_names)
+        insert = partial(self._insert_columns, p.table, db)
         target = PartitionTarget(pipeline=p, index=index, consumer=consumer_name(pipeline, index), worker=self.slot)
-        runner = PartitionRunner(self._nc, target, mapper, self._in_thread, insert, self._telemetry)
+        runner = PartitionRunner(self._nc, target, self._schemas[pipeline], self._in_thread, insert, self._telemetry)
         await runner.start()
         self._runners[key] = runner
         log.info("acquired partition %s", runner.name, extra={"pipeline": pipeline, "partition": index})

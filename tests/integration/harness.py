@@ -198,10 +198,12 @@ class Load(threading.Thread):
     PubAck is de-duplicated by JetStream; `published` counts acked events only.
     """
 
-    def __init__(self, nats_url: str, prefix: str, start: int, count: int, rate: float, keys: int = 16) -> None:
+    def __init__(self, nats_url: str, prefix: str, start: int, count: int, rate: float, keys: int = 16,
+                 make: Callable[[int], dict] | None = None) -> None:
         super().__init__(daemon=True)
         self.nats_url, self.prefix, self.start_at = nats_url, prefix, start
         self.count, self.rate, self.keys = count, rate, keys
+        self.make = make  # event i; default bench.events.make_event
         self.published = 0
         self.errors = 0
         self.error: BaseException | None = None
@@ -228,7 +230,7 @@ class Load(threading.Thread):
                 ahead = n / self.rate - (time.monotonic() - t0)
                 if ahead > 0:
                     await asyncio.sleep(ahead)  # pacing the load, not waiting for an event
-                ev = make_event(i)
+                ev = (self.make or make_event)(i)
                 data = orjson.dumps(ev)
                 while True:
                     try:

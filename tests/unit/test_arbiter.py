@@ -221,3 +221,18 @@ def test_hup_with_only_workers_changed_resizes_in_place(tmp_path, arbiters):
     assert {s: arb.workers[s].process.pid for s in pids} == pids  # resized, not restarted
     assert arb.config.workers == 3
     ownership_log(tmp_path)
+
+
+def test_hup_with_config_unchanged_has_every_worker_read_its_tables_again(tmp_path, arbiters):
+    arb = arbiters(tmp_path, arbiter_targets.obedient)
+    turn_until(arb, lambda: settled(arb), "every partition owned")
+    pids = {s: w.process.pid for s, w in arb.workers.items()}
+    assert not (arb.snapshot or {}).get("schemas")
+    arb.signal(signal.SIGHUP)
+
+    def reports() -> dict:
+        return ((arb.snapshot or {}).get("schemas") or {}).get("events", {}).get("slots", {})
+    assert turn_until(arb, lambda: len(reports()) == 2 and reports(), "both workers' schema reports") == {
+        "0": "d1", "1": "d1"}
+    assert {s: w.process.pid for s, w in arb.workers.items()} == pids  # nothing restarted
+    assert arb.snapshot["schemas"]["events"]["digest"] == "d1"

@@ -161,7 +161,7 @@ def test_prometheus_of_nothing_declares_every_metric_without_samples():
     text = render_prometheus(None)
     types, values = scrape(text)
     assert values == {}
-    assert len(types) == len([line for line in text.splitlines() if line.startswith("# TYPE ")]) == 17
+    assert len(types) == len([line for line in text.splitlines() if line.startswith("# TYPE ")]) == len(METRICS) == 19
 
 
 def test_status_table():
@@ -259,7 +259,9 @@ def test_docs_list_every_metric_with_its_type_and_labels():
 def test_served_metrics_are_the_declared_ones():
     declared = {name: (kind, set(labels)) for name, kind, _, labels in METRICS}
     served = {}
-    for family in pool_metrics(snapshot()):
+    schemas = {"events": {"table": "default.events", "digest": "3f2a", "since": NOW - 60, "read_at": NOW - 1,
+                          "changes": 1, "columns": 3, "problem": None, "slots": {"0": "3f2a"}}}
+    for family in pool_metrics({**snapshot(), "schemas": schemas}):
         for sample in family.samples:
             served[sample.name] = (family.type, set(sample.labels))
     assert {name: declared[name] for name in served} == served

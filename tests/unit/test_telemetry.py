@@ -146,13 +146,13 @@ def test_the_partition_prepares_under_map_spans(per_message):
     t.tracer, t.per_message_spans = provider.get_tracer("test"), per_message
     runner = PartitionRunner.__new__(PartitionRunner)  # only _prepare: no connection needed
     runner._telemetry = t
-    runner._mapper = compile_mapper("t", [TableColumn("id", "String")], (), ServerFeatures.from_version((18, 16)))
-    runner.target = PartitionTarget(pipeline=_config().pipelines[0], index=0, consumer="c", worker=0)
+    mapper = compile_mapper("t", [TableColumn("id", "String")], (), ServerFeatures.from_version((18, 16)))
+    target = PartitionTarget(pipeline=_config().pipelines[0], index=0, consumer="c", worker=0)
     bodies = [b'{"id": "a"}', b"nope", b'{"id": "c"}']
     msgs = [(b"e.0.k", f"$JS.ACK.S.c.1.{i + 1}.{i + 1}.1700000000000000000.0".encode(), b, None)
             for i, b in enumerate(bodies)]
-    prepared = runner._prepare(msgs)
-    whole = prepare(msgs, runner._mapper, runner.target)
+    prepared = runner._prepare(msgs, mapper, target)
+    whole = prepare(msgs, mapper, target)
     assert (prepared.columns, prepared.row_msgs, len(prepared.dead)) == (whole.columns, whole.row_msgs, 1)
     assert (whole.columns, whole.row_msgs) == ([["a", "c"]], [0, 2])
     spans = exported.get_finished_spans()
