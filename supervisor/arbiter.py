@@ -34,10 +34,12 @@ from urllib.parse import urlsplit
 
 from supervisor import provision
 from supervisor.assignment import Partition, assign, rebalance
+from supervisor.cluster import share
 from supervisor.config import ConfigError, load_config
+from supervisor.members import Membership, Solo, instances
 from supervisor.profiler import ProfileScheduler
 from supervisor.schemas import SchemaBook
-from supervisor.status import PoolView, StatusServer, address_file, summary
+from supervisor.status import PoolView, StatusServer, address_file, member_info, summary
 from supervisor.systemd import Notifier
 from workers import exitcodes
 from workers import telemetry as otel
@@ -166,8 +168,15 @@ class WorkerHandle:
 class Arbiter:
     """Runs the worker pool for one Config until TERM/INT/QUIT; `run()` returns the exit code."""
 
-    def __init__(self, config: Config, target: WorkerTarget = worker_main.main, timings: Timings = Timings()) -> None:
+    def __init__(self, config: Config, target: WorkerTarget = worker_main.main, timings: Timings = Timings(),
+                 membership: Any = None) -> None:
         self.config = config
+        # The live instances that share the partitions (supervisor/members.py); run() joins
+        # the members bucket unless one is given (tests give a Solo or their own).
+        self._members: Any = membership if membership is not None else Solo(config.instance_id)
+        self._own_members = membership is None
+        self._members_seen: Any = None  # the view the desired assignment was computed from
+        self._elsewhere: frozenset[Partition] = frozenset()  # held by other live instances
         self._target = target
         self._timings = timings
         self._ctx = multiprocessing.get_context("spawn")
@@ -223,6 +232,7 @@ class Arbiter:
                 self._start_servers()
                 self._provision(self.config)
                 self._start_status_server()
+                self._join()
                 self.start()
             while self.turn():
                 pass
@@ -234,6 +244,7 @@ class Arbiter:
             self._exit_code = exitcodes.BOOT
         finally:
             self.stop()
+            self._members.stop()  # after the drain: the others take over at once
             self._stop_observability()
             for server in reversed(self._servers):
                 server.stop()
@@ -248,8 +259,8 @@ class Arbiter:
         self._signals.put_nowait(sig)
 
     def start(self) -> None:
-        """Assign every partition to the configured slots and spawn their workers."""
-        self._desired = assign(self._partitions(self.config), self._size)
+        """Assign this instance's share of the partitions to the configured slots and spawn their workers."""
+        self._desired = assign(self._share(self.config), self._size)
         for slot in range(self._size):
             self._spawn(self._handle(slot))
         log.info("supervising %d workers over %d partitions", self._size, sum(map(len, self._desired.values())))
@@ -294,6 +305,38 @@ class Arbiter:
                                            address_file=address_file(self.config))
         self._status_server.start()  # it logs its address
 
+    def _join(self) -> None:
+        if self._own_members:
+            self._members = Membership(self.config)
+            # A previous run of this instance that was killed still has a key until its TTL ends.
+            self._members.start(wait_s=2 * self.config.instance_ttl_s)
+
+    def _share(self, config: Config) -> list[Partition]:
+        """This instance's partitions: sticky bounded rendezvous over the live instances (supervisor/cluster.py)."""
+        view = self._members.view()
+        me = self.config.instance_id
+        holdings = {k: m.holds for k, m in view.items() if k != me}
+        holdings[me] = frozenset(p for w in self._workers.values() for p in w.holds())
+        self._members_seen = {k: m.holds for k, m in view.items() if k != me}
+        self._elsewhere = frozenset(p for k, ps in self._members_seen.items() for p in ps)
+        return list(share(self._partitions(config), [*view, me], holdings)[me])
+
+    def _follow_members(self) -> None:
+        """Recompute the desired assignment when an instance joined, left, took or gave up partitions."""
+        if self._members.error is not None and self._draining_since is None:
+            log.error("%s", self._members.error)
+            self._exit_code = exitcodes.BOOT
+            self._shutdown("membership lost")
+            return
+        view = self._members.view()
+        me = self.config.instance_id
+        if {k: m.holds for k, m in view.items() if k != me} == self._members_seen:
+            return
+        before = set(view) - {me}
+        self._desired = rebalance(self._desired, self._share(self.config), self._size)
+        log.info("instances %s: %d partitions here", ", ".join(sorted(before | {me})),
+                 sum(map(len, self._desired.values())))
+
     @staticmethod
     def _provision(config: Config) -> None:
         provision.check_tables(config)
@@ -317,6 +360,7 @@ class Arbiter:
         self._reap()
         self._profile()
         self._report()
+        self._follow_members()
         if self._draining_since is not None:
             return not self._drained()
         if self._exit_code != exitcodes.OK:
@@ -329,6 +373,8 @@ class Arbiter:
     def _sleep(self, timeout: float) -> None:
         """Wait for a signal, a worker's message or exit, or the next restart that is due."""
         waitables: list[Any] = [] if self._wake_r is None else [self._wake_r]
+        if self._members.fileno() is not None:
+            waitables.append(self._members.fileno())
         for w in self._workers.values():
             waitables += w.waitables()
         due = [w.restart_at for w in self._workers.values() if w.restart_at is not None]
@@ -359,8 +405,11 @@ class Arbiter:
     def _report(self) -> None:
         """Publish the status snapshot and talk to systemd (READY, STATUS, WATCHDOG)."""
         snapshot = self._view.snapshot(self._workers.values(), draining=self._draining_since is not None)
+        address = self._status_server.address if self._status_server is not None else None
+        self._members.publish((p for w in self._workers.values() for p in w.holds()), member_info(snapshot, address))
         snapshot["schemas"] = self._schemas.snapshot(s for s, w in self._workers.items() if w.alive)
-        self._snapshot = snapshot
+        self._snapshot = {**snapshot, "instance_id": self.config.instance_id,
+                          "instances": instances(self._members.view(), self.config.instance_id)}
         now = time.monotonic()
         n = self._notifier
         if not n.enabled:
@@ -480,6 +529,8 @@ class Arbiter:
     def _reconcile(self) -> None:
         """Release what a worker should not own; assign what it should, once free."""
         held: dict[Partition, int] = {p: w.slot for w in self._workers.values() if w.alive for p in w.holds()}
+        # Release before acquire across instances too: not while another live instance holds it.
+        held.update((p, -1) for p in self._elsewhere if p not in held)
         for w in self._workers.values():
             if not w.ready or w.draining:
                 continue
@@ -570,7 +621,7 @@ class Arbiter:
     def _resize(self, size: int, why: str) -> None:
         old = self._size
         self._size = size
-        self._desired = rebalance(self._desired, self._partitions(self.config), size)
+        self._desired = rebalance(self._desired, self._share(self.config), size)
         for slot in range(size):
             w = self._handle(slot)
             w.retiring = False
@@ -604,7 +655,7 @@ class Arbiter:
         log.info("SIGHUP: config changed; restarting workers with it")
         self.config = new
         self._size = new.workers
-        self._desired = rebalance(self._desired, self._partitions(new), new.workers)
+        self._desired = rebalance(self._desired, self._share(new), new.workers)
         for slot, w in list(self._workers.items()):
             if slot >= new.workers:
                 w.retiring = True

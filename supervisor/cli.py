@@ -69,9 +69,15 @@ def _check(config: Config, connect: bool) -> int:
     from workers.connections import connect_nats
 
     async def ping_nats() -> None:
+        from supervisor.members import BUCKET, live_member
+
         nc = await connect_nats(config.nats, name="jetsink-check")
         try:
             await nc.jetstream().account_info()
+            if await live_member(nc, config.instance_id):
+                raise provision.ProvisionError(
+                    f"instance_id {config.instance_id!r} is live in the members bucket {BUCKET}: another supervisor "
+                    "runs with it; give each instance its own instance_id")
         finally:
             await nc.close()
 

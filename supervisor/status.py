@@ -38,6 +38,12 @@ Snapshot schema (plain JSON-friendly data):
           "telemetry_dropped": {"traces": int, "metrics": int, "logs": int},  # OTLP endpoint down
         },
       ],
+      "instance_id": str,         # this supervisor's (config instance_id)
+      "instances": [              # every live instance sharing the partitions, this one first
+        {"instance_id": str, "self": bool, "holds": ["events/0", ...], "seen_s_ago": float | None,
+         "admin": "host:port" | None, "workers": int, "ready": int, "partitions": [...],
+         "rows_per_s": float, "lag": int, "draining": bool, "host": str, "pid": int, "started_at": float},
+      ],
       "schemas": {"events": {...}},   # per pipeline, its table's version (supervisor/schemas.py)
     }
 
@@ -142,6 +148,20 @@ class PoolView:
         return round(rate, 1)
 
 
+def member_info(snapshot: Mapping, admin: str | None) -> dict:
+    """What this instance publishes in its members key for the others' `status` (supervisor/members.py)."""
+    workers = snapshot.get("workers") or []
+    return {
+        "admin": admin,
+        "workers": len(workers),
+        "ready": sum(1 for w in workers if w.get("ready")),
+        "partitions": sorted(p for w in workers for p in w.get("partitions") or ()),
+        "rows_per_s": round(sum(float(w.get("rows_per_s", 0.0)) for w in workers), 1),
+        "lag": sum(int(s.get("pending", 0)) for w in workers for s in (w.get("stats") or {}).values()),
+        "draining": bool(snapshot.get("draining")),
+    }
+
+
 def health(snapshot: Mapping | None, now: float | None = None, stale_after_s: float = STALE_AFTER_S) -> list[str]:
     """Why the pool is not healthy; empty when every worker is up, ready and beating."""
     if not snapshot:
@@ -172,6 +192,8 @@ def health(snapshot: Mapping | None, now: float | None = None, stale_after_s: fl
 METRICS = (
     # name, type, help, label names
     ("jetsink_supervisor_start_time_seconds", "gauge", "Start time of the supervisor (unix seconds).", ()),
+    ("jetsink_instance_info", "gauge", "1, labelled with this supervisor's instance_id.", ("instance_id",)),
+    ("jetsink_instances_live", "gauge", "Live instances sharing the partitions (the members bucket).", ()),
     ("jetsink_draining", "gauge", "1 while the supervisor drains its workers for shutdown.", ()),
     ("jetsink_worker_up", "gauge", "1 when the worker slot's process runs and reported ready.", ("slot",)),
     ("jetsink_worker_pid", "gauge", "Process id of the worker slot.", ("slot",)),
@@ -221,6 +243,9 @@ def pool_metrics(snapshot: Mapping | None) -> list[Metric]:
 
     if snapshot:
         add("jetsink_supervisor_start_time_seconds", (), snapshot.get("started_at", 0.0))
+        if snapshot.get("instance_id"):
+            add("jetsink_instance_info", (snapshot["instance_id"],), 1)
+            add("jetsink_instances_live", (), len(snapshot.get("instances") or ()))
         add("jetsink_draining", (), bool(snapshot.get("draining")))
     pending_seen: set[tuple[str, str]] = set()
     for w in snapshot.get("workers") or []:
@@ -328,6 +353,21 @@ def render_status_table(snapshot: Mapping | None, now: float | None = None) -> s
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [head, ""] + ["  ".join(cell.ljust(width) for cell, width in zip(r, widths)).rstrip() for r in rows]
+    members = snapshot.get("instances") or []
+    if members:
+        lines += ["", f"instances ({len(members)} live, this one is {snapshot.get('instance_id')}):", ""]
+        table = [("INSTANCE", "ADMIN", "WORKERS", "PARTITIONS", "ROWS/S", "LAG")]
+        for m in members:
+            table.append((
+                m["instance_id"] + (" *" if m.get("self") else ""),
+                str(m.get("admin") or "-"),
+                f"{m.get('ready', 0)}/{m.get('workers', 0)}",
+                _partition_list(m.get("partitions") or m.get("holds") or ()),
+                f"{float(m.get('rows_per_s', 0.0)):.1f}",
+                str(m.get("lag", 0)),
+            ))
+        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+        lines += ["  ".join(cell.ljust(width) for cell, width in zip(r, widths)).rstrip() for r in table]
     lines += _schema_table(snapshot.get("schemas") or {}, now)
     dropped: dict[str, int] = {}
     for w in workers:

@@ -31,6 +31,7 @@ from workers.dlq import DeadLetter, publish_dead_letters
 from workers.schema import ColumnMapper
 from workers.table_schema import TableSchema
 from workers.telemetry import Telemetry
+from workers.topology import PRIORITY_GROUP
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class PartitionStats:
     insert_retries: int = 0
     last_batch_at: float = 0.0  # wall-clock time of the last committed batch
     pending: int = 0  # consumer's messages left, from the last delivery's ack subject
+    pins_lost: int = 0  # 423s: the consumer's pin went to another puller (or a new consumer leader)
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,11 @@ class PartitionRunner:
         self._ack_wait_s = 30.0
         self._keepalive_at = 0.0  # when held messages last got an in-progress ack
         self._dirty_since = 0.0
+        # The consumer's pin (priority group, pinned_client): the server admits one puller
+        # at a time, so two owners can never pull together. None until the first pinned
+        # delivery; a 423 takes it away.
+        self._pin: str | None = None
+        self._pinned_from = 0  # consumer sequence of the first delivery under the pin
         self.stats = PartitionStats()
         self._log_extra = {"pipeline": target.pipeline.name, "partition": target.index}  # on every log line
 
@@ -215,6 +222,10 @@ class PartitionRunner:
                 "holding acks until they are redelivered and stored", self.name, info.num_ack_pending,
                 extra=self._log_extra,
             )
+        # The supervisor hands a partition over only once its previous owner released it
+        # or died: a pin still set is a dead puller's, and would park our pulls until the
+        # priority timeout ran out.
+        await self._unpin()
         self._sub = await self._nc.subscribe(self._inbox, cb=_unused, pending_msgs_limit=-1, pending_bytes_limit=-1)
         wire.route(self._nc, self._sub, self._on_msgs)
         self._tasks = [
@@ -241,6 +252,11 @@ class PartitionRunner:
         self._wake.set()
         try:
             await asyncio.gather(*self._tasks)
+            if self._pin is not None:
+                # Drained and acked: hand the pin back so that the next owner's first pull gets it.
+                self._pin_ended("released")
+                await self._nc.flush()
+                await self._unpin()
         finally:
             if self._sub is not None:
                 wire.unroute(self._nc, self._sub)
@@ -282,6 +298,8 @@ class PartitionRunner:
                     self._on_status(m)
         if not deliveries:
             return
+        if self._pin is None:
+            self._pinned(deliveries)
         self._delivered += len(deliveries)
         self._batch.extend(deliveries)
         # Messages of a request we already counted as over (a 409 on server shutdown
@@ -298,12 +316,53 @@ class PartitionRunner:
         if status == intake.HEARTBEAT:
             return
         description = headers.get("Description")
-        if status == intake.CONFLICT and description != "Batch Completed" and not (self.dirty and "MaxAckPending" in (description or "")):
-            # "Batch Completed" is the normal end of a request capped by max_bytes; while
-            # acks are held, reaching max_ack_pending is expected.
+        if status == intake.PIN_LOST:
+            # Another puller holds the pin (an instance that took the partition while views
+            # differed), or a new consumer leader forgot it: pull no more with this id. The
+            # next request goes without one and waits until the pin is free.
+            self.stats.pins_lost += 1
+            if self._pin is not None:
+                self._pin_ended(f"lost ({description})")
+            self._outstanding = 0
+            self._wake.set()
+            return
+        if status == intake.CONFLICT and description != "Batch Completed" and "Leadership Change" not in (description or "") \
+                and not (self.dirty and "MaxAckPending" in (description or "")):
+            # "Batch Completed" is the normal end of a request capped by max_bytes, a
+            # leadership change that of a failover; while acks are held, reaching
+            # max_ack_pending is expected.
             log.warning("pull on %s ended: %s", self.name, description)
         self._outstanding = 0
         self._wake.set()
+
+    def _pinned(self, deliveries: list[tuple]) -> None:
+        """The first pinned delivery carries the pin's id (Nats-Pin-Id)."""
+        for m in deliveries:
+            raw = m[HEADERS]
+            if raw is not None and intake.PIN_HEADER in raw:
+                self._pin = wire.parse_headers(raw).get("Nats-Pin-Id") or None
+                self._pinned_from = intake.parse_ack_subject(m[REPLY]).consumer_seq
+                # A record per pin (tests/integration/test_instances.py reads them): two owners
+                # at once would show as overlapping consumer-sequence ranges.
+                log.info("partition %s pinned (pin %s) from consumer sequence %d", self.name, self._pin,
+                         self._pinned_from, extra={**self._log_extra, "pin": self._pin,
+                                                   "first_consumer_seq": self._pinned_from})
+                return
+
+    def _pin_ended(self, why: str) -> None:
+        log.info("partition %s unpinned (pin %s, %s) after consumer sequence %d", self.name, self._pin, why,
+                 self._tracker.last_seen, extra={**self._log_extra, "pin": self._pin,
+                                                 "first_consumer_seq": self._pinned_from,
+                                                 "last_consumer_seq": self._tracker.last_seen})
+        self._pin = None
+
+    async def _unpin(self) -> None:
+        """Release the consumer's pin (whoever holds it); an answer that it had none is fine."""
+        subject = intake.unpin_subject(self.target.pipeline.stream, self.target.consumer)
+        try:
+            await self._nc.request(subject, orjson.dumps({"group": PRIORITY_GROUP}), timeout=5.0)
+        except Exception as exc:  # noqa: BLE001 - the pin then times out on the server by itself
+            log.warning("partition %s: unpin failed: %s", self.name, exc or type(exc).__name__, extra=self._log_extra)
 
     def _pipeline_idle(self) -> bool:
         """No request open, nothing received unstored: the moment to compare with the consumer."""
@@ -383,7 +442,7 @@ class PartitionRunner:
     async def _request(self, n: int, max_bytes: int) -> None:
         self._outstanding = n
         self._request_deadline = time.monotonic() + self._expires_s + 2.0
-        body = intake.pull_request(n, self._expires_s, max_bytes if max_bytes > 0 else None)
+        body = intake.pull_request(n, self._expires_s, max_bytes if max_bytes > 0 else None, PRIORITY_GROUP, self._pin)
         await self._nc.publish(self._next_subject, body, reply=self._inbox)
 
     # -- acks -------------------------------------------------------------------
@@ -392,7 +451,8 @@ class PartitionRunner:
         """Dirty and idle: ask the consumer whether every unacked message is one we hold;
         if so, one AckAll settles them all and acks flow per batch again."""
         info = await self._consumer_info()
-        reply = self._tracker.reconcile(info.num_ack_pending or 0, info.delivered.consumer_seq or 0)
+        floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+        reply = self._tracker.reconcile(info.num_ack_pending or 0, info.delivered.consumer_seq or 0, floor or 0)
         if not self._tracker.dirty:
             log.info(
                 "partition %s: every unacked message is stored; acking per batch again", self.name,

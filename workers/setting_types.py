@@ -164,6 +164,9 @@ ENV_NAME = Pattern(_IDENT, "an environment variable name", "environment variable
 STREAM_NAME = Pattern(r"[^\s.*>/\\\x00-\x1f\x7f]+", "a stream name without spaces, '.', '*', '>' or slashes",
                       "stream name")
 HOSTNAME = Pattern(r"\S+", "a host name or address", "string")
+# A key of the members KV bucket (letters, digits, '-', '_', '='; dots inside, as in host names).
+INSTANCE_ID = Pattern(r"[A-Za-z0-9_=-]+(\.[A-Za-z0-9_=-]+)*", "a name of letters, digits, '-', '_' and inner dots",
+                      "`[A-Za-z0-9_=-]+`, dots inside")
 
 
 @dataclass(frozen=True, init=False)

@@ -10,6 +10,7 @@ downstream ever sees raw YAML.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -18,6 +19,7 @@ from typing import Any, Mapping
 from workers.setting_types import (
     HOSTNAME,
     IDENTIFIER,
+    INSTANCE_ID,
     PIPELINE_NAME,
     STREAM_NAME,
     TABLE_NAME,
@@ -117,6 +119,10 @@ class NatsConfig:
     nkey_seed_file: Path | None = key(FilePath(must_exist=True), "An nkey seed file.", None)
     tls: TLSConfig | None = section(TLSConfig, "See [tls](#tls).", optional=True)
     connect_timeout_s: float = key(Seconds(), "Connection timeout.", 5.0)
+    replicas: int | None = key(
+        Int(1, 5), "Replicas of the streams, KV buckets and consumers the supervisor creates (an existing stream "
+        "with fewer is scaled up). Without it: 3 when the server it connects to is in a cluster of 3 or more "
+        "(its INFO lists the cluster's servers), else 1.", None, default_doc="derived")
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +301,15 @@ class Config:
     state_dir: Path = key(
         FilePath(), "Runtime state: embedded servers' data, profiles. Created by the supervisor.",
         yaml_default="./var", default_doc="`./var`")
+    instance_id: str = key(
+        INSTANCE_ID, "This supervisor's name among the instances that share the pipelines' partitions (one per "
+        "host; two on one host need distinct `instance_id`, `state_dir` and `admin.listen`). It is the instance's "
+        "key in the members KV bucket: a second supervisor with the id of a live one does not start, and `check "
+        "--connect` rejects it. See [many hosts](operations.md#many-hosts).", factory=socket.gethostname,
+        default_doc="the host name")
+    instance_ttl_s: int = key(
+        Int(1, 600, unit="seconds"), "How long the instance's membership outlives its last heartbeat (it beats "
+        "every third of it): the other instances take a dead one's partitions about this long after it died.", 5)
     log_level: str = key(Choice("debug", "info", "warning", "error"), "Case-insensitive.", "info")
     nats: NatsConfig = section(NatsConfig, "See [nats](#nats).")
     clickhouse: ClickHouseConfig = section(ClickHouseConfig, "See [clickhouse](#clickhouse).")

@@ -674,3 +674,15 @@ def declaration_at(path: tuple) -> tuple[type, Any]:
             return cls, f
         cls = check.cls
     raise AssertionError(path)
+
+
+def test_instance_id_defaults_to_the_host_name():
+    import socket
+
+    assert parse_config(minimal(), REPO).instance_id == socket.gethostname()
+    assert parse_config(with_("instance_id", "host-a.example"), REPO).instance_id == "host-a.example"
+
+
+@pytest.mark.parametrize("bad", ["a b", ".a", "a.", "a*", "a>b", ""])
+def test_instance_id_must_be_a_members_key(bad):
+    assert only_problem(with_("instance_id", bad)).startswith("instance_id: expected a name")

@@ -102,7 +102,9 @@ def snapshot(**worker: Any) -> dict:
     w = {"slot": 0, "pid": 100, "ready": True, "restarts": 0, "partitions": ["events/0"], "rows_per_s": 10.0,
          "last_batch_at": NOW - 1, "heartbeat_age_s": 0.5, "stats": {"events/0": stats(5, pending=3, last_batch_at=NOW - 1)}}
     w.update(worker)
-    return {"started_at": NOW - 3700, "taken_at": NOW, "draining": False, "workers": [w]}
+    return {"started_at": NOW - 3700, "taken_at": NOW, "draining": False, "workers": [w], "instance_id": "a",
+            "instances": [{"instance_id": "a", "self": True, "holds": ["events/0"]},
+                          {"instance_id": "b", "self": False, "holds": ["events/1"]}]}
 
 
 def test_health():
@@ -159,7 +161,7 @@ def test_prometheus_of_nothing_declares_every_metric_without_samples():
     text = render_prometheus(None)
     types, values = scrape(text)
     assert values == {}
-    assert len(types) == len([line for line in text.splitlines() if line.startswith("# TYPE ")]) == len(METRICS) == 17
+    assert len(types) == len([line for line in text.splitlines() if line.startswith("# TYPE ")]) == len(METRICS) == 19
 
 
 def test_status_table():
@@ -264,3 +266,16 @@ def test_served_metrics_are_the_declared_ones():
             served[sample.name] = (family.type, set(sample.labels))
     assert {name: declared[name] for name in served} == served
     assert set(served) == set(declared)
+
+
+def test_metrics_name_the_instance_and_count_the_live_ones():
+    _, values = scrape(render_prometheus(snapshot()))
+    assert values[("jetsink_instance_info", (("instance_id", "a"),))] == 1
+    assert values[("jetsink_instances_live", ())] == 2
+
+
+def test_status_table_lists_every_instance():
+    table = render_status_table(snapshot(), now=NOW)
+    assert "instances (2 live, this one is a)" in table
+    assert any(line.startswith("a *") for line in table.splitlines())
+    assert any(line.startswith("b ") and "events:1" in line for line in table.splitlines())
