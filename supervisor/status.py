@@ -103,7 +103,7 @@ class PoolView:
         self._samples: dict[int, tuple[int | None, float, int, float]] = {}
 
     def snapshot(self, workers: Iterable[Any], draining: bool) -> dict:
-        """A new snapshot of `workers` (objects shaped like arbiter.WorkerHandle).
+        """A new snapshot of `workers` (objects shaped like worker_handle.WorkerHandle).
 
         Reads, per worker: slot, process (.pid) or None, ready, restarts, owned: the
         partitions it consumes (assignment.Partition, ordered by pipeline and index),

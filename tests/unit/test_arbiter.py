@@ -18,7 +18,8 @@ import arbiter_targets
 import pytest
 import yaml
 
-from supervisor.arbiter import Arbiter, Timings
+from supervisor.arbiter import Arbiter
+from supervisor.worker_handle import Timings
 from supervisor.assignment import Partition
 from supervisor.config import load_config
 from workers import exitcodes

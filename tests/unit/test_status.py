@@ -31,7 +31,7 @@ def stats(inserted: int = 0, pending: int = 0, last_batch_at: float = 0.0, **mor
 
 
 @dataclass
-class Handle:  # shaped like arbiter.WorkerHandle
+class Handle:  # shaped like worker_handle.WorkerHandle
     slot: int
     pid: int | None = 100
     ready: bool = True
@@ -197,7 +197,7 @@ def test_parse_listen():
 
 
 def test_snapshot_of_the_arbiters_own_worker_handles():
-    from supervisor.arbiter import WorkerHandle
+    from supervisor.worker_handle import WorkerHandle
 
     w = WorkerHandle(slot=2)
     w.owned = {Partition("events", 10), Partition("events", 2)}
