@@ -32,6 +32,8 @@ _DROPPED_PREFIXES = (
     # Publish preconditions: those of the DLQ write, or of the producer's original
     # publish, which held then and would fail or mislead now.
     "nats-expected-",
+    # The DLQ's de-duplication id (source stream:sequence), not the producer's.
+    "nats-msg-id",
 )
 
 
@@ -56,7 +58,7 @@ def original_subject(pattern: str, stored: str) -> str:
 
 
 def replay_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
-    """The producer's headers of a dead letter: all but Jetsink-* and Nats-Expected-*."""
+    """The producer's headers of a dead letter: all but Jetsink-*, Nats-Expected-* and Nats-Msg-Id."""
     return {k: v for k, v in (headers or {}).items() if not k.lower().startswith(_DROPPED_PREFIXES)}
 
 

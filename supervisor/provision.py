@@ -14,6 +14,7 @@ from nats.js import api
 from nats.js.errors import NotFoundError
 
 from supervisor.config import Config, Pipeline
+from workers.commits import bucket_name
 from workers.topology import consumer_name, partition_filter, transform_destination
 from workers import sink
 from workers.connections import clickhouse_client, clickhouse_where, connect_nats
@@ -58,6 +59,8 @@ async def provision_streams(config: Config) -> None:
             await _ensure_stream(js, p)
             await _ensure_dlq(js, p)
             await _ensure_consumers(js, p)
+            if p.delivery == "exactly_once":
+                await _ensure_commits(js, p)
     finally:
         await nc.close()
 
@@ -95,6 +98,29 @@ async def _ensure_dlq(js: Any, p: Pipeline) -> None:
         return
     if p.dlq_subject not in (info.config.subjects or []):
         raise ProvisionError(f"pipelines {p.name}: dlq stream {p.dlq_stream} exists but does not take subject {p.dlq_subject!r}")
+
+
+async def _ensure_commits(js: Any, p: Pipeline) -> None:
+    """The KV bucket of the pipeline's commit states (workers/commits.py), replicated like its stream."""
+    bucket = bucket_name(p.name)
+    replicas = (await js.stream_info(p.stream)).config.num_replicas or 1
+    try:
+        kv = await js.key_value(bucket)
+    except NotFoundError:
+        kv = None
+    if kv is not None:
+        have = (await js.stream_info(f"KV_{bucket}")).config.num_replicas or 1
+        if have != replicas:
+            log.warning(
+                "commit-state bucket %s has %d replicas, stream %s has %d; change it with `nats kv edit`",
+                bucket, have, p.stream, replicas, extra={"pipeline": p.name},
+            )
+        return
+    try:
+        await js.create_key_value(api.KeyValueConfig(bucket=bucket, history=1, replicas=replicas, storage=api.StorageType.FILE))
+    except Exception as exc:
+        raise ProvisionError(f"pipelines {p.name}: cannot create the commit-state bucket {bucket}: {exc}") from exc
+    log.info("created commit-state bucket %s (%d replicas)", bucket, replicas, extra={"pipeline": p.name})
 
 
 async def _ensure_consumers(js: Any, p: Pipeline) -> None:

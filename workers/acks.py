@@ -72,6 +72,15 @@ class AckTracker:
             held[intake.parse_ack_subject(m[REPLY]).stream_seq] = m[REPLY]
         return None
 
+    def continues(self, msgs: Sequence[tuple]) -> bool:
+        """Clean, and the batch continues the delivery numbering without a gap: once stored,
+        every message the consumer delivered up to the batch's last one is stored."""
+        if not self.clean:
+            return False
+        first = intake.parse_ack_subject(msgs[0][REPLY])
+        last = intake.parse_ack_subject(msgs[-1][REPLY])
+        return first.consumer_seq == self.last_seen + 1 and last.consumer_seq - first.consumer_seq + 1 == len(msgs)
+
     def _highest(self, msgs: Sequence[tuple]) -> bytes:
         """The ack subject of the batch's highest stream sequence.
 

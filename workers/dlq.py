@@ -21,6 +21,9 @@ H_PIPELINE = "Jetsink-Pipeline"
 H_WORKER = "Jetsink-Worker"
 H_TRACEPARENT = "traceparent"  # the producer's, unchanged
 H_BATCH_TRACEPARENT = "Jetsink-Traceparent"  # the batch span that dead-lettered it (observability on)
+# JetStream's de-duplication id: one per source message, so a message dead-lettered again
+# (its batch redelivered after a crash) is dropped by the DLQ stream's duplicate window.
+H_MSG_ID = "Nats-Msg-Id"
 
 _MAX_ERROR_CHARS = 1000
 
@@ -46,6 +49,11 @@ class DeadLetter:
     original_headers: Mapping[str, str] | None = None
     traceparent: str | None = None
 
+    @property
+    def msg_id(self) -> str:
+        """Source stream and sequence: the same for every attempt to dead-letter this message."""
+        return f"{self.stream}:{self.stream_seq}"
+
     def headers(self) -> dict[str, str]:
         """The NATS headers the dead letter carries."""
         hdrs = dict(self.original_headers or {})
@@ -58,6 +66,7 @@ class DeadLetter:
                 H_STREAM_SEQ: str(self.stream_seq),
                 H_PIPELINE: self.pipeline,
                 H_WORKER: str(self.worker),
+                H_MSG_ID: self.msg_id,
             }
         )
         if self.traceparent:

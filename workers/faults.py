@@ -21,6 +21,8 @@ from typing import Any, Callable
 
 from clickhouse_driver import errors as ch
 
+from workers import indoubt
+
 
 class Fault(enum.Enum):
     RETRYABLE = "retryable"
@@ -80,6 +82,7 @@ def isolate_bad_rows(insert: Callable[[list[list]], Any], columns: list[list], r
     whole batch, and rows already inserted by then may be inserted twice (at-least-once).
     """
     bad: list[tuple[int, BaseException]] = []
+    ident = indoubt.current.get()
     # A loop over a stack of row ranges, not a recursive closure: a closure that refers
     # to itself is a reference cycle, and it would keep every batch's columns alive
     # until the cyclic GC ran (and make that GC walk them all).
@@ -89,7 +92,11 @@ def isolate_bad_rows(insert: Callable[[list[list]], Any], columns: list[list], r
         # A copy per attempt: the driver rewrites some columns in place (UUIDs).
         part = [col[lo:hi] for col in columns]
         try:
-            insert(part)
+            if (lo, hi) == (0, rows) or ident is None:
+                insert(part)
+            else:
+                # A part of the batch is a block of its own: its own identity, the same on a resend.
+                indoubt.run_as(ident.part(lo, hi), insert, part)
             continue
         except Exception as exc:
             if classify(exc) is not Fault.ROWS:

@@ -14,6 +14,7 @@ consumers created with that policy by older versions).
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import random
 import time
@@ -24,12 +25,14 @@ from typing import Any, Awaitable, Callable
 
 import orjson
 
-from workers import faults, intake, wire
+from workers import commits, faults, indoubt, intake, wire
 from workers.acks import ACK_ALL, ACK_EXPLICIT, AckTracker
 from workers.batch import Batch
+from workers.commits import CommitLog, Range
 from workers.dlq import DeadLetter, publish_dead_letters
 from workers.schema import ColumnMapper
 from workers.telemetry import Telemetry
+from workers.topology import partition_filter
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,9 @@ class PartitionStats:
     insert_retries: int = 0
     last_batch_at: float = 0.0  # wall-clock time of the last committed batch
     pending: int = 0  # consumer's messages left, from the last delivery's ack subject
+    skipped_duplicates: int = 0  # deliveries at or below the stored sequence: acked, not stored again
+    in_doubt_landed: int = 0  # in-doubt batches a previous owner's insert had stored (not sent again)
+    in_doubt_resent: int = 0  # rows of in-doubt batches sent again not knowing whether they had landed
 
 
 @dataclass(frozen=True)
@@ -151,6 +157,9 @@ class PartitionRunner:
         run_in_thread: Callable[..., Awaitable[Any]],
         insert: Callable[[list[list]], int],
         telemetry: Telemetry | None = None,
+        landed: Callable[[str, float, float], bool | None] | None = None,
+        tokens: bool = False,
+        exit_hook: commits.ExitAfterInsert | None = None,
     ) -> None:
         self._nc = nc
         self.target = target
@@ -160,6 +169,12 @@ class PartitionRunner:
         self._run_in_thread = self._telemetry.carry_context(run_in_thread)
         self._prepare = self._telemetry.traced_prepare(prepare)
         self._insert = insert
+        # Exactly once (workers/commits.py): the commit state, opened at start; `landed`
+        # asks ClickHouse about an in-doubt insert (workers/indoubt.py, insert thread).
+        self._commits: CommitLog | None = None
+        self._landed = landed
+        self._tokens = tokens
+        self._exit_hook = exit_hook
         limits = target.pipeline.batch
         self._limits = (limits.max_rows, limits.max_bytes, limits.max_wait_ms / 1000.0)
         self._batch = self._new_batch()
@@ -197,6 +212,14 @@ class PartitionRunner:
         self._ack_policy = ACK_EXPLICIT if policy == ACK_EXPLICIT else ACK_ALL
         self._ack_wait_s = float(info.config.ack_wait or 30.0)
         self._tracker = AckTracker(info.delivered.consumer_seq or 0, info.num_ack_pending or 0)
+        if self.target.pipeline.delivery == "exactly_once":
+            if self._ack_policy == ACK_ALL:
+                self._commits = await self._open_commits()
+            else:
+                log.warning(
+                    "partition %s: exactly_once needs a consumer with per-batch acks; this one acks each message "
+                    "(an earlier version made it), so delivery is at least once", self.name, extra=self._log_extra,
+                )
         if self._ack_policy == ACK_ALL and self._tracker.dirty:
             self._dirty_since = time.monotonic()
             log.info(
@@ -210,6 +233,17 @@ class PartitionRunner:
             asyncio.create_task(self._pull_loop(), name=f"pull {self.name}"),
             asyncio.create_task(self._commit_loop(), name=f"commit {self.name}"),
         ]
+
+    async def _open_commits(self) -> CommitLog:
+        from nats.js.errors import BucketNotFoundError
+
+        try:
+            return await CommitLog.open(self._nc.jetstream(timeout=10.0), self.target.pipeline.name, self.target.index)
+        except BucketNotFoundError:
+            raise RuntimeError(
+                f"pipeline {self.target.pipeline.name}: KV bucket {commits.bucket_name(self.target.pipeline.name)} "
+                "is missing (the supervisor's provision creates it for delivery: exactly_once)"
+            ) from None
 
     async def _consumer_info(self) -> Any:
         js = self._nc.jetstream(timeout=10.0)
@@ -388,6 +422,10 @@ class PartitionRunner:
                 extra=self._log_extra,
             )
             if reply is not None:
+                if self._commits is not None:
+                    # Everything the consumer delivered is stored now: the held messages'
+                    # highest sequence is a watermark.
+                    await self._retrying("commit state", self._commits.stored, intake.parse_ack_subject(reply).stream_seq)
                 await self._settle([reply], intake.ACK)
         elif time.monotonic() - self._dirty_since > 2 * self._ack_wait_s + 30:
             self._dirty_since = time.monotonic()
@@ -429,6 +467,8 @@ class PartitionRunner:
     # -- commit -----------------------------------------------------------------
 
     async def _commit_loop(self) -> None:
+        if self._commits is not None and self._commits.state.inflight is not None:
+            await self._resolve_in_doubt(self._commits.state.inflight)
         while True:
             item = await self._sealed.get()
             if item is _STOP:
@@ -458,6 +498,43 @@ class PartitionRunner:
 
     async def _commit(self, batch: Batch) -> None:
         msgs = batch.messages
+        todo: Any = msgs
+        r: Range | None = None
+        redelivered: bool | None = None
+        skipped = 0
+        c = self._commits
+        if c is not None:
+            u = commits.unstored(msgs, c.state.stored)
+            todo, skipped, redelivered = u.msgs, u.skipped, not u.ordered
+            if todo and u.ordered and self._tracker.continues(msgs):
+                # The batch is exactly the partition's messages first..last and all below are
+                # stored: record it, so a next owner can settle it if we die mid-insert.
+                r = Range(u.first, u.last, len(todo), u.first_ts_ns, time.time())
+                await self._retrying("commit state", c.begin, r)
+        ident = self._identity(r) if r is not None else None
+        prepared = await self._store(todo, ident, r, keep_alive=msgs) if todo else Prepared(columns=[], rows=0, row_msgs=[])
+        if self._exit_hook is not None:
+            self._exit_hook.inserted(r, log)
+        if r is not None:
+            await self._retrying("commit state", c.stored, r.last)
+        await self._ack(msgs, prepared.redelivered if redelivered is None else redelivered)
+        last = intake.parse_ack_subject(msgs[-1][REPLY])
+        s = self.stats
+        s.consumed += len(msgs)
+        s.skipped_duplicates += skipped
+        s.inserted += prepared.rows
+        s.dead_lettered += len(prepared.dead)
+        s.batches += 1
+        s.last_batch_at = time.time()
+        s.pending = last.pending
+        self._telemetry.batch_committed(self.target, msgs, prepared)
+
+    def _identity(self, r: Range) -> indoubt.InsertIdentity:
+        return indoubt.identity(self.target.pipeline.name, self.target.index, r.first, r.last, r.first_ts_ns, self._tokens)
+
+    async def _store(self, msgs: list[tuple], ident: indoubt.InsertIdentity | None, r: Range | None, keep_alive: list[tuple] | None) -> Prepared:
+        """Map `msgs`, dead-letter what cannot be mapped, insert the rest (under `ident`) and
+        dead-letter the rows ClickHouse refuses; returns once all of it is confirmed."""
         pipeline = self.target.pipeline
         prepared: Prepared = await self._run_in_thread(self._prepare, msgs, self._mapper, self.target)
         if prepared.dead:
@@ -468,8 +545,9 @@ class PartitionRunner:
                 )
             await self._retrying("dlq publish", publish_dead_letters, self._nc, pipeline.dlq_stream, pipeline.dlq_subject, prepared.dead)
         if prepared.rows:
+            attempts = count()
             refused = await self._retrying(
-                "insert", self._run_in_thread, faults.isolate_bad_rows, self._insert, prepared.columns, prepared.rows, keep_alive=msgs
+                "insert", self._insert_once, ident, r, attempts, prepared, keep_alive=keep_alive
             )
             if refused:
                 letters = [_dead_letter(msgs[prepared.row_msgs[i]], self.target, "insert_rejected", faults.describe(exc)) for i, exc in refused]
@@ -478,19 +556,81 @@ class PartitionRunner:
                         "ClickHouse refused %s seq %d, dead-lettered: %s", dl.subject, dl.stream_seq, dl.error,
                         extra=self._log_extra,
                     )
-                await self._retrying("dlq publish", publish_dead_letters, self._nc, pipeline.dlq_stream, pipeline.dlq_subject, letters, keep_alive=msgs)
+                await self._retrying("dlq publish", publish_dead_letters, self._nc, pipeline.dlq_stream, pipeline.dlq_subject, letters, keep_alive=keep_alive)
                 prepared.rows -= len(letters)
                 prepared.dead.extend(letters)
-        await self._ack(msgs, prepared.redelivered)
-        last = intake.parse_ack_subject(msgs[-1][REPLY])
-        s = self.stats
-        s.consumed += len(msgs)
-        s.inserted += prepared.rows
-        s.dead_lettered += len(prepared.dead)
-        s.batches += 1
-        s.last_batch_at = time.time()
-        s.pending = last.pending
-        self._telemetry.batch_committed(self.target, msgs, prepared)
+        return prepared
+
+    async def _insert_once(self, ident: indoubt.InsertIdentity | None, r: Range | None, attempts: Any, prepared: Prepared) -> list:
+        """One attempt at the insert; a retry first asks ClickHouse whether the failed attempt landed."""
+        if next(attempts) and ident is not None and self._landed is not None:
+            if await self._run_in_thread(self._landed, ident.query_id, r.began_at, 10.0):
+                log.info(
+                    "partition %s: the failed insert of %d..%d had landed; not sending it again", self.name, r.first, r.last,
+                    extra=self._log_extra,
+                )
+                return []
+        return await self._run_in_thread(indoubt.run_as, ident, faults.isolate_bad_rows, self._insert, prepared.columns, prepared.rows)
+
+    async def _resolve_in_doubt(self, r: Range) -> None:
+        """A previous owner recorded batch r and died before recording it stored: find out whether
+        its insert landed; if that cannot be known, send the same batch again under the same identity."""
+        c = self._commits
+        ident = self._identity(r)
+        where = f"partition {self.name}: in-doubt batch {r.first}..{r.last} ({r.count} messages)"
+        verdict = None
+        if self._landed is not None:
+            verdict = await self._retrying("in-doubt check", self._run_in_thread, self._landed, ident.query_id, r.began_at, 60.0)
+        if verdict is True:
+            log.info("%s: its insert had landed; its redeliveries are acked without storing", where, extra=self._log_extra)
+            self.stats.in_doubt_landed += 1
+            await self._retrying("commit state", c.stored, r.last)
+            return
+        if verdict is False:
+            log.info("%s: its insert never landed; stored when redelivered", where, extra=self._log_extra)
+            await self._retrying("commit state", c.stored, c.state.stored)
+            return
+        msgs = await self._retrying("stream read", self._read_range, r)
+        if len(msgs) != r.count:
+            log.warning(
+                "%s: cannot tell whether its insert landed, and the stream now holds %d of its messages: stored "
+                "when redelivered (duplicates possible)", where, len(msgs), extra=self._log_extra,
+            )
+            await self._retrying("commit state", c.stored, c.state.stored)
+            return
+        prepared = await self._store(msgs, ident, r, keep_alive=None)
+        self.stats.in_doubt_resent += prepared.rows
+        dedup = "deduplicated by its token where the table deduplicates" if ident.token else "a duplicate if it had landed"
+        log.warning(
+            "%s: cannot tell whether its insert landed (ClickHouse restarted?); sent again as the same block "
+            "(%d rows, %s)", where, prepared.rows, dedup,
+            extra={**self._log_extra, "first_seq": r.first, "last_seq": r.last, "rows": prepared.rows},
+        )
+        await self._retrying("commit state", c.stored, r.last)
+
+    async def _read_range(self, r: Range) -> list[tuple]:
+        """The partition's messages r.first..r.last read from the stream, as deliveries with a
+        stand-in ack subject (never acked) that carries their stream sequence."""
+        p = self.target.pipeline
+        subject = f"$JS.API.STREAM.MSG.GET.{p.stream}"
+        pattern = partition_filter(p.subject, self.target.index)
+        out: list[tuple] = []
+        seq = r.first
+        while seq <= r.last and len(out) <= r.count:
+            reply = await self._nc.request(subject, orjson.dumps({"seq": seq, "next_by_subj": pattern}), timeout=10.0)
+            body = orjson.loads(reply.data)
+            if "error" in body:
+                if body["error"].get("code") == 404:
+                    break
+                raise RuntimeError(f"reading {p.stream} seq {seq}: {body['error']}")
+            m = body["message"]
+            if m["seq"] > r.last:
+                break
+            headers = base64.b64decode(m["hdrs"]) if m.get("hdrs") else None
+            ack = f"$JS.ACK.{p.stream}.{self.target.consumer}.1.{m['seq']}.0.0.0".encode()
+            out.append((m["subject"].encode(), ack, base64.b64decode(m.get("data") or b""), headers))
+            seq = m["seq"] + 1
+        return out
 
     async def _retrying(self, what: str, fn: Callable[..., Awaitable[Any]], *args: Any, keep_alive: list[tuple] | None = None) -> Any:
         """Await fn(*args) until it succeeds, backing off (capped, jittered) between tries.
@@ -504,6 +644,8 @@ class PartitionRunner:
             try:
                 return await fn(*args)
             except Exception as exc:
+                if isinstance(exc, commits.StaleCommitState):
+                    raise  # another owner, or a server that lost our write: stop (the worker restarts)
                 self.stats.insert_retries += 1
                 self._telemetry.retry(what, exc)
                 fault = faults.classify(exc)

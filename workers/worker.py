@@ -27,7 +27,7 @@ import time
 from functools import partial
 from typing import Any
 
-from workers import exitcodes, native, sink
+from workers import commits, exitcodes, indoubt, native, sink
 from workers.logs import setup_logging
 from workers.settings import Config, profiles_dir
 from workers.topology import consumer_name
@@ -73,6 +73,7 @@ class Worker:
         self._parent = os.getppid()
         self._nats_down_since: float | None = None
         self._gc_at = time.monotonic()
+        self._exit_hook = commits.ExitAfterInsert.from_env()  # tests only: the in-doubt batch on demand
 
     async def _in_thread(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args))
@@ -228,7 +229,11 @@ class Worker:
         mapper = self._mappers[pipeline]
         insert = partial(self._insert_columns, p.table, db, mapper.column_names)
         target = PartitionTarget(pipeline=p, index=index, consumer=consumer_name(pipeline, index), worker=self.slot)
-        runner = PartitionRunner(self._nc, target, mapper, self._in_thread, insert, self._telemetry)
+        runner = PartitionRunner(
+            self._nc, target, mapper, self._in_thread, insert, self._telemetry,
+            landed=partial(indoubt.landed, self._client), tokens=self._features.insert_deduplication_token,
+            exit_hook=self._exit_hook,
+        )
         await runner.start()
         self._runners[key] = runner
         log.info("acquired partition %s", runner.name, extra={"pipeline": pipeline, "partition": index})
