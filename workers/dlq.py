@@ -24,6 +24,7 @@ H_BATCH_TRACEPARENT = "Jetsink-Traceparent"  # the batch span that dead-lettered
 # JetStream's de-duplication id: one per source message, so a message dead-lettered again
 # (its batch redelivered after a crash) is dropped by the DLQ stream's duplicate window.
 H_MSG_ID = "Nats-Msg-Id"
+H_PRODUCER_MSG_ID = "Jetsink-Producer-Msg-Id"  # the producer's own Nats-Msg-Id, restored by a replay
 
 _MAX_ERROR_CHARS = 1000
 
@@ -57,6 +58,8 @@ class DeadLetter:
     def headers(self) -> dict[str, str]:
         """The NATS headers the dead letter carries."""
         hdrs = dict(self.original_headers or {})
+        if H_MSG_ID in hdrs:
+            hdrs[H_PRODUCER_MSG_ID] = hdrs[H_MSG_ID]
         hdrs.update(
             {
                 H_ERROR: _header_safe(self.error),
