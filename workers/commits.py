@@ -24,6 +24,7 @@ instead of moving the state backwards; the partition then stops and its worker r
 from __future__ import annotations
 
 import bisect
+import logging
 import os
 from dataclasses import dataclass
 from itertools import repeat
@@ -168,23 +169,33 @@ def unstored(msgs: Sequence[tuple], stored: int) -> Unstored:
 
 
 class ExitAfterInsert:
-    """Test hook: exit the process after the N-th insert of this worker returns (see EXIT_AFTER_INSERT_ENV)."""
+    """Test hook: exit the process after the N-th insert of this worker returns (see EXIT_AFTER_INSERT_ENV).
 
-    def __init__(self, n: int) -> None:
+    The variable holds "N" or "N:PATH"; with a PATH the hook fires once over all worker
+    generations (it creates the file, and a worker that finds it does not arm the hook).
+    """
+
+    def __init__(self, n: int, marker: str | None) -> None:
         self._left = n
+        self._marker = marker
 
     @classmethod
     def from_env(cls) -> "ExitAfterInsert | None":
-        n = int(os.environ.get(EXIT_AFTER_INSERT_ENV, "0") or 0)
-        return cls(n) if n > 0 else None
+        n, _, marker = os.environ.get(EXIT_AFTER_INSERT_ENV, "").partition(":")
+        if not n or int(n) <= 0 or (marker and os.path.exists(marker)):
+            return None
+        return cls(int(n), marker or None)
 
     def inserted(self, r: Range | None, log: Any) -> None:
         self._left -= 1
-        if self._left == 0:
-            log.error(
-                "test hook %s: exiting after an insert, before its commit state is written (range %s)",
-                EXIT_AFTER_INSERT_ENV, r and f"{r.first}..{r.last}",
-            )
-            for h in log.handlers + log.root.handlers:
-                h.flush()
-            os._exit(1)
+        if self._left != 0:
+            return
+        if self._marker:
+            open(self._marker, "w").close()
+        log.error(
+            "test hook %s: exiting after an insert, before its commit state is written (range %s)",
+            EXIT_AFTER_INSERT_ENV, r and f"{r.first}..{r.last}",
+        )
+        for h in logging.getLogger().handlers:
+            h.flush()
+        os._exit(1)

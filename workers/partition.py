@@ -513,7 +513,7 @@ class PartitionRunner:
                 await self._retrying("commit state", c.begin, r)
         ident = self._identity(r) if r is not None else None
         prepared = await self._store(todo, ident, r, keep_alive=msgs) if todo else Prepared(columns=[], rows=0, row_msgs=[])
-        if self._exit_hook is not None:
+        if self._exit_hook is not None and r is not None:
             self._exit_hook.inserted(r, log)
         if r is not None:
             await self._retrying("commit state", c.stored, r.last)

@@ -251,8 +251,8 @@ class Worker:
         await asyncio.gather(*(r.stop() for r in runners))
         for r in runners:
             log.info(
-                "released partition %s (consumed %d, inserted %d, dead-lettered %d)",
-                r.name, r.stats.consumed, r.stats.inserted, r.stats.dead_lettered,
+                "released partition %s (consumed %d, inserted %d, dead-lettered %d, skipped as stored %d)",
+                r.name, r.stats.consumed, r.stats.inserted, r.stats.dead_lettered, r.stats.skipped_duplicates,
                 extra={"pipeline": r.target.pipeline.name, "partition": r.target.index},
             )
 
