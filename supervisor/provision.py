@@ -27,6 +27,10 @@ class ProvisionError(Exception):
     """The servers cannot be made to match the config; the message names what and where."""
 
 
+# The default ack_wait's floor: a worker crash is recovered in about this plus a restart.
+ACK_WAIT_FLOOR_S = 5.0
+
+
 @dataclass(frozen=True)
 class ConsumerSettings:
     """Delivery settings of a partition's durable consumer, derived from the batch limits."""
@@ -39,10 +43,11 @@ class ConsumerSettings:
 def consumer_settings(p: Pipeline) -> ConsumerSettings:
     """A worker holds up to three batches of a partition unacked (filling, queued,
     committing), so max_ack_pending must allow that or the server throttles the pull.
-    ack_wait must outlast a batch's age plus a slow insert; retries keep messages
-    alive with in-progress acks, so it need not cover outages.
+    ack_wait is how long a crashed worker's messages wait before they are redelivered
+    (the recovery time), so it is short: a live worker keeps batches it holds longer
+    than a third of it alive with in-progress acks (a slow insert, retries, outages).
     """
-    ack_wait = p.ack_wait_s if p.ack_wait_s is not None else max(30.0, 3 * p.batch.max_wait_ms / 1000.0)
+    ack_wait = p.ack_wait_s if p.ack_wait_s is not None else max(ACK_WAIT_FLOOR_S, 3 * p.batch.max_wait_ms / 1000.0)
     return ConsumerSettings(
         ack_wait_s=ack_wait,
         max_ack_pending=3 * p.batch.max_rows,

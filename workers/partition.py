@@ -180,6 +180,8 @@ class PartitionRunner:
         self._batch = self._new_batch()
         self._sealed: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
         self._committing = False
+        self._in_hand: list[Batch] = []  # sealed batches not yet acked (queued or committing)
+        self._keepalive: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._outstanding = 0  # messages the open pull request may still deliver
         self._request_deadline = 0.0
@@ -233,6 +235,7 @@ class PartitionRunner:
             asyncio.create_task(self._pull_loop(), name=f"pull {self.name}"),
             asyncio.create_task(self._commit_loop(), name=f"commit {self.name}"),
         ]
+        self._keepalive = asyncio.create_task(self._keep_in_hand_alive(), name=f"keepalive {self.name}")
 
     async def _open_commits(self) -> CommitLog:
         from nats.js.errors import BucketNotFoundError
@@ -265,6 +268,8 @@ class PartitionRunner:
         try:
             await asyncio.gather(*self._tasks)
         finally:
+            if self._keepalive is not None:
+                self._keepalive.cancel()
             if self._sub is not None:
                 wire.unroute(self._nc, self._sub)
                 await self._sub.unsubscribe()
@@ -366,6 +371,7 @@ class PartitionRunner:
                 self._outstanding == 0 if dirty else (batch.full or now >= deadline or (self._stopping and self._outstanding == 0))
             ):
                 self._batch = self._new_batch()
+                self._in_hand.append(batch)
                 await self._sealed.put(batch)  # waits while one batch is committing and one queued
                 continue
             if self._stopping:
@@ -446,6 +452,21 @@ class PartitionRunner:
             self._keepalive_at = now
             await self._settle(self._tracker.held_subjects(), intake.IN_PROGRESS)
 
+    async def _keep_in_hand_alive(self) -> None:
+        """In-progress acks for batches in our hands longer than a third of ack_wait (a slow
+        insert, a queue behind one), so that a short ack_wait (fast redelivery after a crash)
+        never redelivers what a live owner is still storing.  Nothing is sent while batches
+        move on in time, which is the normal case."""
+        while True:
+            third = self._ack_wait_s / 3
+            await asyncio.sleep(third / 2)
+            now = time.monotonic()
+            old = [b for b in (*self._in_hand, self._batch) if b and now - max(b.opened_at, b.kept_alive_at) > third]
+            if old and self._nc.is_connected:
+                await self._settle([m[REPLY] for b in old for m in b.messages], intake.IN_PROGRESS)
+                for b in old:
+                    b.kept_alive_at = now
+
     async def _ack(self, msgs: list[tuple], redelivered: bool) -> None:
         with self._telemetry.ack(len(msgs)):
             if self._ack_policy == ACK_EXPLICIT:
@@ -489,6 +510,7 @@ class PartitionRunner:
                     await self._commit(item)
             finally:
                 self._committing = False
+                self._in_hand.remove(item)
             self._last_progress = time.monotonic()
             self._wake.set()
 

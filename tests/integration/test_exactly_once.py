@@ -277,3 +277,29 @@ async def _dlq_count(url, stream):
         return (await nc.jetstream().stream_info(stream)).state.messages
     finally:
         await nc.close()
+
+
+def test_inserts_slower_than_ack_wait_are_kept_alive_not_redelivered(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
+    """A short ack_wait makes a crash recover fast; a live worker's slow insert must not be
+    redelivered meanwhile.  at_least_once, so that only the in-progress acks prevent duplicates."""
+    import yaml
+
+    names, prefix = _names()
+    cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=1, workers=1, max_rows=500, ack_wait_s=1.0, **names)
+    data = yaml.safe_load(cfg.read_text())
+    # Each insert takes 2 s in the server (the DEFAULT is computed per block): twice ack_wait.
+    data["pipelines"][0]["create_table"] = (
+        f"CREATE TABLE {ch_database}.events (event_id String, user_id UInt64, slow UInt8 DEFAULT sleep(2)) "
+        "ENGINE = MergeTree() ORDER BY event_id"
+    )
+    data["pipelines"][0]["delivery"] = "at_least_once"
+    cfg.write_text(yaml.safe_dump(data))
+    total = 2000
+    sup = Supervisor(cfg, tmp_path / "sink.log")
+    try:
+        sup.wait_acquired(1)
+        publish_events(nats_url, _events(prefix, 0, total), names["stream"])
+        assert _all_once(sup, clickhouse_client, ch_database, total) == (0, 0)
+        assert sup.terminate() == 0
+    finally:
+        sup.close()
