@@ -15,10 +15,13 @@ query log what became of that query_id (`landed`), which ClickHouse 18.16 alread
   `SYSTEM FLUSH LOGS` writes that queue, so once the query is not running its end is
   either in system.query_log or was never going to be;
 * the log queue lives in the server's memory: a clickhouse-server killed before flushing
-  forgets it.  So "nothing logged" only means "never started" when the server has been up
-  since before the insert began; otherwise the answer is "unknown" and the caller resends
-  the exact batch under the same identity (a duplicate only where the server can neither
-  deduplicate by token nor by block hash: plain MergeTree before 22.2).
+  forgets it.  So "nothing logged" only means "never started" when the server process
+  answering now is the one the insert went to: its uptime is longer than the time since
+  the insert began (both durations, so the two hosts' clocks need not agree), and it logs
+  queries (a probe query of its own is in the log after the flush).  Otherwise the answer
+  is "unknown" and the caller resends the exact batch under the same identity (a
+  duplicate only where the server can neither deduplicate by token nor by block hash:
+  plain MergeTree before 22.2).
 """
 
 from __future__ import annotations
@@ -26,13 +29,13 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
 QUERY_START = 1  # system.query_log type; the others (finish, exceptions) end a query
-# Slack for clock differences between the worker's host and ClickHouse's: a server that
-# started less than this before the insert counts as restarted since (answer "unknown").
-CLOCK_SLACK_S = 300.0
+# Uptime is whole seconds and the insert's start is the owner's: a margin for both.
+UPTIME_MARGIN_S = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,35 +85,46 @@ def run_as(ident: InsertIdentity | None, fn: Callable[..., Any], *args: Any) -> 
 def landed(client: Any, query_id: str, began_at: float, wait_s: float = 60.0) -> bool | None:
     """Is the insert `query_id` in the table?  True, False, or None (cannot tell).
 
-    `began_at`: wall-clock time the insert's range was recorded, just before it was sent.
-    A batch is sent as one block, so its insert wrote either all its rows or none; a batch
-    split around refused rows was sent as parts (`InsertIdentity.part`), and when some part
-    wrote rows the answer is None.
+    `began_at`: the owner's wall-clock time just before it sent the insert.  A batch is sent
+    as one block, so its insert wrote either all its rows or none; a batch split around
+    refused rows was sent as parts (`InsertIdentity.part`), and when some part wrote rows
+    the answer is None.
     """
     deadline = time.monotonic() + wait_s
-    params = {"q": query_id, "parts": query_id + "-%"}
+    params = {"q": query_id, "parts": query_id + "-%", "probe": f"jetsink-probe-{uuid.uuid4().hex}"}
     while client.execute("SELECT count() FROM system.processes WHERE query_id = %(q)s OR query_id LIKE %(parts)s", params)[0][0]:
         # Still running (its client just died): it ends by itself, then it is logged.
         if time.monotonic() > deadline:
             return None
         time.sleep(0.2)
+    uptime = client.execute("SELECT uptime()", settings={"log_queries": 1}, query_id=params["probe"])[0][0]
+    same_process = uptime > time.time() - began_at + UPTIME_MARGIN_S
     client.execute("SYSTEM FLUSH LOGS")
     if not client.execute("SELECT count() FROM system.tables WHERE database = 'system' AND name = 'query_log'")[0][0]:
-        return None  # the server keeps no query log (config): cannot tell
-    params["d"] = time.strftime("%Y-%m-%d", time.gmtime(began_at - 86400))
+        return None  # the server keeps no query log
+    params["d"] = time.strftime("%Y-%m-%d", time.gmtime(began_at - 2 * 86400))
     logged = client.execute(
-        "SELECT query_id = %(q)s, type, written_rows FROM system.query_log "
-        "WHERE event_date >= %(d)s AND (query_id = %(q)s OR query_id LIKE %(parts)s)",
+        "SELECT query_id, type, written_rows FROM system.query_log "
+        "WHERE event_date >= %(d)s AND (query_id IN (%(q)s, %(probe)s) OR query_id LIKE %(parts)s)",
         params,
     )
-    if any(not whole and kind != QUERY_START and written for whole, kind, written in logged):
+    if not any(q == params["probe"] for q, _, _ in logged):
+        return None  # this server process does not log queries (config): its silence proves nothing
+    if any(q not in (query_id, params["probe"]) and kind != QUERY_START and written for q, kind, written in logged):
         return None  # parts of a split batch wrote rows: some of it is there
-    ends = [written for whole, kind, written in logged if whole and kind != QUERY_START]
+    ends = [written for q, kind, written in logged if q == query_id and kind != QUERY_START]
     if ends:
         return any(ends)
-    if logged:
+    if any(q == query_id for q, _, _ in logged):
         return None  # started, its end not logged: the server restarted meanwhile
-    started = client.execute("SELECT toUnixTimestamp(now()) - uptime()")[0][0]
-    if started < began_at - CLOCK_SLACK_S:
-        return False  # up since before the insert and nothing logged: it never reached the server
-    return None
+    return False if same_process else None  # nothing logged by the process it went to: never reached it
+
+
+class QueryLog:
+    """landed() bound to the worker's client (call it in the worker's insert thread, which owns that client)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def landed(self, query_id: str, began_at: float, wait_s: float = 60.0) -> bool | None:
+        return landed(self._client, query_id, began_at, wait_s)

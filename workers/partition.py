@@ -157,7 +157,7 @@ class PartitionRunner:
         run_in_thread: Callable[..., Awaitable[Any]],
         insert: Callable[[list[list]], int],
         telemetry: Telemetry | None = None,
-        landed: Callable[[str, float, float], bool | None] | None = None,
+        clickhouse: indoubt.QueryLog | None = None,
         tokens: bool = False,
         exit_hook: commits.ExitAfterInsert | None = None,
     ) -> None:
@@ -169,10 +169,10 @@ class PartitionRunner:
         self._run_in_thread = self._telemetry.carry_context(run_in_thread)
         self._prepare = self._telemetry.traced_prepare(prepare)
         self._insert = insert
-        # Exactly once (workers/commits.py): the commit state, opened at start; `landed`
-        # asks ClickHouse about an in-doubt insert (workers/indoubt.py, insert thread).
+        # Exactly once (workers/commits.py): the commit state, opened at start; `clickhouse`
+        # asks ClickHouse about an in-doubt insert (workers/indoubt.py, in the insert thread).
         self._commits: CommitLog | None = None
-        self._landed = landed
+        self._query_log = clickhouse
         self._tokens = tokens
         self._exit_hook = exit_hook
         limits = target.pipeline.batch
@@ -585,8 +585,8 @@ class PartitionRunner:
 
     async def _insert_once(self, ident: indoubt.InsertIdentity | None, r: Range | None, attempts: Any, prepared: Prepared) -> list:
         """One attempt at the insert; a retry first asks ClickHouse whether the failed attempt landed."""
-        if next(attempts) and ident is not None and self._landed is not None:
-            if await self._run_in_thread(self._landed, ident.query_id, r.began_at, 10.0):
+        if next(attempts) and ident is not None and self._query_log is not None:
+            if await self._run_in_thread(self._query_log.landed, ident.query_id, r.began_at, 10.0):
                 log.info(
                     "partition %s: the failed insert of %d..%d had landed; not sending it again", self.name, r.first, r.last,
                     extra=self._log_extra,
@@ -601,8 +601,8 @@ class PartitionRunner:
         ident = self._identity(r)
         where = f"partition {self.name}: in-doubt batch {r.first}..{r.last} ({r.count} messages)"
         verdict = None
-        if self._landed is not None:
-            verdict = await self._retrying("in-doubt check", self._run_in_thread, self._landed, ident.query_id, r.began_at, 60.0)
+        if self._query_log is not None:
+            verdict = await self._retrying("in-doubt check", self._run_in_thread, self._query_log.landed, ident.query_id, r.began_at, 60.0)
         if verdict is True:
             log.info("%s: its insert had landed; its redeliveries are acked without storing", where, extra=self._log_extra)
             self.stats.in_doubt_landed += 1

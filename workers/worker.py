@@ -231,7 +231,7 @@ class Worker:
         target = PartitionTarget(pipeline=p, index=index, consumer=consumer_name(pipeline, index), worker=self.slot)
         runner = PartitionRunner(
             self._nc, target, mapper, self._in_thread, insert, self._telemetry,
-            landed=partial(indoubt.landed, self._client), tokens=self._features.insert_deduplication_token,
+            clickhouse=indoubt.QueryLog(self._client), tokens=self._features.insert_deduplication_token,
             exit_hook=self._exit_hook,
         )
         await runner.start()
