@@ -83,7 +83,12 @@ class Chaos:
         if self.fired_at is None:
             return {"kind": self.kind, "at": self.at, "fired_at_s": None, "recovery_s": None}
         fired = self.fired_at - t_start
-        return {"kind": self.kind, "at": self.at, "fired_at_s": round(fired, 2), "recovery_s": recovery_s(timeline, fired)}
+        return {
+            "kind": self.kind,
+            "at": self.at,
+            "fired_at_s": round(fired, 2),
+            "recovery_s": recovery_s(timeline, fired),
+        }
 
 
 def recovery_s(timeline: list[dict[str, Any]], fired: float) -> float | None:

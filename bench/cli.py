@@ -52,8 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", action="store_true", help="run the sink with observability.enabled (OTLP export per OTEL_* env)")
     p.add_argument("--stall-timeout", type=float, default=60.0, help="give up when nothing moved for this many seconds (default 60)")
     p.add_argument("--quiet", action="store_true", help="no live progress lines")
-    p.add_argument("--chaos", choices=chaos.KINDS, default=None, help="kill -9 this once during the drain (bench/chaos.py)")
-    p.add_argument("--chaos-at", type=float, default=0.3, help="fraction of the messages stored when --chaos fires (default 0.3)")
+    p.add_argument("--chaos", choices=chaos.KINDS, default=None,
+                   help="kill -9 this once during the drain (bench/chaos.py)")
+    p.add_argument("--chaos-at", type=float, default=0.3,
+                   help="fraction of the messages stored when --chaos fires (default 0.3)")
     return p
 
 

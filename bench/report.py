@@ -168,7 +168,8 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], x_label
     for m in marks:
         out.append(f'<line x1="{X(m):.1f}" x2="{X(m):.1f}" y1="{top}" y2="{top + ph}" stroke="#aaa" stroke-dasharray="4 3"/>')
     for x, text in events:
-        out.append(f'<line x1="{X(x):.1f}" x2="{X(x):.1f}" y1="{top}" y2="{top + ph}" stroke="#d62728" stroke-width="1.4"/>')
+        out.append(f'<line x1="{X(x):.1f}" x2="{X(x):.1f}" y1="{top}" y2="{top + ph}" '
+                   'stroke="#d62728" stroke-width="1.4"/>')
         out.append(f'<text x="{X(x) + 3:.1f}" y="{top + 11}" fill="#d62728">{escape(text)}</text>')
     for n, (name, points) in enumerate(series.items()):
         color = PALETTE[n % len(PALETTE)]

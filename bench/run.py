@@ -296,7 +296,8 @@ class _Publisher:
 
 def _drive(opts: RunOptions, sink: Any, probe: Probe, pub: _Publisher, watched: Watched, py_spy: str | None,
            profiles_dir: Path, state_dir: Path, console: Console, notes: list[str], published_already: bool = False,
-           nats_profile_port: int | None = None, fault: chaos.Chaos | None = None, servers: Any = None) -> dict[str, Any]:
+           nats_profile_port: int | None = None, fault: chaos.Chaos | None = None,
+           servers: Any = None) -> dict[str, Any]:
     """Run `sink` until every published message is accounted for; return its figures.
     With `fault`, kill -9 what it names once its share of the messages is stored."""
     t_start = time.time()

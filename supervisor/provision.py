@@ -122,7 +122,8 @@ async def _ensure_commits(js: Any, p: Pipeline) -> None:
             )
         return
     try:
-        await js.create_key_value(api.KeyValueConfig(bucket=bucket, history=1, replicas=replicas, storage=api.StorageType.FILE))
+        cfg = api.KeyValueConfig(bucket=bucket, history=1, replicas=replicas, storage=api.StorageType.FILE)
+        await js.create_key_value(cfg)
     except Exception as exc:
         raise ProvisionError(f"pipelines {p.name}: cannot create the commit-state bucket {bucket}: {exc}") from exc
     log.info("created commit-state bucket %s (%d replicas)", bucket, replicas, extra={"pipeline": p.name})

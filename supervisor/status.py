@@ -204,7 +204,8 @@ _METRICS = (
     ("jetsink_dead_letters_total", "counter", "Messages sent to the dead-letter stream by the current worker process.", ("slot", "pipeline", "partition")),
     ("jetsink_batches_total", "counter", "Batches committed by the current worker process.", ("slot", "pipeline", "partition")),
     ("jetsink_insert_retries_total", "counter", "Retried inserts or DLQ publishes.", ("slot", "pipeline", "partition")),
-    ("jetsink_skipped_duplicates_total", "counter", "Deliveries at or below the stored sequence, acked without storing.", ("slot", "pipeline", "partition")),
+    ("jetsink_skipped_duplicates_total", "counter",
+     "Deliveries at or below the stored sequence, acked without storing.", ("slot", "pipeline", "partition")),
     ("jetsink_last_batch_timestamp_seconds", "gauge", "When the partition's last batch was committed (unix seconds).", ("slot", "pipeline", "partition")),
     ("jetsink_consumer_pending", "gauge", "Messages left in the partition's consumer (lag), as of the last delivery.", ("pipeline", "partition")),
 )

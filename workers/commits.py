@@ -23,6 +23,7 @@ instead of moving the state backwards; the partition then stops and its worker r
 
 from __future__ import annotations
 
+import base64
 import bisect
 import logging
 import os
@@ -71,7 +72,12 @@ class CommitState:
 
     def encode(self) -> bytes:
         r = self.inflight
-        return orjson.dumps({"stored": self.stored, "inflight": None if r is None else [r.first, r.last, r.count, r.first_ts_ns, r.began_at]})
+        return orjson.dumps(
+            {
+                "stored": self.stored,
+                "inflight": None if r is None else [r.first, r.last, r.count, r.first_ts_ns, r.began_at],
+            }
+        )
 
     @classmethod
     def decode(cls, data: bytes | None) -> "CommitState":
@@ -79,7 +85,9 @@ class CommitState:
             return cls()
         doc = orjson.loads(data)
         r = doc.get("inflight")
-        return cls(int(doc.get("stored", 0)), Range(int(r[0]), int(r[1]), int(r[2]), int(r[3]), float(r[4])) if r else None)
+        return cls(
+            int(doc.get("stored", 0)), Range(int(r[0]), int(r[1]), int(r[2]), int(r[3]), float(r[4])) if r else None
+        )
 
 
 class CommitLog:
@@ -144,7 +152,9 @@ def unstored(msgs: Sequence[tuple], stored: int) -> Unstored:
     """
     head, tail = intake.parse_ack_subject(msgs[0][REPLY]), intake.parse_ack_subject(msgs[-1][REPLY])
     prefix = intake.first_delivery_prefix(msgs[0][REPLY])
-    ordered = tail.consumer_seq - head.consumer_seq + 1 == len(msgs) and all(map(bytes.startswith, map(_reply, msgs), repeat(prefix)))
+    ordered = tail.consumer_seq - head.consumer_seq + 1 == len(msgs) and all(
+        map(bytes.startswith, map(_reply, msgs), repeat(prefix))
+    )
     if ordered:
         if head.stream_seq > stored:
             return Unstored(msgs, 0, head.stream_seq, tail.stream_seq, head.timestamp_ns, True)
@@ -166,6 +176,30 @@ def unstored(msgs: Sequence[tuple], stored: int) -> Unstored:
     if not kept:
         return Unstored(kept, len(msgs), 0, 0, 0, False)
     return Unstored(kept, len(msgs) - len(kept), seqs[0], seqs[-1], stamps[seqs[0]], False)
+
+
+async def read_range(nc: Any, stream: str, pattern: str, consumer: str, r: Range) -> list[tuple]:
+    """The partition's messages (subject `pattern`) r.first..r.last read back from the stream by
+    sequence, as deliveries (workers/wire.py tuples) whose stand-in ack subject carries their
+    stream sequence: they rebuild an in-doubt batch and are never acked."""
+    subject = f"$JS.API.STREAM.MSG.GET.{stream}"
+    out: list[tuple] = []
+    seq = r.first
+    while seq <= r.last and len(out) <= r.count:
+        reply = await nc.request(subject, orjson.dumps({"seq": seq, "next_by_subj": pattern}), timeout=10.0)
+        body = orjson.loads(reply.data)
+        if "error" in body:
+            if body["error"].get("code") == 404:
+                break  # nothing at or after seq
+            raise RuntimeError(f"reading {stream} seq {seq}: {body['error']}")
+        m = body["message"]
+        if m["seq"] > r.last:
+            break
+        headers = base64.b64decode(m["hdrs"]) if m.get("hdrs") else None
+        ack = f"$JS.ACK.{stream}.{consumer}.1.{m['seq']}.0.0.0".encode()
+        out.append((m["subject"].encode(), ack, base64.b64decode(m.get("data") or b""), headers))
+        seq = m["seq"] + 1
+    return out
 
 
 class ExitAfterInsert:
@@ -194,7 +228,8 @@ class ExitAfterInsert:
             open(self._marker, "w").close()
         log.error(
             "test hook %s: exiting after an insert, before its commit state is written (range %s)",
-            EXIT_AFTER_INSERT_ENV, r and f"{r.first}..{r.last}",
+            EXIT_AFTER_INSERT_ENV,
+            r and f"{r.first}..{r.last}",
         )
         for h in logging.getLogger().handlers:
             h.flush()

@@ -92,7 +92,9 @@ def landed(client: Any, query_id: str, began_at: float, wait_s: float = 60.0) ->
     """
     deadline = time.monotonic() + wait_s
     params = {"q": query_id, "parts": query_id + "-%", "probe": f"jetsink-probe-{uuid.uuid4().hex}"}
-    while client.execute("SELECT count() FROM system.processes WHERE query_id = %(q)s OR query_id LIKE %(parts)s", params)[0][0]:
+    while client.execute(
+        "SELECT count() FROM system.processes WHERE query_id = %(q)s OR query_id LIKE %(parts)s", params
+    )[0][0]:
         # Still running (its client just died): it ends by itself, then it is logged.
         if time.monotonic() > deadline:
             return None

@@ -14,7 +14,6 @@ consumers created with that policy by older versions).
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import random
 import time
@@ -431,7 +430,8 @@ class PartitionRunner:
                 if self._commits is not None:
                     # Everything the consumer delivered is stored now: the held messages'
                     # highest sequence is a watermark.
-                    await self._retrying("commit state", self._commits.stored, intake.parse_ack_subject(reply).stream_seq)
+                    highest = intake.parse_ack_subject(reply).stream_seq
+                    await self._retrying("commit state", self._commits.stored, highest)
                 await self._settle([reply], intake.ACK)
         elif time.monotonic() - self._dirty_since > 2 * self._ack_wait_s + 30:
             self._dirty_since = time.monotonic()
@@ -534,7 +534,10 @@ class PartitionRunner:
                 r = Range(u.first, u.last, len(todo), u.first_ts_ns, time.time())
                 await self._retrying("commit state", c.begin, r)
         ident = self._identity(r) if r is not None else None
-        prepared = await self._store(todo, ident, r, keep_alive=msgs) if todo else Prepared(columns=[], rows=0, row_msgs=[])
+        if todo:
+            prepared = await self._store(todo, ident, r, keep_alive=msgs)
+        else:
+            prepared = Prepared(columns=[], rows=0, row_msgs=[])
         if self._exit_hook is not None and r is not None:
             self._exit_hook.inserted(r, log)
         if r is not None:
@@ -552,9 +555,12 @@ class PartitionRunner:
         self._telemetry.batch_committed(self.target, msgs, prepared)
 
     def _identity(self, r: Range) -> indoubt.InsertIdentity:
-        return indoubt.identity(self.target.pipeline.name, self.target.index, r.first, r.last, r.first_ts_ns, self._tokens)
+        t = self.target
+        return indoubt.identity(t.pipeline.name, t.index, r.first, r.last, r.first_ts_ns, self._tokens)
 
-    async def _store(self, msgs: list[tuple], ident: indoubt.InsertIdentity | None, r: Range | None, keep_alive: list[tuple] | None) -> Prepared:
+    async def _store(
+        self, msgs: list[tuple], ident: indoubt.InsertIdentity | None, r: Range | None, keep_alive: list[tuple] | None
+    ) -> Prepared:
         """Map `msgs`, dead-letter what cannot be mapped, insert the rest (under `ident`) and
         dead-letter the rows ClickHouse refuses; returns once all of it is confirmed."""
         pipeline = self.target.pipeline
@@ -578,21 +584,29 @@ class PartitionRunner:
                         "ClickHouse refused %s seq %d, dead-lettered: %s", dl.subject, dl.stream_seq, dl.error,
                         extra=self._log_extra,
                     )
-                await self._retrying("dlq publish", publish_dead_letters, self._nc, pipeline.dlq_stream, pipeline.dlq_subject, letters, keep_alive=keep_alive)
+                await self._retrying(
+                    "dlq publish", publish_dead_letters, self._nc, pipeline.dlq_stream, pipeline.dlq_subject, letters,
+                    keep_alive=keep_alive,
+                )
                 prepared.rows -= len(letters)
                 prepared.dead.extend(letters)
         return prepared
 
-    async def _insert_once(self, ident: indoubt.InsertIdentity | None, r: Range | None, attempts: Any, prepared: Prepared) -> list:
+    async def _insert_once(
+        self, ident: indoubt.InsertIdentity | None, r: Range | None, attempts: Any, prepared: Prepared
+    ) -> list:
         """One attempt at the insert; a retry first asks ClickHouse whether the failed attempt landed."""
         if next(attempts) and ident is not None and self._query_log is not None:
             if await self._run_in_thread(self._query_log.landed, ident.query_id, r.began_at, 10.0):
                 log.info(
-                    "partition %s: the failed insert of %d..%d had landed; not sending it again", self.name, r.first, r.last,
+                    "partition %s: the failed insert of %d..%d had landed; not sending it again",
+                    self.name, r.first, r.last,
                     extra=self._log_extra,
                 )
                 return []
-        return await self._run_in_thread(indoubt.run_as, ident, faults.isolate_bad_rows, self._insert, prepared.columns, prepared.rows)
+        return await self._run_in_thread(
+            indoubt.run_as, ident, faults.isolate_bad_rows, self._insert, prepared.columns, prepared.rows
+        )
 
     async def _resolve_in_doubt(self, r: Range) -> None:
         """A previous owner recorded batch r and died before recording it stored: find out whether
@@ -602,9 +616,13 @@ class PartitionRunner:
         where = f"partition {self.name}: in-doubt batch {r.first}..{r.last} ({r.count} messages)"
         verdict = None
         if self._query_log is not None:
-            verdict = await self._retrying("in-doubt check", self._run_in_thread, self._query_log.landed, ident.query_id, r.began_at, 60.0)
+            verdict = await self._retrying(
+                "in-doubt check", self._run_in_thread, self._query_log.landed, ident.query_id, r.began_at, 60.0
+            )
         if verdict is True:
-            log.info("%s: its insert had landed; its redeliveries are acked without storing", where, extra=self._log_extra)
+            log.info(
+                "%s: its insert had landed; its redeliveries are acked without storing", where, extra=self._log_extra
+            )
             self.stats.in_doubt_landed += 1
             await self._retrying("commit state", c.stored, r.last)
             return
@@ -622,7 +640,10 @@ class PartitionRunner:
             return
         prepared = await self._store(msgs, ident, r, keep_alive=None)
         self.stats.in_doubt_resent += prepared.rows
-        dedup = "deduplicated by its token where the table deduplicates" if ident.token else "a duplicate if it had landed"
+        if ident.token:
+            dedup = "deduplicated by its token where the table deduplicates"
+        else:
+            dedup = "a duplicate if it had landed"
         log.warning(
             "%s: cannot tell whether its insert landed (ClickHouse restarted?); sent again as the same block "
             "(%d rows, %s)", where, prepared.rows, dedup,
@@ -631,28 +652,9 @@ class PartitionRunner:
         await self._retrying("commit state", c.stored, r.last)
 
     async def _read_range(self, r: Range) -> list[tuple]:
-        """The partition's messages r.first..r.last read from the stream, as deliveries with a
-        stand-in ack subject (never acked) that carries their stream sequence."""
         p = self.target.pipeline
-        subject = f"$JS.API.STREAM.MSG.GET.{p.stream}"
         pattern = partition_filter(p.subject, self.target.index)
-        out: list[tuple] = []
-        seq = r.first
-        while seq <= r.last and len(out) <= r.count:
-            reply = await self._nc.request(subject, orjson.dumps({"seq": seq, "next_by_subj": pattern}), timeout=10.0)
-            body = orjson.loads(reply.data)
-            if "error" in body:
-                if body["error"].get("code") == 404:
-                    break
-                raise RuntimeError(f"reading {p.stream} seq {seq}: {body['error']}")
-            m = body["message"]
-            if m["seq"] > r.last:
-                break
-            headers = base64.b64decode(m["hdrs"]) if m.get("hdrs") else None
-            ack = f"$JS.ACK.{p.stream}.{self.target.consumer}.1.{m['seq']}.0.0.0".encode()
-            out.append((m["subject"].encode(), ack, base64.b64decode(m.get("data") or b""), headers))
-            seq = m["seq"] + 1
-        return out
+        return await commits.read_range(self._nc, p.stream, pattern, self.target.consumer, r)
 
     async def _retrying(self, what: str, fn: Callable[..., Awaitable[Any]], *args: Any, keep_alive: list[tuple] | None = None) -> Any:
         """Await fn(*args) until it succeeds, backing off (capped, jittered) between tries.

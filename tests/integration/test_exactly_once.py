@@ -31,7 +31,9 @@ def _all_once(sup, client, db, total):
     """Wait for every event_id; return (lost, duplicates) counted in ClickHouse."""
     sup.wait(lambda: _rows(client, db)[1] >= total, 180, f"all {total} event_ids")
     rows, distinct = _rows(client, db)
-    assert client.execute(f"SELECT count() FROM {db}.events WHERE toUInt64(substring(event_id, 2)) >= {total}")[0][0] == 0
+    assert (
+        client.execute(f"SELECT count() FROM {db}.events WHERE toUInt64(substring(event_id, 2)) >= {total}")[0][0] == 0
+    )
     return total - distinct, rows - distinct
 
 
@@ -53,7 +55,9 @@ def _kill_group(sup):
 
 def test_kill_9_of_a_worker_mid_stream(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
     names, prefix = _names()
-    cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=4, workers=2, max_rows=2000, **names)
+    cfg = sink_config(
+        tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=4, workers=2, max_rows=2000, **names
+    )
     total = 30_000
     sup = Supervisor(cfg, tmp_path / "sink.log")
     try:
@@ -97,7 +101,9 @@ def test_kill_9_of_nats_server_restarted_on_its_store(tmp_path, clickhouse_serve
         server.stop()
 
 
-def test_kill_9_of_the_supervisor_group_then_a_new_supervisor(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
+def test_kill_9_of_the_supervisor_group_then_a_new_supervisor(
+    tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database
+):
     names, prefix = _names()
     cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=4, workers=2, **names)
     total = 30_000
@@ -158,12 +164,16 @@ def _hook_range(sup):
     return int(first), int(last)
 
 
-def test_an_insert_that_landed_before_its_owner_died_is_not_sent_again(monkeypatch, tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
+def test_an_insert_that_landed_before_its_owner_died_is_not_sent_again(
+    monkeypatch, tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database
+):
     """The fault exactly between insert and state write: the next owner reads ClickHouse's
     query log (18.16 has it), finds the insert finished, and skips the batch's redeliveries."""
     _exit_after_insert(monkeypatch, tmp_path, 3)
     names, prefix = _names()
-    cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=1, workers=1, max_rows=1000, **names)
+    cfg = sink_config(
+        tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=1, workers=1, max_rows=1000, **names
+    )
     total = 10_000
     sup = Supervisor(cfg, tmp_path / "sink.log")
     try:
@@ -201,13 +211,16 @@ def test_an_in_doubt_insert_after_a_clickhouse_restart_is_resent_once_and_report
             server.proc.wait()
             server = embedded.start_clickhouse(ch_dir, port)
             lost, duplicates = _all_once(sup, client, "xo", total)
-            settled = sup.wait(lambda: sup.logged(f"in-doubt batch {first}..{last}"), 60, "the in-doubt batch settled")[0]
+            settled = sup.wait(lambda: sup.logged(f"in-doubt batch {first}..{last}"), 60, "the in-doubt batch settled")[
+                0
+            ]
             assert lost == 0
             if "sent again" in settled["msg"]:
                 assert duplicates in (0, settled["rows"]) and settled["rows"] == last - first + 1
                 client.execute("SYSTEM FLUSH LOGS")
                 resent = client.execute(
-                    f"SELECT written_rows FROM system.query_log WHERE query_id LIKE 'jetsink-%-{first}-{last}' AND type = 2"
+                    "SELECT written_rows FROM system.query_log "
+                    f"WHERE query_id LIKE 'jetsink-%-{first}-{last}' AND type = 2"
                 )
                 assert resent == [(settled["rows"],)]  # the resend ran under its range's query_id
             else:
@@ -221,10 +234,14 @@ def test_an_in_doubt_insert_after_a_clickhouse_restart_is_resent_once_and_report
         server.stop()
 
 
-def test_a_poison_message_redelivered_after_a_crash_gives_one_dead_letter(monkeypatch, tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
+def test_a_poison_message_redelivered_after_a_crash_gives_one_dead_letter(
+    monkeypatch, tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database
+):
     _exit_after_insert(monkeypatch, tmp_path, 1)
     names, prefix = _names()
-    cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=1, workers=1, max_rows=1000, **names)
+    cfg = sink_config(
+        tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=1, workers=1, max_rows=1000, **names
+    )
     good = list(_events(prefix, 0, 500))
     msgs = good[:250] + [(f"{prefix}.k0", b"{not json", None)] + good[250:]
     sup = Supervisor(cfg, tmp_path / "sink.log")
@@ -268,7 +285,9 @@ def _events(prefix, start, count):
 
 def _skipped(sup):
     """Deliveries the workers acked as already stored, from their release lines (after terminate)."""
-    return sum(int(line["msg"].rsplit("skipped as stored ", 1)[1].rstrip(")")) for line in sup.logged("released partition"))
+    return sum(
+        int(line["msg"].rsplit("skipped as stored ", 1)[1].rstrip(")")) for line in sup.logged("released partition")
+    )
 
 
 async def _dlq_count(url, stream):
@@ -279,13 +298,25 @@ async def _dlq_count(url, stream):
         await nc.close()
 
 
-def test_inserts_slower_than_ack_wait_are_kept_alive_not_redelivered(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
+def test_inserts_slower_than_ack_wait_are_kept_alive_not_redelivered(
+    tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database
+):
     """A short ack_wait makes a crash recover fast; a live worker's slow insert must not be
     redelivered meanwhile.  at_least_once, so that only the in-progress acks prevent duplicates."""
     import yaml
 
     names, prefix = _names()
-    cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=1, workers=1, max_rows=500, ack_wait_s=1.0, **names)
+    cfg = sink_config(
+        tmp_path,
+        nats_url,
+        clickhouse_server.port,
+        ch_database,
+        partitions=1,
+        workers=1,
+        max_rows=500,
+        ack_wait_s=1.0,
+        **names,
+    )
     data = yaml.safe_load(cfg.read_text())
     # Each insert takes 2 s in the server (the DEFAULT is computed per block): twice ack_wait.
     data["pipelines"][0]["create_table"] = (

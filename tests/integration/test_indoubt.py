@@ -15,7 +15,7 @@ from tests.integration.harness import wait_until
 
 # A client that sends an insert's data block, or half of it, and dies (os._exit) before the
 # end of the query: what a worker killed mid-insert leaves the server with.
-_DYING_CLIENT = r'''
+_DYING_CLIENT = r"""
 import os, socket, sys
 from clickhouse_driver import Client
 from clickhouse_driver.bufferedwriter import BufferedSocketWriter
@@ -46,7 +46,7 @@ def dying_send_data(block, table_name=""):
 conn.send_data = dying_send_data
 c.execute(f"INSERT INTO {table} (n) VALUES", [list(range(1000))], columnar=True,
           settings={"log_queries": 1}, query_id=query_id)
-'''
+"""
 
 
 def _table(client, db):
@@ -56,7 +56,9 @@ def _table(client, db):
 
 
 def _dying_insert(port, table, query_id, cut):
-    proc = subprocess.run([sys.executable, "-c", _DYING_CLIENT, str(port), table, query_id, cut], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", _DYING_CLIENT, str(port), table, query_id, cut], capture_output=True, text=True
+    )
     assert proc.returncode == 9, proc.stderr
 
 

@@ -9,9 +9,18 @@ def _timeline(rates, published=None):
     points, inserted = [], 0
     for t, rate in enumerate(rates):
         inserted += int(rate)
-        points.append({"t": float(t), "rate": float(rate), "inserted": inserted, "dlq": 0, "lag": 0,
-                       "cpu_pct": {"worker0": 50.0}, "rss_mb": {"worker0": 100.0},
-                       "published": published if published is not None else 10**9})
+        points.append(
+            {
+                "t": float(t),
+                "rate": float(rate),
+                "inserted": inserted,
+                "dlq": 0,
+                "lag": 0,
+                "cpu_pct": {"worker0": 50.0},
+                "rss_mb": {"worker0": 100.0},
+                "published": published if published is not None else 10**9,
+            }
+        )
     return points
 
 
@@ -40,7 +49,10 @@ def test_skipped_duplicates_from_the_workers_release_lines():
 
 
 def test_the_report_marks_the_fault_and_the_recovery_on_its_charts():
-    figures = {"timeline": _timeline([1000] * 10), "chaos": {"kind": "kill-nats", "at": 0.3, "fired_at_s": 3.0, "recovery_s": 2.5}}
+    figures = {
+        "timeline": _timeline([1000] * 10),
+        "chaos": {"kind": "kill-nats", "at": 0.3, "fired_at_s": 3.0, "recovery_s": 2.5},
+    }
     charts = "".join(report._charts_for(figures, "jetsink"))
     assert charts.count(">kill-nats</text>") == 4 and charts.count(">back in 2.5 s</text>") == 4
     assert "kill-nats" not in "".join(report._charts_for({"timeline": figures["timeline"]}, "jetsink"))

@@ -64,7 +64,8 @@ def test_replay_restores_the_producers_msg_id_not_the_dlq_one():
     from workers.dlq import DeadLetter
 
     def letter(original):
-        return DeadLetter(b"{", "ev.0.k", "EVENTS", 42, "invalid_json", "bad", "p", 0, original_headers=original).headers()
+        letter = DeadLetter(b"{", "ev.0.k", "EVENTS", 42, "invalid_json", "bad", "p", 0, original_headers=original)
+        return letter.headers()
 
     with_id = letter({"Nats-Msg-Id": "evt-1", "X-Tenant": "acme"})
     assert with_id["Nats-Msg-Id"] == "EVENTS:42"  # what the DLQ stream de-duplicates by

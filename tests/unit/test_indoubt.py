@@ -47,12 +47,20 @@ def test_the_resent_batch_passes_the_same_query_id_and_token_to_the_driver():
     client = _RecordingClient()
     statement = sink.insert_statement("events", "db", ("n",))
     for _ in range(2):  # the original insert and the next owner's resend
-        indoubt.run_as(ident, sink.send_insert, client, statement, [[1, 2, 3]], {"opentelemetry_traceparent": "00-ab-cd-01"})
+        indoubt.run_as(
+            ident, sink.send_insert, client, statement, [[1, 2, 3]], {"opentelemetry_traceparent": "00-ab-cd-01"}
+        )
     first, second = client.calls
     assert first["query_id"] == second["query_id"] == ident.query_id
-    assert first["settings"] == second["settings"] == {
-        "opentelemetry_traceparent": "00-ab-cd-01", "log_queries": 1, "insert_deduplication_token": ident.token,
-    }
+    assert (
+        first["settings"]
+        == second["settings"]
+        == {
+            "opentelemetry_traceparent": "00-ab-cd-01",
+            "log_queries": 1,
+            "insert_deduplication_token": ident.token,
+        }
+    )
     # Without an identity (at_least_once, or a batch with no recorded range) nothing is added.
     sink.send_insert(client, statement, [[4]], None)
     assert client.calls[-1]["settings"] is None and "query_id" not in client.calls[-1]
