@@ -33,6 +33,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from clickhouse_driver.errors import ServerException
+
 QUERY_START = 1  # system.query_log type; the others (finish, exceptions) end a query
 # Uptime is whole seconds and the insert's start is the owner's: a margin for both.
 UPTIME_MARGIN_S = 3.0
@@ -89,7 +91,17 @@ def landed(client: Any, query_id: str, began_at: float, wait_s: float = 60.0) ->
     as one block, so its insert wrote either all its rows or none; a batch split around
     refused rows was sent as parts (`InsertIdentity.part`), and when some part wrote rows
     the answer is None.
+
+    A server that refuses the questions (no right to SYSTEM FLUSH LOGS or to read
+    system.query_log) gives None; a network error is raised, for the caller to retry.
     """
+    try:
+        return _landed(client, query_id, began_at, wait_s)
+    except ServerException:
+        return None
+
+
+def _landed(client: Any, query_id: str, began_at: float, wait_s: float) -> bool | None:
     deadline = time.monotonic() + wait_s
     params = {"q": query_id, "parts": query_id + "-%", "probe": f"jetsink-probe-{uuid.uuid4().hex}"}
     while client.execute(
