@@ -10,8 +10,8 @@ KIND is what is killed once a fraction F (default 0.3) of the messages is stored
 
 results.json gets a "chaos" section (kind, at, fired_at_s, recovery_s) and, at top level,
 `recovery_s` and `skipped_duplicates`; `duplicates` and `lost` are counted as in every run,
-from ClickHouse directly.  recovery_s: from the kill to the first second whose insert rate
-is back to RECOVERED of the rate in the WINDOW_S before the kill.
+from ClickHouse directly.  recovery_s: from the kill to the end of the dip it caused: the first
+second whose insert rate is back to RECOVERED of the rate in the WINDOW_S before the kill.
 """
 
 from __future__ import annotations
@@ -92,17 +92,22 @@ class Chaos:
 
 
 def recovery_s(timeline: list[dict[str, Any]], fired: float) -> float | None:
-    """Seconds from `fired` to the first timeline point whose rate is back to RECOVERED of the
-    rate before it; None when it never was (the drain ended first counts as recovered)."""
+    """Seconds from `fired` to the end of the dip it caused: the first timeline point back at
+    RECOVERED of the rate before it, after the first one below (rows already on their way
+    when the kill came land in the first second after it).  0.0 when the rate never dipped;
+    the end of the drain counts as recovered; None when neither."""
     before = [p["rate"] for p in timeline if fired - WINDOW_S <= p["t"] < fired and p.get("rate")]
     if not before:
         return None
     target = RECOVERED * sum(before) / len(before)
     after = [p for p in timeline if p["t"] > fired]
-    for p in after:
+    dip = next((i for i, p in enumerate(after) if p.get("rate", 0.0) < target), None)
+    if dip is None:
+        return 0.0
+    for p in after[dip:]:
         if p.get("rate", 0.0) >= target:
             return round(p["t"] - fired, 2)
-    if after and after[-1]["inserted"] + after[-1]["dlq"] >= after[-1]["published"] > 0:
+    if after[-1]["inserted"] + after[-1]["dlq"] >= after[-1]["published"] > 0:
         return round(after[-1]["t"] - fired, 2)  # drained before the rate came back: done is recovered
     return None
 

@@ -27,8 +27,8 @@ class ProvisionError(Exception):
     """The servers cannot be made to match the config; the message names what and where."""
 
 
-# The default ack_wait's floor: a worker crash is recovered in about this plus a restart.
-ACK_WAIT_FLOOR_S = 5.0
+# The default ack_wait's floor (at_least_once recovers a crashed worker's messages after it).
+ACK_WAIT_FLOOR_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,10 @@ class ConsumerSettings:
 def consumer_settings(p: Pipeline) -> ConsumerSettings:
     """A worker holds up to three batches of a partition unacked (filling, queued,
     committing), so max_ack_pending must allow that or the server throttles the pull.
-    ack_wait is how long a crashed worker's messages wait before they are redelivered
-    (the recovery time), so it is short: a live worker keeps batches it holds longer
-    than a third of it alive with in-progress acks (a slow insert, retries, outages).
+    ack_wait must outlast a batch's age plus a slow insert; a live worker keeps batches it
+    holds longer than a third of it alive with in-progress acks (a slow insert, retries),
+    so it need not cover outages.  With exactly_once a crashed worker's successor reads
+    what it held from the stream, so recovery does not wait for it either.
     """
     ack_wait = p.ack_wait_s if p.ack_wait_s is not None else max(ACK_WAIT_FLOOR_S, 3 * p.batch.max_wait_ms / 1000.0)
     return ConsumerSettings(

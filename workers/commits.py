@@ -23,7 +23,6 @@ instead of moving the state backwards; the partition then stops and its worker r
 
 from __future__ import annotations
 
-import base64
 import bisect
 import logging
 import os
@@ -178,28 +177,45 @@ def unstored(msgs: Sequence[tuple], stored: int) -> Unstored:
     return Unstored(kept, len(msgs) - len(kept), seqs[0], seqs[-1], stamps[seqs[0]], False)
 
 
-async def read_range(nc: Any, stream: str, pattern: str, consumer: str, r: Range) -> list[tuple]:
-    """The partition's messages (subject `pattern`) r.first..r.last read back from the stream by
-    sequence, as deliveries (workers/wire.py tuples) whose stand-in ack subject carries their
-    stream sequence: they rebuild an in-doubt batch and are never acked."""
-    subject = f"$JS.API.STREAM.MSG.GET.{stream}"
+async def read_stream(nc: Any, stream: str, pattern: str, consumer: str, first: int, last: int) -> list[tuple]:
+    """The partition's messages (subject `pattern`) with stream sequences first..last, read back from
+    the stream (an ephemeral consumer), in stream order, as deliveries (workers/wire.py tuples)
+    whose stand-in ack subject carries their stream sequence and stream timestamp: they rebuild
+    what a previous owner held and are never acked."""
+    from nats import errors as nats_errors
+    from nats.js import api
+
+    if last < first:
+        return []
+    js = nc.jetstream(timeout=10.0)
+    config = api.ConsumerConfig(
+        deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=first, ack_policy=api.AckPolicy.NONE,
+        filter_subject=pattern, inactive_threshold=60.0, mem_storage=True,
+    )
+    sub = await js.pull_subscribe(pattern, durable=None, stream=stream, config=config)
     out: list[tuple] = []
-    seq = r.first
-    while seq <= r.last and len(out) <= r.count:
-        reply = await nc.request(subject, orjson.dumps({"seq": seq, "next_by_subj": pattern}), timeout=10.0)
-        body = orjson.loads(reply.data)
-        if "error" in body:
-            if body["error"].get("code") == 404:
-                break  # nothing at or after seq
-            raise RuntimeError(f"reading {stream} seq {seq}: {body['error']}")
-        m = body["message"]
-        if m["seq"] > r.last:
-            break
-        headers = base64.b64decode(m["hdrs"]) if m.get("hdrs") else None
-        ack = f"$JS.ACK.{stream}.{consumer}.1.{m['seq']}.0.0.0".encode()
-        out.append((m["subject"].encode(), ack, base64.b64decode(m.get("data") or b""), headers))
-        seq = m["seq"] + 1
-    return out
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(batch=1000, timeout=2.0)
+            except nats_errors.TimeoutError:
+                return out  # the stream holds no more of them (deleted by its limits)
+            for m in msgs:
+                d = intake.parse_ack_subject(m.reply)
+                if d.stream_seq > last:
+                    return out
+                ack = f"$JS.ACK.{stream}.{consumer}.1.{d.stream_seq}.0.{d.timestamp_ns}.0".encode()
+                out.append((m.subject.encode(), ack, m.data, _raw_headers(m.headers)))
+                if d.stream_seq == last:
+                    return out
+    finally:
+        await sub.unsubscribe()
+
+
+def _raw_headers(headers: dict | None) -> bytes | None:
+    if not headers:
+        return None
+    return b"NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode() + b"\r\n"
 
 
 class ExitAfterInsert:

@@ -55,6 +55,7 @@ class PartitionStats:
     skipped_duplicates: int = 0  # deliveries at or below the stored sequence: acked, not stored again
     in_doubt_landed: int = 0  # in-doubt batches a previous owner's insert had stored (not sent again)
     in_doubt_resent: int = 0  # rows of in-doubt batches sent again not knowing whether they had landed
+    taken_over: int = 0  # messages a previous owner held unacked, stored from the stream at takeover
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,7 @@ class PartitionRunner:
         # Exactly once (workers/commits.py): the commit state, opened at start; `clickhouse`
         # asks ClickHouse about an in-doubt insert (workers/indoubt.py, in the insert thread).
         self._commits: CommitLog | None = None
+        self._takeover: tuple[int, int, int] | None = None  # consumer's ack floor, last delivered (stream, consumer seq)
         self._query_log = clickhouse
         self._tokens = tokens
         self._exit_hook = exit_hook
@@ -184,6 +186,7 @@ class PartitionRunner:
         self._wake = asyncio.Event()
         self._outstanding = 0  # messages the open pull request may still deliver
         self._request_deadline = 0.0
+        self._requested_at = 0.0  # when the last pull request was sent
         self._unanswered = 0  # pull requests in a row that got no reply while connected
         self._received = 0  # replies seen on the inbox (a cheap activity counter)
         self._delivered = 0  # messages among them (not status replies)
@@ -216,12 +219,17 @@ class PartitionRunner:
         if self.target.pipeline.delivery == "exactly_once":
             if self._ack_policy == ACK_ALL:
                 self._commits = await self._open_commits()
+                if self._tracker.dirty:
+                    # A previous owner died holding deliveries: read them back from the stream
+                    # (_recover) instead of waiting ack_wait for their redelivery.
+                    d = info.delivered
+                    self._takeover = (info.ack_floor.stream_seq or 0, d.stream_seq or 0, d.consumer_seq or 0)
             else:
                 log.warning(
                     "partition %s: exactly_once needs a consumer with per-batch acks; this one acks each message "
                     "(an earlier version made it), so delivery is at least once", self.name, extra=self._log_extra,
                 )
-        if self._ack_policy == ACK_ALL and self._tracker.dirty:
+        if self._ack_policy == ACK_ALL and self._tracker.dirty and self._takeover is None:
             self._dirty_since = time.monotonic()
             log.info(
                 "partition %s: the consumer has %d messages delivered to a previous owner and not acked; "
@@ -310,6 +318,10 @@ class PartitionRunner:
         if not deliveries:
             return
         self._delivered += len(deliveries)
+        if not self._batch:
+            # Its messages left the server after this request was sent: JetStream's ack_wait for
+            # them runs from then, however long they spent in buffers before reaching us.
+            self._batch.requested_at = self._requested_at
         self._batch.extend(deliveries)
         # Messages of a request we already counted as over (a 409 on server shutdown
         # arrives ahead of deliveries still in the socket) are kept, but must not drive
@@ -337,6 +349,8 @@ class PartitionRunner:
         return self._outstanding == 0 and not self._batch and self._sealed.empty() and not self._committing
 
     async def _pull_loop(self) -> None:
+        if self._commits is not None:
+            await self._recover()
         while True:
             now = time.monotonic()
             if not self._sealed.full():
@@ -410,6 +424,7 @@ class PartitionRunner:
 
     async def _request(self, n: int, max_bytes: int) -> None:
         self._outstanding = n
+        self._requested_at = time.monotonic()
         self._request_deadline = time.monotonic() + self._expires_s + 2.0
         body = intake.pull_request(n, self._expires_s, max_bytes if max_bytes > 0 else None)
         await self._nc.publish(self._next_subject, body, reply=self._inbox)
@@ -461,7 +476,7 @@ class PartitionRunner:
             third = self._ack_wait_s / 3
             await asyncio.sleep(third / 2)
             now = time.monotonic()
-            old = [b for b in (*self._in_hand, self._batch) if b and now - max(b.opened_at, b.kept_alive_at) > third]
+            old = [b for b in (*self._in_hand, self._batch) if b and now - max(b.requested_at, b.kept_alive_at) > third]
             if old and self._nc.is_connected:
                 await self._settle([m[REPLY] for b in old for m in b.messages], intake.IN_PROGRESS)
                 for b in old:
@@ -488,8 +503,6 @@ class PartitionRunner:
     # -- commit -----------------------------------------------------------------
 
     async def _commit_loop(self) -> None:
-        if self._commits is not None and self._commits.state.inflight is not None:
-            await self._resolve_in_doubt(self._commits.state.inflight)
         while True:
             item = await self._sealed.get()
             if item is _STOP:
@@ -608,6 +621,39 @@ class PartitionRunner:
             indoubt.run_as, ident, faults.isolate_bad_rows, self._insert, prepared.columns, prepared.rows
         )
 
+    async def _recover(self) -> None:
+        """Before the first pull: settle a previous owner's in-doubt batch, then store what it held
+        unacked, read back from the stream.  Every message of the partition up to the consumer's
+        last delivery is then stored, so acks flow per batch at once (no wait for ack_wait)."""
+        c = self._commits
+        if c.state.inflight is not None:
+            await self._resolve_in_doubt(c.state.inflight)
+        if self._takeover is None:
+            return
+        floor, last, last_cseq = self._takeover
+        p = self.target.pipeline
+        pattern = partition_filter(p.subject, self.target.index)
+        first = max(c.state.stored, floor) + 1
+        msgs = await self._retrying(
+            "stream read", commits.read_stream, self._nc, p.stream, pattern, self.target.consumer, first, last
+        )
+        for i in range(0, len(msgs), self._limits[0]):
+            chunk = msgs[i:i + self._limits[0]]
+            head, tail = intake.parse_ack_subject(chunk[0][REPLY]), intake.parse_ack_subject(chunk[-1][REPLY])
+            r = Range(head.stream_seq, tail.stream_seq, len(chunk), head.timestamp_ns, time.time())
+            await self._retrying("commit state", c.begin, r)
+            prepared = await self._store(chunk, self._identity(r), r, keep_alive=None)
+            await self._retrying("commit state", c.stored, r.last)
+            self.stats.inserted += prepared.rows
+            self.stats.dead_lettered += len(prepared.dead)
+        await self._retrying("commit state", c.stored, last)
+        self._tracker = AckTracker(last_cseq, 0)
+        self.stats.taken_over += len(msgs)
+        log.info(
+            "partition %s: stored the %d messages up to %d a previous owner held unacked (read from the stream, "
+            "%d..%d); acking per batch", self.name, len(msgs), last, first, last, extra=self._log_extra,
+        )
+
     async def _resolve_in_doubt(self, r: Range) -> None:
         """A previous owner recorded batch r and died before recording it stored: find out whether
         its insert landed; if that cannot be known, send the same batch again under the same identity."""
@@ -621,7 +667,7 @@ class PartitionRunner:
             )
         if verdict is True:
             log.info(
-                "%s: its insert had landed; its redeliveries are acked without storing", where, extra=self._log_extra
+                "%s: its insert had landed; not stored again", where, extra=self._log_extra
             )
             self.stats.in_doubt_landed += 1
             await self._retrying("commit state", c.stored, r.last)
@@ -654,7 +700,7 @@ class PartitionRunner:
     async def _read_range(self, r: Range) -> list[tuple]:
         p = self.target.pipeline
         pattern = partition_filter(p.subject, self.target.index)
-        return await commits.read_range(self._nc, p.stream, pattern, self.target.consumer, r)
+        return await commits.read_stream(self._nc, p.stream, pattern, self.target.consumer, r.first, r.last)
 
     async def _retrying(self, what: str, fn: Callable[..., Awaitable[Any]], *args: Any, keep_alive: list[tuple] | None = None) -> Any:
         """Await fn(*args) until it succeeds, backing off (capped, jittered) between tries.

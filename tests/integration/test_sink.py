@@ -156,6 +156,11 @@ def test_kill_9_of_a_worker_mid_stream_loses_nothing(tmp_path, nats_url, clickho
     name, stream, subject = _names()
     prefix = subject[:-2]
     cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, name=name, stream=stream, subject=subject, partitions=8, workers=2, max_rows=2000, ack_wait_s=3)
+    # at_least_once: its replacement waits for the redeliveries (exactly_once reads them from
+    # the stream instead: tests/integration/test_exactly_once.py).
+    data = yaml.safe_load(cfg.read_text())
+    data["pipelines"][0]["delivery"] = "at_least_once"
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False))
     total = 60_000
     sup = Supervisor(cfg, tmp_path / "sink.log")
     try:

@@ -34,6 +34,9 @@ def test_fires_once_at_its_share_of_the_messages():
 def test_recovery_is_the_first_second_back_at_80_percent_of_the_rate_before():
     tl = _timeline([0, 1000, 1000, 1000, 1000, 1000, 0, 0, 300, 700, 850, 1000])
     assert chaos.recovery_s(tl, 5.5) == 4.5  # t=10 is the first point >= 800/s
+    # Rows already on their way when the kill came land in the first second after it.
+    assert chaos.recovery_s(_timeline([1000] * 6 + [1000, 0, 0, 900]), 5.5) == 3.5
+    assert chaos.recovery_s(_timeline([1000] * 10), 5.5) == 0.0  # no dip at all
     assert chaos.recovery_s(_timeline([1000] * 6 + [0] * 5), 5.5) is None  # never back, never done
     done = _timeline([1000] * 6 + [0, 500], published=6500)
     assert chaos.recovery_s(done, 5.5) == 1.5  # drained before the rate came back
