@@ -172,7 +172,8 @@ class PartitionRunner:
         # Exactly once (workers/commits.py): the commit state, opened at start; `clickhouse`
         # asks ClickHouse about an in-doubt insert (workers/indoubt.py, in the insert thread).
         self._commits: CommitLog | None = None
-        self._takeover: tuple[int, int, int] | None = None  # consumer's ack floor, last delivered (stream, consumer seq)
+        # At a takeover: the consumer's ack floor and last delivery (stream and consumer sequence).
+        self._takeover: tuple[int, int, int] | None = None
         self._query_log = clickhouse
         self._tokens = tokens
         self._exit_hook = exit_hook
