@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description="Load-test jetsink: publish, sink, account for every message, profile.")
     p.add_argument("--config", default=None, help="base config (default: the shipped config.yaml); its servers are used unless marked embedded")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: the config's)")
+    p.add_argument("--instances", type=int, default=1,
+                   help="jetsink instances sharing the partitions, each with --workers (default 1)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--messages", type=int, default=None, help="publish this many messages")
     size.add_argument("--duration", type=float, default=None, help="publish for this many seconds (default 60)")
@@ -94,6 +96,7 @@ def main(argv: list[str]) -> int:
     out = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     opts = RunOptions(
         workers=args.workers,
+        instances=args.instances,
         messages=args.messages,
         duration_s=None if args.messages else (args.duration or 60.0),
         rate=args.rate,

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 import orjson
+from opentelemetry import trace
+
+from workers.telemetry import traceparent_of
 
 KINDS = ("click", "view", "purchase", "signup", "logout")
 COUNTRIES = ("DE", "FR", "US", "BR", "JP", "IN", "NG", "SE")
@@ -136,5 +139,6 @@ def event_id(i: int) -> str:
 
 
 def traceparent_for(i: int) -> str:
-    """A valid W3C traceparent for event i, as a producer with tracing would send it."""
-    return f"00-{i + 1:032x}-{i + 1:016x}-01"
+    """A valid W3C traceparent for event i, as a producer's propagator writes it for a sampled span."""
+    ctx = trace.SpanContext(i + 1, i + 1, is_remote=False, trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED))
+    return traceparent_of(trace.set_span_in_context(trace.NonRecordingSpan(ctx)))

@@ -249,18 +249,31 @@ class _ChildProcess:
 
 
 class JetsinkSink(_ChildProcess):
-    """`python -m supervisor --config FILE`; learns its workers from its log."""
+    """`python -m supervisor --config FILE`; learns its workers and partitions from its admin endpoint's
+    /status (found as `python -m supervisor status` finds it), its errors from its log.
+
+    `slot_base` numbers its workers apart from other instances' in the same run.
+    """
 
     name = "jetsink"
 
-    def __init__(self, config_path: Path, log_path: Path, partitions: int) -> None:
+    def __init__(self, config_path: Path, log_path: Path, partitions: int, slot_base: int = 0) -> None:
+        from supervisor.config import load_config
+
         self.config_path = config_path
+        self.config = load_config(config_path)
         self.log = LogTail(log_path)
         self.partitions = partitions
+        self.slot_base = slot_base
         self.proc: subprocess.Popen | None = None
-        self.workers: dict[int, int] = {}  # slot -> pid of the current worker
-        self.acquired = 0
+        self.workers: dict[int, int] = {}  # slot (+ slot_base) -> pid of the current worker
+        self.owned: set[str] = set()
+        self.status: dict[str, Any] = {}
         self.errors: list[str] = []
+
+    @property
+    def instance_id(self) -> str:
+        return self.config.instance_id
 
     def start(self) -> None:
         with open(self.log.path, "ab") as out:
@@ -270,28 +283,101 @@ class JetsinkSink(_ChildProcess):
             )
 
     def poll(self) -> list[tuple[int, int]]:
-        """Reads new log lines; returns workers that became ready since: [(slot, pid)]."""
-        ready = []
+        """Asks /status; returns workers that became ready since: [(slot, pid)]."""
+        from supervisor.status import admin_address, fetch_status
+
         for line in self.log.read():
-            msg = str(line.get("msg", ""))
-            if line.get("role") == "supervisor" and msg.startswith("worker ") and " ready (pid " in msg:
-                slot, pid = int(line["slot"]), int(msg.rsplit("pid ", 1)[1].rstrip(")"))
-                self.workers[slot] = pid
-                ready.append((slot, pid))
-            elif msg.startswith("acquired partition"):
-                self.acquired += 1
-            elif line.get("level") == "error":
-                self.errors.append(msg)
+            if line.get("level") == "error":
+                self.errors.append(str(line.get("msg", "")))
+        address = admin_address(self.config)
+        if address is None:
+            return []
+        try:
+            self.status = fetch_status(address, timeout=2.0)
+        except (OSError, ValueError):
+            return []
+        ready = []
+        owned = set()
+        for w in self.status.get("workers") or []:
+            if not w.get("ready") or w.get("pid") is None:
+                continue
+            slot = self.slot_base + int(w["slot"])
+            owned.update(w.get("partitions") or ())
+            if self.workers.get(slot) != w["pid"]:
+                self.workers[slot] = w["pid"]
+                ready.append((slot, w["pid"]))
+        self.owned = owned
         return ready
 
     def is_ready(self) -> bool:
-        return self.acquired >= self.partitions
+        return len(self.owned) >= self.partitions
 
     def stop(self, timeout: float = 90.0) -> int | None:
         """TERM (workers drain and exit, memray profiles are written), then KILL if needed."""
         code = embedded.terminate(self.proc, timeout)
-        self.poll()
+        for line in self.log.read():
+            if line.get("level") == "error":
+                self.errors.append(str(line.get("msg", "")))
         return code
+
+
+class JetsinkInstances:
+    """Several jetsink instances (supervisors with their own instance_id, state_dir and admin port) sharing
+    one pipeline's partitions, driven as one sink; their workers are numbered instance by instance."""
+
+    name = "jetsink"
+
+    def __init__(self, sinks: list[JetsinkSink], partitions: int) -> None:
+        self.sinks = sinks
+        self.partitions = partitions
+
+    @property
+    def pid(self) -> int:
+        return self.sinks[0].pid
+
+    @property
+    def workers(self) -> dict[int, int]:
+        return {slot: pid for s in self.sinks for slot, pid in s.workers.items()}
+
+    @property
+    def errors(self) -> list[str]:
+        return [e for s in self.sinks for e in s.errors]
+
+    def start(self) -> None:
+        for s in self.sinks:
+            s.start()
+
+    def poll(self) -> list[tuple[int, int]]:
+        return [x for s in self.sinks for x in s.poll()]
+
+    def exit_code(self) -> int | None:
+        codes = [s.exit_code() for s in self.sinks]
+        return next((c for c in codes if c is not None), None)
+
+    def is_ready(self) -> bool:
+        """Every partition owned, and every instance owning its share."""
+        owned = [s.owned for s in self.sinks]
+        return len(set().union(*owned)) >= self.partitions and all(owned)
+
+    def inserted(self) -> int:
+        """Rows the instances' current workers say they inserted (their last /status)."""
+        return sum(int(st.get("inserted", 0)) for s in self.sinks for w in s.status.get("workers") or []
+                   for st in (w.get("stats") or {}).values())
+
+    def stop(self, timeout: float = 90.0) -> int | None:
+        # Workers report their counters once a second: the per-instance figures are read
+        # once they stopped changing (at most a few seconds), before the drain ends them.
+        deadline, last, since = time.monotonic() + 5.0, -1, time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - since < 1.5:
+            self.poll()
+            if self.inserted() != last:
+                last, since = self.inserted(), time.monotonic()
+            time.sleep(0.2)
+        codes = [s.stop(timeout) for s in self.sinks]
+        return next((c for c in codes if c not in (0, None)), codes[0])
+
+    def instance_of(self, slot: int) -> str:
+        return next(s.instance_id for s in reversed(self.sinks) if slot >= s.slot_base)
 
 
 class NaiveSink(_ChildProcess):

@@ -42,6 +42,7 @@ class RunOptions:
     """What `python -m bench` was asked to do (one run; a sweep makes several)."""
 
     workers: int | None = None
+    instances: int = 1  # jetsink instances sharing the partitions, each with `workers`
     messages: int | None = None
     duration_s: float | None = None
     rate: float | None = None
@@ -143,7 +144,7 @@ def run_once(base: dict[str, Any], base_dir: Path, servers: harness.Servers, opt
             _ensure_naive_table(client, names)
             table, consumers = names.table + NAIVE_TABLE_SUFFIX, [NAIVE_DURABLE]
         else:
-            sink = harness.JetsinkSink(config_path, out_dir / "supervisor.log", pipeline.partitions)
+            sink = _jetsink(data, config_path, out_dir, state_dir, pipeline.partitions, opts.instances)
             table, consumers = names.table, [consumer_name(harness.PIPELINE, i) for i in range(pipeline.partitions)]
         probe = Probe(nats, client, names.database, table, names.stream, names.dlq_stream if opts.sink != "naive" else None, consumers, watched)
         nats_profile_port = servers.nats_profile_port if opts.profiles else None
@@ -183,6 +184,8 @@ def run_once(base: dict[str, Any], base_dir: Path, servers: harness.Servers, opt
         "settings": {k: v for k, v in asdict(opts).items() if k != "progress"},
         "notes": notes,
     }
+    if isinstance(sink, harness.JetsinkInstances):
+        results["instances"] = _per_instance(sink, figures)
     if base_figures is not None:
         results["baseline"] = base_figures
         a, b = figures.get("throughput_msgs_per_s"), base_figures.get("throughput_msgs_per_s")
@@ -191,6 +194,37 @@ def run_once(base: dict[str, Any], base_dir: Path, servers: harness.Servers, opt
     admin.disconnect()
     (out_dir / "results.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     return results
+
+
+def _jetsink(data: dict[str, Any], config_path: Path, out_dir: Path, state_dir: Path, partitions: int,
+             instances: int) -> Any:
+    """One supervisor, or `instances` of them sharing the partitions (own instance_id, state_dir, admin port)."""
+    if instances <= 1:
+        return harness.JetsinkSink(config_path, out_dir / "supervisor.log", partitions)
+    sinks = []
+    for k in range(instances):
+        # Instance 0 keeps the run's state_dir, where the memray profiles are collected from.
+        own = {**data, "instance_id": f"bench{k}", "state_dir": str(state_dir if k == 0 else state_dir / f"instance{k}")}
+        path = harness.write_config(own, out_dir / f"config-instance{k}.yaml")
+        sinks.append(harness.JetsinkSink(path, out_dir / f"supervisor-instance{k}.log", partitions,
+                                         slot_base=k * 1000))
+    return harness.JetsinkInstances(sinks, partitions)
+
+
+def _per_instance(sink: Any, figures: dict[str, Any]) -> list[dict[str, Any]]:
+    """results.json's per-instance view: its workers' CPU and the rows they inserted (from /status)."""
+    out = []
+    for s in sink.sinks:
+        workers = [w for w in figures.get("workers") or [] if sink.instance_of(w["slot"]) == s.instance_id]
+        stats = [st for w in s.status.get("workers") or [] for st in (w.get("stats") or {}).values()]
+        out.append({
+            "instance_id": s.instance_id,
+            "workers": [w["slot"] for w in workers],
+            "partitions": sorted(s.owned),
+            "rows_inserted": sum(int(st.get("inserted", 0)) for st in stats),
+            "workers_cpu_s": round(sum(w["cpu_s"] for w in workers), 3),
+        })
+    return out
 
 
 def _fields(dc: Any) -> dict[str, Any]:

@@ -5,23 +5,28 @@ Nothing here touches a server or a process, so it is unit-tested directly.
 
 from __future__ import annotations
 
-import math
+import statistics
 from typing import Any, Iterable, Mapping
 
 RESULTS_VERSION = 1
 
 
 def percentile(values: Iterable[float], q: float) -> float | None:
-    """The q-th percentile (0..100), linear interpolation between closest ranks; None if empty."""
+    """The q-th percentile (a whole number 0..100), linear interpolation between closest ranks; None if empty.
+
+    statistics.quantiles' "inclusive" method is that interpolation (numpy's default, R's type 7):
+    the minimum is the 0th percentile and the maximum the 100th.
+    """
     data = sorted(values)
     if not data:
         return None
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile must be within 0..100, got {q}")
-    pos = (len(data) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(data) - 1)
-    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
+    if not 0 <= q <= 100 or q != int(q):
+        raise ValueError(f"percentile must be a whole number within 0..100, got {q}")
+    if q == 0 or len(data) == 1:  # quantiles() gives the 99 cut points between, and needs two values
+        return data[0]
+    if q == 100:
+        return data[-1]
+    return statistics.quantiles(data, n=100, method="inclusive")[int(q) - 1]
 
 
 def latency_summary(latencies_ms: list[float]) -> dict[str, float | int | None]:

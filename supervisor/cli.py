@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import logging
 import sys
-from pathlib import Path
 
 from supervisor import dlq_tool, profiles, status
 from supervisor.arbiter import Arbiter
@@ -27,13 +26,15 @@ COMMANDS = ("run", "check", "status", "dlq", "profiles")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m supervisor", description="jetsink: NATS JetStream -> ClickHouse worker pool")
+    parser = argparse.ArgumentParser(prog="python -m supervisor",
+                                     description="jetsink: NATS JetStream -> ClickHouse worker pool")
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run the supervisor and its workers in the foreground (the default)")
     run.add_argument("--config", default="config.yaml", help="path to config.yaml (default: ./config.yaml)")
     check = sub.add_parser("check", help="validate a config file; with --connect also the servers and tables")
     check.add_argument("--config", default="config.yaml")
-    check.add_argument("--connect", action="store_true", help="also connect to NATS and ClickHouse and check the tables")
+    check.add_argument("--connect", action="store_true",
+                       help="also connect to NATS and ClickHouse and check the tables")
     status.add_parser(sub)
     dlq_tool.add_parser(sub)
     profiles.add_parser(sub)
@@ -57,7 +58,7 @@ def main(argv: list[str]) -> int:
     if args.command == "check":
         return _check(config, args.connect)
     setup_logging(config.log_level, role="supervisor")
-    return Arbiter(config, Path(args.config).read_text()).run()
+    return Arbiter(config).run()
 
 
 def _check(config: Config, connect: bool) -> int:
@@ -68,9 +69,15 @@ def _check(config: Config, connect: bool) -> int:
     from workers.connections import connect_nats
 
     async def ping_nats() -> None:
+        from supervisor.members import BUCKET, live_member
+
         nc = await connect_nats(config.nats, name="jetsink-check")
         try:
             await nc.jetstream().account_info()
+            if await live_member(nc, config.instance_id):
+                raise provision.ProvisionError(
+                    f"instance_id {config.instance_id!r} is live in the members bucket {BUCKET}: another supervisor "
+                    "runs with it; give each instance its own instance_id")
         finally:
             await nc.close()
 

@@ -14,7 +14,6 @@ from the main thread (or a thread that lives as long as the servers should).
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import http.client
@@ -27,7 +26,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -149,24 +148,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def clickhouse_version(client) -> tuple[int, ...]:
-    """Server version as ints: "18.16.1" -> (18, 16, 1)."""
-    (text,) = client.execute("SELECT version()")[0]
-    return parse_version(text)
-
-
-def parse_version(text: str) -> tuple[int, ...]:
-    parts = []
-    for piece in str(text).strip().split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        if not digits or digits != piece:
-            break
-        parts.append(int(digits))
-    if not parts:
-        raise ValueError(f"cannot parse ClickHouse version {text!r}")
-    return tuple(parts)
-
-
 # ------------------------------------------------------------------------- nats
 
 
@@ -268,7 +249,8 @@ def start_clickhouse(
     return server
 
 
-def write_clickhouse_config(data_dir: Path, port: int, http_port: int, host: str, users_extra: dict[str, str] | None = None) -> Path:
+def write_clickhouse_config(data_dir: Path, port: int, http_port: int, host: str,
+                            users_extra: dict[str, str] | None = None) -> Path:
     """Write a minimal config.xml + users.xml under data_dir/etc; return config.xml.
 
     Valid for both 18.16 and 23+: the root element is <yandex> (newer servers
@@ -398,27 +380,6 @@ def stop_all(*servers: ServerProcess, timeout: float = 10.0) -> None:
             errors.append(f"{server.name} (pid {server.pid}): {exc}")
     if errors:
         raise RuntimeError("could not stop: " + "; ".join(errors))
-
-
-@contextlib.contextmanager
-def embedded_servers(
-    data_dir: Path,
-    nats_port: int,
-    clickhouse_port: int,
-    host: str = "127.0.0.1",
-) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    """Run nats-server and clickhouse-server for the duration of a with-block.
-
-    Data goes to data_dir/nats and data_dir/clickhouse. Both are stopped on exit,
-    and a nats-server already started is stopped if clickhouse fails to start.
-    """
-    data_dir = Path(data_dir)
-    with contextlib.ExitStack() as stack:
-        nats = start_nats(data_dir / "nats", nats_port, host=host)
-        stack.callback(nats.stop)
-        clickhouse = start_clickhouse(data_dir / "clickhouse", clickhouse_port, host=host)
-        stack.callback(clickhouse.stop)
-        yield nats, clickhouse
 
 
 def _spawn(

@@ -6,6 +6,7 @@ Everything here is idempotent: the supervisor runs it at every start and reload.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -14,8 +15,9 @@ from nats.js import api
 from nats.js.errors import NotFoundError
 
 from supervisor.config import Config, Pipeline
+from supervisor.members import BUCKET as MEMBERS_BUCKET
 from workers.commits import bucket_name
-from workers.topology import consumer_name, partition_filter, transform_destination
+from workers.topology import PRIORITY_GROUP, consumer_name, partition_filter, transform_destination
 from workers import sink
 from workers.connections import clickhouse_client, clickhouse_where, connect_nats
 from workers.schema import ServerFeatures
@@ -56,30 +58,74 @@ def consumer_settings(p: Pipeline) -> ConsumerSettings:
     )
 
 
+# The members bucket's expiry markers live this long (watchers need only see them once).
+MEMBERS_MARKER_TTL_S = 60.0
+
+
+def replicas_of(config: Config, server_info: dict) -> int:
+    """nats.replicas, else 3 when the server is in a cluster of 3 or more, else 1.
+
+    A clustered server's INFO names the cluster and lists its servers' client URLs
+    (connect_urls, itself included)."""
+    if config.nats.replicas is not None:
+        return config.nats.replicas
+    if not server_info.get("cluster"):
+        return 1
+    return 3 if len(server_info.get("connect_urls") or ()) >= 3 else 1
+
+
 async def provision_streams(config: Config) -> None:
-    """Create or update every pipeline's stream, DLQ stream and partition consumers."""
+    """Create or update every pipeline's stream, DLQ stream and partition consumers, and the members bucket."""
     nc = await connect_nats(config.nats, name="jetsink-supervisor")
     try:
         js = nc.jetstream(timeout=10.0)
+        replicas = replicas_of(config, nc._server_info)
+        await _ensure_members(js, replicas)
         for p in config.pipelines:
-            await _ensure_stream(js, p)
-            await _ensure_dlq(js, p)
-            await _ensure_consumers(js, p)
+            await _ensure_stream(js, p, replicas)
+            await _ensure_dlq(js, p, replicas)
+            await _ensure_consumers(nc, p)
             if p.delivery == "exactly_once":
                 await _ensure_commits(js, p)
     finally:
         await nc.close()
 
 
-async def _ensure_stream(js: Any, p: Pipeline) -> None:
+async def _ensure_members(js: Any, replicas: int) -> None:
+    """The KV bucket of live instances (supervisor/members.py): per-key TTLs, expiry markers watchers see."""
+    try:
+        await js.key_value(MEMBERS_BUCKET)
+        return
+    except NotFoundError:
+        pass
+    try:
+        await js.create_key_value(api.KeyValueConfig(
+            bucket=MEMBERS_BUCKET, history=1, replicas=replicas, storage=api.StorageType.FILE,
+            limit_marker_ttl=MEMBERS_MARKER_TTL_S))
+    except Exception as exc:
+        raise ProvisionError(f"cannot create the members bucket {MEMBERS_BUCKET} (needs nats-server 2.11+): {exc}") from exc
+    log.info("created the members bucket %s (%d replicas)", MEMBERS_BUCKET, replicas)
+
+
+async def _scale(js: Any, cfg: Any, replicas: int) -> None:
+    """A stream with fewer replicas than wanted is scaled up (never down: that is an operator's call)."""
+    if (cfg.num_replicas or 1) < replicas:
+        await js.update_stream(cfg.evolve(num_replicas=replicas))
+        log.warning("stream %s: scaled from %d to %d replicas", cfg.name, cfg.num_replicas or 1, replicas)
+
+
+async def _ensure_stream(js: Any, p: Pipeline, replicas: int = 1) -> None:
     transform = api.SubjectTransform(src=p.subject, dest=transform_destination(p.subject, p.partitions))
     try:
         info = await js.stream_info(p.stream)
     except NotFoundError:
-        await js.add_stream(api.StreamConfig(name=p.stream, subjects=[p.subject], subject_transform=transform, storage=api.StorageType.FILE))
-        log.info("created stream %s for %s with %d partitions", p.stream, p.subject, p.partitions, extra={"pipeline": p.name})
+        await js.add_stream(api.StreamConfig(name=p.stream, subjects=[p.subject], subject_transform=transform,
+                                             storage=api.StorageType.FILE, num_replicas=replicas))
+        log.info("created stream %s for %s with %d partitions (%d replicas)", p.stream, p.subject, p.partitions,
+                 replicas, extra={"pipeline": p.name})
         return
     cfg = info.config
+    await _scale(js, cfg, replicas)
     if p.subject not in (cfg.subjects or []):
         raise ProvisionError(
             f"pipelines {p.name}: stream {p.stream} exists with subjects {cfg.subjects}, not {p.subject!r}; "
@@ -95,19 +141,22 @@ async def _ensure_stream(js: Any, p: Pipeline) -> None:
         )
 
 
-async def _ensure_dlq(js: Any, p: Pipeline) -> None:
+async def _ensure_dlq(js: Any, p: Pipeline, replicas: int = 1) -> None:
     try:
         info = await js.stream_info(p.dlq_stream)
     except NotFoundError:
-        await js.add_stream(api.StreamConfig(name=p.dlq_stream, subjects=[p.dlq_subject], storage=api.StorageType.FILE))
+        await js.add_stream(api.StreamConfig(name=p.dlq_stream, subjects=[p.dlq_subject], storage=api.StorageType.FILE,
+                                             num_replicas=replicas))
         log.info("created dead-letter stream %s on %s", p.dlq_stream, p.dlq_subject, extra={"pipeline": p.name})
         return
+    await _scale(js, info.config, replicas)
     if p.dlq_subject not in (info.config.subjects or []):
         raise ProvisionError(f"pipelines {p.name}: dlq stream {p.dlq_stream} exists but does not take subject {p.dlq_subject!r}")
 
 
 async def _ensure_commits(js: Any, p: Pipeline) -> None:
-    """The KV bucket of the pipeline's commit states (workers/commits.py), replicated like its stream."""
+    """The KV bucket of the pipeline's commit states (workers/commits.py), replicated like its stream
+    (as _ensure_stream left it: a commit state must survive whatever the messages survive)."""
     bucket = bucket_name(p.name)
     replicas = (await js.stream_info(p.stream)).config.num_replicas or 1
     try:
@@ -115,11 +164,12 @@ async def _ensure_commits(js: Any, p: Pipeline) -> None:
     except NotFoundError:
         kv = None
     if kv is not None:
-        have = (await js.stream_info(f"KV_{bucket}")).config.num_replicas or 1
-        if have != replicas:
+        cfg = (await js.stream_info(f"KV_{bucket}")).config
+        await _scale(js, cfg, replicas)
+        if (cfg.num_replicas or 1) > replicas:
             log.warning(
                 "commit-state bucket %s has %d replicas, stream %s has %d; change it with `nats kv edit`",
-                bucket, have, p.stream, replicas, extra={"pipeline": p.name},
+                bucket, cfg.num_replicas, p.stream, replicas, extra={"pipeline": p.name},
             )
         return
     try:
@@ -130,7 +180,8 @@ async def _ensure_commits(js: Any, p: Pipeline) -> None:
     log.info("created commit-state bucket %s (%d replicas)", bucket, replicas, extra={"pipeline": p.name})
 
 
-async def _ensure_consumers(js: Any, p: Pipeline) -> None:
+async def _ensure_consumers(nc: Any, p: Pipeline) -> None:
+    js = nc.jetstream(timeout=10.0)
     s = consumer_settings(p)
     for index in range(p.partitions):
         name = consumer_name(p.name, index)
@@ -167,9 +218,30 @@ async def _ensure_consumers(js: Any, p: Pipeline) -> None:
         # CONSUMER.CREATE with an existing durable updates the editable fields and
         # fails clearly on the rest, which is the idempotence we want.
         try:
-            await js.add_consumer(p.stream, want)
+            await create_consumer(nc, p.stream, want)
         except Exception as exc:
             raise ProvisionError(f"pipelines {p.name}: cannot create or update consumer {name} on stream {p.stream}: {exc}") from exc
+
+
+async def create_consumer(nc: Any, stream: str, config: api.ConsumerConfig) -> dict:
+    """Create or update a durable consumer with a priority group whose policy is pinned_client.
+
+    The server then admits one puller at a time (the one holding the group's pin), which
+    is what keeps two instances that disagree for a moment from consuming a partition
+    together. nats-py's add_consumer() drops the priority fields (and an update through
+    it silently makes the consumer plain again), so the request is sent raw. Its
+    replicas follow the stream's (num_replicas 0).
+    """
+    body = config.as_dict()
+    body["priority_groups"] = [PRIORITY_GROUP]
+    body["priority_policy"] = "pinned_client"
+    subject = f"$JS.API.CONSUMER.CREATE.{stream}.{config.durable_name}"
+    reply = await nc.request(subject, json.dumps({"stream_name": stream, "config": body}).encode(), timeout=10.0)
+    answer = json.loads(reply.data)
+    if "error" in answer:
+        err = answer["error"]
+        raise RuntimeError(f"{err.get('description')} (code {err.get('code')}, error {err.get('err_code')})")
+    return answer
 
 
 def check_tables(config: Config, create: bool = True) -> dict[str, Any]:
@@ -198,7 +270,9 @@ def check_tables(config: Config, create: bool = True) -> dict[str, Any]:
                     raise ProvisionError(f"pipelines[{i}].create_table failed on {where}: {exc}") from exc
                 log.info("created table %s", p.table, extra={"pipeline": p.name})
             try:
-                mappers[p.name] = sink.build_mapper(client, p.table, config.clickhouse.database, p.columns, features)
+                mappers[p.name] = sink.build_mapper(
+                    client, p.table, config.clickhouse.database, p.columns, features, p.unknown_keys
+                )
             except LookupError as exc:
                 raise ProvisionError(f"pipelines[{i}].table: {exc} on {where}") from exc
             except Exception as exc:

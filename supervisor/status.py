@@ -35,11 +35,20 @@ Snapshot schema (plain JSON-friendly data):
                          "batches": int, "insert_retries": int,
                          "last_batch_at": float, "pending": int},
           },
+          "telemetry_dropped": {"traces": int, "metrics": int, "logs": int},  # OTLP endpoint down
         },
       ],
+      "instance_id": str,         # this supervisor's (config instance_id)
+      "instances": [              # every live instance sharing the partitions, this one first
+        {"instance_id": str, "self": bool, "holds": ["events/0", ...], "seen_s_ago": float | None,
+         "admin": "host:port" | None, "workers": int, "ready": int, "partitions": [...],
+         "rows_per_s": float, "lag": int, "draining": bool, "host": str, "pid": int, "started_at": float},
+      ],
+      "schemas": {"events": {...}},   # per pipeline, its table's version (supervisor/schemas.py)
     }
 
-`render_prometheus` and `render_status_table` are pure functions of a snapshot.
+`pool_metrics` (prometheus_client metric families, rendered by `render_prometheus`) and
+`render_status_table` are pure functions of a snapshot.
 """
 
 from __future__ import annotations
@@ -47,7 +56,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import socket
 import sys
 import threading
@@ -56,14 +64,24 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
+
+from prometheus_client import generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from supervisor.config import Config, ConfigError, load_config
+from workers import exitcodes
 
 log = logging.getLogger("jetsink.supervisor")
 
-__all__ = ["PoolView", "StatusServer", "health", "parse_listen", "render_prometheus", "render_status_table", "summary"]
+__all__ = ["PoolView", "StatusServer", "health", "parse_listen", "pool_metrics", "render_prometheus",
+           "render_status_table", "summary"]
 
 STALE_AFTER_S = 10.0  # workers beat every second; this much silence makes /healthz fail
 RATE_WINDOW_S = 5.0
+ADDRESS_FILE = "admin.address"  # in state_dir, while the admin endpoint listens
 
 
 # --------------------------------------------------------------------------- snapshots
@@ -85,21 +103,23 @@ class PoolView:
         self._samples: dict[int, tuple[int | None, float, int, float]] = {}
 
     def snapshot(self, workers: Iterable[Any], draining: bool) -> dict:
-        """A new snapshot of `workers` (objects shaped like arbiter.WorkerHandle).
+        """A new snapshot of `workers` (objects shaped like worker_handle.WorkerHandle).
 
-        Reads, per worker: slot, process (.pid) or None, ready, restarts, owned (or
-        partitions): the partitions it consumes (objects with .pipeline and .index),
+        Reads, per worker: slot, process (.pid) or None, ready, restarts, owned: the
+        partitions it consumes (assignment.Partition, ordered by pipeline and index),
         stats (the worker's last {"op": "stats", "partitions": {...}} message) and
         heartbeat (.value, time.monotonic() of the last beat).
         """
         now = self._clock()
         entries = [self._worker(w, now) for w in workers]
-        return {"started_at": self._started_at, "taken_at": self._wall(), "draining": bool(draining), "workers": entries}
+        return {"started_at": self._started_at, "taken_at": self._wall(), "draining": bool(draining),
+                "workers": entries}
 
     def _worker(self, w: Any, now: float) -> dict:
         pid = w.process.pid if w.process is not None else None
         report = w.stats or {}
-        stats = {name: dict(values) for name, values in (report.get("partitions", report) or {}).items() if isinstance(values, Mapping)}
+        per_partition = report.get("partitions", report) or {}
+        stats = {name: dict(values) for name, values in per_partition.items() if isinstance(values, Mapping)}
         inserted = sum(int(s.get("inserted", 0)) for s in stats.values())
         heartbeat = getattr(w, "heartbeat", None)
         return {
@@ -107,11 +127,12 @@ class PoolView:
             "pid": pid,
             "ready": bool(w.ready) and pid is not None,
             "restarts": int(w.restarts),
-            "partitions": [_partition_name(p) for p in sorted(_owned(w), key=_partition_key)],
+            "partitions": [f"{p.pipeline}/{p.index}" for p in sorted(w.owned)],
             "rows_per_s": self._rate(w.slot, pid, inserted, now),
             "last_batch_at": max((float(s.get("last_batch_at") or 0.0) for s in stats.values()), default=0.0),
             "heartbeat_age_s": max(0.0, now - heartbeat.value) if pid is not None and heartbeat is not None else None,
             "stats": stats,
+            "telemetry_dropped": {k: int(v) for k, v in (report.get("telemetry_dropped") or {}).items()},
         }
 
     def _rate(self, slot: int, pid: int | None, inserted: int, now: float) -> float:
@@ -127,23 +148,18 @@ class PoolView:
         return round(rate, 1)
 
 
-def _owned(w: Any) -> Iterable[Any]:
-    owned = getattr(w, "owned", None)
-    return owned if owned is not None else w.partitions
-
-
-def _partition_key(p: Any) -> tuple[str, int]:
-    name = _partition_name(p)
-    pipeline, _, index = name.rpartition("/")
-    return pipeline, int(index) if index.isdigit() else -1
-
-
-def _partition_name(p: Any) -> str:
-    if isinstance(p, str):
-        return p
-    if isinstance(p, (tuple, list)):
-        return f"{p[0]}/{p[1]}"
-    return f"{p.pipeline}/{p.index}"
+def member_info(snapshot: Mapping, admin: str | None) -> dict:
+    """What this instance publishes in its members key for the others' `status` (supervisor/members.py)."""
+    workers = snapshot.get("workers") or []
+    return {
+        "admin": admin,
+        "workers": len(workers),
+        "ready": sum(1 for w in workers if w.get("ready")),
+        "partitions": sorted(p for w in workers for p in w.get("partitions") or ()),
+        "rows_per_s": round(sum(float(w.get("rows_per_s", 0.0)) for w in workers), 1),
+        "lag": sum(int(s.get("pending", 0)) for w in workers for s in (w.get("stats") or {}).values()),
+        "draining": bool(snapshot.get("draining")),
+    }
 
 
 def health(snapshot: Mapping | None, now: float | None = None, stale_after_s: float = STALE_AFTER_S) -> list[str]:
@@ -170,28 +186,14 @@ def health(snapshot: Mapping | None, now: float | None = None, stale_after_s: fl
     return problems
 
 
-# --------------------------------------------------------------------------- Prometheus text
+# --------------------------------------------------------------------------- Prometheus
 
 
-def _value(v: float | int | bool) -> str:
-    if isinstance(v, bool):
-        return "1" if v else "0"
-    if isinstance(v, int):
-        return str(v)
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    return repr(float(v))
-
-
-def _label(v: Any) -> str:
-    return str(v).replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-
-
-_METRICS = (
+METRICS = (
     # name, type, help, label names
     ("jetsink_supervisor_start_time_seconds", "gauge", "Start time of the supervisor (unix seconds).", ()),
+    ("jetsink_instance_info", "gauge", "1, labelled with this supervisor's instance_id.", ("instance_id",)),
+    ("jetsink_instances_live", "gauge", "Live instances sharing the partitions (the members bucket).", ()),
     ("jetsink_draining", "gauge", "1 while the supervisor drains its workers for shutdown.", ()),
     ("jetsink_worker_up", "gauge", "1 when the worker slot's process runs and reported ready.", ("slot",)),
     ("jetsink_worker_pid", "gauge", "Process id of the worker slot.", ("slot",)),
@@ -199,15 +201,25 @@ _METRICS = (
     ("jetsink_worker_partitions", "gauge", "Partitions assigned to the worker slot.", ("slot",)),
     ("jetsink_worker_heartbeat_age_seconds", "gauge", "Seconds since the worker's event loop last beat.", ("slot",)),
     ("jetsink_rows_per_second", "gauge", "Rows the worker slot inserted per second over the last window.", ("slot",)),
-    ("jetsink_messages_consumed_total", "counter", "Messages pulled from the partition's consumer by the current worker process.", ("slot", "pipeline", "partition")),
-    ("jetsink_rows_inserted_total", "counter", "Rows inserted into ClickHouse by the current worker process.", ("slot", "pipeline", "partition")),
-    ("jetsink_dead_letters_total", "counter", "Messages sent to the dead-letter stream by the current worker process.", ("slot", "pipeline", "partition")),
-    ("jetsink_batches_total", "counter", "Batches committed by the current worker process.", ("slot", "pipeline", "partition")),
+    ("jetsink_messages_consumed_total", "counter",
+     "Messages pulled from the partition's consumer by the current worker process.", ("slot", "pipeline", "partition")),
+    ("jetsink_rows_inserted_total", "counter", "Rows inserted into ClickHouse by the current worker process.",
+     ("slot", "pipeline", "partition")),
+    ("jetsink_dead_letters_total", "counter", "Messages sent to the dead-letter stream by the current worker process.",
+     ("slot", "pipeline", "partition")),
+    ("jetsink_batches_total", "counter", "Batches committed by the current worker process.",
+     ("slot", "pipeline", "partition")),
     ("jetsink_insert_retries_total", "counter", "Retried inserts or DLQ publishes.", ("slot", "pipeline", "partition")),
     ("jetsink_skipped_duplicates_total", "counter",
      "Deliveries at or below the stored sequence, acked without storing.", ("slot", "pipeline", "partition")),
-    ("jetsink_last_batch_timestamp_seconds", "gauge", "When the partition's last batch was committed (unix seconds).", ("slot", "pipeline", "partition")),
-    ("jetsink_consumer_pending", "gauge", "Messages left in the partition's consumer (lag), as of the last delivery.", ("pipeline", "partition")),
+    ("jetsink_last_batch_timestamp_seconds", "gauge", "When the partition's last batch was committed (unix seconds).",
+     ("slot", "pipeline", "partition")),
+    ("jetsink_consumer_pending", "gauge", "Messages left in the partition's consumer (lag), as of the last delivery.",
+     ("pipeline", "partition")),
+    ("jetsink_schema_changes_total", "counter",
+     "Changes of the pipeline's table (columns added, dropped or retyped) the workers found.", ("pipeline", "table")),
+    ("jetsink_schema_read_timestamp_seconds", "gauge",
+     "When a worker last read the pipeline's table (unix seconds).", ("pipeline", "table")),
 )
 
 _COUNTERS = {
@@ -219,44 +231,68 @@ _COUNTERS = {
     "jetsink_skipped_duplicates_total": "skipped_duplicates",
 }
 
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-def render_prometheus(snapshot: Mapping | None) -> str:
-    """The snapshot in the Prometheus text exposition format 0.0.4."""
+
+def pool_metrics(snapshot: Mapping | None) -> list[Metric]:
+    """The snapshot as Prometheus metric families (every family, with or without samples)."""
     snapshot = snapshot or {}
-    samples: dict[str, list[tuple[tuple, float | int]]] = {name: [] for name, *_ in _METRICS}
+    families: dict[str, Metric] = {
+        name: (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(name, help_text, labels=labels)
+        for name, kind, help_text, labels in METRICS
+    }
+
+    def add(name: str, labels: tuple, value: float) -> None:
+        families[name].add_metric([str(v) for v in labels], float(value))
+
     if snapshot:
-        samples["jetsink_supervisor_start_time_seconds"].append(((), float(snapshot.get("started_at", 0.0))))
-        samples["jetsink_draining"].append(((), bool(snapshot.get("draining"))))
+        add("jetsink_supervisor_start_time_seconds", (), snapshot.get("started_at", 0.0))
+        if snapshot.get("instance_id"):
+            add("jetsink_instance_info", (snapshot["instance_id"],), 1)
+            add("jetsink_instances_live", (), len(snapshot.get("instances") or ()))
+        add("jetsink_draining", (), bool(snapshot.get("draining")))
     pending_seen: set[tuple[str, str]] = set()
     for w in snapshot.get("workers") or []:
         slot = (w["slot"],)
-        samples["jetsink_worker_up"].append((slot, bool(w.get("ready")) and w.get("pid") is not None))
+        add("jetsink_worker_up", slot, bool(w.get("ready")) and w.get("pid") is not None)
         if w.get("pid") is not None:
-            samples["jetsink_worker_pid"].append((slot, int(w["pid"])))
-        samples["jetsink_worker_restarts_total"].append((slot, int(w.get("restarts", 0))))
-        samples["jetsink_worker_partitions"].append((slot, len(w.get("partitions") or ())))
+            add("jetsink_worker_pid", slot, w["pid"])
+        add("jetsink_worker_restarts_total", slot, w.get("restarts", 0))
+        add("jetsink_worker_partitions", slot, len(w.get("partitions") or ()))
         if w.get("heartbeat_age_s") is not None:
-            samples["jetsink_worker_heartbeat_age_seconds"].append((slot, float(w["heartbeat_age_s"])))
-        samples["jetsink_rows_per_second"].append((slot, float(w.get("rows_per_s", 0.0))))
+            add("jetsink_worker_heartbeat_age_seconds", slot, w["heartbeat_age_s"])
+        add("jetsink_rows_per_second", slot, w.get("rows_per_s", 0.0))
         for name, stats in sorted((w.get("stats") or {}).items()):
             pipeline, _, index = name.rpartition("/")
             labels = (w["slot"], pipeline, index)
             for metric, key in _COUNTERS.items():
-                samples[metric].append((labels, int(stats.get(key, 0))))
+                add(metric, labels, stats.get(key, 0))
             if stats.get("last_batch_at"):
-                samples["jetsink_last_batch_timestamp_seconds"].append((labels, float(stats["last_batch_at"])))
+                add("jetsink_last_batch_timestamp_seconds", labels, stats["last_batch_at"])
             # During a move two workers may report a partition; the first report wins.
             if (pipeline, index) not in pending_seen:
                 pending_seen.add((pipeline, index))
-                samples["jetsink_consumer_pending"].append(((pipeline, index), int(stats.get("pending", 0))))
-    lines = []
-    for name, kind, help_text, label_names in _METRICS:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
-        for labels, value in samples[name]:
-            text = ",".join(f'{k}="{_label(v)}"' for k, v in zip(label_names, labels))
-            lines.append(f"{name}{{{text}}} {_value(value)}" if text else f"{name} {_value(value)}")
-    return "\n".join(lines) + "\n"
+                add("jetsink_consumer_pending", (pipeline, index), stats.get("pending", 0))
+    for pipeline, t in sorted((snapshot.get("schemas") or {}).items()):
+        labels = (pipeline, t.get("table", ""))
+        add("jetsink_schema_changes_total", labels, t.get("changes", 0))
+        add("jetsink_schema_read_timestamp_seconds", labels, t.get("read_at") or 0.0)
+    return list(families.values())
+
+
+class _SnapshotCollector(Collector):
+    def __init__(self, snapshot: Mapping | None) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterable[Metric]:
+        return pool_metrics(self._snapshot)
+
+
+def render_prometheus(snapshot: Mapping | None) -> str:
+    """The snapshot in the Prometheus text exposition format 0.0.4 (prometheus_client writes it)."""
+    registry = CollectorRegistry(auto_describe=False)  # one per scrape: no state shared between threads
+    registry.register(_SnapshotCollector(snapshot))
+    return generate_latest(registry).decode()
 
 
 # --------------------------------------------------------------------------- the status table
@@ -321,10 +357,57 @@ def render_status_table(snapshot: Mapping | None, now: float | None = None) -> s
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [head, ""] + ["  ".join(cell.ljust(width) for cell, width in zip(r, widths)).rstrip() for r in rows]
+    members = snapshot.get("instances") or []
+    if members:
+        lines += ["", f"instances ({len(members)} live, this one is {snapshot.get('instance_id')}):", ""]
+        table = [("INSTANCE", "ADMIN", "WORKERS", "PARTITIONS", "ROWS/S", "LAG")]
+        for m in members:
+            table.append((
+                m["instance_id"] + (" *" if m.get("self") else ""),
+                str(m.get("admin") or "-"),
+                f"{m.get('ready', 0)}/{m.get('workers', 0)}",
+                _partition_list(m.get("partitions") or m.get("holds") or ()),
+                f"{float(m.get('rows_per_s', 0.0)):.1f}",
+                str(m.get("lag", 0)),
+            ))
+        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+        lines += ["  ".join(cell.ljust(width) for cell, width in zip(r, widths)).rstrip() for r in table]
+    lines += _schema_table(snapshot.get("schemas") or {}, now)
+    dropped: dict[str, int] = {}
+    for w in workers:
+        for signal, n in (w.get("telemetry_dropped") or {}).items():
+            dropped[signal] = dropped.get(signal, 0) + int(n)
+    if any(dropped.values()):
+        counts = ", ".join(f"{signal} {n}" for signal, n in dropped.items())
+        lines += ["", f"telemetry dropped while its OTLP endpoint was unreachable: {counts}"]
     problems = health(snapshot, now=now)
     if problems and not snapshot.get("draining"):
         lines += ["", "unhealthy:"] + [f"  {p}" for p in problems]
     return "\n".join(lines) + "\n"
+
+
+def _schema_table(schemas: Mapping, now: float) -> list[str]:
+    """Per pipeline: its table, schema version (hash), when it was read, changes; workers still on another version."""
+    if not schemas:
+        return []
+    header = ("PIPELINE", "TABLE", "SCHEMA", "SINCE", "READ", "CHANGES")
+    rows = [header]
+    notes = []
+    for pipeline, t in sorted(schemas.items()):
+        since, read_at = float(t.get("since") or 0.0), float(t.get("read_at") or 0.0)
+        rows.append((
+            pipeline, str(t.get("table", "")), str(t.get("digest") or "-"),
+            f"{_age(max(0.0, now - since))} ago" if since else "-",
+            f"{_age(max(0.0, now - read_at))} ago" if read_at else "never",
+            str(t.get("changes", 0)),
+        ))
+        behind = sorted(s for s, d in (t.get("slots") or {}).items() if d != t.get("digest"))
+        if behind:
+            notes.append(f"  {pipeline}: worker(s) {', '.join(behind)} still on an older schema")
+        if t.get("problem"):
+            notes.append(f"  {pipeline}: {t['problem']}")
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return ["", *("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows), *notes]
 
 
 # --------------------------------------------------------------------------- the HTTP server
@@ -341,7 +424,8 @@ def parse_listen(listen: str) -> tuple[str, int]:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], family: int, snapshot: Callable[[], Mapping | None], stale_after_s: float) -> None:
+    def __init__(self, address: tuple[str, int], family: int, snapshot: Callable[[], Mapping | None],
+                 stale_after_s: float) -> None:
         self.address_family = family
         self.snapshot = snapshot
         self.stale_after_s = stale_after_s
@@ -368,7 +452,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send(200, "text/plain; charset=utf-8", "ok\n")
         elif path == "/metrics":
-            self._send(200, "text/plain; version=0.0.4; charset=utf-8", render_prometheus(snapshot))
+            self._send(200, PROMETHEUS_CONTENT_TYPE, render_prometheus(snapshot))
         elif path == "/status":
             problems = health(snapshot, stale_after_s=self.server.stale_after_s)
             body = {**(snapshot or {}), "now": time.time(), "healthy": not problems, "problems": problems}
@@ -392,10 +476,12 @@ class _Handler(BaseHTTPRequestHandler):
 class StatusServer:
     """/healthz, /metrics and /status on `listen`, served from a daemon thread."""
 
-    def __init__(self, listen: str, snapshot: Callable[[], Mapping | None], stale_after_s: float = STALE_AFTER_S) -> None:
+    def __init__(self, listen: str, snapshot: Callable[[], Mapping | None], stale_after_s: float = STALE_AFTER_S,
+                 address_file: Path | None = None) -> None:
         self._listen = listen
         self._snapshot = snapshot
         self._stale_after_s = stale_after_s
+        self._address_file = address_file
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -410,6 +496,12 @@ class StatusServer:
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.5},
                                         name="jetsink-admin", daemon=True)
         self._thread.start()
+        if self._address_file is not None:
+            # Where `status` finds a port picked at start (listen port 0); renamed into place whole.
+            self._address_file.parent.mkdir(parents=True, exist_ok=True)
+            partial = self._address_file.with_name(self._address_file.name + ".new")
+            partial.write_text(self.address + "\n")
+            partial.replace(self._address_file)
         log.info("admin endpoint on http://%s/ (/healthz, /metrics, /status)", self.address)
 
     @property
@@ -429,6 +521,8 @@ class StatusServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        if self._address_file is not None:
+            self._address_file.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- `python -m supervisor status`
@@ -437,46 +531,70 @@ class StatusServer:
 def add_parser(sub: Any) -> None:
     """Register `status` on the CLI's subparsers."""
     p = sub.add_parser("status", help="per worker: pid, partitions, rows/s, lag, last batch, restarts")
-    p.add_argument("--config", default="config.yaml", help="config.yaml whose admin.listen to ask (default: ./config.yaml)")
+    p.add_argument("--config", default="config.yaml",
+                   help="config.yaml whose admin.listen to ask (default: ./config.yaml)")
     p.add_argument("--listen", help="ask this host:port instead of the config's admin.listen")
     p.add_argument("--json", action="store_true", help="print the raw /status JSON")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer (default 5)")
     p.set_defaults(handler=run)
 
 
+def address_file(config: Config) -> Path:
+    """Where a running supervisor of `config` writes the admin address it listens on."""
+    return Path(config.state_dir) / ADDRESS_FILE
+
+
+def admin_address(config: Config) -> str | None:
+    """host:port of the admin endpoint of `config`'s supervisor: admin.listen, or with port 0 the
+    address the running supervisor wrote to its state_dir (None when it has not, or is not running)."""
+    if parse_listen(config.admin.listen)[1] != 0:
+        return config.admin.listen
+    try:
+        return address_file(config).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def fetch_status(address: str, timeout: float = 5.0) -> dict:
+    """GET /status from the admin endpoint at host:port; raises OSError or ValueError."""
+    host, port = parse_listen(address)
+    # A wildcard bind answers on loopback.
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    url = f"http://[{host}]:{port}/status" if ":" in host else f"http://{host}:{port}/status"
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - http only, built above
+        return json.load(resp)
+
+
 def run(args: argparse.Namespace) -> int:
     """`python -m supervisor status`: fetch /status from the running supervisor and print it."""
-    from workers import exitcodes
-    from supervisor.config import ConfigError, load_config
-
     listen, where = args.listen, "--listen"
     if listen is None:
         try:
-            admin = load_config(args.config).admin
+            config = load_config(args.config)
         except ConfigError as exc:
             print(f"jetsink: invalid config {args.config}:\n{exc}", file=sys.stderr)
             return exitcodes.CONFIG
-        if not admin.enabled:
+        if not config.admin.enabled:
             print(f"jetsink: the admin endpoint is disabled in {args.config} (admin.enabled: false)", file=sys.stderr)
             return exitcodes.CONFIG
-        listen, where = admin.listen, f"admin.listen in {args.config}"
+        listen, where = admin_address(config), f"admin.listen in {args.config}"
+        if listen is None:
+            print(f"jetsink: {where} is {config.admin.listen!r} (a free port chosen at start) and "
+                  f"{address_file(config)} does not exist; is the supervisor running?", file=sys.stderr)
+            return exitcodes.BOOT
     try:
-        host, port = parse_listen(listen)
+        port = parse_listen(listen)[1]
     except ValueError as exc:
         print(f"jetsink: {where}: {exc}", file=sys.stderr)
         return exitcodes.CONFIG
     if port == 0:
-        print(f"jetsink: {where} is {listen!r} (a free port chosen at start); pass the real one with --listen", file=sys.stderr)
+        print(f"jetsink: {where} is {listen!r}: give the port the supervisor listens on", file=sys.stderr)
         return exitcodes.CONFIG
-    # A wildcard bind answers on loopback.
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-    url = f"http://[{host}]:{port}/status" if ":" in host else f"http://{host}:{port}/status"
     try:
-        with urllib.request.urlopen(url, timeout=args.timeout) as resp:  # noqa: S310 - http only, built above
-            body = json.load(resp)
+        body = fetch_status(listen, timeout=args.timeout)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        print(f"jetsink: no status from {url} ({where}): {reason}; is the supervisor running?", file=sys.stderr)
+        print(f"jetsink: no status from {listen} ({where}): {reason}; is the supervisor running?", file=sys.stderr)
         return exitcodes.BOOT
     if args.json:
         print(json.dumps(body, indent=2))

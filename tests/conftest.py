@@ -66,7 +66,9 @@ def clickhouse_client(clickhouse_server):
 
 @pytest.fixture(scope="session")
 def ch_version(clickhouse_client) -> tuple[int, ...]:
-    return embedded.clickhouse_version(clickhouse_client)
+    from workers.sink import server_version
+
+    return server_version(clickhouse_client)
 
 
 @pytest.fixture

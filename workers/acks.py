@@ -89,11 +89,20 @@ class AckTracker:
         """
         return max((m[REPLY] for m in msgs), key=lambda r: intake.parse_ack_subject(r).stream_seq)
 
-    def reconcile(self, num_ack_pending: int, delivered_consumer_seq: int) -> bytes | None:
+    def reconcile(self, num_ack_pending: int, delivered_consumer_seq: int, ack_floor_stream_seq: int = 0) -> bytes | None:
         """Dirty, with no pull request open and every received batch stored: compare with the
         consumer's info.  Returns the ack subject that settles everything held (and the
-        tracker is clean again), or None while some unacked delivery is not in our hands."""
-        if self.clean or delivered_consumer_seq != self.last_seen or num_ack_pending != len(self.held):
+        tracker is clean again), or None while some unacked delivery is not in our hands.
+
+        Held messages at or below the consumer's ack floor are settled already: a previous
+        owner's late AckAll (pins do not fence acks) acked them after we stored their
+        redelivery.  They are dropped first, or the counts would never agree again.
+        """
+        if self.clean:
+            return None
+        if ack_floor_stream_seq and self.held and min(self.held) <= ack_floor_stream_seq:
+            self.held = {s: r for s, r in self.held.items() if s > ack_floor_stream_seq}
+        if delivered_consumer_seq != self.last_seen or num_ack_pending != len(self.held):
             return None
         self.clean = True
         if not self.held:

@@ -31,6 +31,8 @@ async def connect_nats(cfg: Any, name: str, initial_attempts: int = 2, **overrid
     """
 
     connected = False
+    # A client whose parser can hand pull inboxes' deliveries over in bulk.
+    nc = wire.new_client()
 
     async def on_error(exc: Exception) -> None:
         # Failed first attempts end in one ConnectionError below; only later errors are news.
@@ -38,7 +40,12 @@ async def connect_nats(cfg: Any, name: str, initial_attempts: int = 2, **overrid
             log.warning("nats error on %s: %s", ",".join(cfg.servers), exc)
 
     async def on_disconnect() -> None:
-        log.warning("disconnected from nats %s", ",".join(cfg.servers))
+        # nats-py calls this on close() and drain() too, with the client already closed:
+        # that is the end of a clean run, not news (a command-line tool prints only its result).
+        if nc.is_closed:
+            log.debug("closed the connection to nats %s", ",".join(cfg.servers))
+        else:
+            log.warning("disconnected from nats %s", ",".join(cfg.servers))
 
     async def on_reconnect() -> None:
         log.info("reconnected to nats %s", ",".join(cfg.servers))
@@ -73,8 +80,6 @@ async def connect_nats(cfg: Any, name: str, initial_attempts: int = 2, **overrid
         opts["tls"] = _ssl_context(cfg.tls)
     opts.update(overrides)
     try:
-        # A client whose parser can hand pull inboxes' deliveries over in bulk.
-        nc = wire.new_client()
         await nc.connect(**opts)
     except Exception as exc:  # nats-py raises a zoo of types here; the user needs one message
         hint = " (embedded: true - is the supervisor running?)" if cfg.embedded else ""

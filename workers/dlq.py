@@ -43,7 +43,7 @@ class DeadLetter:
     subject: str
     stream: str
     stream_seq: int
-    reason: str  # short code: invalid_json, wrong_type, missing_required, out_of_range, ...
+    reason: str  # short code: invalid_json, wrong_type, missing_required, out_of_range, lost_precision, ...
     error: str  # human-readable detail
     pipeline: str
     worker: int

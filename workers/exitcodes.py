@@ -9,5 +9,5 @@ OK = 0
 CONFIG = 2  # bad config or usage
 BOOT = 3  # a worker (or a tool) could not start: a server unreachable, a table unusable
 LOST = 4  # bench: messages were lost
-ERROR = 1  # bench: the sink or a server failed
+ERROR = 1  # an unexpected error (what Python exits with); bench: the sink or a server failed
 NOT_DONE = 5  # dlq: some dead letters were not found or not replayed

@@ -1,7 +1,7 @@
 """What a failed insert means: retry it, pause the pipeline, or isolate the bad rows.
 
-ClickHouse tells by exception code; the network tells by exception type. The three
-answers lead to three behaviours in the partition's commit:
+ClickHouse tells by exception code; the network tells by exception type. The answers
+lead to these behaviours in the partition's commit:
 
 - RETRYABLE: the server or the path to it is unwell (down, overloaded, timing out).
   Retry the same batch with capped backoff; nothing is dead-lettered.
@@ -10,6 +10,15 @@ answers lead to three behaviours in the partition's commit:
   the DLQ: pause and retry slowly, with a clear error.
 - ROWS: something in the data was refused. Split the batch to find the rows and
   dead-letter only those.
+- SCHEMA: the INSERT names a column the table no longer has. Once the table has
+  been read again (below) and has not changed after all, retried like RETRYABLE.
+
+A table can change under a batch (ALTER TABLE, a table dropped and created again), and
+then the batch's failure says nothing about its rows: a dropped column is an unknown
+column, a retyped one shows as values the driver cannot write (a row fault), a dropped
+table as a pipeline fault. So before any of those is acted on, `isolate_bad_rows` lets
+the caller read the table again (its `check`, workers/table_schema.py), which raises
+TableChanged (map the rows again and insert them) or TableUnusable (pause).
 """
 
 from __future__ import annotations
@@ -28,19 +37,39 @@ class Fault(enum.Enum):
     RETRYABLE = "retryable"
     PIPELINE = "pipeline"
     ROWS = "rows"
+    SCHEMA = "schema"
+
+
+class TableChanged(Exception):
+    """The table's columns changed under a batch: map its rows again.
+
+    ``stored`` holds the indices of the rows inserted before the change was found.
+    """
+
+    def __init__(self, stored: list[int] | None = None) -> None:
+        super().__init__("the table changed under the batch")
+        self.stored = stored or []
+
+
+class TableUnusable(Exception):
+    """The table is gone, or changed so that it can no longer be mapped: pause the pipeline, dead-letter nothing."""
 
 
 # Codes are stable across ClickHouse versions (src/Common/ErrorCodes.cpp).
-_PIPELINE_CODES = {
+_SCHEMA_CODES = {
     8,    # THERE_IS_NO_COLUMN
-    16,   # NO_SUCH_COLUMN_IN_TABLE
+    16,   # NO_SUCH_COLUMN_IN_TABLE (18.16 and later, for an INSERT naming a dropped column)
     47,   # UNKNOWN_IDENTIFIER
+}
+_TABLE_GONE_CODES = {
     60,   # UNKNOWN_TABLE
     81,   # UNKNOWN_DATABASE
+    218,  # TABLE_IS_DROPPED
+}
+_PIPELINE_CODES = _TABLE_GONE_CODES | {
     192,  # UNKNOWN_USER
     193,  # WRONG_PASSWORD
     194,  # REQUIRED_PASSWORD
-    218,  # TABLE_IS_DROPPED
     497,  # ACCESS_DENIED
     516,  # AUTHENTICATION_FAILED
 }
@@ -57,8 +86,12 @@ _ROW_CODES = {
 
 
 def classify(exc: BaseException) -> Fault:
-    """Sort an insert failure into one of the three behaviours."""
+    """Sort an insert failure into one of the behaviours above."""
+    if isinstance(exc, TableUnusable):
+        return Fault.PIPELINE
     if isinstance(exc, ch.ServerException):
+        if exc.code in _SCHEMA_CODES:
+            return Fault.SCHEMA
         if exc.code in _PIPELINE_CODES:
             return Fault.PIPELINE
         if exc.code in _ROW_CODES:
@@ -74,15 +107,29 @@ def classify(exc: BaseException) -> Fault:
     return Fault.RETRYABLE
 
 
-def isolate_bad_rows(insert: Callable[[list[list]], Any], columns: list[list], rows: int) -> list[tuple[int, BaseException]]:
+def table_in_question(exc: BaseException) -> bool:
+    """Whether a failed insert may come from a change of the table (read it again before acting)."""
+    fault = classify(exc)
+    return fault is Fault.SCHEMA or fault is Fault.ROWS or getattr(exc, "code", None) in _TABLE_GONE_CODES
+
+
+def isolate_bad_rows(
+    insert: Callable[[list[list]], Any],
+    columns: list[list],
+    rows: int,
+    check: Callable[[BaseException], None] | None = None,
+) -> list[tuple[int, BaseException]]:
     """Insert `columns` (rows x len(columns)), bisecting around rows the server refuses.
 
     Returns (row index, error) for each refused row; every other row is inserted once.
     A retryable or pipeline fault while bisecting is raised: the caller retries the
     whole batch, and rows already inserted by then may be inserted twice (at-least-once).
+    `check(exc)` sees every failure first; a TableChanged it raises leaves with the
+    rows inserted so far in its ``stored``.
     """
     bad: list[tuple[int, BaseException]] = []
     ident = indoubt.current.get()
+    stored: list[tuple[int, int]] = []
     # A loop over a stack of row ranges, not a recursive closure: a closure that refers
     # to itself is a reference cycle, and it would keep every batch's columns alive
     # until the cyclic GC ran (and make that GC walk them all).
@@ -97,8 +144,15 @@ def isolate_bad_rows(insert: Callable[[list[list]], Any], columns: list[list], r
             else:
                 # A part of the batch is a block of its own: its own identity, the same on a resend.
                 indoubt.run_as(ident.part(lo, hi), insert, part)
+            stored.append((lo, hi))
             continue
         except Exception as exc:
+            if check is not None:
+                try:
+                    check(exc)
+                except TableChanged as change:
+                    change.stored = [i for a, b in stored for i in range(a, b)]
+                    raise
             if classify(exc) is not Fault.ROWS:
                 raise
             if hi - lo == 1:

@@ -18,9 +18,9 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from itertools import compress, count, repeat
+from itertools import chain, compress, count, repeat
 from operator import itemgetter, not_
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 
 import orjson
 
@@ -30,8 +30,9 @@ from workers.batch import Batch
 from workers.commits import CommitLog, Range
 from workers.dlq import DeadLetter, publish_dead_letters
 from workers.schema import ColumnMapper
+from workers.table_schema import TableSchema
 from workers.telemetry import Telemetry
-from workers.topology import partition_filter
+from workers.topology import PRIORITY_GROUP, partition_filter
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class PartitionStats:
     in_doubt_landed: int = 0  # in-doubt batches a previous owner's insert had stored (not sent again)
     in_doubt_resent: int = 0  # rows of in-doubt batches sent again not knowing whether they had landed
     taken_over: int = 0  # messages a previous owner held unacked, stored from the stream at takeover
+    pins_lost: int = 0  # 423s: the consumer's pin went to another puller (or a new consumer leader)
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class Prepared:
     row_msgs: list[int]  # for each row, the index of its message in the batch
     dead: list[DeadLetter] = field(default_factory=list)
     redelivered: bool = False  # the batch holds redeliveries (its ack then needs the highest sequence)
+    mapper: Any = None  # the ColumnMapper that mapped it (set by workers/table_schema.py)
 
 
 def prepare(batch_msgs: list[tuple], mapper: ColumnMapper, target: PartitionTarget) -> Prepared:
@@ -123,6 +126,16 @@ def prepare(batch_msgs: list[tuple], mapper: ColumnMapper, target: PartitionTarg
     return Prepared(columns=columns, rows=len(row_msgs), row_msgs=row_msgs, dead=dead, redelivered=bool(again))
 
 
+def join_prepared(parts: list[Prepared]) -> Prepared:
+    """One Prepared from per-message ones: columns concatenated, row indices shifted."""
+    columns = [list(chain.from_iterable(p.columns[c] for p in parts)) for c in range(len(parts[0].columns))]
+    row_msgs = [i + r for i, p in enumerate(parts) for r in p.row_msgs]
+    return Prepared(
+        columns=columns, rows=sum(p.rows for p in parts), row_msgs=row_msgs, dead=[d for p in parts for d in p.dead],
+        redelivered=any(p.redelivered for p in parts),
+    )
+
+
 def _loads_all(msgs: list[tuple]) -> list:
     """Every message's JSON (raises at the first invalid one).  A function of its own so
     that CPU profiles show the time orjson takes apart from the rest of prepare()."""
@@ -153,9 +166,9 @@ class PartitionRunner:
         self,
         nc: Any,
         target: PartitionTarget,
-        mapper: ColumnMapper,
+        schema: TableSchema,
         run_in_thread: Callable[..., Awaitable[Any]],
-        insert: Callable[[list[list]], int],
+        insert: Callable[[Sequence[str], list[list]], int],
         telemetry: Telemetry | None = None,
         clickhouse: indoubt.QueryLog | None = None,
         tokens: bool = False,
@@ -163,11 +176,10 @@ class PartitionRunner:
     ) -> None:
         self._nc = nc
         self.target = target
-        self._mapper = mapper
+        self._schema = schema  # the table's current mapper; it follows changes of the table
         self._telemetry = telemetry or Telemetry()
         # With observability on, thread calls carry the batch span (see workers/telemetry.py).
         self._run_in_thread = self._telemetry.carry_context(run_in_thread)
-        self._prepare = self._telemetry.traced_prepare(prepare)
         self._insert = insert
         # Exactly once (workers/commits.py): the commit state, opened at start; `clickhouse`
         # asks ClickHouse about an in-doubt insert (workers/indoubt.py, in the insert thread).
@@ -205,6 +217,11 @@ class PartitionRunner:
         self._ack_wait_s = 30.0
         self._keepalive_at = 0.0  # when held messages last got an in-progress ack
         self._dirty_since = 0.0
+        # The consumer's pin (priority group, pinned_client): the server admits one puller
+        # at a time, so two owners can never pull together. None until the first pinned
+        # delivery; a 423 takes it away.
+        self._pin: str | None = None
+        self._pinned_from = 0  # consumer sequence of the first delivery under the pin
         self.stats = PartitionStats()
         self._log_extra = {"pipeline": target.pipeline.name, "partition": target.index}  # on every log line
 
@@ -237,6 +254,10 @@ class PartitionRunner:
                 "holding acks until they are redelivered and stored", self.name, info.num_ack_pending,
                 extra=self._log_extra,
             )
+        # The supervisor hands a partition over only once its previous owner released it
+        # or died: a pin still set is a dead puller's, and would park our pulls until the
+        # priority timeout ran out.
+        await self._unpin()
         self._sub = await self._nc.subscribe(self._inbox, cb=_unused, pending_msgs_limit=-1, pending_bytes_limit=-1)
         wire.route(self._nc, self._sub, self._on_msgs)
         self._tasks = [
@@ -275,6 +296,11 @@ class PartitionRunner:
         self._wake.set()
         try:
             await asyncio.gather(*self._tasks)
+            if self._pin is not None:
+                # Drained and acked: hand the pin back so that the next owner's first pull gets it.
+                self._pin_ended("released")
+                await self._nc.flush()
+                await self._unpin()
         finally:
             if self._keepalive is not None:
                 self._keepalive.cancel()
@@ -318,6 +344,8 @@ class PartitionRunner:
                     self._on_status(m)
         if not deliveries:
             return
+        if self._pin is None:
+            self._pinned(deliveries)
         self._delivered += len(deliveries)
         if not self._batch:
             # Its messages left the server after this request was sent: JetStream's ack_wait for
@@ -338,12 +366,53 @@ class PartitionRunner:
         if status == intake.HEARTBEAT:
             return
         description = headers.get("Description")
-        if status == intake.CONFLICT and description != "Batch Completed" and not (self.dirty and "MaxAckPending" in (description or "")):
-            # "Batch Completed" is the normal end of a request capped by max_bytes; while
-            # acks are held, reaching max_ack_pending is expected.
+        if status == intake.PIN_LOST:
+            # Another puller holds the pin (an instance that took the partition while views
+            # differed), or a new consumer leader forgot it: pull no more with this id. The
+            # next request goes without one and waits until the pin is free.
+            self.stats.pins_lost += 1
+            if self._pin is not None:
+                self._pin_ended(f"lost ({description})")
+            self._outstanding = 0
+            self._wake.set()
+            return
+        if status == intake.CONFLICT and description != "Batch Completed" and "Leadership Change" not in (description or "") \
+                and not (self.dirty and "MaxAckPending" in (description or "")):
+            # "Batch Completed" is the normal end of a request capped by max_bytes, a
+            # leadership change that of a failover; while acks are held, reaching
+            # max_ack_pending is expected.
             log.warning("pull on %s ended: %s", self.name, description)
         self._outstanding = 0
         self._wake.set()
+
+    def _pinned(self, deliveries: list[tuple]) -> None:
+        """The first pinned delivery carries the pin's id (Nats-Pin-Id)."""
+        for m in deliveries:
+            raw = m[HEADERS]
+            if raw is not None and intake.PIN_HEADER in raw:
+                self._pin = wire.parse_headers(raw).get("Nats-Pin-Id") or None
+                self._pinned_from = intake.parse_ack_subject(m[REPLY]).consumer_seq
+                # A record per pin (tests/integration/test_instances.py reads them): two owners
+                # at once would show as overlapping consumer-sequence ranges.
+                log.info("partition %s pinned (pin %s) from consumer sequence %d", self.name, self._pin,
+                         self._pinned_from, extra={**self._log_extra, "pin": self._pin,
+                                                   "first_consumer_seq": self._pinned_from})
+                return
+
+    def _pin_ended(self, why: str) -> None:
+        log.info("partition %s unpinned (pin %s, %s) after consumer sequence %d", self.name, self._pin, why,
+                 self._tracker.last_seen, extra={**self._log_extra, "pin": self._pin,
+                                                 "first_consumer_seq": self._pinned_from,
+                                                 "last_consumer_seq": self._tracker.last_seen})
+        self._pin = None
+
+    async def _unpin(self) -> None:
+        """Release the consumer's pin (whoever holds it); an answer that it had none is fine."""
+        subject = intake.unpin_subject(self.target.pipeline.stream, self.target.consumer)
+        try:
+            await self._nc.request(subject, orjson.dumps({"group": PRIORITY_GROUP}), timeout=5.0)
+        except Exception as exc:  # noqa: BLE001 - the pin then times out on the server by itself
+            log.warning("partition %s: unpin failed: %s", self.name, exc or type(exc).__name__, extra=self._log_extra)
 
     def _pipeline_idle(self) -> bool:
         """No request open, nothing received unstored: the moment to compare with the consumer."""
@@ -427,7 +496,7 @@ class PartitionRunner:
         self._outstanding = n
         self._requested_at = time.monotonic()
         self._request_deadline = time.monotonic() + self._expires_s + 2.0
-        body = intake.pull_request(n, self._expires_s, max_bytes if max_bytes > 0 else None)
+        body = intake.pull_request(n, self._expires_s, max_bytes if max_bytes > 0 else None, PRIORITY_GROUP, self._pin)
         await self._nc.publish(self._next_subject, body, reply=self._inbox)
 
     # -- acks -------------------------------------------------------------------
@@ -436,7 +505,8 @@ class PartitionRunner:
         """Dirty and idle: ask the consumer whether every unacked message is one we hold;
         if so, one AckAll settles them all and acks flow per batch again."""
         info = await self._consumer_info()
-        reply = self._tracker.reconcile(info.num_ack_pending or 0, info.delivered.consumer_seq or 0)
+        floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+        reply = self._tracker.reconcile(info.num_ack_pending or 0, info.delivered.consumer_seq or 0, floor or 0)
         if not self._tracker.dirty:
             log.info(
                 "partition %s: every unacked message is stored; acking per batch again", self.name,
@@ -578,7 +648,7 @@ class PartitionRunner:
         """Map `msgs`, dead-letter what cannot be mapped, insert the rest (under `ident`) and
         dead-letter the rows ClickHouse refuses; returns once all of it is confirmed."""
         pipeline = self.target.pipeline
-        prepared: Prepared = await self._run_in_thread(self._prepare, msgs, self._mapper, self.target)
+        prepared: Prepared = await self._run_in_thread(self._schema.prepare, self._prepare, msgs, self.target)
         if prepared.dead:
             for dl in prepared.dead:
                 log.warning(
@@ -587,15 +657,19 @@ class PartitionRunner:
                 )
             await self._retrying("dlq publish", publish_dead_letters, self._nc, pipeline.dlq_stream, pipeline.dlq_subject, prepared.dead)
         if prepared.rows:
+            # A table changed under the batch has its rows mapped again (remapped: what the new mapping refused).
             attempts = count()
-            refused = await self._retrying(
-                "insert", self._insert_once, ident, r, attempts, prepared, keep_alive=keep_alive
+            refused, remapped = await self._retrying(
+                "insert", self._insert_once, ident, r, attempts, msgs, prepared, keep_alive=keep_alive
             )
-            if refused:
-                letters = [_dead_letter(msgs[prepared.row_msgs[i]], self.target, "insert_rejected", faults.describe(exc)) for i, exc in refused]
+            if refused or remapped:
+                letters = remapped + [
+                    _dead_letter(msgs[i], self.target, "insert_rejected", error) for i, error in refused
+                ]
                 for dl in letters:
                     log.warning(
-                        "ClickHouse refused %s seq %d, dead-lettered: %s", dl.subject, dl.stream_seq, dl.error,
+                        "%s %s seq %d, dead-lettered: %s", "ClickHouse refused" if dl.reason == "insert_rejected"
+                        else f"the changed table refuses ({dl.reason})", dl.subject, dl.stream_seq, dl.error,
                         extra=self._log_extra,
                     )
                 await self._retrying(
@@ -607,9 +681,11 @@ class PartitionRunner:
         return prepared
 
     async def _insert_once(
-        self, ident: indoubt.InsertIdentity | None, r: Range | None, attempts: Any, prepared: Prepared
-    ) -> list:
-        """One attempt at the insert; a retry first asks ClickHouse whether the failed attempt landed."""
+        self, ident: indoubt.InsertIdentity | None, r: Range | None, attempts: Any, msgs: list[tuple],
+        prepared: Prepared,
+    ) -> tuple[list[tuple[int, str]], list[DeadLetter]]:
+        """One attempt at the insert (through the table's schema, which maps the rows again if the
+        table changed under them); a retry first asks ClickHouse whether the failed attempt landed."""
         if next(attempts) and ident is not None and self._query_log is not None:
             if await self._run_in_thread(self._query_log.landed, ident.query_id, r.began_at, 10.0):
                 log.info(
@@ -617,9 +693,9 @@ class PartitionRunner:
                     self.name, r.first, r.last,
                     extra=self._log_extra,
                 )
-                return []
+                return [], []
         return await self._run_in_thread(
-            indoubt.run_as, ident, faults.isolate_bad_rows, self._insert, prepared.columns, prepared.rows
+            indoubt.run_as, ident, self._schema.store, self._prepare, self._insert, msgs, prepared, self.target
         )
 
     async def _recover(self) -> None:
@@ -702,6 +778,26 @@ class PartitionRunner:
         p = self.target.pipeline
         pattern = partition_filter(p.subject, self.target.index)
         return await commits.read_stream(self._nc, p.stream, pattern, self.target.consumer, r.first, r.last)
+
+    def _prepare(self, msgs: list[tuple], mapper: ColumnMapper, target: PartitionTarget) -> Prepared:
+        """prepare() in the insert thread, under the telemetry's `map` span(s).
+
+        The table's schema (workers/table_schema.py) calls it with its current mapper,
+        and again with a new one when the table changed under the batch.
+        """
+        if not self._telemetry.per_message_spans:
+            with self._telemetry.map(target, msgs) as mapped:
+                prepared = prepare(msgs, mapper, target)
+                mapped(prepared)
+                return prepared
+        # Each message parsed and mapped on its own, so that each span times one message;
+        # this costs, hence opt-in (observability.traces.per_message_spans).
+        parts = []
+        for msg in msgs:
+            with self._telemetry.map_message(msg) as mapped:
+                parts.append(prepare([msg], mapper, target))
+                mapped(parts[-1])
+        return join_prepared(parts)
 
     async def _retrying(self, what: str, fn: Callable[..., Awaitable[Any]], *args: Any, keep_alive: list[tuple] | None = None) -> Any:
         """Await fn(*args) until it succeeds, backing off (capped, jittered) between tries.

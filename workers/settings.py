@@ -1,17 +1,49 @@
 """jetsink's configuration as frozen, typed dataclasses: the leaf both sides share.
 
-supervisor/config.py reads and validates config.yaml into these; the supervisor hands the
+Each field declares its config key once (``key(...)``): the check and bounds of its value
+(workers/setting_types.py), its default (the dataclass default) and its doc. supervisor/config.py
+walks config.yaml with these declarations, and the key reference in docs/configuration.md is
+generated from them (``python -m supervisor.config reference``). The supervisor hands the
 resulting ``Config`` object itself to each worker process (it pickles), and nothing
 downstream ever sees raw YAML.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+import socket
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
+
+from workers.setting_types import (
+    HOSTNAME,
+    IDENTIFIER,
+    INSTANCE_ID,
+    PIPELINE_NAME,
+    STREAM_NAME,
+    TABLE_NAME,
+    Bool,
+    Check,
+    Choice,
+    DottedPath,
+    FilePath,
+    InsertSettings,
+    Int,
+    JsonValue,
+    Key,
+    Listen,
+    ListOf,
+    MapOf,
+    NatsUrls,
+    Ratio,
+    Seconds,
+    Section,
+    Size,
+    Subject,
+    Text,
+    Timezone,
+)
 
 # --------------------------------------------------------------------------- public types
 
@@ -37,139 +69,256 @@ class Secret:
     __str__ = __repr__
 
 
+
+def key(check: Check, doc: str, default: Any = MISSING, *, factory: Any = MISSING, **how: Any) -> Any:
+    """A settings field that declares its config key: check, doc and default, once."""
+    return field(default=default, default_factory=factory, metadata={"key": Key(check, doc, **how)})
+
+
+def section(cls: type, doc: str, *, optional: bool = False) -> Any:
+    """A nested mapping; absent means all defaults, or None when ``optional``."""
+    if optional:
+        return key(Section(cls, optional=True), doc, None)
+    return key(Section(cls), doc, factory=cls, default_doc="all defaults")
+
+
+def declared_key(f: Any) -> Key | None:
+    """The key a dataclass field declares, or None for a field the parser fills itself."""
+    return f.metadata.get("key")
+
+
+# --------------------------------------------------------------------------- sections
+
+
 @dataclass(frozen=True, slots=True)
 class TLSConfig:
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    """Used by `nats.tls` and `clickhouse.tls`. An empty mapping (`tls: {}`) means "TLS with the
+    system's CA certificates"."""
+
+    ca_file: Path | None = key(FilePath(must_exist=True), "CA bundle to verify the server.", None)
+    cert_file: Path | None = key(FilePath(must_exist=True), "Client certificate; needs `key_file`.", None)
+    key_file: Path | None = key(FilePath(must_exist=True), "Client key; needs `cert_file`.", None)
+
+
+_SECRET_DOC = "Where the {} comes from; see [secrets](#secrets)."
 
 
 @dataclass(frozen=True, slots=True)
 class NatsConfig:
-    servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
-    embedded: bool = False
-    user: str | None = None
-    password: Secret | None = None
-    token: Secret | None = None
-    creds_file: Path | None = None
-    nkey_seed_file: Path | None = None
-    tls: TLSConfig | None = None
-    connect_timeout_s: float = 5.0
+    servers: tuple[str, ...] = key(
+        NatsUrls(), "Servers to connect to. Each must start with `nats://`, `tls://`, `ws://` or `wss://` and have "
+        "a host. Credentials inside the URL (`nats://user:pw@host`) are rejected; see [secrets](#secrets).",
+        ("nats://127.0.0.1:4222",), name="url")
+    embedded: bool = key(
+        Bool(), "The supervisor starts `nats-server` (with JetStream) itself, listening on the port of `url`. "
+        "Requires exactly one `nats://127.0.0.1:PORT` or `nats://localhost:PORT` URL.", False)
+    user: str | None = key(Text(), "User name for user/password auth. Required when a password is set.", None)
+    password: Secret | None = key(Text(), _SECRET_DOC.format("password"), None, secret=True)
+    token: Secret | None = key(Text(), "Token auth; see [secrets](#secrets).", None, secret=True)
+    creds_file: Path | None = key(FilePath(must_exist=True), "A `.creds` file (JWT + nkey seed).", None)
+    nkey_seed_file: Path | None = key(FilePath(must_exist=True), "An nkey seed file.", None)
+    tls: TLSConfig | None = section(TLSConfig, "See [tls](#tls).", optional=True)
+    connect_timeout_s: float = key(Seconds(), "Connection timeout.", 5.0)
+    replicas: int | None = key(
+        Int(1, 5), "Replicas of the streams, KV buckets and consumers the supervisor creates (an existing stream "
+        "with fewer is scaled up). Without it: 3 when the server it connects to is in a cluster of 3 or more "
+        "(its INFO lists the cluster's servers), else 1.", None, default_doc="derived")
 
 
 @dataclass(frozen=True, slots=True)
 class ClickHouseConfig:
-    host: str = "127.0.0.1"
-    port: int = 9000
-    database: str = "default"
-    user: str = "default"
-    password: Secret | None = None
-    secure: bool = False
-    tls: TLSConfig | None = None
-    embedded: bool = False
-    connect_timeout_s: float = 5.0
-    send_receive_timeout_s: float = 60.0
-    settings: Mapping[str, str | int | float] = field(default_factory=lambda: MappingProxyType({}))
+    host: str = key(HOSTNAME, "Server host (native protocol).", "127.0.0.1")
+    port: int = key(Int(1, 65535), "Native-protocol port (usually 9440 with `secure: true`).", 9000)
+    database: str = key(IDENTIFIER, "Database for table names given without a database.", "default")
+    user: str = key(Text(), "User name.", "default")
+    password: Secret | None = key(Text(), "See [secrets](#secrets).", None, secret=True,
+                                  default_doc="none (empty password)")
+    secure: bool = key(Bool(), "Use TLS.", False)
+    tls: TLSConfig | None = section(TLSConfig, "See [tls](#tls); only allowed with `secure: true`.", optional=True)
+    embedded: bool = key(
+        Bool(), "The supervisor starts `clickhouse-server` itself on `host:port`. Requires `host` `127.0.0.1` or "
+        "`localhost`.", False)
+    connect_timeout_s: float = key(Seconds(), "Connection timeout.", 5.0)
+    send_receive_timeout_s: float = key(Seconds(), "Per query/insert socket timeout.", 60.0)
+    # Pairs rather than a dict: they pickle (the Config crosses the spawn boundary) and cannot change.
+    settings_items: tuple[tuple[str, str | int | float], ...] = key(
+        InsertSettings(), "Extra ClickHouse settings sent with every insert (e.g. `insert_quorum: 2`). "
+        "Booleans become `1`/`0`.", (), name="settings")
 
-    def __post_init__(self) -> None:
-        # Copy, so a caller mutating its dict cannot change a "frozen" config.
-        if isinstance(self.settings, Mapping):
-            object.__setattr__(self, "settings", MappingProxyType(dict(self.settings)))
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        # MappingProxyType cannot be pickled, and configs cross the spawn boundary to workers.
-        values = tuple(getattr(self, f.name) for f in dataclasses.fields(self))
-        return (ClickHouseConfig, values[:-1] + (dict(self.settings),))
+    @property
+    def settings(self) -> Mapping[str, str | int | float]:
+        """The insert settings as a read-only mapping."""
+        return MappingProxyType(dict(self.settings_items))
 
 
 @dataclass(frozen=True, slots=True)
 class BatchLimits:
-    max_rows: int = 10_000
-    max_bytes: int = 8 * 1024 * 1024
-    max_wait_ms: int = 1000
+    """A partition's batch is inserted when the first of these limits is reached."""
+
+    max_rows: int = key(Int(1), "Rows per insert.", 10_000)
+    max_bytes: int = key(Size(), "Raw message bytes per insert.", 8 * 1024 * 1024)
+    max_wait_ms: int = key(Int(1, unit="milliseconds"), "Age of the oldest message in the batch.", 1000)
 
 
 @dataclass(frozen=True, slots=True)
 class ColumnOverride:
-    column: str
-    path: tuple[str, ...] | None = None  # None = the same-named top-level key
-    required: bool = False
-    has_default: bool = False
-    default: Any = None  # JSON-ish value (str/int/float/bool/None/list/dict)
-    epoch_unit: str = "s"
-    timezone: str | None = None  # IANA name; None = the column's own, else the server's
+    column: str  # the key of the `columns:` mapping
+    path: tuple[str, ...] | None = key(
+        DottedPath(), "Where the value sits in the JSON document: `user.id` reads `{\"user\": {\"id\": ...}}`. "
+        "No empty segments.", None, default_doc="the column name")
+    required: bool = key(Bool(), "A message without the value is dead-lettered (reason `missing_required`).", False)
+    has_default: bool = False  # `default: null` is a default (NULL), so None alone cannot say "no default"
+    default: Any = key(
+        JsonValue(), "Used when the value is missing; converted like an input value. `default: null` is a default "
+        "(NULL). Cannot be combined with `required: true`. Quote dates (`'2024-01-01'`): YAML would otherwise turn "
+        "them into date objects.", None)
+    epoch_unit: str = key(Choice("s", "ms"), "Unit of numeric timestamps for `DateTime`/`DateTime64` columns.", "s")
+    timezone: str | None = key(
+        Timezone(), "Time zone for date-times sent without an offset (DateTime/DateTime64 columns); else the "
+        "column's own, else the server's.", None)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Pipeline:
-    name: str
-    stream: str
-    subject: str
-    partitions: int
-    table: str
-    create_table: str | None
-    batch: BatchLimits
-    columns: tuple[ColumnOverride, ...]
-    dlq_stream: str
-    dlq_subject: str
-    max_deliver: int = 10
-    ack_wait_s: float | None = None  # None = derived from the batch limits by the provisioner
-    unknown_keys: str = "ignore"  # "ignore" | "dead_letter": JSON keys that match no column
-    delivery: str = "exactly_once"  # "exactly_once" | "at_least_once"
+    """Each pipeline moves one JetStream stream into one ClickHouse table."""
+
+    name: str = key(PIPELINE_NAME, "Unique among pipelines. Used in consumer names and the default DLQ subject.",
+                    required=True)
+    stream: str = key(
+        STREAM_NAME, "The JetStream stream this pipeline owns (provisioned if missing). No whitespace, `.`, `*`, "
+        "`>`, `/` or `\\`. No two pipelines may use the same stream, input or DLQ.", required=True)
+    subject: str = key(
+        Subject(wildcards=True), "What producers publish to, e.g. `events.*`. At least one `*` token (the `*` tokens "
+        "form the partition key), no `>` token, no empty tokens, wildcards only as whole tokens. Must not overlap "
+        "another pipeline's subject or any DLQ subject (JetStream streams cannot share subjects).", required=True)
+    # Required: changing it later remaps keys to partitions, so it should be a decision.
+    partitions: int = key(
+        Int(1, 1024), "The stream maps `events.<key>` to `events.<p>.<key>`, `p = partition(partitions, key)`; each "
+        "partition is a durable consumer owned by one worker. Changing it later remaps keys to partitions, so it is "
+        "a deliberate choice, not a default. At least `workers` (a worker without a partition idles); beyond that, "
+        "2, 4 and 8 partitions cost nats-server the same per message (at 256 keys, within the measurements' noise), "
+        "while its cost grows with the number of distinct keys: each filtered consumer's lookup matches its keys "
+        "and scans past the other partitions' messages (docs/benchmarks.md, \"Where nats-server's time goes\").",
+        required=True)
+    table: str = key(TABLE_NAME, "Target table. Without a database, `clickhouse.database` is used.", required=True)
+    create_table: str | None = key(
+        Text(), "DDL run when the table does not exist (the embedded demo uses it).", None)
+    batch: BatchLimits = section(BatchLimits, "See [batch](#batch).")
+    columns: tuple[ColumnOverride, ...] = key(
+        MapOf(ColumnOverride, "path", "column name -> path or settings"),
+        "Per-column overrides; see [columns](#columns).", ())
+    dlq_stream: str = key(
+        STREAM_NAME, "Dead letters go to this stream. Must differ from every pipeline's stream and other pipelines' "
+        "DLQ streams.", name="dlq.stream", default_doc="`<stream>_DLQ`")
+    dlq_subject: str = key(
+        Subject(wildcards=False), "Dead letters are published here. Must not be matched by this or any pipeline's "
+        "`subject`, or the sink would consume its own dead letters.", name="dlq.subject", default_doc="`dlq.<name>`")
+    max_deliver: int = key(Int(1), "Deliveries of one message before it is dead-lettered.", 10)
+    ack_wait_s: float | None = key(
+        Seconds(), "How long JetStream waits for an ack before redelivering. Must be longer than `batch.max_wait_ms`. "
+        "See [derived consumer settings](#derived-consumer-settings).", None, default_doc="derived")
+    unknown_keys: str = key(
+        Choice("ignore", "dead_letter"), "JSON keys that match no column: `ignore` them, or dead-letter the message "
+        "(reason `unknown_key`, naming the key).", "ignore")
+    delivery: str = key(
+        Choice("exactly_once", "at_least_once"), "What a crash may leave behind: nothing twice (a per-partition "
+        "commit state in a KV bucket), or duplicates of what was inserted but not acked. See [delivery](#delivery).",
+        "exactly_once")
+    schema_refresh_s: float = key(
+        Seconds(allow_zero=True), "How often each worker reads the table's columns again, so that an added or "
+        "widened column is used without a restart (0 = never; SIGHUP and a failed insert still read it). See "
+        "[Changing a table while jetsink runs](operations.md#changing-a-table-while-jetsink-runs).", 30.0)
 
 
 @dataclass(frozen=True, slots=True)
 class TracesConfig:
-    sample_ratio: float = 0.1  # parent-based; OTEL_TRACES_SAMPLER[_ARG] win when set
-    per_message_spans: bool = False
-    max_links: int = 32  # producer span contexts linked per batch span
+    sample_ratio: float = key(
+        Ratio(), "Share of batch traces kept (parent-based ratio sampler: a worker's control spans follow the "
+        "supervisor's decision). `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`, when set, replace it.", 0.1)
+    per_message_spans: bool = key(
+        Bool(), "One `map` span per message instead of one per batch. Each message is then parsed and mapped on its "
+        "own, which costs CPU; for debugging.", False)
+    max_links: int = key(
+        Int(0, 10_000), "At most this many producer span contexts (from the messages' `traceparent` headers, "
+        "de-duplicated) are linked to a batch span.", 32)
 
 
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
-    interval_s: float = 10.0
+    interval_s: float = key(Seconds(at_least=1.0), "How often metrics are exported.", 10.0)
 
 
 @dataclass(frozen=True, slots=True)
 class ProfilingConfig:
-    cpu: bool = True  # only with observability.enabled
-    interval_s: float = 300.0  # a CPU profile window starts this often per worker
-    duration_s: float = 30.0
-    rate_hz: int = 100
-    log_base64: bool = False
-    memory: bool = False  # memray; independent of observability.enabled
-    dir: Path | None = None  # None = <state_dir>/profiles
+    cpu: bool = key(Bool(), "Periodic py-spy CPU profiles of each worker (only with `enabled: true`).", True)
+    interval_s: float = key(
+        Seconds(at_least=1.0), "A profile window starts this often per worker (the first one `min(interval_s, 30 s)` "
+        "after the worker is ready).", 300.0)
+    duration_s: float = key(Seconds(at_least=1.0), "Length of a window; at most `interval_s`.", 30.0)
+    rate_hz: int = key(Int(1, 1000), "Samples per second.", 100)
+    log_base64: bool = key(
+        Bool(), "Also log every profile file, gzip+base64 encoded, as a JSON line; "
+        "`python -m supervisor profiles extract LOGFILE -o DIR` writes them back out.", False)
+    memory: bool = key(
+        Bool(), "Run every worker under memray and leave `memray-worker<slot>-<pid>.bin`, `.html` and "
+        "`.summary.json`. Independent of `enabled`. Slows the workers; for load tests and investigations.", False)
+    dir: Path | None = key(FilePath(), "Where profiles are written.", None, default_doc="`<state_dir>/profiles`")
 
 
 @dataclass(frozen=True, slots=True)
 class ObservabilityConfig:
-    enabled: bool = False
-    traces: TracesConfig = field(default_factory=TracesConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    profiling: ProfilingConfig = field(default_factory=ProfilingConfig)
+    enabled: bool = key(
+        Bool(), "The one switch: OTLP traces and metrics, `trace_id`/`span_id` in the JSON logs (and the logs over "
+        "OTLP), periodic CPU profiles of every worker. The exporter is configured by the standard `OTEL_*` "
+        "environment variables; see [observability](observability.md). Off means no OpenTelemetry SDK objects, no "
+        "exporter threads and no profiler.", False)
+    traces: TracesConfig = section(TracesConfig, "Batch traces.")
+    metrics: MetricsConfig = section(MetricsConfig, "OTLP metrics.")
+    profiling: ProfilingConfig = section(ProfilingConfig, "Per-worker CPU and memory profiles.")
 
 
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
     """The supervisor's local HTTP endpoint (/healthz, /metrics, /status)."""
 
-    enabled: bool = True
-    listen: str = "127.0.0.1:9470"  # host:port, [v6]:port; port 0 = any free port
-    allow_remote: bool = False
+    enabled: bool = key(Bool(), "Serve the endpoint.", True)
+    listen: str = key(
+        Listen(), "Where it listens. Port `0` picks a free port (tests). The endpoint has no authentication, so the "
+        "host must be a loopback address (`127.0.0.0/8`, `::1`, `localhost`) unless `allow_remote` is set.",
+        "127.0.0.1:9470")
+    allow_remote: bool = key(
+        Bool(), "Allow a non-loopback `listen` address (e.g. `0.0.0.0:9470` for a Prometheus server on another "
+        "host); protect it by network policy.", False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
-    workers: int
-    shutdown_grace_s: float = 30.0
-    state_dir: Path
-    log_level: str = "info"
-    nats: NatsConfig = field(default_factory=NatsConfig)
-    clickhouse: ClickHouseConfig = field(default_factory=ClickHouseConfig)
-    pipelines: tuple[Pipeline, ...]
-    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
-    admin: AdminConfig = field(default_factory=AdminConfig)
-    source: Path | None = None
+    workers: int = key(
+        Int(1, 256), "Worker processes. Work is CPU-bound: about one per core. Partitions of all pipelines are "
+        "spread over them.", 1)
+    shutdown_grace_s: float = key(
+        Seconds(allow_zero=True), "On shutdown, how long a worker may take to finish and ack its in-flight batch "
+        "before it is killed (its unacked messages are then redelivered).", 30.0)
+    state_dir: Path = key(
+        FilePath(), "Runtime state: embedded servers' data, profiles. Created by the supervisor.",
+        yaml_default="./var", default_doc="`./var`")
+    instance_id: str = key(
+        INSTANCE_ID, "This supervisor's name among the instances that share the pipelines' partitions (one per "
+        "host; two on one host need distinct `instance_id`, `state_dir` and `admin.listen`). It is the instance's "
+        "key in the members KV bucket: a second supervisor with the id of a live one does not start, and `check "
+        "--connect` rejects it. See [many hosts](operations.md#many-hosts).", factory=socket.gethostname,
+        default_doc="the host name")
+    instance_ttl_s: int = key(
+        Int(1, 600, unit="seconds"), "How long the instance's membership outlives its last heartbeat (it beats "
+        "every third of it): the other instances take a dead one's partitions about this long after it died.", 5)
+    log_level: str = key(Choice("debug", "info", "warning", "error"), "Case-insensitive.", "info")
+    nats: NatsConfig = section(NatsConfig, "See [nats](#nats).")
+    clickhouse: ClickHouseConfig = section(ClickHouseConfig, "See [clickhouse](#clickhouse).")
+    pipelines: tuple[Pipeline, ...] = key(ListOf(Pipeline, "pipelines"), "See [pipelines](#pipelines).",
+                                          required=True, default_doc="**required**, at least one")
+    observability: ObservabilityConfig = section(ObservabilityConfig, "See [observability](#observability).")
+    admin: AdminConfig = section(AdminConfig, "See [admin](#admin).")
+    source: Path | None = None  # the file it was read from; not a key
 
 
 def profiles_dir(config: Config) -> Path:

@@ -78,13 +78,42 @@ def constant_defaults(client: Client, columns: Sequence[TableColumn]) -> dict[st
     return out
 
 
-def build_mapper(client: Client, table: str, database: str, overrides: Sequence[Any], features: ServerFeatures) -> ColumnMapper:
-    """Read the table's schema and compile its ColumnMapper (raises SchemaError / LookupError)."""
+def server_timezone(client: Client) -> str:
+    """The server's time zone: where it reads date-times without offset into columns that declare none."""
+    return client.execute("SELECT timezone()")[0][0]
+
+
+def build_mapper(
+    client: Client,
+    table: str,
+    database: str,
+    overrides: Sequence[Any],
+    features: ServerFeatures,
+    unknown_keys: str = "ignore",
+) -> ColumnMapper:
+    """Read the table's schema and compile its ColumnMapper (raises SchemaError / LookupError).
+
+    ``unknown_keys`` is the pipeline's setting: "ignore" or "dead_letter" documents with keys no column reads.
+    """
     columns = table_columns(client, table, database)
     if not columns:
         db, name = split_table(table, database)
         raise LookupError(f"table {db}.{name} does not exist")
-    return compile_mapper(table, columns, overrides, features, constant_defaults(client, columns))
+    return compile_columns(client, table, columns, overrides, features, unknown_keys)
+
+
+def compile_columns(
+    client: Client,
+    table: str,
+    columns: Sequence[TableColumn],
+    overrides: Sequence[Any],
+    features: ServerFeatures,
+    unknown_keys: str = "ignore",
+) -> ColumnMapper:
+    """The ColumnMapper of `columns` as read from the table (evaluates its constant DEFAULTs; raises SchemaError)."""
+    return compile_mapper(
+        table, columns, overrides, features, constant_defaults(client, columns), unknown_keys, server_timezone(client)
+    )
 
 
 def insert(client: Client, table: str, database: str, column_names: Sequence[str], columns: list[list], settings: dict | None = None) -> int:

@@ -11,16 +11,19 @@ The exporters are configured by the standard environment variables
 OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER[_ARG]); see
 docs/observability.md.
 
-A batch's span tree (workers/partition.py drives it):
+Telemetry owns no step of the data path: workers/partition.py and workers/worker.py call
+prepare, the sink's insert and the ack themselves, and these hooks wrap the calls
+(context managers around them, like dramatiq's emit_before/emit_after). A batch's span tree:
 
-    batch (CONSUMER, links to producer spans)
-      map                       one per batch, or one per message with per_message_spans
-      clickhouse.prepare        statement and settings (see insert())
-      clickhouse.send (CLIENT)  the driver's serialisation, the network and the server
-      nats.ack
+    batch (CONSUMER, links to producer spans)   around PartitionRunner._commit
+      map                       around prepare(): one per batch, or one per message with per_message_spans
+      clickhouse.prepare        the insert's settings: the trace context for the server (see insert())
+      clickhouse.send (CLIENT)  around sink.send_insert: the driver's serialisation, the network and the server
+      nats.ack                  around PartitionRunner._ack
 
 The insert thread sees the batch span because the partition runs its thread calls in
 a copy of its task's context (`carry_context`), so parents are explicit, not guessed.
+Traceparents are written and read by OpenTelemetry's W3C TraceContext propagator.
 """
 
 from __future__ import annotations
@@ -33,11 +36,14 @@ import socket
 import threading
 import time
 import uuid
-from itertools import chain, compress, repeat
+from itertools import compress, repeat
 from operator import contains, itemgetter
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping
 
-from workers import wire
+from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from workers import exporters, wire
 
 log = logging.getLogger(__name__)
 
@@ -57,34 +63,30 @@ A_ROLE = "jetsink.role"
 _BATCH_LABELS: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar("jetsink_batch_labels", default={})
 
 
-def format_traceparent(trace_id: int, span_id: int, flags: int) -> str:
-    return f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
+# The W3C TraceContext propagator: stateless, so one serves the whole process.
+PROPAGATOR = TraceContextTextMapPropagator()
 
 
-def parse_traceparent(value: Any) -> tuple[int, int, int] | None:
-    """(trace_id, span_id, flags) of a W3C traceparent, or None when it is not one."""
-    if not isinstance(value, str) or len(value) < 55:
-        return None
-    parts = value.strip().split("-")
-    if len(parts) < 4 or len(parts[0]) != 2 or parts[0] == "ff" or len(parts[1]) != 32 or len(parts[2]) != 16:
-        return None
-    try:
-        trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3][:2], 16)
-    except ValueError:
-        return None
-    if not trace_id or not span_id:
-        return None
-    return trace_id, span_id, flags
+def traceparent_of(ctx: Any = None) -> str | None:
+    """The traceparent of the span current in `ctx` (default: this context), or None when there is none."""
+    carrier: dict[str, str] = {}
+    PROPAGATOR.inject(carrier, ctx)
+    return carrier.get(TRACEPARENT)
 
 
 def current_traceparent() -> str | None:
     """The traceparent of the span current in this context, if any (works with observability off)."""
-    from opentelemetry import trace
+    return traceparent_of()
 
-    ctx = trace.get_current_span().get_span_context()
-    if not ctx.is_valid:
-        return None
-    return format_traceparent(ctx.trace_id, ctx.span_id, int(ctx.trace_flags))
+
+def remote_span_context(headers: Mapping[str, Any]) -> Any:
+    """The valid remote SpanContext of a carrier's "traceparent" (headers, a control message), or None."""
+    ctx = trace.get_current_span(PROPAGATOR.extract(headers)).get_span_context()
+    return ctx if ctx.is_valid else None
+
+
+def _record_nothing(result: Any) -> None:
+    pass
 
 
 class Telemetry:
@@ -95,6 +97,7 @@ class Telemetry:
     """
 
     enabled = False
+    per_message_spans = False  # the partition then prepares (and traces) one message at a time
 
     # -- process ---------------------------------------------------------------
 
@@ -103,9 +106,8 @@ class Telemetry:
 
     # -- spans -----------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def span(self, name: str, attributes: Mapping[str, Any] | None = None, parent: Any = None) -> Iterator[Any]:
-        yield None
+    def span(self, name: str, attributes: Mapping[str, Any] | None = None, parent: Any = None) -> ContextManager[Any]:
+        return contextlib.nullcontext()
 
     def capture(self) -> Any:
         """The current context, to parent a later span on (e.g. the start span's)."""
@@ -115,28 +117,31 @@ class Telemetry:
         """`msg` with a "traceparent" key for the current span (control messages)."""
         return msg
 
-    @contextlib.contextmanager
-    def control_span(self, msg: Mapping[str, Any]) -> Iterator[Any]:
-        yield None
+    def control_span(self, msg: Mapping[str, Any]) -> ContextManager[Any]:
+        return contextlib.nullcontext()
 
-    @contextlib.contextmanager
-    def batch(self, target: Any, msgs: list[Any]) -> Iterator[Any]:
-        yield None
+    def batch(self, target: Any, msgs: list[Any]) -> ContextManager[Any]:
+        return contextlib.nullcontext()
 
     def carry_context(self, run_in_thread: Callable[..., Any]) -> Callable[..., Any]:
         return run_in_thread
 
-    def traced_prepare(self, prepare: Callable[..., Any]) -> Callable[..., Any]:
-        return prepare
+    def map(self, target: Any, msgs: list[Any]) -> ContextManager[Callable[[Any], None]]:
+        """Around prepare() of a batch; the caller hands the result to the callable it yields."""
+        return contextlib.nullcontext(_record_nothing)
 
-    def insert(self, client: Any, table: str, database: str, names: Any, columns: list[list], features: Any) -> int:
-        from workers import sink
+    def map_message(self, msg: Any) -> ContextManager[Callable[[Any], None]]:
+        """Around prepare() of one message (per_message_spans); as map()."""
+        return contextlib.nullcontext(_record_nothing)
 
-        return sink.insert(client, table, database, names, columns)
+    def insert(
+        self, client: Any, table: str, database: str, statement: str, rows: int, features: Any,
+    ) -> ContextManager[Any]:
+        """Around sink.send_insert; yields the settings to send with it (the trace context, or None)."""
+        return contextlib.nullcontext()
 
-    @contextlib.contextmanager
-    def ack(self, n: int) -> Iterator[None]:
-        yield
+    def ack(self, n: int) -> ContextManager[Any]:
+        return contextlib.nullcontext()
 
     def retry(self, what: str, exc: BaseException) -> None:
         pass
@@ -151,6 +156,10 @@ class Telemetry:
 
     def worker_restarted(self, slot: int) -> None:
         pass
+
+    def dropped(self) -> dict[str, int]:
+        """Spans, metric points and log records dropped so far because their OTLP endpoint was down, by signal."""
+        return {}
 
 
 def setup(observability: Any, role: str, slot: int | None = None) -> Telemetry:
@@ -182,7 +191,6 @@ class OtelTelemetry(Telemetry):
     enabled = True
 
     def __init__(self, observability: Any, role: str, slot: int | None) -> None:
-        from opentelemetry import trace
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
         from opentelemetry.sdk.resources import Resource
@@ -190,13 +198,12 @@ class OtelTelemetry(Telemetry):
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-        self._trace = trace
         self._cfg = observability
         self.slot = slot
         self.resource = Resource.create(resource_attributes(role, slot))
         # OTEL_TRACES_SAMPLER set: the SDK reads it (and _ARG); otherwise our ratio.
         sampler = None if os.environ.get("OTEL_TRACES_SAMPLER") else ParentBased(TraceIdRatioBased(observability.traces.sample_ratio))
-        span_exporter, metric_exporter, log_exporter = _exporters()
+        span_exporter, metric_exporter, log_exporter, self._export_guards = exporters.build()
         # shutdown() is bounded; the SDK's own atexit shutdown would wait out a dead collector.
         self._tracer_provider = TracerProvider(resource=self.resource, sampler=sampler, shutdown_on_exit=False)
         self._tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
@@ -207,7 +214,7 @@ class OtelTelemetry(Telemetry):
         self._logger_provider = self._log_handler = None
         self._correlate_logs(log_exporter)
         self._max_links = observability.traces.max_links
-        self._per_message = observability.traces.per_message_spans
+        self.per_message_spans = observability.traces.per_message_spans
         self._pending_sources: list[Callable[[], Iterable[tuple[str, int, int]]]] = []
 
     def _instruments(self, meter: Any) -> None:
@@ -221,6 +228,10 @@ class OtelTelemetry(Telemetry):
         self._retries = meter.create_counter("jetsink.retries", "{retry}", "Failed attempts at an insert or a DLQ publish that were retried.")
         self._restarts = meter.create_counter("jetsink.worker.restarts", "{restart}", "Workers respawned by the supervisor after dying.")
         meter.create_observable_gauge("jetsink.consumer.pending", [self._observe_pending], "{message}", "Messages left in a partition's consumer at its last delivery.")
+        meter.create_observable_counter(
+            "jetsink.telemetry.dropped", [self._observe_dropped], "{item}",
+            "Spans, metric points and log records dropped because their OTLP endpoint was unreachable.",
+        )
 
     def _correlate_logs(self, log_exporter: Any) -> None:
         # Log records get otelTraceID/otelSpanID (workers/logs.py turns them into
@@ -242,8 +253,8 @@ class OtelTelemetry(Telemetry):
         self._logger_provider = LoggerProvider(resource=self.resource, shutdown_on_exit=False)
         self._logger_provider.add_log_record_processor(BatchLogRecordProcessor(log_exporter))
         self._log_handler = LoggingHandler(logger_provider=self._logger_provider)
-        # The exporters' own complaints must not be exported (they would loop).
-        self._log_handler.addFilter(lambda r: not r.name.startswith("opentelemetry"))
+        # The exporters' own complaints, and ours about them, must not be exported (they would loop).
+        self._log_handler.addFilter(lambda r: not r.name.startswith(("opentelemetry", exporters.EXPORT_LOGGER)))
         logging.getLogger().addHandler(self._log_handler)
 
     def shutdown(self) -> None:
@@ -282,21 +293,15 @@ class OtelTelemetry(Telemetry):
         return context.get_current()
 
     def inject(self, msg: dict) -> dict:
-        tp = current_traceparent()
-        return {**msg, TRACEPARENT: tp} if tp else msg
-
-    def _remote_context(self, traceparent: Any) -> Any:
-        parsed = parse_traceparent(traceparent)
-        if parsed is None:
-            return None
-        trace = self._trace
-        sc = trace.SpanContext(parsed[0], parsed[1], is_remote=True, trace_flags=trace.TraceFlags(parsed[2] & 1))
-        return trace.set_span_in_context(trace.NonRecordingSpan(sc))
+        carrier = dict(msg)
+        PROPAGATOR.inject(carrier)
+        return carrier
 
     @contextlib.contextmanager
     def control_span(self, msg: Mapping[str, Any]) -> Iterator[Any]:
         """The worker's span for a control message: a child of the supervisor span that sent it."""
-        parent = self._remote_context(msg.get(TRACEPARENT))
+        # No traceparent (or a bad one): an empty context, so the span is a root of its own.
+        parent = PROPAGATOR.extract(msg)
         attrs = {A_SLOT: self.slot, "jetsink.control.op": str(msg.get("op"))}
         if msg.get("partitions"):
             attrs["jetsink.partitions"] = [f"{p}/{i}" for p, i in msg["partitions"]]
@@ -304,19 +309,18 @@ class OtelTelemetry(Telemetry):
             yield span
 
     def _links(self, msgs: list[Any]) -> list[Any]:
-        trace = self._trace
         links: list[Any] = []
         seen: set[tuple[int, int]] = set()
         if self._max_links <= 0:
             return links
-        # Raw NATS headers (workers/wire.py), picked in C, parsed only when they hold one.
+        # Raw NATS headers (workers/wire.py), picked in C, parsed only when they hold one;
+        # only sampled batches get here, and they stop at max_links.
         raws = list(filter(None, map(_headers, msgs)))
         for raw in compress(raws, map(contains, raws, repeat(TRACEPARENT_BYTES))):
-            parsed = parse_traceparent(wire.parse_headers(raw).get(TRACEPARENT))
-            if parsed is None or parsed[:2] in seen:
+            sc = remote_span_context(wire.parse_headers(raw))
+            if sc is None or (sc.trace_id, sc.span_id) in seen:
                 continue
-            seen.add(parsed[:2])
-            sc = trace.SpanContext(parsed[0], parsed[1], is_remote=True, trace_flags=trace.TraceFlags(parsed[2] & 1))
+            seen.add((sc.trace_id, sc.span_id))
             links.append(trace.Link(sc))
             if len(links) >= self._max_links:
                 break
@@ -343,7 +347,7 @@ class OtelTelemetry(Telemetry):
         try:
             # A batch is a root of its own trace: its producers are links, not parents.
             with self.tracer.start_as_current_span(
-                "batch", context=context.Context(), kind=self._trace.SpanKind.CONSUMER, attributes=attrs,
+                "batch", context=context.Context(), kind=trace.SpanKind.CONSUMER, attributes=attrs,
             ) as span:
                 if span.is_recording():  # only sampled batches look for their producers
                     for link in self._links(msgs):
@@ -360,82 +364,89 @@ class OtelTelemetry(Telemetry):
 
         return run
 
-    def traced_prepare(self, prepare: Callable[..., Any]) -> Callable[..., Any]:
-        """`prepare` (parse + map) under `map` span(s)."""
+    @contextlib.contextmanager
+    def map(self, target: Any, msgs: list[Any]) -> Iterator[Callable[[Any], None]]:
+        """The `map` span of a batch's prepare()."""
+        attrs = {"messaging.batch.message_count": len(msgs), "db.collection.name": target.pipeline.table}
+        with self.tracer.start_as_current_span("map", attributes=attrs) as span:
 
-        def per_batch(msgs: list[Any], mapper: Any, target: Any) -> Any:
-            with self.tracer.start_as_current_span("map", attributes={"messaging.batch.message_count": len(msgs), "db.collection.name": target.pipeline.table}) as span:
-                prepared = prepare(msgs, mapper, target)
+            def mapped(prepared: Any) -> None:
                 span.set_attribute("jetsink.rows", prepared.rows)
                 span.set_attribute("jetsink.dead_lettered", len(prepared.dead))
-                return prepared
 
-        def per_message(msgs: list[Any], mapper: Any, target: Any) -> Any:
-            # Each message parsed and mapped on its own, so each span times one message;
-            # the parts are joined into the batch's columns. This costs, hence opt-in.
-            parts = []
-            for msg in msgs:
-                with self.tracer.start_as_current_span("map", attributes={"messaging.message.body.size": len(msg[wire.DATA])}) as span:
-                    part = prepare([msg], mapper, target)
-                    if part.dead:
-                        span.set_attribute("error.type", part.dead[0].reason)
-                    parts.append(part)
-            return _join_prepared(parts)
+            yield mapped
 
-        return per_message if self._per_message else per_batch
+    @contextlib.contextmanager
+    def map_message(self, msg: Any) -> Iterator[Callable[[Any], None]]:
+        """The `map` span of one message's prepare() (per_message_spans)."""
+        attrs = {"messaging.message.body.size": len(msg[wire.DATA])}
+        with self.tracer.start_as_current_span("map", attributes=attrs) as span:
 
-    def insert(self, client: Any, table: str, database: str, names: Any, columns: list[list], features: Any) -> int:
-        """INSERT under `clickhouse.prepare` and `clickhouse.send` spans.
+            def mapped(prepared: Any) -> None:
+                if prepared.dead:
+                    span.set_attribute("error.type", prepared.dead[0].reason)
+
+            yield mapped
+
+    @contextlib.contextmanager
+    def insert(
+        self, client: Any, table: str, database: str, statement: str, rows: int, features: Any,
+    ) -> Iterator[Any]:
+        """`clickhouse.prepare` then `clickhouse.send` around the INSERT; times it; yields its settings.
 
         clickhouse-driver serialises the columns while it writes them to the socket
         (and only after the server has sent the table's sample block), so the two cannot
         be separated without re-implementing its protocol: `clickhouse.prepare` covers
-        building the statement and settings (the trace context for the server included),
-        `clickhouse.send` the whole `client.execute`: serialisation, network and server.
+        the settings (the trace context for the server), `clickhouse.send` the whole
+        call it wraps (`client.execute`): serialisation, network and server.
         """
         from opentelemetry import context
 
         from workers import sink
 
-        trace = self._trace
         db, name = sink.split_table(table, database)
-        rows = len(columns[0]) if columns else 0
+        connection = getattr(client, "connection", None)
         attrs = {
             "db.system.name": "clickhouse", "db.namespace": db, "db.collection.name": name,
             "db.operation.name": "INSERT", "db.operation.batch.size": rows,
-            "server.address": getattr(getattr(client, "connection", None), "host", ""),
-            "server.port": getattr(getattr(client, "connection", None), "port", 0),
+            "server.address": getattr(connection, "host", ""), "server.port": getattr(connection, "port", 0),
         }
         started = time.perf_counter()
         batch_context = context.get_current()  # both spans are children of the batch
         with self.tracer.start_as_current_span("clickhouse.prepare", attributes=attrs):
-            statement = sink.insert_statement(table, database, names)
             send = self.tracer.start_span(
-                "clickhouse.send", context=batch_context, kind=trace.SpanKind.CLIENT, attributes={**attrs, "db.query.text": statement},
+                "clickhouse.send", context=batch_context, kind=trace.SpanKind.CLIENT,
+                attributes={**attrs, "db.query.text": statement},
             )
             settings = None
             if features is not None and features.opentelemetry_traceparent:
-                ctx = send.get_span_context()
-                settings = {"opentelemetry_traceparent": format_traceparent(ctx.trace_id, ctx.span_id, int(ctx.trace_flags))}
+                settings = {"opentelemetry_traceparent": traceparent_of(trace.set_span_in_context(send))}
         labels = _BATCH_LABELS.get()
         outcome = "ok"
         try:
             with trace.use_span(send, end_on_exit=True):
-                return sink.send_insert(client, statement, columns, settings)
-        except BaseException as exc:
-            outcome = type(exc).__name__
-            send.set_attribute("error.type", outcome)
-            raise
+                try:
+                    yield settings
+                except BaseException as exc:
+                    outcome = type(exc).__name__
+                    send.set_attribute("error.type", outcome)  # before use_span ends the span
+                    raise
         finally:
-            self._insert_duration.record(time.perf_counter() - started, {**labels, "error.type": outcome} if outcome != "ok" else labels)
+            self._insert_duration.record(
+                time.perf_counter() - started, {**labels, "error.type": outcome} if outcome != "ok" else labels,
+            )
 
     @contextlib.contextmanager
     def ack(self, n: int) -> Iterator[None]:
-        with self.tracer.start_as_current_span("nats.ack", kind=self._trace.SpanKind.CLIENT, attributes={"messaging.system": "nats", "messaging.operation.type": "settle", "messaging.operation.name": "ack", "messaging.batch.message_count": n}):
+        attrs = {
+            "messaging.system": "nats", "messaging.operation.type": "settle", "messaging.operation.name": "ack",
+            "messaging.batch.message_count": n,
+        }
+        with self.tracer.start_as_current_span("nats.ack", kind=trace.SpanKind.CLIENT, attributes=attrs):
             yield
 
     def retry(self, what: str, exc: BaseException) -> None:
-        span = self._trace.get_current_span()
+        span = trace.get_current_span()
         span.record_exception(exc, attributes={"jetsink.operation": what})
         span.set_attribute("error.type", type(exc).__name__)
         self._retries.add(1, {**_BATCH_LABELS.get(), "jetsink.operation": what, "error.type": type(exc).__name__})
@@ -445,7 +456,7 @@ class OtelTelemetry(Telemetry):
 
         labels = _BATCH_LABELS.get() or {A_PIPELINE: target.pipeline.name, A_PARTITION: target.index, A_SLOT: target.worker}
         dead_bytes = 0
-        span = self._trace.get_current_span()
+        span = trace.get_current_span()
         for dl in prepared.dead:
             dead_bytes += len(dl.data)
             self._dlq.add(1, {**labels, "jetsink.dlq.reason": dl.reason})
@@ -482,41 +493,11 @@ class OtelTelemetry(Telemetry):
     def worker_restarted(self, slot: int) -> None:
         self._restarts.add(1, {A_SLOT: slot})
 
+    def dropped(self) -> dict[str, int]:
+        return {g.signal: g.dropped_total for g in self._export_guards}
 
-def _join_prepared(parts: list[Any]) -> Any:
-    """One Prepared from per-message ones: columns concatenated, row indices shifted."""
-    first = parts[0]
-    columns = [list(chain.from_iterable(p.columns[c] for p in parts)) for c in range(len(first.columns))]
-    row_msgs = [i + r for i, p in enumerate(parts) for r in p.row_msgs]
-    return type(first)(
-        columns=columns, rows=sum(p.rows for p in parts), row_msgs=row_msgs, dead=[d for p in parts for d in p.dead],
-        redelivered=any(p.redelivered for p in parts),
-    )
+    def _observe_dropped(self, options: Any) -> Iterator[Any]:
+        from opentelemetry.metrics import Observation
 
-
-def _exporters() -> tuple[Any, Any, Any]:
-    """OTLP span, metric and log exporters for OTEL_EXPORTER_OTLP_PROTOCOL (default http/protobuf).
-
-    Endpoint, headers, timeout and compression come from the OTEL_EXPORTER_OTLP_* variables,
-    which the exporters read themselves. The log exporter is None when unavailable.
-    """
-    protocol = os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf").strip().lower()
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        log_module = "opentelemetry.exporter.otlp.proto.grpc._log_exporter"
-    else:
-        if protocol != "http/protobuf":
-            log.warning("OTEL_EXPORTER_OTLP_PROTOCOL=%s is not supported; using http/protobuf", protocol)
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        log_module = "opentelemetry.exporter.otlp.proto.http._log_exporter"
-    try:
-        import importlib
-
-        log_exporter = importlib.import_module(log_module).OTLPLogExporter()
-    except (ImportError, AttributeError):
-        log_exporter = None
-    return OTLPSpanExporter(), OTLPMetricExporter(), log_exporter
+        for guard in self._export_guards:
+            yield Observation(guard.dropped_total, {"jetsink.telemetry.signal": guard.signal})

@@ -7,6 +7,10 @@ the same partition and each partition is one durable consumer filtering `events.
 
 from __future__ import annotations
 
+# The priority group every partition consumer has (policy pinned_client: one puller at a
+# time); pull requests name it. At most 16 characters.
+PRIORITY_GROUP = "jetsink"
+
 
 def _split(subject: str) -> tuple[list[str], int]:
     tokens = subject.split(".")

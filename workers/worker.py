@@ -4,9 +4,10 @@ The supervisor spawns `main()` (spawn context, so no threads or sockets are inhe
 and talks to it over a pipe with small dict messages:
 
     supervisor -> worker   {"op": "assign"|"release", "partitions": [[pipeline, index], ...]}
-                           {"op": "drain"}
+                           {"op": "drain"}, {"op": "refresh_schema"} (read every table again now)
     worker -> supervisor   {"op": "ready"}, {"op": "assigned"|"released", "partitions": [...]},
-                           {"op": "stats", ...}, {"op": "drained"}
+                           {"op": "stats", ...}, {"op": "drained"},
+                           {"op": "schema", ...} after each read of a table (workers/table_schema.py)
 
 Every control message may carry "traceparent": the supervisor span that caused it.
 Liveness is a heartbeat the event loop writes into shared memory: if the loop is
@@ -27,7 +28,7 @@ import time
 from functools import partial
 from typing import Any
 
-from workers import commits, exitcodes, indoubt, native, sink
+from workers import commits, exitcodes, faults, indoubt, native, sink
 from workers.logs import setup_logging
 from workers.settings import Config, profiles_dir
 from workers.topology import consumer_name
@@ -35,6 +36,7 @@ from workers.connections import clickhouse_client, clickhouse_where, connect_nat
 from workers.partition import PartitionRunner, PartitionTarget
 from workers.profiling import memory_profile
 from workers.schema import ServerFeatures
+from workers.table_schema import SchemaWatch, TableSchema
 from workers.telemetry import Telemetry
 from workers.telemetry import setup as setup_telemetry
 
@@ -98,10 +100,12 @@ class Worker:
         self._telemetry.observe_pending(self._pending)
         self._send({"op": "ready", "pid": os.getpid()})
         beats = asyncio.create_task(self._beat_loop())
+        schema_reads = asyncio.create_task(self._schemas.run())
         try:
             await self._control_loop()
         finally:
             beats.cancel()
+            schema_reads.cancel()
             await self._nc.drain() if self._nc.is_connected else await self._nc.close()
             self._pool.shutdown(wait=True)
         return exitcodes.OK
@@ -123,16 +127,19 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         self._features = ServerFeatures.from_version(version)
-        self._mappers = {}
+        loop = asyncio.get_running_loop()
+
+        def report(msg: dict) -> None:  # from the insert thread: the pipe is the loop's
+            loop.call_soon_threadsafe(self._send, msg)
+
+        tables = {}
         for p in cfg.pipelines:
+            tables[p.name] = TableSchema.for_pipeline(self._client, p, cfg.clickhouse.database, self._features, report)
             try:
-                self._mappers[p.name] = await self._in_thread(
-                    sink.build_mapper, self._client, p.table, cfg.clickhouse.database, p.columns, self._features
-                )
-            except Exception as exc:
-                if type(exc).__name__ in ("SchemaError", "LookupError"):
-                    raise BootError(f"pipelines {p.name}: {exc}") from exc
-                raise
+                await self._in_thread(tables[p.name].read, "start")
+            except faults.TableUnusable as exc:  # a table we cannot map: restarting will not help
+                raise BootError(f"pipelines {p.name}: {exc}") from exc
+        self._schemas = SchemaWatch(tables, self._in_thread)
         delay = 0.5
         while True:
             try:
@@ -196,7 +203,10 @@ class Worker:
                 # objects per insert); collected here, it never adds up.
                 self._gc_at = now
                 gc.collect()
-            self._send({"op": "stats", "partitions": {f"{k[0]}/{k[1]}": vars(r.stats) for k, r in self._runners.items()}})
+            self._send({
+                "op": "stats", "partitions": {f"{k[0]}/{k[1]}": vars(r.stats) for k, r in self._runners.items()},
+                "telemetry_dropped": self._telemetry.dropped(),
+            })
             await asyncio.sleep(1.0)
 
     async def _control_loop(self) -> None:
@@ -212,6 +222,8 @@ class Worker:
                 elif op == "release":
                     await self._release([tuple(p) for p in msg["partitions"]])
                     self._send({"op": "released", "partitions": msg["partitions"]})
+                elif op == "refresh_schema":
+                    self._schemas.refresh_all()
                 elif op == "drain":
                     log.info("draining (%s)", msg.get("why", "asked"))
                     await self._release(list(self._runners))
@@ -226,11 +238,10 @@ class Worker:
             return
         p = self._pipelines[pipeline]
         db = self.config.clickhouse.database
-        mapper = self._mappers[pipeline]
-        insert = partial(self._insert_columns, p.table, db, mapper.column_names)
+        insert = partial(self._insert_columns, p.table, db)
         target = PartitionTarget(pipeline=p, index=index, consumer=consumer_name(pipeline, index), worker=self.slot)
         runner = PartitionRunner(
-            self._nc, target, mapper, self._in_thread, insert, self._telemetry,
+            self._nc, target, self._schemas[pipeline], self._in_thread, insert, self._telemetry,
             clickhouse=indoubt.QueryLog(self._client), tokens=self._features.insert_deduplication_token,
             exit_hook=self._exit_hook,
         )
@@ -239,8 +250,11 @@ class Worker:
         log.info("acquired partition %s", runner.name, extra={"pipeline": pipeline, "partition": index})
 
     def _insert_columns(self, table: str, database: str, names: tuple[str, ...], columns: list[list]) -> int:
-        # Off, the telemetry object's insert is the plain sink.insert.
-        return self._telemetry.insert(self._client, table, database, names, columns, self._features)
+        statement = sink.insert_statement(table, database, names)
+        rows = len(columns[0]) if columns else 0
+        # The telemetry's spans and timing wrap the call; with a trace, settings carry its context to the server.
+        with self._telemetry.insert(self._client, table, database, statement, rows, self._features) as settings:
+            return sink.send_insert(self._client, statement, columns, settings)
 
     def _pending(self) -> list[tuple[str, int, int]]:
         """(pipeline, partition, pending) per owned partition, for the consumer.pending gauge."""

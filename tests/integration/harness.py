@@ -15,6 +15,9 @@ from typing import Any, Callable
 
 import yaml
 
+from supervisor.config import load_config
+from supervisor.status import admin_address, fetch_status
+
 REPO = Path(__file__).resolve().parents[2]
 
 DEMO_TABLE = """CREATE TABLE IF NOT EXISTS {table} (
@@ -85,11 +88,16 @@ def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: flo
 
 
 class Supervisor:
-    """`python -m supervisor --config FILE` as a child process, its JSON logs in a file."""
+    """`python -m supervisor --config FILE` as a child process, its JSON logs in a file.
+
+    Readiness, workers and partitions come from the admin endpoint's /status (found the
+    way `python -m supervisor status` finds it); the log is for asserting what was said.
+    """
 
     def __init__(self, config: Path, log_path: Path) -> None:
         self.config = config
         self.log_path = log_path
+        self._config = load_config(config)
         self._log = open(log_path, "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
@@ -109,19 +117,39 @@ class Supervisor:
     def logged(self, text: str) -> list[dict]:
         return [line for line in self.lines() if text in str(line.get("msg", ""))]
 
+    def address(self, timeout: float = 60.0) -> str:
+        """host:port of the admin endpoint, once the supervisor listens."""
+        return self.wait(lambda: admin_address(self._config), timeout, "the admin endpoint")
+
+    def status(self) -> dict | None:
+        """The supervisor's /status now; None before its endpoint answers."""
+        address = admin_address(self._config)
+        if address is None:
+            return None
+        try:
+            return fetch_status(address)
+        except (OSError, ValueError):
+            return None
+
+    def workers(self) -> list[dict]:
+        """/status's workers (slot, pid, ready, partitions, ...); [] before it answers."""
+        return (self.status() or {}).get("workers") or []
+
     def wait_acquired(self, partitions: int, timeout: float = 60.0) -> None:
-        """Until `partitions` acquisitions were logged (every partition owned)."""
-        wait_until(lambda: self._check_alive() and len(self.logged("acquired partition")) >= partitions, timeout, f"{partitions} partitions acquired")
+        """Until every worker is ready and together they own at least `partitions` partitions."""
+        def owned() -> bool:
+            workers = self.workers()
+            return bool(workers) and all(w["ready"] for w in workers) and \
+                sum(len(w["partitions"]) for w in workers) >= partitions
+        self.wait(owned, timeout, f"{partitions} partitions acquired")
 
     def wait(self, cond: Callable[[], Any], timeout: float, what: str) -> Any:
         """wait_until, failing at once (with the log) if the supervisor exits meanwhile."""
         return wait_until(lambda: self._check_alive() and cond(), timeout, what)
 
     def worker_pids(self) -> dict[int, int]:
-        pids = {}
-        for line in self.logged("spawned worker"):
-            pids[line["slot"]] = int(line["msg"].split("pid ")[1].rstrip(")"))
-        return pids
+        """slot -> pid of each running worker, from /status."""
+        return {w["slot"]: w["pid"] for w in self.workers() if w["pid"] is not None}
 
     def _check_alive(self) -> bool:
         if self.proc.poll() is not None:
@@ -170,9 +198,12 @@ class Load(threading.Thread):
     PubAck is de-duplicated by JetStream; `published` counts acked events only.
     """
 
-    def __init__(self, nats_url: str, prefix: str, start: int, count: int, rate: float, keys: int = 16) -> None:
+    def __init__(self, nats_url: str, prefix: str, start: int, count: int, rate: float, keys: int = 16,
+                 make: Callable[[int], dict] | None = None) -> None:
         super().__init__(daemon=True)
-        self.nats_url, self.prefix, self.start_at, self.count, self.rate, self.keys = nats_url, prefix, start, count, rate, keys
+        self.nats_url, self.prefix, self.start_at = nats_url, prefix, start
+        self.count, self.rate, self.keys = count, rate, keys
+        self.make = make  # event i; default bench.events.make_event
         self.published = 0
         self.errors = 0
         self.error: BaseException | None = None
@@ -199,11 +230,12 @@ class Load(threading.Thread):
                 ahead = n / self.rate - (time.monotonic() - t0)
                 if ahead > 0:
                     await asyncio.sleep(ahead)  # pacing the load, not waiting for an event
-                ev = make_event(i)
+                ev = (self.make or make_event)(i)
                 data = orjson.dumps(ev)
                 while True:
                     try:
-                        reply = await nc.request(f"{self.prefix}.k{i % self.keys}", data, timeout=2.0, headers={"Nats-Msg-Id": ev["event_id"]})
+                        reply = await nc.request(f"{self.prefix}.k{i % self.keys}", data, timeout=2.0,
+                                                 headers={"Nats-Msg-Id": ev["event_id"]})
                         if b'"error"' not in reply.data:
                             break
                     except Exception:

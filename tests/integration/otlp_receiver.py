@@ -56,9 +56,9 @@ class Received:
 
 
 class OTLPReceiver:
-    """Listens on 127.0.0.1:<free port>; `endpoint` is what OTEL_EXPORTER_OTLP_ENDPOINT should be."""
+    """Listens on 127.0.0.1:<port> (default: a free one); `endpoint` is what OTEL_EXPORTER_OTLP_ENDPOINT should be."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.received = Received()
         self._lock = threading.Lock()
         receiver = self
@@ -83,7 +83,7 @@ class OTLPReceiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property

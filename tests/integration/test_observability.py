@@ -8,6 +8,7 @@ import subprocess
 import sys
 import uuid
 import xml.etree.ElementTree as ET
+from types import SimpleNamespace
 
 import nats
 import orjson
@@ -236,3 +237,71 @@ def test_observability_off_exports_nothing_and_starts_no_exporter(tmp_path, monk
             sup.close()
         assert receiver.received.requests == 0
     assert not (tmp_path / "var" / "profiles").exists()
+
+
+def test_a_collector_that_comes_up_late_gets_the_later_batches_and_the_log_stays_quiet(
+        tmp_path, monkeypatch, nats_url, clickhouse_server, clickhouse_client, ch_database):
+    from supervisor.embedded import free_port
+
+    name, stream, subject = _names()
+    prefix = subject[:-2]
+    observability = {"enabled": True, "traces": {"sample_ratio": 1.0}, "metrics": {"interval_s": 1},
+                     "profiling": {"cpu": False}}
+    cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, name=name, stream=stream,
+                      subject=subject, partitions=2, workers=1, observability=observability)
+    port = free_port()  # nothing listens here until the receiver starts
+    rng = random.Random(17)
+
+    def events(first: int, n: int) -> tuple[list, set]:
+        # Fewer producers than a batch span links (traces.max_links), so every one must be linked.
+        producers = [(f"{rng.getrandbits(128):032x}", f"{rng.getrandbits(64):016x}") for _ in range(N_TRACED)]
+        msgs = [(f"{prefix}.k{i % 4}", orjson.dumps(make_event(first + i)),
+                 {"traceparent": f"00-{producers[i][0]}-{producers[i][1]}-01"} if i < N_TRACED else None)
+                for i in range(n)]
+        return msgs, set(producers)
+
+    _otel_env(monkeypatch, SimpleNamespace(endpoint=f"http://127.0.0.1:{port}"))
+    sup = Supervisor(cfg, tmp_path / "sink.log")
+    try:
+        sup.wait_acquired(2)
+        before, _ = events(0, 50)
+        assert publish_events(nats_url, before, stream).published == len(before)
+        sup.wait(lambda: _count(clickhouse_client, ch_database) >= 50, 60, "rows of the first batches")
+
+        def warned(role: str, signal: str) -> list[dict]:
+            return [ln for ln in sup.lines() if ln.get("logger") == "jetsink.telemetry.export"
+                    and ln.get("level") == "warning" and ln.get("role") == role and ln.get("signal") == signal]
+
+        signals = ("traces", "metrics", "logs")
+        sup.wait(lambda: all(warned(role, signal) for role in ("worker", "supervisor") for signal in signals),
+                 60, "a warning per signal from each process")
+        line = warned("worker", "traces")[0]
+        assert line["endpoint"] == f"http://127.0.0.1:{port}/v1/traces" and line["endpoint"] in line["msg"]
+
+        with OTLPReceiver(port) as receiver:
+            # The exporters try the endpoint again every few seconds and drop what comes
+            # meanwhile: batches keep coming until one of them arrives.
+            def later_batch_arrived() -> bool:
+                msgs, producers = events(_count(clickhouse_client, ch_database), 20)
+                assert publish_events(nats_url, msgs, stream).published == len(msgs)
+                linked = lambda: producers <= {link for s in receiver.spans("batch") for link in s.links}  # noqa: E731
+                try:
+                    return bool(wait_until(linked, 3, "this batch's spans"))
+                except AssertionError:
+                    return False
+
+            sup.wait(later_batch_arrived, 90, "the spans of a batch published after the receiver came up")
+            back = sup.wait(lambda: [ln for ln in sup.lines() if ln.get("logger") == "jetsink.telemetry.export"
+                                     and ln.get("role") == "worker" and ln.get("signal") == "traces"
+                                     and "dropped" in ln], 30, "the worker's line saying traces are exported again")
+            assert len(back) == 1 and back[0]["dropped"] > 0 and "again" in back[0]["msg"]
+            assert sup.terminate() == 0
+    finally:
+        sup.close()
+    lines = sup.lines()
+    # During the outage: one warning per signal and process, and nothing from the exporters themselves.
+    assert not [ln for ln in lines if str(ln.get("logger", "")).startswith("opentelemetry")]
+    warnings = [(ln.get("role"), ln.get("slot"), ln.get("signal")) for ln in lines
+                if ln.get("logger") == "jetsink.telemetry.export" and ln.get("level") == "warning"]
+    assert len(warnings) == len(set(warnings)) == 6, warnings
+    assert not [ln for ln in lines if "Transient error" in str(ln.get("msg")) or "Queue full" in str(ln.get("msg"))]

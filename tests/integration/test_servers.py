@@ -64,14 +64,6 @@ def test_version_is_detected(ch_version):
     assert ch_version >= (18,)
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [("18.16.1", (18, 16, 1)), ("23.8.2.7", (23, 8, 2, 7)), ("24.3.1.2672-lts", (24, 3, 1))],
-)
-def test_version_text_is_parsed(text, expected):
-    assert embedded.parse_version(text) == expected
-
-
 def _port_is_free(host: str, port: int) -> bool:
     with socket.socket() as sock:
         try:

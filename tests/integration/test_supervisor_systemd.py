@@ -51,7 +51,7 @@ def test_ready_watchdog_status_reload_stopping(tmp_path, nats_url, clickhouse_se
         assert "workers" in status[-1]
 
         # Status endpoint and command while it runs.
-        addr = sup.wait(lambda: sup.logged("admin endpoint on http://"), 30, "status endpoint")[0]["msg"].split("http://")[1].split("/")[0]
+        addr = sup.address()
         sup.wait(lambda: urllib.request.urlopen(f"http://{addr}/healthz").status == 200, 30, "/healthz 200")
         body = json.loads(urllib.request.urlopen(f"http://{addr}/status").read())
         assert sorted(p for w in body["workers"] for p in w["partitions"]) == sorted(f"sd{tag}/{i}" for i in range(4))

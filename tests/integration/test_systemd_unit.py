@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.arbiter import EXIT_BOOT, EXIT_CONFIG
 from supervisor.config import Config
+from workers import exitcodes
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "deploy" / "jetsink.service"
@@ -84,7 +84,7 @@ def test_unit_matches_the_supervisor():
     grace = Config.__dataclass_fields__["shutdown_grace_s"].default
     assert float(one["TimeoutStopSec"]) > grace
     assert one["Restart"] == "on-failure"
-    assert {int(code) for code in one["RestartPreventExitStatus"].split()} == {EXIT_CONFIG, EXIT_BOOT}
+    assert {int(code) for code in one["RestartPreventExitStatus"].split()} == {exitcodes.CONFIG, exitcodes.BOOT}
     assert one["EnvironmentFile"].startswith("-")
     assert one["User"] == "jetsink" and one["DynamicUser"] == "no"
     for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "PrivateDevices"):

@@ -39,12 +39,14 @@ class _Consumer:
 
 # Steps: ("new", k) k deliveries of new messages; ("lose", k) the same but lost on the way;
 # ("redeliver",) the oldest pending message again (ack_wait ran out); ("commit",) our
-# received messages form a batch and are stored.
+# received messages form a batch and are stored; ("late_ack",) the previous owner, which
+# had stored what it was delivered, sends its AckAll after all (pins do not fence acks).
 _step = st.one_of(
     st.tuples(st.just("new"), st.integers(1, 5)),
     st.tuples(st.just("lose"), st.integers(1, 3)),
     st.tuples(st.just("redeliver")),
     st.tuples(st.just("commit")),
+    st.tuples(st.just("late_ack")),
 )
 
 
@@ -52,8 +54,7 @@ _step = st.one_of(
 @given(st.integers(0, 4), st.lists(_step, max_size=40))
 def test_no_ack_ever_settles_an_unstored_message(previous_owner_left, steps):
     consumer = _Consumer()
-    for _ in range(previous_owner_left):  # delivered to an owner that died with them
-        consumer.new()
+    previous = [consumer.new() for _ in range(previous_owner_left)]  # delivered to an owner that lost them
     tracker = AckTracker(consumer.dseq, len(consumer.pending))
     stored: set[int] = set()
     received: list[tuple] = []
@@ -70,7 +71,7 @@ def test_no_ack_ever_settles_an_unstored_message(previous_owner_left, steps):
             ack(tracker.stored(list(received), redelivered))
             received.clear()
         if tracker.dirty:  # idle now: what the partition does between requests while dirty
-            ack(tracker.reconcile(len(consumer.pending), consumer.dseq))
+            ack(tracker.reconcile(len(consumer.pending), consumer.dseq, consumer.floor))
 
     for step in steps:
         if step[0] == "new":
@@ -80,6 +81,9 @@ def test_no_ack_ever_settles_an_unstored_message(previous_owner_left, steps):
                 consumer.new()
         elif step[0] == "redeliver" and consumer.pending:
             received.append(consumer.deliver(min(consumer.pending)))
+        elif step[0] == "late_ack":
+            if previous:
+                consumer.ack_all(previous[-1][1])
         else:
             commit()
 
@@ -125,3 +129,16 @@ def test_reconcile_waits_for_deliveries_still_in_flight():
     consumer.deliver(3)  # sent again by the server, not read by us yet
     assert len(consumer.pending) == len(tracker.held) == 1
     assert tracker.reconcile(len(consumer.pending), consumer.dseq) is None and tracker.dirty
+
+
+def test_reconcile_drops_what_a_previous_owners_late_ack_settled():
+    consumer = _Consumer()
+    old = [consumer.new(), consumer.new()]  # the previous owner stored these, its ack is late
+    tracker = AckTracker(consumer.dseq, len(consumer.pending))
+    tracker.stored([consumer.deliver(3), consumer.deliver(5)])  # redelivered to us, stored again
+    new = [consumer.new()]
+    tracker.stored(new)
+    consumer.ack_all(old[-1][1])  # the late AckAll: the consumer now waits for 1 message, we hold 3
+    assert tracker.reconcile(len(consumer.pending), consumer.dseq) is None  # without the floor: never agrees
+    reply = tracker.reconcile(len(consumer.pending), consumer.dseq, consumer.floor)
+    assert reply == new[0][1] and tracker.clean and consumer.ack_all(reply) == [7]

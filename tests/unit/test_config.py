@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import pickle
+import re
 import textwrap
 from pathlib import Path
 from types import MappingProxyType
@@ -14,17 +16,22 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from supervisor import config_reference
 from supervisor.config import (
+    AdminConfig,
     BatchLimits,
     ClickHouseConfig,
     ColumnOverride,
     Config,
     ConfigError,
+    NatsConfig,
+    ObservabilityConfig,
     Secret,
     load_config,
     parse_config,
     redacted,
 )
+from workers.settings import declared_key
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "s3cr3t-Value-42"
@@ -526,3 +533,156 @@ def test_arbitrary_values_give_config_or_config_error(path, value):
         assert exc.problems and all(": " in p for p in exc.problems)
     else:
         assert isinstance(result, Config)
+
+
+# --------------------------------------------------------------------------- one declaration per key
+
+
+def test_shipped_config_round_trips_through_pickle():
+    # The Config object itself crosses the spawn boundary to every worker.
+    config = load_config(REPO / "config.yaml")
+    again = pickle.loads(pickle.dumps(config))
+    assert again == config
+    assert redacted(again) == redacted(config)
+    assert "__reduce__" not in vars(ClickHouseConfig)  # pickles as a plain frozen dataclass
+
+
+def test_absent_sections_are_the_declared_defaults():
+    config = parse_config(minimal(), REPO)
+    assert (config.nats, config.clickhouse, config.admin) == (NatsConfig(), ClickHouseConfig(), AdminConfig())
+    assert config.observability == ObservabilityConfig()
+    # An empty mapping walks every key's declaration and must land on the same values.
+    empty = parse_config(minimal() | {"nats": {}, "clickhouse": {}, "observability": {"traces": {}, "metrics": {},
+                                                                                       "profiling": {}}}, REPO)
+    assert (empty.nats, empty.clickhouse, empty.observability) == (NatsConfig(), ClickHouseConfig(),
+                                                                    ObservabilityConfig())
+
+
+def test_every_key_has_a_doc_and_a_type():
+    for cls in settings_classes(Config):
+        for f in dataclasses.fields(cls):
+            key = declared_key(f)
+            if key is not None:
+                assert key.doc.strip() and key.check.doc, f"{cls.__name__}.{f.name}"
+
+
+def test_docs_key_reference_is_generated_from_the_declarations():
+    text = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert sorted(config_reference.blocks_in(text)) == sorted(name for name, _ in config_reference.TABLES)
+    # On failure: python -m supervisor.config reference --write docs/configuration.md
+    assert config_reference.update(text) == text
+
+
+def test_reference_states_the_declared_bounds_and_defaults():
+    rows = {line.split(" | ")[0]: line for line in config_reference.table(BatchLimits).splitlines()}
+    assert rows["| `max_rows`"] == "| `max_rows` | int, >= 1 | `10000` | Rows per insert. |"
+    assert "| size, > 0 | `8MiB` |" in rows["| `max_bytes`"]
+    assert "| `workers` | int, 1..256 | `1` |" in config_reference.table(Config)
+
+
+SHIPPED = (REPO / "config.yaml").read_text(encoding="utf-8")
+
+
+def comments(text: str) -> list[str]:
+    """The comment text of each line of a YAML file (full-line and trailing comments)."""
+    found = []
+    for line in text.splitlines():
+        in_quote = None
+        for i, char in enumerate(line):
+            if char in "'\"" and in_quote in (None, char):
+                in_quote = None if in_quote else char
+            elif char == "#" and in_quote is None and (i == 0 or line[i - 1].isspace()):
+                found.append(line[i + 1:])
+                break
+    return found
+
+
+def test_config_yaml_comments_state_no_defaults_or_bounds():
+    # Defaults and bounds live in the declarations (and the generated reference); a comment
+    # restating one would drift. "default:" as a key name and ClickHouse's DEFAULT are fine.
+    stated = [c for c in comments(SHIPPED)
+              if re.search(r"\b[Dd]efaults?\b(?!:)|\d\s*\.\.\s*\d|[<>]=|\bat (least|most) \d", c)]
+    assert stated == []
+
+
+def test_commented_out_examples_in_config_yaml_are_the_declared_defaults():
+    # A reader takes a commented-out `key: value` for the default, so where a key has a plain
+    # default, the example must be it; keys whose default is none or derived may show any valid value.
+    yaml_keys = {name for cls in settings_classes(Config) for f in dataclasses.fields(cls)
+                 if (k := declared_key(f)) is not None
+                 for name in ((f"{f.name}_env", f"{f.name}_file") if k.secret else ((k.name or f.name).split(".")))}
+    example = re.compile(r"^(\s*)# (\s*([a-z_]+):.*)$")
+    uncommented = "\n".join(
+        m[1] + m[2] if (m := example.match(line)) and m[3] in yaml_keys else line for line in SHIPPED.splitlines())
+    shipped, with_examples = yaml.safe_load(SHIPPED), yaml.safe_load(uncommented)
+    checked = []
+    for path, value in leaves(with_examples):
+        if lookup(shipped, path) is not _ABSENT:
+            continue
+        cls, f = declaration_at(path)
+        key = declared_key(f)
+        if key.default_doc is None and f.default is not None:
+            assert key.check(value, REPO) == f.default, (path, value, f.default)
+            checked.append(".".join(map(str, path)))
+    assert "admin.listen" in checked and "observability.traces.sample_ratio" in checked, checked
+
+
+_ABSENT = object()
+
+
+def settings_classes(cls: type) -> set[type]:
+    """`cls` and every settings class nested in it."""
+    found = {cls}
+    for f in dataclasses.fields(cls):
+        nested = getattr(declared_key(f) and declared_key(f).check, "cls", None)
+        if nested is not None:
+            found |= settings_classes(nested)
+    return found
+
+
+def leaves(data: Any, path: tuple = ()) -> list[tuple[tuple, Any]]:
+    if isinstance(data, dict) and data:
+        return [leaf for k, v in data.items() for leaf in leaves(v, path + (k,))]
+    if isinstance(data, list) and path == ("pipelines",):
+        return [leaf for i, v in enumerate(data) for leaf in leaves(v, path + (i,))]
+    return [(path, data)]
+
+
+def lookup(data: Any, path: tuple) -> Any:
+    for part in path:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return _ABSENT
+    return data
+
+
+def declaration_at(path: tuple) -> tuple[type, Any]:
+    """The settings class and field that declare the YAML key at `path` (list indexes skipped)."""
+    cls: type = Config
+    parts = [p for p in path if not isinstance(p, int)]
+    while parts:
+        by_name = {(declared_key(f).name or f.name): f for f in dataclasses.fields(cls) if declared_key(f)}
+        by_name |= {f"{name}{end}": f for name, f in by_name.items()
+                    if declared_key(f).secret for end in ("_env", "_file")}
+        name = parts.pop(0)
+        if name == "dlq":
+            name = f"dlq.{parts.pop(0)}"
+        f = by_name[name]
+        check = declared_key(f).check
+        if not parts:
+            return cls, f
+        cls = check.cls
+    raise AssertionError(path)
+
+
+def test_instance_id_defaults_to_the_host_name():
+    import socket
+
+    assert parse_config(minimal(), REPO).instance_id == socket.gethostname()
+    assert parse_config(with_("instance_id", "host-a.example"), REPO).instance_id == "host-a.example"
+
+
+@pytest.mark.parametrize("bad", ["a b", ".a", "a.", "a*", "a>b", ""])
+def test_instance_id_must_be_a_members_key(bad):
+    assert only_problem(with_("instance_id", bad)).startswith("instance_id: expected a name")

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from supervisor.assignment import Partition
-from supervisor.status import PoolView, health, parse_listen, render_prometheus, render_status_table, summary
+from supervisor.status import (
+    METRICS,
+    PoolView,
+    health,
+    parse_listen,
+    pool_metrics,
+    render_prometheus,
+    render_status_table,
+    summary,
+)
 
 NOW = 1_700_000_000.0
 
@@ -19,12 +31,12 @@ def stats(inserted: int = 0, pending: int = 0, last_batch_at: float = 0.0, **mor
 
 
 @dataclass
-class Handle:  # shaped like arbiter.WorkerHandle
+class Handle:  # shaped like worker_handle.WorkerHandle
     slot: int
     pid: int | None = 100
     ready: bool = True
     restarts: int = 0
-    partitions: tuple = ()
+    owned: tuple = ()
     stats: dict = field(default_factory=dict)
     beat: float = 0.0
 
@@ -48,7 +60,7 @@ class Clock:
 def test_snapshot_shape_and_rows_per_second():
     clock = Clock()
     view = PoolView(window_s=5.0, clock=clock, wall=lambda: NOW)
-    w = Handle(0, partitions=(Partition("events", 0), Partition("events", 3)), beat=999.5)
+    w = Handle(0, owned=(Partition("events", 0), Partition("events", 3)), beat=999.5)
     w.stats = {"op": "stats", "partitions": {"events/0": stats(100), "events/3": stats(50, pending=7, last_batch_at=NOW - 2)}}
     snap = view.snapshot([w], draining=False)
     assert snap["started_at"] == NOW and snap["taken_at"] == NOW and snap["draining"] is False
@@ -90,7 +102,9 @@ def snapshot(**worker: Any) -> dict:
     w = {"slot": 0, "pid": 100, "ready": True, "restarts": 0, "partitions": ["events/0"], "rows_per_s": 10.0,
          "last_batch_at": NOW - 1, "heartbeat_age_s": 0.5, "stats": {"events/0": stats(5, pending=3, last_batch_at=NOW - 1)}}
     w.update(worker)
-    return {"started_at": NOW - 3700, "taken_at": NOW, "draining": False, "workers": [w]}
+    return {"started_at": NOW - 3700, "taken_at": NOW, "draining": False, "workers": [w], "instance_id": "a",
+            "instances": [{"instance_id": "a", "self": True, "holds": ["events/0"]},
+                          {"instance_id": "b", "self": False, "holds": ["events/1"]}]}
 
 
 def test_health():
@@ -104,37 +118,50 @@ def test_health():
     assert health({**snapshot(), "workers": []}, now=NOW) == ["no workers"]
 
 
+def scrape(text: str) -> tuple[dict[str, str], dict[tuple[str, tuple], float]]:
+    """prometheus_client's own parser: ({family: type}, {(sample name, sorted labels): value})."""
+    types, values = {}, {}
+    for family in text_string_to_metric_families(text):
+        types[family.name] = family.type
+        for sample in family.samples:
+            values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return types, values
+
+
 def test_prometheus_samples():
     snap = snapshot()
     snap["workers"].append({"slot": 1, "pid": None, "ready": False, "restarts": 2, "partitions": ["events/1"],
                             "rows_per_s": 0.0, "last_batch_at": 0.0, "heartbeat_age_s": None, "stats": {}})
-    text = render_prometheus(snap)
-    lines = text.splitlines()
-    assert text.endswith("\n")
-    assert 'jetsink_worker_up{slot="0"} 1' in lines
-    assert 'jetsink_worker_up{slot="1"} 0' in lines
-    assert 'jetsink_worker_pid{slot="0"} 100' in lines
-    assert not any(line.startswith('jetsink_worker_pid{slot="1"}') for line in lines)
-    assert 'jetsink_worker_restarts_total{slot="1"} 2' in lines
-    assert 'jetsink_worker_partitions{slot="0"} 1' in lines
-    assert 'jetsink_rows_inserted_total{slot="0",pipeline="events",partition="0"} 5' in lines
-    assert 'jetsink_messages_consumed_total{slot="0",pipeline="events",partition="0"} 5' in lines
-    assert 'jetsink_dead_letters_total{slot="0",pipeline="events",partition="0"} 0' in lines
-    assert 'jetsink_rows_per_second{slot="0"} 10.0' in lines
-    assert f'jetsink_last_batch_timestamp_seconds{{slot="0",pipeline="events",partition="0"}} {NOW - 1!r}' in lines
-    assert 'jetsink_consumer_pending{pipeline="events",partition="0"} 3' in lines
-    assert "# TYPE jetsink_rows_inserted_total counter" in lines
-    assert "# TYPE jetsink_consumer_pending gauge" in lines
+    types, values = scrape(render_prometheus(snap))
+    part0 = (("partition", "0"), ("pipeline", "events"), ("slot", "0"))
+    assert values[("jetsink_worker_up", (("slot", "0"),))] == 1
+    assert values[("jetsink_worker_up", (("slot", "1"),))] == 0
+    assert values[("jetsink_worker_pid", (("slot", "0"),))] == 100
+    assert ("jetsink_worker_pid", (("slot", "1"),)) not in values
+    assert values[("jetsink_worker_restarts_total", (("slot", "1"),))] == 2
+    assert values[("jetsink_worker_partitions", (("slot", "0"),))] == 1
+    assert values[("jetsink_rows_inserted_total", part0)] == 5
+    assert values[("jetsink_messages_consumed_total", part0)] == 5
+    assert values[("jetsink_dead_letters_total", part0)] == 0
+    assert values[("jetsink_rows_per_second", (("slot", "0"),))] == 10.0
+    assert values[("jetsink_last_batch_timestamp_seconds", part0)] == NOW - 1
+    assert values[("jetsink_consumer_pending", (("partition", "0"), ("pipeline", "events")))] == 3
+    # The parser names a counter family without its _total suffix.
+    assert types["jetsink_rows_inserted"] == "counter"
+    assert types["jetsink_consumer_pending"] == "gauge"
 
 
-def test_prometheus_escapes_label_values():
-    text = render_prometheus(snapshot(stats={'we"ird\\pipe\nline/0': stats(1)}))
-    assert 'pipeline="we\\"ird\\\\pipe\\nline"' in text
+def test_prometheus_label_values_round_trip():
+    _, values = scrape(render_prometheus(snapshot(stats={'we"ird\\pipe\nline/0': stats(1)})))
+    assert values[("jetsink_rows_inserted_total",
+                   (("partition", "0"), ("pipeline", 'we"ird\\pipe\nline'), ("slot", "0")))] == 1
 
 
-def test_prometheus_of_nothing_is_still_valid():
+def test_prometheus_of_nothing_declares_every_metric_without_samples():
     text = render_prometheus(None)
-    assert all(line.startswith("#") for line in text.splitlines())
+    types, values = scrape(text)
+    assert values == {}
+    assert len(types) == len([line for line in text.splitlines() if line.startswith("# TYPE ")]) == len(METRICS) == 20
 
 
 def test_status_table():
@@ -154,20 +181,26 @@ def test_status_table_shows_problems_and_never_run_batches():
     assert render_status_table(None) == "supervisor is starting (no status yet)\n"
 
 
+def test_status_shows_what_telemetry_dropped_while_its_endpoint_was_down():
+    workers = [Handle(slot, stats={"op": "stats", "partitions": {}, "telemetry_dropped": {"traces": 10 * slot, "logs": 2}})
+               for slot in (1, 2)]
+    snap = PoolView(wall=lambda: NOW).snapshot(workers, draining=False)
+    assert [w["telemetry_dropped"] for w in snap["workers"]] == [{"traces": 10, "logs": 2}, {"traces": 20, "logs": 2}]
+    assert "telemetry dropped while its OTLP endpoint was unreachable: traces 30, logs 4" in render_status_table(snap, now=NOW)
+    quiet = PoolView(wall=lambda: NOW).snapshot([Handle(0, stats={"op": "stats", "partitions": {}})], draining=False)
+    assert "telemetry" not in render_status_table(quiet, now=NOW)
+
+
 def test_parse_listen():
     assert parse_listen("127.0.0.1:9470") == ("127.0.0.1", 9470)
     assert parse_listen("[::1]:0") == ("::1", 0)
 
 
 def test_snapshot_of_the_arbiters_own_worker_handles():
-    from supervisor.arbiter import WorkerHandle
+    from supervisor.worker_handle import WorkerHandle
 
     w = WorkerHandle(slot=2)
-    held = {Partition("events", 10), Partition("events", 2)}
-    if hasattr(w, "owned"):
-        w.owned = held
-    else:
-        w.partitions = tuple(held)
+    w.owned = {Partition("events", 10), Partition("events", 2)}
     w.process, w.ready, w.restarts = SimpleNamespace(pid=7), True, 1
     w.heartbeat = SimpleNamespace(value=999.0)
     w.stats = {"op": "stats", "partitions": {"events/2": stats(3, pending=1)}}
@@ -211,3 +244,38 @@ def test_summary_line():
     assert summary(snapshot()) == "1/1 workers ready, 1 partitions, 10 rows/s"
     assert summary({**snapshot(ready=False), "draining": True}) == "0/1 workers ready, 1 partitions, 10 rows/s, draining"
     assert summary(None) == "0/0 workers ready, 0 partitions, 0 rows/s"
+
+
+def test_docs_list_every_metric_with_its_type_and_labels():
+    """docs/operations.md's metric table is what /metrics serves."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    documented = {}
+    for names, kind, labels in re.findall(r"^\| (`jetsink_.*?) \| (gauge|counter) \|(.*?)\|$", text, re.M):
+        for name in re.findall(r"`(jetsink_\w+)`", names):
+            documented[name] = (kind, tuple(label.strip() for label in labels.split(",") if label.strip()))
+    assert documented == {name: (kind, labels) for name, kind, _, labels in METRICS}
+
+
+def test_served_metrics_are_the_declared_ones():
+    declared = {name: (kind, set(labels)) for name, kind, _, labels in METRICS}
+    served = {}
+    schemas = {"events": {"table": "default.events", "digest": "3f2a", "since": NOW - 60, "read_at": NOW - 1,
+                          "changes": 1, "columns": 3, "problem": None, "slots": {"0": "3f2a"}}}
+    for family in pool_metrics({**snapshot(), "schemas": schemas}):
+        for sample in family.samples:
+            served[sample.name] = (family.type, set(sample.labels))
+    assert {name: declared[name] for name in served} == served
+    assert set(served) == set(declared)
+
+
+def test_metrics_name_the_instance_and_count_the_live_ones():
+    _, values = scrape(render_prometheus(snapshot()))
+    assert values[("jetsink_instance_info", (("instance_id", "a"),))] == 1
+    assert values[("jetsink_instances_live", ())] == 2
+
+
+def test_status_table_lists_every_instance():
+    table = render_status_table(snapshot(), now=NOW)
+    assert "instances (2 live, this one is a)" in table
+    assert any(line.startswith("a *") for line in table.splitlines())
+    assert any(line.startswith("b ") and "events:1" in line for line in table.splitlines())

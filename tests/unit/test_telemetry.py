@@ -1,27 +1,16 @@
-"""Observability pieces that need no servers: traceparents, the off switch, links, profiles, log ids, config."""
+"""workers/telemetry.py without servers: traceparents, the off switch, links, map and insert hooks, config."""
 
 from __future__ import annotations
 
-import base64
-import gzip
-import json
-import logging
 import os
-import stat
-import sys
 import threading
-import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-from supervisor import flamegraph, profiles
 from supervisor.config import ConfigError, parse_config
-from workers.settings import profiles_dir
-from workers.logs import JsonFormatter
-from supervisor.profiler import ProfileScheduler, profile_stem
 from workers import telemetry
+from workers.settings import profiles_dir
 
 PIPELINE = {"name": "a", "stream": "S", "subject": "e.*", "partitions": 1, "table": "t"}
 
@@ -33,20 +22,29 @@ def _config(**observability):
 # -- traceparent ---------------------------------------------------------------------
 
 
+def _traceparent(trace_id: int, span_id: int) -> str:
+    """What a producer's propagator writes for a sampled span."""
+    from opentelemetry import trace
+
+    ctx = trace.SpanContext(trace_id, span_id, is_remote=False, trace_flags=trace.TraceFlags(1))
+    span = trace.NonRecordingSpan(ctx)
+    return telemetry.traceparent_of(trace.set_span_in_context(span))
+
+
 def test_traceparent_round_trip_and_rejects():
-    tp = telemetry.format_traceparent(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, 1)
+    tp = _traceparent(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331)
     assert tp == "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    assert telemetry.parse_traceparent(tp) == (0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, 1)
+    sc = telemetry.remote_span_context({"traceparent": tp})
+    assert (sc.trace_id, sc.span_id, int(sc.trace_flags), sc.is_remote) == (
+        0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, 1, True)
     for bad in (None, "", "garbage", "00-" + "0" * 32 + "-b7ad6b7169203331-01", "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-                "00-0af7651916cd43dd8448eb211c80319z-b7ad6b7169203331-01", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"):
-        assert telemetry.parse_traceparent(bad) is None
+                "00-0af7651916cd43dd8448eb211c80319z-b7ad6b7169203331-01"):
+        assert telemetry.remote_span_context({"traceparent": bad}) is None
+    assert telemetry.remote_span_context({}) is None
 
 
 def test_current_traceparent_is_none_outside_spans():
     assert telemetry.current_traceparent() is None
-
-
-# -- the switch ----------------------------------------------------------------------
 
 
 def test_off_builds_nothing_and_every_method_is_a_no_op():
@@ -58,7 +56,9 @@ def test_off_builds_nothing_and_every_method_is_a_no_op():
     assert t.inject({"op": "drain"}) == {"op": "drain"}
     run = object()
     assert t.carry_context(run) is run
-    assert t.traced_prepare(len) is len
+    insert = t.insert(None, "t", "db", "INSERT", 0, None)
+    with t.map(None, []) as mapped, t.map_message(None) as mapped_one, insert as settings:
+        assert mapped(None) is None and mapped_one(None) is None and settings is None
     t.retry("insert", RuntimeError()), t.batch_committed(None, [], None), t.worker_restarted(1), t.shutdown()
     assert {th.name for th in threading.enumerate()} == before
 
@@ -74,24 +74,19 @@ def test_resource_names_the_process_and_respects_otel_service_name(monkeypatch):
 
 
 def test_batch_links_are_deduplicated_and_capped():
-    from opentelemetry import trace
-
     t = telemetry.OtelTelemetry.__new__(telemetry.OtelTelemetry)  # only the link logic, no providers
-    t._trace, t._max_links = trace, 3
+    t._max_links = 3
     def raw(headers):  # a delivery as workers/wire.py hands it over: raw NATS headers
         lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         return (b"events.0.k", b"$JS.ACK.EVENTS.c.1.1.1.1.0", b"{}", f"NATS/1.0\r\n{lines}\r\n".encode())
 
-    msgs = [raw({"traceparent": telemetry.format_traceparent(i + 1, i + 1, 1)}) for i in range(5)]
-    msgs.insert(0, raw({"traceparent": telemetry.format_traceparent(1, 1, 1), "Nats-Msg-Id": "x"}))  # a repeat
+    msgs = [raw({"traceparent": _traceparent(i + 1, i + 1)}) for i in range(5)]
+    msgs.insert(0, raw({"traceparent": _traceparent(1, 1), "Nats-Msg-Id": "x"}))  # a repeat
     msgs.insert(0, (b"events.0.k", b"$JS.ACK.EVENTS.c.1.1.1.1.0", b"{}", None))
     msgs.insert(0, raw({"traceparent": "nonsense"}))
     links = t._links(msgs)
     assert [(link.context.trace_id, link.context.span_id) for link in links] == [(1, 1), (2, 2), (3, 3)]
     assert all(link.context.is_remote for link in links)
-
-
-# -- config --------------------------------------------------------------------------
 
 
 def test_observability_defaults_and_keys():
@@ -117,121 +112,8 @@ def test_observability_problems_name_the_key(observability, problem):
     assert problem in str(exc.value)
 
 
-# -- logs ----------------------------------------------------------------------------
-
-
-def test_json_lines_carry_trace_and_span_ids_and_no_otel_internals():
-    fmt = JsonFormatter({"role": "worker", "slot": 1})
-    record = logging.LogRecord("x", logging.INFO, __file__, 1, "hello", (), None)
-    record.otelTraceID, record.otelSpanID, record.otelTraceSampled, record.otelServiceName = "ab" * 16, "cd" * 8, True, "jetsink"
-    line = json.loads(fmt.format(record))
-    assert (line["trace_id"], line["span_id"], line["slot"]) == ("ab" * 16, "cd" * 8, 1)
-    assert not [k for k in line if k.startswith("otel")]
-    record.otelTraceID, record.otelSpanID = "0", "0"
-    assert "trace_id" not in json.loads(fmt.format(record))
-
-
-# -- CPU profiles --------------------------------------------------------------------
-
-COLLAPSED = "main (app.py:10);work (app.py:20);parse (app.py:30) 30\nmain (app.py:10);work (app.py:20) 10\nmain (app.py:10);idle (<frozen x>:5) 5\nnot a line\n"
-
-
-def test_speedscope_document_follows_the_schema():
-    stacks = flamegraph.parse_collapsed(COLLAPSED)
-    assert len(stacks) == 3
-    doc = flamegraph.to_speedscope(stacks, "w0", rate_hz=100)
-    assert doc["$schema"] == flamegraph.SPEEDSCOPE_SCHEMA
-    frames = doc["shared"]["frames"]
-    assert frames[0] == {"name": "main", "file": "app.py", "line": 10}
-    prof = doc["profiles"][0]
-    assert prof["type"] == "sampled" and prof["unit"] == "seconds"
-    assert prof["weights"] == [0.3, 0.1, 0.05] and prof["endValue"] == pytest.approx(0.45)
-    assert [[frames[i]["name"] for i in s] for s in prof["samples"]][0] == ["main", "work", "parse"]
-
-
-def test_svg_flame_graph_is_xml_with_a_box_per_frame():
-    root = ET.fromstring(flamegraph.to_svg(flamegraph.parse_collapsed(COLLAPSED), "title <&>"))
-    assert root.tag == "{http://www.w3.org/2000/svg}svg"
-    titles = [t.text for t in root.iter("{http://www.w3.org/2000/svg}title")]
-    assert "all (45 samples, 100.00%)" in titles
-    assert "work (app.py:20) (40 samples, 88.89%)" in titles
-
-
-def test_svg_survives_a_torn_sample_with_control_characters():
-    # py-spy in non-blocking mode can read a half-written frame: seen as " (\x01:-1101128832)".
-    stacks = flamegraph.parse_collapsed("main (app.py:1);\x01bad\x1f (\x01:-1101128832) 1\nmain (app.py:1) 2\n")
-    root = ET.fromstring(flamegraph.to_svg(stacks, "t"))
-    titles = [t.text for t in root.iter("{http://www.w3.org/2000/svg}title")]
-    assert any("\ufffdbad\ufffd" in t for t in titles)
-
-
-def _fake_py_spy(tmp_path: Path, body: str) -> str:
-    script = tmp_path / "py-spy"
-    script.write_text(f"#!{sys.executable}\nimport sys\nargs = sys.argv[1:]\n{body}\n")
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    return str(script)
-
-
-def _wait_for(cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
-def test_scheduler_profiles_each_worker_on_its_interval(tmp_path, caplog):
-    spy = _fake_py_spy(tmp_path, f"open(args[args.index('--output') + 1], 'w').write({COLLAPSED!r})\nopen({str(tmp_path / 'argv')!r}, 'a').write(' '.join(args) + '\\n')")
-    cfg = _config(enabled=True, profiling={"interval_s": 5, "duration_s": 1, "rate_hz": 7, "log_base64": True}).observability.profiling
-    out = tmp_path / "profiles"
-    sched = ProfileScheduler(cfg, out, py_spy=spy)
-    with caplog.at_level(logging.INFO):
-        sched.tick(100.0, {0: 4242})
-        assert not (tmp_path / "argv").exists()  # the first window waits min(interval, 30 s)
-        sched.tick(105.0, {0: 4242})
-        _wait_for(lambda: (tmp_path / "argv").exists() and sched._running[0].process.poll() is not None)
-        sched.tick(105.5, {0: 4242})
-    argv = (tmp_path / "argv").read_text().split()
-    assert argv[:3] == ["record", "--pid", "4242"] and "--nonblocking" in argv and argv[argv.index("--rate") + 1] == "7"
-    assert argv[argv.index("--format") + 1] == "raw"
-    files = sorted(p.name for p in out.iterdir())
-    assert len(files) == 2 and files[0].startswith("cpu-worker0-") and files[0].endswith(".speedscope.json") and files[1].endswith(".svg")
-    # logged base64, extracted again byte for byte
-    lines = [json.dumps({"profile_name": r.profile_name, "profile_encoding": r.profile_encoding, "profile_b64": r.profile_b64})
-             for r in caplog.records if hasattr(r, "profile_b64")]
-    extracted = dict(profiles.logged_profiles(iter(lines + ["{not json", '{"msg": "other"}'])))
-    assert extracted == {name: (out / name).read_bytes() for name in files}
-    sched.tick(108.0, {0: 4242})
-    assert 0 not in sched._running  # next window only at 110
-    sched.stop()
-
-
-def test_scheduler_warns_once_when_py_spy_fails_and_keeps_going(tmp_path, caplog):
-    spy = _fake_py_spy(tmp_path, "sys.stderr.write('Error: Permission Denied\\n'); sys.exit(1)")
-    cfg = _config(enabled=True, profiling={"interval_s": 1, "duration_s": 1}).observability.profiling
-    sched = ProfileScheduler(cfg, tmp_path / "p", py_spy=spy)
-    with caplog.at_level(logging.DEBUG, logger="jetsink.profiler"):
-        for now in (0.0, 1.0, 2.5, 4.0):
-            sched.tick(now, {1: 99})
-            _wait_for(lambda: all(w.process.poll() is not None for w in sched._running.values()))
-        sched.tick(5.0, {1: 99})
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "Permission Denied" in warnings[0].getMessage()
-    assert not list((tmp_path / "p").glob("cpu-*"))
-    sched.stop()
-
-
-def test_profile_names_carry_slot_and_utc_time():
-    assert profile_stem(3, 0.0) == "cpu-worker3-19700101T000000Z"
-
-
-def test_extract_decodes_plain_base64_and_never_writes_outside_the_directory(tmp_path):
-    line = json.dumps({"profile_name": "../../etc/x.svg", "profile_b64": base64.b64encode(b"<svg/>").decode()})
-    gz = json.dumps({"profile_name": "a.json", "profile_encoding": "gzip+base64", "profile_b64": base64.b64encode(gzip.compress(b"{}")).decode()})
-    assert list(profiles.logged_profiles(iter([line, gz]))) == [("x.svg", b"<svg/>"), ("a.json", b"{}")]
-
-
 def test_per_message_map_spans_give_the_same_columns_as_one_batch():
-    from workers.partition import PartitionTarget, prepare
+    from workers.partition import PartitionTarget, join_prepared, prepare
     from workers.schema import ServerFeatures, TableColumn, compile_mapper
 
     config = _config()
@@ -241,6 +123,82 @@ def test_per_message_map_spans_give_the_same_columns_as_one_batch():
     msgs = [(f"e.0.k{i}".encode(), f"$JS.ACK.S.c.1.{i + 1}.{i + 1}.1700000000000000000.0".encode(), b, None)
             for i, b in enumerate(bodies)]
     whole = prepare(msgs, mapper, target)
-    joined = telemetry._join_prepared([prepare([m], mapper, target) for m in msgs])
+    joined = join_prepared([prepare([m], mapper, target) for m in msgs])
     assert (joined.columns, joined.rows, joined.row_msgs) == (whole.columns, whole.rows, whole.row_msgs) == ([["a", "c", "d"], [1, 3, 4]], 3, [0, 3, 4])
     assert sorted(d.stream_seq for d in joined.dead) == sorted(d.stream_seq for d in whole.dead) == [2, 3]
+
+
+@pytest.mark.parametrize("per_message", [False, True])
+def test_the_partition_prepares_under_map_spans(per_message):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+        InMemorySpanExporter,
+    )
+
+    from workers.partition import PartitionRunner, PartitionTarget, prepare
+    from workers.schema import ServerFeatures, TableColumn, compile_mapper
+
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    t = telemetry.OtelTelemetry.__new__(telemetry.OtelTelemetry)  # its span hooks on an in-memory tracer
+    t.tracer, t.per_message_spans = provider.get_tracer("test"), per_message
+    runner = PartitionRunner.__new__(PartitionRunner)  # only _prepare: no connection needed
+    runner._telemetry = t
+    mapper = compile_mapper("t", [TableColumn("id", "String")], (), ServerFeatures.from_version((18, 16)))
+    target = PartitionTarget(pipeline=_config().pipelines[0], index=0, consumer="c", worker=0)
+    bodies = [b'{"id": "a"}', b"nope", b'{"id": "c"}']
+    msgs = [(b"e.0.k", f"$JS.ACK.S.c.1.{i + 1}.{i + 1}.1700000000000000000.0".encode(), b, None)
+            for i, b in enumerate(bodies)]
+    prepared = runner._prepare(msgs, mapper, target)
+    whole = prepare(msgs, mapper, target)
+    assert (prepared.columns, prepared.row_msgs, len(prepared.dead)) == (whole.columns, whole.row_msgs, 1)
+    assert (whole.columns, whole.row_msgs) == ([["a", "c"]], [0, 2])
+    spans = exported.get_finished_spans()
+    assert {s.name for s in spans} == {"map"}
+    if per_message:
+        assert [s.attributes["messaging.message.body.size"] for s in spans] == [len(b) for b in bodies]
+        assert [s.attributes.get("error.type") for s in spans] == [None, "invalid_json", None]
+    else:
+        (span,) = spans
+        assert dict(span.attributes) == {"messaging.batch.message_count": 3, "db.collection.name": "t",
+                                         "jetsink.rows": 2, "jetsink.dead_lettered": 1}
+
+
+def test_the_insert_hook_wraps_the_call_in_prepare_and_send_and_hands_the_server_its_trace():
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+        InMemorySpanExporter,
+    )
+
+    from workers.schema import ServerFeatures
+
+    exported, reader = InMemorySpanExporter(), InMemoryMetricReader()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    t = telemetry.OtelTelemetry.__new__(telemetry.OtelTelemetry)
+    t.tracer = provider.get_tracer("test")
+    t._instruments(MeterProvider(metric_readers=[reader]).get_meter("test"))
+    statement = "INSERT INTO `db`.`t` (`id`) VALUES"
+    with t.span("batch") as batch:
+        with t.insert(None, "t", "db", statement, 2, ServerFeatures.from_version((23, 8))) as settings:
+            pass
+        failing = t.insert(None, "t", "db", statement, 2, ServerFeatures.from_version((18, 16)))
+        with pytest.raises(ConnectionError), failing as old:
+            raise ConnectionError("gone")
+    assert old is None  # 18.16 has no trace context in its protocol
+    spans = [s for s in exported.get_finished_spans() if s.name != "batch"]
+    assert [s.name for s in spans] == ["clickhouse.prepare", "clickhouse.send", "clickhouse.prepare", "clickhouse.send"]
+    assert all(s.parent.span_id == batch.get_span_context().span_id for s in spans)
+    send = spans[1]
+    ctx = send.context
+    assert settings == {"opentelemetry_traceparent": f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"}
+    assert send.attributes["db.query.text"] == statement and send.attributes["db.operation.batch.size"] == 2
+    assert spans[3].attributes["error.type"] == "ConnectionError" and not spans[3].status.is_ok
+    (metric,) = [m for rm in reader.get_metrics_data().resource_metrics for sm in rm.scope_metrics for m in sm.metrics]
+    assert metric.name == "jetsink.insert.duration"
+    assert sorted(p.count for p in metric.data.data_points) == [1, 1]  # one ok, one with error.type

@@ -52,7 +52,7 @@ def _encode(item) -> bytes:
 
 _expected_other = {"err": ("err", "'stale connection'"), "info": ("info", {"server_id": "x", "max_payload": 1048576})}
 
-_payload = st.binary(max_size=300).filter(lambda b: True)
+_payload = st.binary(max_size=300)
 _headers = st.one_of(st.none(), st.just(b"NATS/1.0\r\nNats-Msg-Id: a1\r\n\r\n"), st.just(b"NATS/1.0 408 Request Timeout\r\n\r\n"))
 _message = st.tuples(
     st.just("msg"), st.sampled_from([1, 2, 7]), st.sampled_from([b"_INBOX.a", b"events.3.k1"]),

@@ -15,9 +15,13 @@ def test_percentile_interpolates_between_ranks():
     assert stats.percentile(values, 100) == 50
     assert stats.percentile(values, 25) == 20
     assert stats.percentile([1, 2], 50) == 1.5
+    assert stats.percentile([8, 1, 4, 2], 95) == pytest.approx(7.4)  # rank 2.85: 4 + 0.85 x (8 - 4)
+    assert stats.percentile([3.0], 99) == 3.0
     assert stats.percentile([], 99) is None
     with pytest.raises(ValueError):
         stats.percentile(values, 101)
+    with pytest.raises(ValueError):
+        stats.percentile(values, 99.5)
 
 
 def test_latency_summary_and_histogram():

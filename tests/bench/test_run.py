@@ -16,6 +16,9 @@ import pytest
 from bench import flame, stats
 from supervisor import flamegraph
 
+# Real servers and the real supervisor, like tests/integration/.
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parents[2]
 MESSAGES = 20_000
 

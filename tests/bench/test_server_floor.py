@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from bench import server_floor
+
+# A real nats-server, like tests/integration/.
+pytestmark = pytest.mark.integration
 
 
 def test_every_layout_delivers_each_message_once_and_acks_it(nats_server, nats_url):

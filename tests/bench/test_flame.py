@@ -5,6 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 import orjson
+import pytest
 
 from bench import flame
 from bench.events import EventTemplates, event_id, make_event
@@ -69,9 +70,21 @@ def test_templates_are_make_event_with_their_own_id():
     assert kind == doc["kind"]
 
 
-def test_charts_are_valid_svg():
-    ET.fromstring(line_chart("t", {"a": [(0, 1), (1, 3)], "b": [(0, 2)]}, "s", "n", marks=(0.5,)))
-    ET.fromstring(bar_chart("t", [("x", 1.0), ("y", 2.0)], "n"))
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def test_charts_are_svg_with_a_line_per_series_and_a_bar_per_value():
+    root = ET.fromstring(line_chart("rate <&>", {"a<b": [(0, 1), (1, 3)], "b": [(0, 2)]}, "s", "n", marks=(0.5,)))
+    assert root.tag == f"{SVG}svg"
+    texts = [t.text for t in root.iter(f"{SVG}text")]
+    assert texts[0] == "rate <&>" and "a<b" in texts and "b" in texts  # title and legend, escaped in the SVG
+    lines = [p.get("points").split() for p in root.iter(f"{SVG}polyline")]
+    assert [len(points) for points in lines] == [2, 1]
+    assert float(lines[0][1].split(",")[1]) < float(lines[0][0].split(",")[1])  # 3 is drawn above 1
+    bars = ET.fromstring(bar_chart("t", [("x", 1.0), ("y", 2.0)], "n"))
+    rects = [r for r in bars.iter(f"{SVG}rect") if r.find(f"{SVG}title") is not None]
+    assert [r.find(f"{SVG}title").text for r in rects] == ["x: 1.0", "y: 2.0"]
+    assert float(rects[1].get("height")) == pytest.approx(2 * float(rects[0].get("height")), rel=0.01)
 
 
 def test_where_cpu_went_weights_workers_by_their_samples():

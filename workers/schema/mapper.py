@@ -1,0 +1,386 @@
+"""A table's schema + the pipeline's column overrides -> :class:`ColumnMapper`, compiled once.
+
+:meth:`ColumnMapper.map_rows` turns parsed JSON documents into the columnar lists
+clickhouse-driver inserts, whole columns at a time where it can (the fast paths of
+converter.Converter), value by value where a column holds something to refuse.
+
+``null`` for a non-Nullable column is a "wrong_type" error, never a default:
+only an absent field is "missing".  A missing field is filled, in order, by:
+the override's ``required`` (-> "missing_required"), the override's default
+(converted at compile time), the column's constant DEFAULT (the value the
+caller evaluated into ``constant_defaults``, in the form clickhouse-driver
+returns for ``SELECT CAST(expr AS type)`` and passed through unchanged), the
+server (a non-constant DEFAULT column with no override is not inserted at all;
+a document that nevertheless carries that field is rejected rather than
+silently losing the value), None for Nullable columns, else the type's zero
+value.  A constant DEFAULT wins over Nullable's None because it is what
+ClickHouse itself would store for an omitted column.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from itertools import compress, repeat
+from operator import itemgetter
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+from workers.schema.builder import compile_type
+from workers.schema.errors import MappingError, Rejected, SchemaError, json_kind, show
+from workers.schema.features import ServerFeatures
+
+if TYPE_CHECKING:  # only its attributes are read
+    from workers.settings import ColumnOverride
+
+
+@dataclass(frozen=True)
+class TableColumn:
+    """One row of ``system.columns`` for the target table."""
+
+    name: str
+    type: str
+    default_kind: str = ""
+    default_expression: str = ""
+
+
+_MISSING = object()
+_STR_OR_NULL = frozenset({str, type(None)})
+_DICT = frozenset({dict})
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one inserted column is filled from a document."""
+
+    name: str
+    path: tuple[str, ...]
+    convert: Callable[[Any], Any]
+    fast: tuple | None
+    column: Callable[[list], list | None] | None
+    dedupe_strings: bool
+    missing_value: Any
+    missing_error: tuple[str, str] | None  # (reason, detail) when an absent field is an error
+
+
+def _walker(path: tuple[str, ...]) -> Callable[[Any], Any]:
+    def walk(doc: Any) -> Any:
+        for k in path:
+            if type(doc) is not dict:
+                return _MISSING
+            doc = doc.get(k, _MISSING)
+            if doc is _MISSING:
+                return _MISSING
+        return doc
+
+    return walk
+
+
+class ColumnMapper:
+    """Maps parsed JSON documents to the columnar lists of one table's insertable columns."""
+
+    def __init__(
+        self,
+        table: str,
+        plans: Sequence[_Plan],
+        server_filled: Sequence[tuple[str, str]],
+        unknown_keys: "_UnknownKeys | None" = None,
+    ):
+        self.table = table
+        self._plans = tuple(plans)
+        # Columns left to the server's DEFAULT; a document carrying one is refused.
+        self._server_filled = tuple(server_filled)
+        self._unknown_keys = unknown_keys  # None: keys that match no column are ignored
+        self.column_names: tuple[str, ...] = tuple(p.name for p in self._plans)
+        # The top-level keys the columns read, fetched together in one pass over the
+        # documents (one itemgetter call per document, not one dict.get per column).
+        self._top_keys = tuple(dict.fromkeys(p.path[0] for p in self._plans))
+        self._get_top = itemgetter(*self._top_keys) if len(self._top_keys) > 1 else None
+
+    def __repr__(self) -> str:
+        return f"ColumnMapper({self.table!r}, columns={list(self.column_names)})"
+
+    def map_rows(self, docs: Sequence[Any]) -> tuple[list[list], list[tuple[int, MappingError]]]:
+        """Columns (one list per ``column_names`` entry, good docs in order) and (doc index, error) failures."""
+        docs = docs if isinstance(docs, list) else list(docs)
+        failures: list[tuple[int, MappingError]] = []
+        if set(map(type, docs)) <= {dict}:
+            objs, origin = docs, None
+        else:
+            objs, origin = [], []
+            for i, d in enumerate(docs):
+                if isinstance(d, dict):
+                    objs.append(d)
+                    origin.append(i)
+                else:
+                    failures.append(
+                        (i, MappingError("wrong_type", f"message is a JSON {json_kind(d)}, expected an object"))
+                    )
+        n = len(objs)
+        if n == 0:
+            return [[] for _ in self._plans], failures
+
+        bad: dict[int, MappingError] = {}  # position in objs -> first error, in column order
+        for name, expression in self._server_filled:
+            if any(map(dict.__contains__, objs, repeat(name))):
+                for i, d in enumerate(objs):
+                    if name in d and i not in bad:
+                        bad[i] = MappingError(
+                            "invalid_value",
+                            f"column {name}: the field is sent but the column is filled by the server "
+                            f"(DEFAULT {expression}); add a columns override for {name} to insert it",
+                        )
+        # Only exact dicts (all of orjson's) go through itemgetter: it would honour a
+        # subclass's __getitem__ (a defaultdict's, say), which dict.get never calls.
+        top = self._top_fields(objs) if origin is None else None
+        columns = [self._column(plan, self._values(plan, objs, top), bad) for plan in self._plans]
+        if self._unknown_keys is not None:
+            self._unknown_keys.check(objs, bad)
+
+        if bad:
+            keep = [i not in bad for i in range(n)]
+            columns = [list(compress(col, keep)) for col in columns]
+            for i, err in bad.items():
+                failures.append((i if origin is None else origin[i], err))
+            failures.sort(key=lambda f: f[0])
+        return columns, failures
+
+    def _top_fields(self, objs: list) -> dict[str, tuple] | None:
+        """Every top-level key's values, if every document has every key (else None)."""
+        if self._get_top is None:
+            return None
+        try:
+            return dict(zip(self._top_keys, zip(*map(self._get_top, objs))))
+        except KeyError:
+            return None
+
+    @staticmethod
+    def _values(plan: _Plan, objs: list, top: dict[str, tuple] | None) -> list:
+        """The field of every document, _MISSING where absent."""
+        if top is not None:
+            values = list(top[plan.path[0]])
+        else:
+            values = list(map(dict.get, objs, repeat(plan.path[0]), repeat(_MISSING)))
+        # A dotted path level by level, in C, while every level is an object.
+        for k in plan.path[1:]:
+            if not set(map(type, values)) <= _DICT:
+                return list(map(_walker(plan.path), objs))
+            values = list(map(dict.get, values, repeat(k), repeat(_MISSING)))
+        return values
+
+    @staticmethod
+    def _column(plan: _Plan, values: list, bad: dict[int, MappingError]) -> list:
+        convert = plan.convert
+        fast = plan.fast
+        if fast is not None:
+            # Whole-column validation in C: allowed exact types and (for numbers) min/max in range.
+            if set(map(type, values)) <= fast[0] and (
+                fast[1] is None or (min(values) >= fast[1] and max(values) <= fast[2])
+            ):
+                return values
+        elif plan.column is not None:
+            done = plan.column(values)
+            if done is not None:
+                return done
+        if fast is None and plan.dedupe_strings and set(map(type, values)) <= _STR_OR_NULL:
+            # Only str/None: equal keys are equal values (unlike 1 == 1.0 == True).
+            distinct = set(values)
+            if len(distinct) * 2 <= len(values):  # else the lookup table costs more than it saves
+                try:
+                    converted = {v: convert(v) for v in distinct}
+                    return list(map(converted.__getitem__, values))
+                except Rejected:
+                    pass
+        try:
+            return list(map(convert, values))
+        except Rejected:
+            pass  # a missing field or a bad value: redo this column value by value
+
+        out = values
+        for i, v in enumerate(values):
+            if v is _MISSING:
+                if plan.missing_error is None:
+                    out[i] = plan.missing_value
+                    continue
+                if i not in bad:
+                    bad[i] = MappingError(*plan.missing_error)
+                out[i] = None
+                continue
+            try:
+                out[i] = convert(v)
+            except Rejected as e:
+                if i not in bad:
+                    bad[i] = MappingError(e.reason, f"column {plan.name}{e.where}: {e.message}")
+                out[i] = None
+        return out
+
+
+class _UnknownKeys:
+    """Refuses documents carrying a key that no inserted column reads (pipeline ``unknown_keys: dead_letter``).
+
+    ``known`` is the tree of the columns' paths: a key maps to None where a column takes
+    its whole value, or to the keys read inside it where paths go deeper.
+    """
+
+    def __init__(self, table: str, known: dict):
+        self.table = table
+        self.known = known
+        self.top = frozenset(known)
+        self.flat = all(v is None for v in known.values())
+
+    def check(self, objs: list, bad: dict[int, MappingError]) -> None:
+        # One C-level superset test per document answers the common, flat case.
+        for i, ok in enumerate(map(self.top.issuperset, objs)):
+            if i in bad or (ok and self.flat):
+                continue
+            key = self._first_unknown(objs[i], self.known, "")
+            if key is not None:
+                bad[i] = MappingError(
+                    "unknown_key",
+                    f"key {key!r} matches no column of {self.table} (the pipeline's unknown_keys is dead_letter)",
+                )
+
+    def _first_unknown(self, obj: dict, known: dict, prefix: str) -> str | None:
+        for k, v in obj.items():
+            if k not in known:
+                return prefix + k
+            inner = known[k]
+            if inner is not None and type(v) is dict:
+                found = self._first_unknown(v, inner, f"{prefix}{k}.")
+                if found is not None:
+                    return found
+        return None
+
+
+def _key_tree(paths: Sequence[tuple[str, ...]]) -> dict:
+    tree: dict = {}
+    for path in sorted(paths, key=len):  # a column taking a whole object wins over deeper paths
+        node: dict | None = tree
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+            if node is None:
+                break
+        else:
+            node[path[-1]] = None
+    return tree
+
+
+_INSERTABLE_KINDS = ("", "DEFAULT", "EPHEMERAL")
+_COMPUTED_KINDS = ("MATERIALIZED", "ALIAS")
+
+
+def compile_mapper(
+    table: str,
+    columns: Sequence[TableColumn],
+    overrides: Sequence["ColumnOverride"],
+    features: ServerFeatures,
+    constant_defaults: Mapping[str, Any] = MappingProxyType({}),
+    unknown_keys: str = "ignore",
+    server_timezone: str | None = None,
+) -> ColumnMapper:
+    """Compile the strict mapping of JSON documents onto ``table`` (raises SchemaError listing every problem).
+
+    ``columns`` are the table's ``system.columns`` rows in table order;
+    ``overrides`` are duck-typed ColumnOverride objects (column, path, required,
+    has_default, default, epoch_unit, timezone); ``constant_defaults`` maps columns whose
+    DEFAULT is a constant to its value as clickhouse-driver returns it.  ``unknown_keys``
+    is the pipeline's "ignore" | "dead_letter"; ``server_timezone`` reads date-times
+    without offset in columns that declare no zone, as the server itself does.
+    """
+    problems: list[str] = []
+    if unknown_keys not in ("ignore", "dead_letter"):
+        problems.append(f"table {table}: unknown_keys must be 'ignore' or 'dead_letter', got {unknown_keys!r}")
+    by_name = {c.name: c for c in columns}
+    override_of: dict[str, Any] = {}
+    for o in overrides:
+        name = getattr(o, "column")
+        if name not in by_name:
+            close = difflib.get_close_matches(name, list(by_name), n=3)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            available = ", ".join(by_name) or "(none)"
+            problems.append(f"table {table}: override names unknown column {name!r}{hint} (columns: {available})")
+        elif name in override_of:
+            problems.append(f"table {table} column {name}: more than one override")
+        elif by_name[name].default_kind in _COMPUTED_KINDS:
+            problems.append(
+                f"table {table} column {name}: is {by_name[name].default_kind} (computed by the server) "
+                "and cannot be given an override"
+            )
+        else:
+            override_of[name] = o
+
+    plans: list[_Plan] = []
+    server_filled: list[tuple[str, str]] = []
+    for col in columns:
+        where = f"table {table} column {col.name}"
+        kind = col.default_kind or ""
+        if kind in _COMPUTED_KINDS:
+            continue
+        if kind not in _INSERTABLE_KINDS:
+            problems.append(f"{where}: unknown default kind {kind!r}")
+            continue
+        o = override_of.get(col.name)
+        server_default = kind in ("DEFAULT", "EPHEMERAL") and bool(col.default_expression) and (
+            col.name not in constant_defaults
+        )
+        if server_default and o is None:
+            server_filled.append((col.name, col.default_expression))
+            continue
+
+        epoch_unit = getattr(o, "epoch_unit", "s") if o is not None else "s"
+        if epoch_unit not in ("s", "ms"):
+            problems.append(f"{where}: epoch_unit must be 's' or 'ms', got {epoch_unit!r}")
+            epoch_unit = "s"
+        try:
+            timezone = getattr(o, "timezone", None) if o is not None else None
+            conv = compile_type(col.type, features, epoch_unit, where, timezone, server_timezone)
+        except SchemaError as e:
+            problems.extend(e.problems)
+            continue
+
+        path = tuple(getattr(o, "path", None) or ()) if o is not None else ()
+        if not path:
+            path = (col.name,)
+        missing_value: Any = None
+        missing_error: tuple[str, str] | None = None
+        shown_path = ".".join(path)
+        if o is not None and getattr(o, "required", False):
+            missing_error = ("missing_required", f"column {col.name}: required field {shown_path!r} is missing")
+        elif o is not None and getattr(o, "has_default", False):
+            try:
+                missing_value = conv.convert(getattr(o, "default", None))
+            except Rejected as e:
+                problems.append(f"{where}: default {show(getattr(o, 'default', None))}{e.where}: {e.message}")
+        elif kind in ("DEFAULT", "EPHEMERAL") and col.name in constant_defaults:
+            missing_value = constant_defaults[col.name]
+        elif server_default:
+            missing_error = (
+                "missing_required",
+                f"column {col.name}: field {shown_path!r} is missing and the server DEFAULT "
+                f"{col.default_expression} cannot be applied per row; send it or give the override a default",
+            )
+        else:
+            missing_value = conv.zero  # None for Nullable columns
+
+        plans.append(
+            _Plan(
+                name=col.name,
+                path=path,
+                convert=conv.convert,
+                fast=conv.fast,
+                column=conv.column,
+                dedupe_strings=conv.dedupe_strings,
+                missing_value=missing_value,
+                missing_error=missing_error,
+            )
+        )
+
+    if not plans and not problems:
+        problems.append(f"table {table}: has no column that can be inserted")
+    if problems:
+        raise SchemaError(problems)
+    checker = None
+    if unknown_keys == "dead_letter":
+        paths = [p.path for p in plans] + [(name,) for name, _ in server_filled]
+        checker = _UnknownKeys(table, _key_tree(paths))
+    return ColumnMapper(table, plans, server_filled, checker)

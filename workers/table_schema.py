@@ -1,0 +1,312 @@
+"""A pipeline's table as this worker last read it: the current ColumnMapper, and when to read it again.
+
+Tables change while jetsink runs (ALTER TABLE ... ADD / DROP / MODIFY COLUMN, a table
+dropped and created again). A worker keeps one :class:`TableSchema` per pipeline; its
+partitions ask it for the mapper as they prepare a batch, so every batch prepared after
+a new read uses the new mapper. The table is read again:
+
+- every ``pipelines[].schema_refresh_s`` (:class:`SchemaWatch`): how an added column is
+  found, since inserts that leave it out go on succeeding;
+- at once when the supervisor asks ({"op": "refresh_schema"}, sent on SIGHUP);
+- when the mapper refuses documents of a batch: a widened column takes values the old
+  mapper refused, an added column makes a key known that was unknown;
+- when an insert fails in a way a change of the table explains (workers/faults.py):
+  :meth:`TableSchema.store` then maps the rows not yet stored again and inserts them.
+  A dropped column's key becomes an unknown key (the pipeline's ``unknown_keys`` rule);
+  a value the new type cannot hold is dead-lettered with that type in its reason.
+
+A table that is gone, or that changed so that it can no longer be mapped, is
+:class:`faults.TableUnusable`: the pipeline pauses, nothing is dead-lettered.
+
+Every read runs in the worker's insert thread, which owns the ClickHouse client; the
+event loop only reads ``current`` (replaced, never mutated). Each read is reported to
+the supervisor ({"op": "schema", ...}), which logs each change once and shows the
+versions in ``status`` (supervisor/schemas.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Awaitable, Callable, Mapping, Sequence
+
+from workers import faults, sink
+from workers.schema import ColumnMapper, SchemaError, ServerFeatures, TableColumn
+
+log = logging.getLogger(__name__)
+
+# Dead-letter reasons that no table change can explain (see workers/partition.py's prepare).
+_NOT_MAPPING = ("invalid_json", "max_deliver")
+
+
+@dataclass(frozen=True)
+class SchemaVersion:
+    """The table's columns as read once, and the mapper compiled from them."""
+
+    columns: tuple[TableColumn, ...]
+    mapper: ColumnMapper
+    digest: str
+
+
+def schema_digest(columns: Sequence[TableColumn]) -> str:
+    """A short hash of the columns (names, types and defaults, in table order): the schema's version."""
+    text = "\n".join(f"{c.name}\t{c.type}\t{c.default_kind}\t{c.default_expression}" for c in columns)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def column_changes(old: Sequence[Sequence[str]], new: Sequence[Sequence[str]]) -> str:
+    """What changed between two column lists of (name, type[, default kind, default expression]), in words."""
+    before = {c[0]: tuple(c[1:]) for c in old}
+    after = {c[0]: tuple(c[1:]) for c in new}
+    parts = []
+    added = [f"{n} {after[n][0]}" for n in after if n not in before]
+    dropped = [n for n in before if n not in after]
+    retyped = [f"{n} {before[n][0]} -> {after[n][0]}" for n in after if n in before and before[n][0] != after[n][0]]
+    redefaulted = [n for n in after if n in before and before[n][0] == after[n][0] and before[n][1:] != after[n][1:]]
+    labelled = (("added", added), ("dropped", dropped), ("retyped", retyped), ("default changed", redefaulted))
+    for label, names in labelled:
+        if names:
+            parts.append(f"{label} {', '.join(names)}")
+    if not parts and [c[0] for c in old] != [c[0] for c in new]:
+        parts.append("columns reordered")
+    return "; ".join(parts) or "no column changed"
+
+
+class TableSchema:
+    """One pipeline's table in a worker: the mapper in use, read again when due, asked or contradicted."""
+
+    def __init__(
+        self,
+        pipeline: str,
+        table: str,
+        refresh_s: float,
+        read_columns: Callable[[], Sequence[TableColumn]],
+        compile: Callable[[Sequence[TableColumn]], ColumnMapper],
+        report: Callable[[dict], None] = lambda msg: None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.pipeline = pipeline
+        self.table = table  # database.table, for messages
+        self.refresh_s = refresh_s
+        self._read_columns = read_columns
+        self._compile = compile
+        self._report = report
+        self._clock = clock
+        self._wall = wall
+        self.current: SchemaVersion | None = None
+        self.read_at = 0.0  # wall clock of the last read
+        self.next_at = 0.0  # monotonic time the next periodic read is due
+        self._unmappable: tuple[str, str] | None = None  # (digest, problem) of columns that failed to compile
+        self._sent: str | None = None  # the digest whose columns the supervisor has been sent
+
+    @classmethod
+    def for_pipeline(
+        cls, client: Any, pipeline: Any, database: str, features: ServerFeatures, report: Callable[[dict], None]
+    ) -> "TableSchema":
+        """The TableSchema of a configured pipeline (workers.settings.Pipeline), read through `client`."""
+        db, name = sink.split_table(pipeline.table, database)
+        return cls(
+            pipeline.name,
+            f"{db}.{name}",
+            pipeline.schema_refresh_s,
+            partial(sink.table_columns, client, pipeline.table, database),
+            partial(
+                sink.compile_columns, client, pipeline.table,
+                overrides=pipeline.columns, features=features, unknown_keys=pipeline.unknown_keys,
+            ),
+            report,
+        )
+
+    @property
+    def mapper(self) -> ColumnMapper:
+        assert self.current is not None, "read() first"
+        return self.current.mapper
+
+    def due(self, now: float) -> bool:
+        return self.refresh_s > 0 and now >= self.next_at
+
+    # -- reading ----------------------------------------------------------------
+
+    def read(self, why: str) -> bool:
+        """Read the table; switch to a new mapper if its columns changed (True then).
+
+        Raises TableUnusable if the table is gone or its new columns cannot be mapped
+        (the mapper in use stays), and the driver's error if the server cannot be read.
+        """
+        try:
+            columns = tuple(self._read_columns())
+        except Exception as exc:
+            self._send(problem=f"cannot read the table: {faults.describe(exc)}")
+            raise
+        self.read_at = self._wall()
+        self.next_at = self._clock() + self.refresh_s
+        if not columns:
+            problem = f"table {self.table} does not exist"
+            self._send(problem=problem)
+            raise faults.TableUnusable(problem)
+        digest = schema_digest(columns)
+        if self.current is not None and digest == self.current.digest:
+            self._send()
+            return False
+        if self._unmappable is not None and self._unmappable[0] == digest:
+            self._send(problem=self._unmappable[1])
+            raise faults.TableUnusable(self._unmappable[1])
+        try:
+            mapper = self._compile(columns)
+        except SchemaError as exc:
+            problem = f"table {self.table} (schema {digest}) cannot be mapped: {'; '.join(exc.problems)}"
+            self._unmappable = (digest, problem)
+            self._send(problem=problem)
+            raise faults.TableUnusable(problem) from None
+        old = self.current
+        self.current = SchemaVersion(columns, mapper, digest)
+        self._unmappable = None
+        log.debug(
+            "pipeline %s: table %s read (%s): schema %s", self.pipeline, self.table, why, digest,
+            extra={"pipeline": self.pipeline},
+        )
+        self._send()
+        return old is not None
+
+    def refresh(self, why: str) -> None:
+        """read(), for the periodic and the asked-for checks: a failure keeps the mapper in use.
+
+        The failure reaches the supervisor's log through the report; inserts meanwhile
+        find out for themselves (a gone table pauses the pipeline).
+        """
+        try:
+            self.read(why)
+        except Exception as exc:
+            log.debug("pipeline %s: table %s not read (%s): %s", self.pipeline, self.table, why, exc)
+
+    def _send(self, problem: str | None = None) -> None:
+        """Report the read to the supervisor; the columns only with a version it has not been sent."""
+        version = self.current
+        msg = {
+            "op": "schema",
+            "pipeline": self.pipeline,
+            "table": self.table,
+            "digest": version.digest if version else None,
+            "read_at": self.read_at,
+            "problem": problem,
+        }
+        if version is not None and version.digest != self._sent:
+            msg["columns"] = [[c.name, c.type, c.default_kind, c.default_expression] for c in version.columns]
+            self._sent = version.digest
+        self._report(msg)
+
+    # -- a batch ------------------------------------------------------------------
+
+    def prepare(self, prepare: Callable[..., Any], msgs: list[tuple], target: Any) -> Any:
+        """prepare(msgs, mapper, target) with the current mapper, again with a new one if the table changed.
+
+        Documents the mapper refuses make it read the table first: the change that
+        explains them (a widened type, an added column) would otherwise dead-letter them.
+        The result's ``mapper`` is the one that mapped it.
+        """
+        version = self.current
+        prepared = prepare(msgs, version.mapper, target)
+        if any(d.reason not in _NOT_MAPPING for d in prepared.dead):
+            self.refresh("documents refused")
+            if self.current is not version:
+                version = self.current
+                prepared = prepare(msgs, version.mapper, target)
+        prepared.mapper = version.mapper
+        return prepared
+
+    def store(
+        self,
+        prepare: Callable[..., Any],
+        insert: Callable[[Sequence[str], list[list]], Any],
+        msgs: list[tuple],
+        prepared: Any,
+        target: Any,
+    ) -> tuple[list[tuple[int, str]], list[Any]]:
+        """Insert a prepared batch; if the table changed under it, map the rows not yet stored again and insert those.
+
+        Returns (refused, remapped): ClickHouse's refusals as (message index, error) and
+        the dead letters of the new mapping. ``prepared.rows`` becomes the rows stored
+        plus both. Raises what a retry should handle (TableUnusable pauses); it changes
+        nothing in `prepared` until it returns, so a retry starts from the same batch.
+        """
+        mapper, columns, row_msgs = prepared.mapper, prepared.columns, prepared.row_msgs
+        stored: list[int] = []  # message indices inserted before a change was found
+        remapped: list[Any] = []
+        while True:
+            try:
+                refused = faults.isolate_bad_rows(
+                    partial(insert, mapper.column_names), columns, len(row_msgs), partial(self._check, mapper)
+                )
+                break
+            except faults.TableChanged as change:
+                done = set(change.stored)
+                stored += [row_msgs[i] for i in change.stored]
+                todo = [m for i, m in enumerate(row_msgs) if i not in done]
+                mapper = self.mapper
+                again = prepare([msgs[i] for i in todo], mapper, target)
+                log.info(
+                    "pipeline %s: table %s changed under a batch of %d rows; mapped again with schema %s "
+                    "(%d refused by it)", self.pipeline, self.table, len(todo), self.current.digest, len(again.dead),
+                    extra={"pipeline": self.pipeline},
+                )
+                remapped += again.dead
+                columns, row_msgs = again.columns, [todo[i] for i in again.row_msgs]
+        prepared.row_msgs = stored + row_msgs
+        prepared.rows = len(prepared.row_msgs) + len(remapped)
+        prepared.mapper = mapper
+        return [(row_msgs[i], faults.describe(exc)) for i, exc in refused], remapped
+
+    def _check(self, mapper: ColumnMapper, exc: BaseException) -> None:
+        """Before an insert failure is acted on: was it the table that changed? (raises TableChanged)"""
+        if not faults.table_in_question(exc):
+            return
+        try:
+            self.read(f"an insert failed: {faults.describe(exc)}")
+        except faults.TableUnusable as unusable:
+            raise faults.TableUnusable(f"{unusable}; the insert said: {faults.describe(exc)}") from None
+        except Exception:
+            return  # the server cannot be read now: the insert's own error decides
+        if self.mapper is not mapper:
+            raise faults.TableChanged()
+
+
+class SchemaWatch:
+    """The worker's TableSchema per pipeline, and the loop that reads each again when due or asked."""
+
+    def __init__(self, tables: Mapping[str, TableSchema], run_in_thread: Callable[..., Awaitable[Any]],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._tables = dict(tables)
+        self._run_in_thread = run_in_thread
+        self._clock = clock
+        self._asked = False
+        self._wake = asyncio.Event()
+
+    def __getitem__(self, pipeline: str) -> TableSchema:
+        return self._tables[pipeline]
+
+    def values(self) -> list[TableSchema]:
+        return list(self._tables.values())
+
+    def refresh_all(self) -> None:
+        """Read every table again at once (the supervisor's SIGHUP), whether or not it is due."""
+        self._asked = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            self._wake.clear()
+            asked, self._asked = self._asked, False
+            for table in self._tables.values():
+                if asked or table.due(self._clock()):
+                    await self._run_in_thread(table.refresh, "asked" if asked else "periodic")
+            now = self._clock()
+            waits = [t.next_at - now for t in self._tables.values() if t.refresh_s > 0]
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, min(waits)) if waits else None)
+            except asyncio.TimeoutError:
+                pass
