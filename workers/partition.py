@@ -9,6 +9,10 @@ by ~3 x max_rows messages and the consumer's max_ack_pending is sized to match.
 Messages arrive in bulk as raw tuples (workers/wire.py) and a batch is acked with
 one AckAll when workers/acks.py says that is safe (explicit per-message acks for
 consumers created with that policy by older versions).
+
+The map step itself is workers/prepare.py. With exactly_once, each batch's range goes
+to the partition's commit state (workers/commits.py) before and after its insert, and a
+partition taken from a dead owner first settles what that owner left (workers/takeover.py).
 """
 
 from __future__ import annotations
@@ -17,29 +21,31 @@ import asyncio
 import logging
 import random
 import time
-from dataclasses import dataclass, field
-from itertools import chain, compress, count, repeat
-from operator import itemgetter, not_
+from dataclasses import dataclass
+from functools import partial
+from itertools import count
+from operator import itemgetter
 from typing import Any, Awaitable, Callable, Sequence
 
 import orjson
 
-from workers import commits, faults, indoubt, intake, wire
+from workers import commits, faults, indoubt, intake, takeover, wire
 from workers.acks import ACK_ALL, ACK_EXPLICIT, AckTracker
 from workers.batch import Batch
 from workers.commits import CommitLog, Range
 from workers.dlq import DeadLetter, publish_dead_letters
+from workers.prepare import PartitionTarget, Prepared, dead_letter, join_prepared, prepare
 from workers.schema import ColumnMapper
 from workers.table_schema import TableSchema
 from workers.telemetry import Telemetry
-from workers.topology import PRIORITY_GROUP, partition_filter
+from workers.topology import PRIORITY_GROUP
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
 MAX_UNANSWERED_PULLS = 3
-SUBJECT, REPLY, DATA, HEADERS = wire.SUBJECT, wire.REPLY, wire.DATA, wire.HEADERS
-_reply, _data = itemgetter(REPLY), itemgetter(DATA)
+REPLY, HEADERS = wire.REPLY, wire.HEADERS
+_reply = itemgetter(REPLY)
 
 
 @dataclass
@@ -58,105 +64,6 @@ class PartitionStats:
     in_doubt_resent: int = 0  # rows of in-doubt batches sent again not knowing whether they had landed
     taken_over: int = 0  # messages a previous owner held unacked, stored from the stream at takeover
     pins_lost: int = 0  # 423s: the consumer's pin went to another puller (or a new consumer leader)
-
-
-@dataclass(frozen=True)
-class PartitionTarget:
-    """Where a partition's messages come from and go to."""
-
-    pipeline: Any  # supervisor.config.Pipeline
-    index: int
-    consumer: str
-    worker: int
-
-
-@dataclass
-class Prepared:
-    """A batch after parse and map: the columns to insert and the letters for the DLQ."""
-
-    columns: list[list]
-    rows: int
-    row_msgs: list[int]  # for each row, the index of its message in the batch
-    dead: list[DeadLetter] = field(default_factory=list)
-    redelivered: bool = False  # the batch holds redeliveries (its ack then needs the highest sequence)
-    mapper: Any = None  # the ColumnMapper that mapped it (set by workers/table_schema.py)
-
-
-def prepare(batch_msgs: list[tuple], mapper: ColumnMapper, target: PartitionTarget) -> Prepared:
-    """Parse and map a batch (runs in the insert thread, off the event loop)."""
-    dead: list[DeadLetter] = []
-    msgs = batch_msgs
-    keep: list[int] | None = None  # batch index of each doc, when not all are kept
-    max_deliver = target.pipeline.max_deliver
-    again: list[int] = []  # batch index of each redelivery, found in C (no frame per message)
-    if msgs:
-        prefix = intake.first_delivery_prefix(msgs[0][REPLY])
-        again = list(compress(count(), map(not_, map(bytes.startswith, map(_reply, msgs), repeat(prefix)))))
-    if max_deliver > 0 and again:
-        last = {i for i in again if intake.redelivered(msgs[i][REPLY]) >= max_deliver}
-        if last:
-            # JetStream will not deliver these again: if this attempt died too, they would
-            # be stranded in the stream. Each has already been part of max_deliver - 1
-            # failed batches (worker crashes), so it is kept in the DLQ for a replay instead.
-            for i in sorted(last):
-                dead.append(_dead_letter(msgs[i], target, "max_deliver", f"delivered {max_deliver} times without being stored"))
-            keep = [i for i in range(len(msgs)) if i not in last]
-            msgs = [msgs[i] for i in keep]
-    loads = orjson.loads
-    try:
-        docs = _loads_all(msgs)
-    except orjson.JSONDecodeError:
-        # Rare: find the bad ones one by one.
-        docs, kept = [], []
-        for j, m in enumerate(msgs):
-            try:
-                docs.append(loads(m[DATA]))
-                kept.append(keep[j] if keep is not None else j)
-            except orjson.JSONDecodeError as exc:
-                dead.append(_dead_letter(m, target, "invalid_json", f"invalid JSON: {exc}"))
-        keep = kept
-    if keep is None:
-        keep = list(range(len(docs)))
-    columns, failures = mapper.map_rows(docs)
-    failed = set()
-    for doc_index, err in failures:
-        failed.add(doc_index)
-        dead.append(_dead_letter(batch_msgs[keep[doc_index]], target, err.reason, err.detail))
-    row_msgs = [m for d, m in enumerate(keep) if d not in failed] if failed else keep
-    return Prepared(columns=columns, rows=len(row_msgs), row_msgs=row_msgs, dead=dead, redelivered=bool(again))
-
-
-def join_prepared(parts: list[Prepared]) -> Prepared:
-    """One Prepared from per-message ones: columns concatenated, row indices shifted."""
-    columns = [list(chain.from_iterable(p.columns[c] for p in parts)) for c in range(len(parts[0].columns))]
-    row_msgs = [i + r for i, p in enumerate(parts) for r in p.row_msgs]
-    return Prepared(
-        columns=columns, rows=sum(p.rows for p in parts), row_msgs=row_msgs, dead=[d for p in parts for d in p.dead],
-        redelivered=any(p.redelivered for p in parts),
-    )
-
-
-def _loads_all(msgs: list[tuple]) -> list:
-    """Every message's JSON (raises at the first invalid one).  A function of its own so
-    that CPU profiles show the time orjson takes apart from the rest of prepare()."""
-    return list(map(orjson.loads, map(_data, msgs)))
-
-
-def _dead_letter(msg: tuple, target: PartitionTarget, reason: str, error: str) -> DeadLetter:
-    delivery = intake.parse_ack_subject(msg[REPLY])
-    headers = wire.parse_headers(msg[HEADERS]) or None
-    return DeadLetter(
-        data=msg[DATA],
-        subject=msg[SUBJECT].decode("utf-8", "replace"),
-        stream=target.pipeline.stream,
-        stream_seq=delivery.stream_seq,
-        reason=reason,
-        error=error,
-        pipeline=target.pipeline.name,
-        worker=target.worker,
-        original_headers=headers,
-        traceparent=(headers or {}).get("traceparent"),
-    )
 
 
 class PartitionRunner:
@@ -236,7 +143,7 @@ class PartitionRunner:
         self._tracker = AckTracker(info.delivered.consumer_seq or 0, info.num_ack_pending or 0)
         if self.target.pipeline.delivery == "exactly_once":
             if self._ack_policy == ACK_ALL:
-                self._commits = await self._open_commits()
+                self._commits = await takeover.open_commits(self._nc, self.target.pipeline.name, self.target.index)
                 if self._tracker.dirty:
                     # A previous owner died holding deliveries: read them back from the stream
                     # (_recover) instead of waiting ack_wait for their redelivery.
@@ -265,17 +172,6 @@ class PartitionRunner:
             asyncio.create_task(self._commit_loop(), name=f"commit {self.name}"),
         ]
         self._keepalive = asyncio.create_task(self._keep_in_hand_alive(), name=f"keepalive {self.name}")
-
-    async def _open_commits(self) -> CommitLog:
-        from nats.js.errors import BucketNotFoundError
-
-        try:
-            return await CommitLog.open(self._nc.jetstream(timeout=10.0), self.target.pipeline.name, self.target.index)
-        except BucketNotFoundError:
-            raise RuntimeError(
-                f"pipeline {self.target.pipeline.name}: KV bucket {commits.bucket_name(self.target.pipeline.name)} "
-                "is missing (the supervisor's provision creates it for delivery: exactly_once)"
-            ) from None
 
     async def _consumer_info(self) -> Any:
         js = self._nc.jetstream(timeout=10.0)
@@ -420,7 +316,7 @@ class PartitionRunner:
 
     async def _pull_loop(self) -> None:
         if self._commits is not None:
-            await self._recover()
+            await self._take_over()
         while True:
             now = time.monotonic()
             if not self._sealed.full():
@@ -638,6 +534,18 @@ class PartitionRunner:
         s.pending = last.pending
         self._telemetry.batch_committed(self.target, msgs, prepared)
 
+    async def _take_over(self) -> None:
+        """Before the first pull: settle what a previous owner left (workers/takeover.py); once the
+        messages it held unacked are stored from the stream, acks flow per batch at once."""
+        landed = None if self._query_log is None else partial(self._run_in_thread, self._query_log.landed)
+        t = takeover.Takeover(
+            self.name, self.target, self._nc, self._commits, self.stats, self._retrying, self._store, self._identity,
+            landed, self._limits[0], self._log_extra,
+        )
+        last_cseq = await t.run(self._takeover)
+        if last_cseq is not None:
+            self._tracker = AckTracker(last_cseq, 0)
+
     def _identity(self, r: Range) -> indoubt.InsertIdentity:
         t = self.target
         return indoubt.identity(t.pipeline.name, t.index, r.first, r.last, r.first_ts_ns, self._tokens)
@@ -664,7 +572,7 @@ class PartitionRunner:
             )
             if refused or remapped:
                 letters = remapped + [
-                    _dead_letter(msgs[i], self.target, "insert_rejected", error) for i, error in refused
+                    dead_letter(msgs[i], self.target, "insert_rejected", error) for i, error in refused
                 ]
                 for dl in letters:
                     log.warning(
@@ -697,87 +605,6 @@ class PartitionRunner:
         return await self._run_in_thread(
             indoubt.run_as, ident, self._schema.store, self._prepare, self._insert, msgs, prepared, self.target
         )
-
-    async def _recover(self) -> None:
-        """Before the first pull: settle a previous owner's in-doubt batch, then store what it held
-        unacked, read back from the stream.  Every message of the partition up to the consumer's
-        last delivery is then stored, so acks flow per batch at once (no wait for ack_wait)."""
-        c = self._commits
-        if c.state.inflight is not None:
-            await self._resolve_in_doubt(c.state.inflight)
-        if self._takeover is None:
-            return
-        floor, last, last_cseq = self._takeover
-        p = self.target.pipeline
-        pattern = partition_filter(p.subject, self.target.index)
-        first = max(c.state.stored, floor) + 1
-        msgs = await self._retrying(
-            "stream read", commits.read_stream, self._nc, p.stream, pattern, self.target.consumer, first, last
-        )
-        for i in range(0, len(msgs), self._limits[0]):
-            chunk = msgs[i:i + self._limits[0]]
-            head, tail = intake.parse_ack_subject(chunk[0][REPLY]), intake.parse_ack_subject(chunk[-1][REPLY])
-            r = Range(head.stream_seq, tail.stream_seq, len(chunk), head.timestamp_ns, time.time())
-            await self._retrying("commit state", c.begin, r)
-            prepared = await self._store(chunk, self._identity(r), r, keep_alive=None)
-            await self._retrying("commit state", c.stored, r.last)
-            self.stats.inserted += prepared.rows
-            self.stats.dead_lettered += len(prepared.dead)
-        await self._retrying("commit state", c.stored, last)
-        self._tracker = AckTracker(last_cseq, 0)
-        self.stats.taken_over += len(msgs)
-        log.info(
-            "partition %s: stored the %d messages up to %d a previous owner held unacked (read from the stream, "
-            "%d..%d); acking per batch", self.name, len(msgs), last, first, last, extra=self._log_extra,
-        )
-
-    async def _resolve_in_doubt(self, r: Range) -> None:
-        """A previous owner recorded batch r and died before recording it stored: find out whether
-        its insert landed; if that cannot be known, send the same batch again under the same identity."""
-        c = self._commits
-        ident = self._identity(r)
-        where = f"partition {self.name}: in-doubt batch {r.first}..{r.last} ({r.count} messages)"
-        verdict = None
-        if self._query_log is not None:
-            verdict = await self._retrying(
-                "in-doubt check", self._run_in_thread, self._query_log.landed, ident.query_id, r.began_at, 60.0
-            )
-        if verdict is True:
-            log.info(
-                "%s: its insert had landed; not stored again", where, extra=self._log_extra
-            )
-            self.stats.in_doubt_landed += 1
-            await self._retrying("commit state", c.stored, r.last)
-            return
-        if verdict is False:
-            log.info("%s: its insert never landed; stored when redelivered", where, extra=self._log_extra)
-            await self._retrying("commit state", c.stored, c.state.stored)
-            return
-        msgs = await self._retrying("stream read", self._read_range, r)
-        if len(msgs) != r.count:
-            log.warning(
-                "%s: cannot tell whether its insert landed, and the stream now holds %d of its messages: stored "
-                "when redelivered (duplicates possible)", where, len(msgs), extra=self._log_extra,
-            )
-            await self._retrying("commit state", c.stored, c.state.stored)
-            return
-        prepared = await self._store(msgs, ident, r, keep_alive=None)
-        self.stats.in_doubt_resent += prepared.rows
-        if ident.token:
-            dedup = "deduplicated by its token where the table deduplicates"
-        else:
-            dedup = "a duplicate if it had landed"
-        log.warning(
-            "%s: cannot tell whether its insert landed (ClickHouse restarted?); sent again as the same block "
-            "(%d rows, %s)", where, prepared.rows, dedup,
-            extra={**self._log_extra, "first_seq": r.first, "last_seq": r.last, "rows": prepared.rows},
-        )
-        await self._retrying("commit state", c.stored, r.last)
-
-    async def _read_range(self, r: Range) -> list[tuple]:
-        p = self.target.pipeline
-        pattern = partition_filter(p.subject, self.target.index)
-        return await commits.read_stream(self._nc, p.stream, pattern, self.target.consumer, r.first, r.last)
 
     def _prepare(self, msgs: list[tuple], mapper: ColumnMapper, target: PartitionTarget) -> Prepared:
         """prepare() in the insert thread, under the telemetry's `map` span(s).
