@@ -43,6 +43,10 @@ from workers.topology import PRIORITY_GROUP
 log = logging.getLogger(__name__)
 
 _STOP = object()
+# Longer than a JetStream leader election (4-9 s measured, docs/operations.md): retries of the
+# steps that only talk to JetStream log as warnings until their failure has lasted this long.
+JETSTREAM_ELECTION_S = 30.0
+_ON_JETSTREAM = ("commit state", "stream read")
 MAX_UNANSWERED_PULLS = 3
 REPLY, HEADERS = wire.REPLY, wire.HEADERS
 _reply = itemgetter(REPLY)
@@ -633,6 +637,7 @@ class PartitionRunner:
         messages are kept from redelivery with in-progress acks.
         """
         delay = 0.2
+        failing_since = 0.0
         while True:
             self._last_progress = time.monotonic()
             try:
@@ -640,6 +645,7 @@ class PartitionRunner:
             except Exception as exc:
                 if isinstance(exc, commits.StaleCommitState):
                     raise  # another owner, or a server that lost our write: stop (the worker restarts)
+                failing_since = failing_since or time.monotonic()
                 self.stats.insert_retries += 1
                 self._telemetry.retry(what, exc)
                 fault = faults.classify(exc)
@@ -652,7 +658,11 @@ class PartitionRunner:
                         extra={**self._log_extra, "fault": fault.value},
                     )
                 else:
-                    log.error(
+                    # The commit state and the stream live in JetStream, whose leader elections (a
+                    # NATS node lost) fail requests for seconds as a normal matter: an error once longer.
+                    election = what in _ON_JETSTREAM and time.monotonic() - failing_since < JETSTREAM_ELECTION_S
+                    log.log(
+                        logging.WARNING if election else logging.ERROR,
                         "%s for %s failed, retrying in %.1fs: %s", what, self.name, delay, faults.describe(exc),
                         extra={**self._log_extra, "fault": fault.value},
                     )

@@ -61,7 +61,8 @@ def prepare(batch_msgs: list[tuple], mapper: ColumnMapper, target: PartitionTarg
             # be stranded in the stream. Each has already been part of max_deliver - 1
             # failed batches (worker crashes), so it is kept in the DLQ for a replay instead.
             for i in sorted(last):
-                dead.append(dead_letter(msgs[i], target, "max_deliver", f"delivered {max_deliver} times without being stored"))
+                dead.append(dead_letter(
+                    msgs[i], target, "max_deliver", f"delivered {max_deliver} times without being stored"))
             keep = [i for i in range(len(msgs)) if i not in last]
             msgs = [msgs[i] for i in keep]
     loads = orjson.loads

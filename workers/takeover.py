@@ -121,7 +121,8 @@ class Takeover:
     async def _read(self, first: int, last: int) -> list[tuple]:
         """The partition's messages first..last (stream sequences), read back from the stream."""
         p, t = self.target.pipeline, self.target
-        return await commits.read_stream(self.nc, p.stream, partition_filter(p.subject, t.index), t.consumer, first, last)
+        pattern = partition_filter(p.subject, t.index)
+        return await commits.read_stream(self.nc, p.stream, pattern, t.consumer, first, last)
 
 
 async def open_commits(nc: Any, pipeline: str, index: int) -> CommitLog:
