@@ -4,6 +4,7 @@
     python -m bench --config FILE --workers N --messages N | --duration S --rate R
                     --payload-bytes B --preload --baseline --sink naive
                     --sweep workers=1,2,4 --compare OLD/results.json --out DIR
+                    --chaos kill-worker|kill-supervisor|kill-nats|kill-clickhouse [--chaos-at 0.3]
 
 Exit codes: 0 ok, 1 the bench itself failed, 2 bad usage or config, 3 the sink could not
 boot, 4 messages were lost.
@@ -23,7 +24,7 @@ from typing import Any
 import orjson
 import yaml
 
-from bench import report, stats
+from bench import chaos, report, stats
 from workers import exitcodes
 
 
@@ -53,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", action="store_true", help="run the sink with observability.enabled (OTLP export per OTEL_* env)")
     p.add_argument("--stall-timeout", type=float, default=60.0, help="give up when nothing moved for this many seconds (default 60)")
     p.add_argument("--quiet", action="store_true", help="no live progress lines")
+    p.add_argument("--chaos", choices=chaos.KINDS, default=None,
+                   help="kill -9 this once during the drain (bench/chaos.py)")
+    p.add_argument("--chaos-at", type=float, default=0.3,
+                   help="fraction of the messages stored when --chaos fires (default 0.3)")
     return p
 
 
@@ -105,6 +110,8 @@ def main(argv: list[str]) -> int:
         stall_timeout_s=args.stall_timeout,
         trace=args.trace,
         progress=not args.quiet,
+        chaos=args.chaos,
+        chaos_at=args.chaos_at,
     )
     if args.sweep:
         param, values = _parse_sweep(args.sweep)
@@ -140,6 +147,12 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
             _parse_sweep(args.sweep)
         except ValueError as exc:
             return str(exc)
+    if args.chaos and args.messages is None:
+        return "--chaos needs --messages N (it fires at a fraction of them)"
+    if args.chaos and (args.sink == "naive" or args.baseline or args.sweep):
+        return "--chaos runs one jetsink drain: drop --sink naive, --baseline and --sweep"
+    if not 0 < args.chaos_at < 1:
+        return "--chaos-at must be within 0..1 (exclusive)"
     if args.compare and not Path(args.compare).is_file():
         return f"--compare: {args.compare} is not a file"
     return None

@@ -56,6 +56,11 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append((f"worker {w['slot']} cpu / rss peak", f"{w['cpu_s']:.1f} s / {w['rss_peak_mb']:.0f} MB", ""))
     for w in base.get("workers") or []:
         rows.append(("naive cpu / rss peak", "", f"{w['cpu_s']:.1f} s / {w['rss_peak_mb']:.0f} MB"))
+    if results.get("chaos"):
+        c = results["chaos"]
+        rows.append(("chaos", f"{c['kind']} at {c['at']:.0%} (t={fmt(c.get('fired_at_s'))} s)", ""))
+        rows.append(("recovery (rate back to 80%)", fmt(results.get("recovery_s"), " s"), ""))
+        rows.append(("skipped as already stored", fmt(results.get("skipped_duplicates")), ""))
     if results.get("speedup") is not None:
         rows.append(("speedup (jetsink / naive)", f"{results['speedup']:.2f}x", ""))
     return rows
@@ -131,8 +136,9 @@ def _num(v: Any) -> str:
 
 
 def line_chart(title: str, series: dict[str, list[tuple[float, float]]], x_label: str, y_label: str,
-               width: int = 760, height: int = 260, marks: Iterable[float] = ()) -> str:
-    """A multi-series line chart as inline SVG."""
+               width: int = 760, height: int = 260, marks: Iterable[float] = (),
+               events: Iterable[tuple[float, str]] = ()) -> str:
+    """A multi-series line chart as inline SVG; `events` are labelled red marks (a chaos fault)."""
     left, right, top, bottom = 64, 140, 28, 36
     pts = [p for s in series.values() for p in s]
     if not pts:
@@ -161,6 +167,10 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], x_label
     out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
     for m in marks:
         out.append(f'<line x1="{X(m):.1f}" x2="{X(m):.1f}" y1="{top}" y2="{top + ph}" stroke="#aaa" stroke-dasharray="4 3"/>')
+    for x, text in events:
+        out.append(f'<line x1="{X(x):.1f}" x2="{X(x):.1f}" y1="{top}" y2="{top + ph}" '
+                   'stroke="#d62728" stroke-width="1.4"/>')
+        out.append(f'<text x="{X(x) + 3:.1f}" y="{top + 11}" fill="#d62728">{escape(text)}</text>')
     for n, (name, points) in enumerate(series.items()):
         color = PALETTE[n % len(PALETTE)]
         path = " ".join(f"{X(x):.1f},{Y(y):.1f}" for x, y in points)
@@ -210,26 +220,38 @@ def _short(v: float) -> str:
 # -------------------------------------------------------------------- report.html
 
 
+def _chaos_events(figures: dict[str, Any]) -> list[tuple[float, str]]:
+    """The fault of a --chaos run and when throughput was back, as chart marks."""
+    c = figures.get("chaos") or {}
+    if c.get("fired_at_s") is None:
+        return []
+    events = [(c["fired_at_s"], c["kind"])]
+    if c.get("recovery_s") is not None:
+        events.append((c["fired_at_s"] + c["recovery_s"], f"back in {c['recovery_s']:.1f} s"))
+    return events
+
+
 def _charts_for(figures: dict[str, Any], label: str) -> list[str]:
     tl = figures.get("timeline") or []
     parts = []
     win = [p["t"] for p in tl if p.get("in_window")]
     marks = (win[0], win[-1]) if win else ()
+    events = _chaos_events(figures)
     parts.append(line_chart(f"{label}: throughput over time", {
         "inserted/s": [(p["t"], p.get("rate", 0.0)) for p in tl],
-    }, "seconds", "rows/s", marks=marks))
+    }, "seconds", "rows/s", marks=marks, events=events))
     parts.append(line_chart(f"{label}: published, inserted, lag", {
         "published": [(p["t"], p["published"]) for p in tl],
         "inserted": [(p["t"], p["inserted"]) for p in tl],
         "lag": [(p["t"], p["lag"]) for p in tl],
-    }, "seconds", "messages", marks=marks))
+    }, "seconds", "messages", marks=marks, events=events))
     names = sorted({n for p in tl for n in p.get("cpu_pct", {})})
     parts.append(line_chart(f"{label}: CPU % per process (100% = one core)", {
         n: [(p["t"], p["cpu_pct"].get(n, 0.0)) for p in tl if n in p.get("cpu_pct", {})] for n in names
-    }, "seconds", "CPU %", marks=marks))
+    }, "seconds", "CPU %", marks=marks, events=events))
     parts.append(line_chart(f"{label}: RSS per process", {
         n: [(p["t"], p["rss_mb"].get(n, 0.0)) for p in tl if n in p.get("rss_mb", {})] for n in names if n not in ("clickhouse",)
-    }, "seconds", "MB", marks=marks))
+    }, "seconds", "MB", marks=marks, events=events))
     hist = (figures.get("latency_ms") or {}).get("histogram") or []
     if hist:
         parts.append(bar_chart(f"{label}: publish-to-insert latency (sampled messages)",

@@ -14,6 +14,7 @@ its own durable consumer, into a second table of the same schema.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import multiprocessing
 import os
@@ -28,7 +29,7 @@ from typing import Any
 import orjson
 import psutil
 
-from bench import harness, publisher, stats
+from bench import chaos, harness, publisher, stats
 from bench.monitor import NatsThread, Probe, Sample, Watched
 from workers.topology import consumer_name
 
@@ -56,6 +57,8 @@ class RunOptions:
     stall_timeout_s: float = 60.0
     trace: bool = False
     progress: bool = True
+    chaos: str | None = None  # bench/chaos.py KINDS
+    chaos_at: float = 0.3
 
 
 class Console:
@@ -145,7 +148,14 @@ def run_once(base: dict[str, Any], base_dir: Path, servers: harness.Servers, opt
             table, consumers = names.table, [consumer_name(harness.PIPELINE, i) for i in range(pipeline.partitions)]
         probe = Probe(nats, client, names.database, table, names.stream, names.dlq_stream if opts.sink != "naive" else None, consumers, watched)
         nats_profile_port = servers.nats_profile_port if opts.profiles else None
-        figures = _drive(opts, sink, probe, pub, watched, py_spy, profiles_dir, state_dir, console, notes, nats_profile_port=nats_profile_port)
+        fault = chaos.Chaos(opts.chaos, opts.chaos_at, opts.messages or 0) if opts.chaos else None
+        figures = _drive(opts, sink, probe, pub, watched, py_spy, profiles_dir, state_dir, console, notes,
+                         nats_profile_port=nats_profile_port, fault=fault, servers=servers)
+        if fault is not None:
+            figures["chaos"] = fault.figures(figures["timeline"], figures.pop("t_start"))
+            figures["recovery_s"] = figures["chaos"]["recovery_s"]
+            figures["skipped_duplicates"] = chaos.skipped_duplicates(harness.LogTail(out_dir / "supervisor.log").read())
+            notes.extend(fault.notes)
         pub_outcome = pub.outcome
         figures.update(_latency(opts, pub_outcome, probe, nats, names, sink.name, pipeline.subject))
         if opts.baseline and opts.sink != "naive":
@@ -320,8 +330,10 @@ class _Publisher:
 
 def _drive(opts: RunOptions, sink: Any, probe: Probe, pub: _Publisher, watched: Watched, py_spy: str | None,
            profiles_dir: Path, state_dir: Path, console: Console, notes: list[str], published_already: bool = False,
-           nats_profile_port: int | None = None) -> dict[str, Any]:
-    """Run `sink` until every published message is accounted for; return its figures."""
+           nats_profile_port: int | None = None, fault: chaos.Chaos | None = None,
+           servers: Any = None) -> dict[str, Any]:
+    """Run `sink` until every published message is accounted for; return its figures.
+    With `fault`, kill -9 what it names once its share of the messages is stored."""
     t_start = time.time()
     profilers: dict[int, harness.CpuProfiler] = {}
     prefix = "naive" if sink.name == "naive" else "worker"
@@ -336,7 +348,14 @@ def _drive(opts: RunOptions, sink: Any, probe: Probe, pub: _Publisher, watched: 
         code = sink.exit_code()
         if code is not None:
             raise SinkFailed(f"{label} exited with code {code} before the run was over: " + "; ".join(sink.errors[-3:]), code)
-        s = probe.poll()
+        try:
+            s = probe.poll()
+        except Exception:
+            if fault is None or fault.fired_at is None or not probe.samples:
+                raise
+            # The killed server is not back yet: nothing measurable moved meanwhile.
+            s = dataclasses.replace(probe.samples[-1], t=time.time())
+            probe.samples.append(s)
         s.published = published
         return s
 
@@ -373,6 +392,10 @@ def _drive(opts: RunOptions, sink: Any, probe: Probe, pub: _Publisher, watched: 
         publishing = live and not pub.done()
         published = pub.outcome["published"] if pub.outcome else pub.published
         s = tick(published)
+        if fault is not None and fault.due(s.rows + s.dlq):
+            console.say(f"chaos: {fault.kind} at {s.rows + s.dlq:,} stored")
+            fault.fire(time.time(), sink, servers)
+            _rewatch(watched, servers, sink)
         if s.rows + s.dlq != seen:
             seen, moved_at = s.rows + s.dlq, time.time()
         if time.time() - progress_at >= 1.0:
@@ -408,7 +431,19 @@ def _drive(opts: RunOptions, sink: Any, probe: Probe, pub: _Publisher, watched: 
     figures: dict[str, Any] = {"sink": label, **stats.accounting(pub.outcome["published"], dlq, rows, unique)}
     figures.update(_window_figures(probe.samples, t0_index, t1_index, sink, prefix, profilers, state_dir, profiles_dir, t_start))
     figures["servers"]["nats_profile"] = nats_profiler.write_views() if nats_profiler is not None else None
+    if fault is not None:
+        figures["t_start"] = t_start
     return figures
+
+
+def _rewatch(watched: Watched, servers: Any, sink: Any) -> None:
+    """After a chaos kill: watch the restarted processes under the same names."""
+    if servers.nats_pid:
+        watched.add("nats", servers.nats_pid)
+    if servers.clickhouse_pid:
+        watched.add("clickhouse", servers.clickhouse_pid)
+    if sink.name == "jetsink":
+        watched.add("supervisor", sink.pid)
 
 
 class SinkFailed(RuntimeError):

@@ -56,8 +56,16 @@ def original_subject(pattern: str, stored: str) -> str:
 
 
 def replay_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
-    """The producer's headers of a dead letter: all but Jetsink-* and Nats-Expected-*."""
-    return {k: v for k, v in (headers or {}).items() if not k.lower().startswith(_DROPPED_PREFIXES)}
+    """The producer's headers of a dead letter: all but Jetsink-* and Nats-Expected-*, and the
+    producer's own Nats-Msg-Id in place of the one the DLQ de-duplicated by."""
+    headers = headers or {}
+    out = {k: v for k, v in headers.items() if not k.lower().startswith(_DROPPED_PREFIXES)}
+    ours = f"{headers.get(dlq.H_STREAM)}:{headers.get(dlq.H_STREAM_SEQ)}"
+    if out.get(dlq.H_MSG_ID) == ours:
+        del out[dlq.H_MSG_ID]
+    if dlq.H_PRODUCER_MSG_ID in headers:
+        out[dlq.H_MSG_ID] = headers[dlq.H_PRODUCER_MSG_ID]
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from nats.js.errors import NotFoundError
 
 from supervisor.config import Config, Pipeline
 from supervisor.members import BUCKET as MEMBERS_BUCKET
+from workers.commits import bucket_name
 from workers.topology import PRIORITY_GROUP, consumer_name, partition_filter, transform_destination
 from workers import sink
 from workers.connections import clickhouse_client, clickhouse_where, connect_nats
@@ -26,6 +27,10 @@ log = logging.getLogger("jetsink.provision")
 
 class ProvisionError(Exception):
     """The servers cannot be made to match the config; the message names what and where."""
+
+
+# The default ack_wait's floor (at_least_once recovers a crashed worker's messages after it).
+ACK_WAIT_FLOOR_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -40,10 +45,12 @@ class ConsumerSettings:
 def consumer_settings(p: Pipeline) -> ConsumerSettings:
     """A worker holds up to three batches of a partition unacked (filling, queued,
     committing), so max_ack_pending must allow that or the server throttles the pull.
-    ack_wait must outlast a batch's age plus a slow insert; retries keep messages
-    alive with in-progress acks, so it need not cover outages.
+    ack_wait must outlast a batch's age plus a slow insert; a live worker keeps batches it
+    holds longer than a third of it alive with in-progress acks (a slow insert, retries),
+    so it need not cover outages.  With exactly_once a crashed worker's successor reads
+    what it held from the stream, so recovery does not wait for it either.
     """
-    ack_wait = p.ack_wait_s if p.ack_wait_s is not None else max(30.0, 3 * p.batch.max_wait_ms / 1000.0)
+    ack_wait = p.ack_wait_s if p.ack_wait_s is not None else max(ACK_WAIT_FLOOR_S, 3 * p.batch.max_wait_ms / 1000.0)
     return ConsumerSettings(
         ack_wait_s=ack_wait,
         max_ack_pending=3 * p.batch.max_rows,
@@ -78,6 +85,8 @@ async def provision_streams(config: Config) -> None:
             await _ensure_stream(js, p, replicas)
             await _ensure_dlq(js, p, replicas)
             await _ensure_consumers(nc, p)
+            if p.delivery == "exactly_once":
+                await _ensure_commits(js, p)
     finally:
         await nc.close()
 
@@ -143,6 +152,32 @@ async def _ensure_dlq(js: Any, p: Pipeline, replicas: int = 1) -> None:
     await _scale(js, info.config, replicas)
     if p.dlq_subject not in (info.config.subjects or []):
         raise ProvisionError(f"pipelines {p.name}: dlq stream {p.dlq_stream} exists but does not take subject {p.dlq_subject!r}")
+
+
+async def _ensure_commits(js: Any, p: Pipeline) -> None:
+    """The KV bucket of the pipeline's commit states (workers/commits.py), replicated like its stream
+    (as _ensure_stream left it: a commit state must survive whatever the messages survive)."""
+    bucket = bucket_name(p.name)
+    replicas = (await js.stream_info(p.stream)).config.num_replicas or 1
+    try:
+        kv = await js.key_value(bucket)
+    except NotFoundError:
+        kv = None
+    if kv is not None:
+        cfg = (await js.stream_info(f"KV_{bucket}")).config
+        await _scale(js, cfg, replicas)
+        if (cfg.num_replicas or 1) > replicas:
+            log.warning(
+                "commit-state bucket %s has %d replicas, stream %s has %d; change it with `nats kv edit`",
+                bucket, cfg.num_replicas, p.stream, replicas, extra={"pipeline": p.name},
+            )
+        return
+    try:
+        cfg = api.KeyValueConfig(bucket=bucket, history=1, replicas=replicas, storage=api.StorageType.FILE)
+        await js.create_key_value(cfg)
+    except Exception as exc:
+        raise ProvisionError(f"pipelines {p.name}: cannot create the commit-state bucket {bucket}: {exc}") from exc
+    log.info("created commit-state bucket %s (%d replicas)", bucket, replicas, extra={"pipeline": p.name})
 
 
 async def _ensure_consumers(nc: Any, p: Pipeline) -> None:

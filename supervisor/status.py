@@ -210,10 +210,13 @@ METRICS = (
     ("jetsink_batches_total", "counter", "Batches committed by the current worker process.",
      ("slot", "pipeline", "partition")),
     ("jetsink_insert_retries_total", "counter", "Retried inserts or DLQ publishes.", ("slot", "pipeline", "partition")),
+    ("jetsink_skipped_duplicates_total", "counter",
+     "Deliveries at or below the stored sequence, acked without storing.", ("slot", "pipeline", "partition")),
     ("jetsink_last_batch_timestamp_seconds", "gauge", "When the partition's last batch was committed (unix seconds).",
      ("slot", "pipeline", "partition")),
     ("jetsink_consumer_pending", "gauge", "Messages left in the partition's consumer (lag), as of the last delivery.",
-     ("pipeline", "partition")),    ("jetsink_schema_changes_total", "counter",
+     ("pipeline", "partition")),
+    ("jetsink_schema_changes_total", "counter",
      "Changes of the pipeline's table (columns added, dropped or retyped) the workers found.", ("pipeline", "table")),
     ("jetsink_schema_read_timestamp_seconds", "gauge",
      "When a worker last read the pipeline's table (unix seconds).", ("pipeline", "table")),
@@ -225,6 +228,7 @@ _COUNTERS = {
     "jetsink_dead_letters_total": "dead_lettered",
     "jetsink_batches_total": "batches",
     "jetsink_insert_retries_total": "insert_retries",
+    "jetsink_skipped_duplicates_total": "skipped_duplicates",
 }
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

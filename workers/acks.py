@@ -57,7 +57,7 @@ class AckTracker:
         """A batch (in delivery order) is stored: the ack subject to AckAll, or None to hold it.
 
         `redelivered`: the batch may hold redeliveries (the partition knows from parsing
-        it, workers/partition.py `prepare`); without any, the highest stream sequence is
+        it, workers/prepare.py `prepare`); without any, the highest stream sequence is
         the last message's and no subject is decoded.
         """
         first = intake.parse_ack_subject(msgs[0][REPLY])
@@ -71,6 +71,15 @@ class AckTracker:
         for m in msgs:
             held[intake.parse_ack_subject(m[REPLY]).stream_seq] = m[REPLY]
         return None
+
+    def continues(self, msgs: Sequence[tuple]) -> bool:
+        """Clean, and the batch continues the delivery numbering without a gap: once stored,
+        every message the consumer delivered up to the batch's last one is stored."""
+        if not self.clean:
+            return False
+        first = intake.parse_ack_subject(msgs[0][REPLY])
+        last = intake.parse_ack_subject(msgs[-1][REPLY])
+        return first.consumer_seq == self.last_seen + 1 and last.consumer_seq - first.consumer_seq + 1 == len(msgs)
 
     def _highest(self, msgs: Sequence[tuple]) -> bytes:
         """The ack subject of the batch's highest stream sequence.

@@ -22,6 +22,8 @@ class Batch:
     messages: list[Any] = field(default_factory=list)
     nbytes: int = 0
     opened_at: float = 0.0  # monotonic time of the first message
+    requested_at: float = 0.0  # monotonic time the pull request its first message answered was sent
+    kept_alive_at: float = 0.0  # monotonic time of the last in-progress ack for its messages
 
     def extend(self, msgs: list[tuple]) -> None:
         """Add deliveries (raw tuples, workers/wire.py)."""

@@ -21,6 +21,10 @@ H_PIPELINE = "Jetsink-Pipeline"
 H_WORKER = "Jetsink-Worker"
 H_TRACEPARENT = "traceparent"  # the producer's, unchanged
 H_BATCH_TRACEPARENT = "Jetsink-Traceparent"  # the batch span that dead-lettered it (observability on)
+# JetStream's de-duplication id: one per source message, so a message dead-lettered again
+# (its batch redelivered after a crash) is dropped by the DLQ stream's duplicate window.
+H_MSG_ID = "Nats-Msg-Id"
+H_PRODUCER_MSG_ID = "Jetsink-Producer-Msg-Id"  # the producer's own Nats-Msg-Id, restored by a replay
 
 _MAX_ERROR_CHARS = 1000
 
@@ -46,9 +50,16 @@ class DeadLetter:
     original_headers: Mapping[str, str] | None = None
     traceparent: str | None = None
 
+    @property
+    def msg_id(self) -> str:
+        """Source stream and sequence: the same for every attempt to dead-letter this message."""
+        return f"{self.stream}:{self.stream_seq}"
+
     def headers(self) -> dict[str, str]:
         """The NATS headers the dead letter carries."""
         hdrs = dict(self.original_headers or {})
+        if H_MSG_ID in hdrs:
+            hdrs[H_PRODUCER_MSG_ID] = hdrs[H_MSG_ID]
         hdrs.update(
             {
                 H_ERROR: _header_safe(self.error),
@@ -58,6 +69,7 @@ class DeadLetter:
                 H_STREAM_SEQ: str(self.stream_seq),
                 H_PIPELINE: self.pipeline,
                 H_WORKER: str(self.worker),
+                H_MSG_ID: self.msg_id,
             }
         )
         if self.traceparent:

@@ -30,6 +30,8 @@ from typing import Any, Callable
 
 from clickhouse_driver import errors as ch
 
+from workers import indoubt
+
 
 class Fault(enum.Enum):
     RETRYABLE = "retryable"
@@ -126,6 +128,7 @@ def isolate_bad_rows(
     rows inserted so far in its ``stored``.
     """
     bad: list[tuple[int, BaseException]] = []
+    ident = indoubt.current.get()
     stored: list[tuple[int, int]] = []
     # A loop over a stack of row ranges, not a recursive closure: a closure that refers
     # to itself is a reference cycle, and it would keep every batch's columns alive
@@ -136,7 +139,11 @@ def isolate_bad_rows(
         # A copy per attempt: the driver rewrites some columns in place (UUIDs).
         part = [col[lo:hi] for col in columns]
         try:
-            insert(part)
+            if (lo, hi) == (0, rows) or ident is None:
+                insert(part)
+            else:
+                # A part of the batch is a block of its own: its own identity, the same on a resend.
+                indoubt.run_as(ident.part(lo, hi), insert, part)
             stored.append((lo, hi))
             continue
         except Exception as exc:

@@ -9,6 +9,10 @@ by ~3 x max_rows messages and the consumer's max_ack_pending is sized to match.
 Messages arrive in bulk as raw tuples (workers/wire.py) and a batch is acked with
 one AckAll when workers/acks.py says that is safe (explicit per-message acks for
 consumers created with that policy by older versions).
+
+The map step itself is workers/prepare.py. With exactly_once, each batch's range goes
+to the partition's commit state (workers/commits.py) before and after its insert, and a
+partition taken from a dead owner first settles what that owner left (workers/takeover.py).
 """
 
 from __future__ import annotations
@@ -17,17 +21,20 @@ import asyncio
 import logging
 import random
 import time
-from dataclasses import dataclass, field
-from itertools import chain, compress, count, repeat
-from operator import itemgetter, not_
+from dataclasses import dataclass
+from functools import partial
+from itertools import count
+from operator import itemgetter
 from typing import Any, Awaitable, Callable, Sequence
 
 import orjson
 
-from workers import faults, intake, wire
+from workers import commits, faults, indoubt, intake, takeover, wire
 from workers.acks import ACK_ALL, ACK_EXPLICIT, AckTracker
 from workers.batch import Batch
+from workers.commits import CommitLog, Range
 from workers.dlq import DeadLetter, publish_dead_letters
+from workers.prepare import PartitionTarget, Prepared, dead_letter, join_prepared, prepare
 from workers.schema import ColumnMapper
 from workers.table_schema import TableSchema
 from workers.telemetry import Telemetry
@@ -36,9 +43,13 @@ from workers.topology import PRIORITY_GROUP
 log = logging.getLogger(__name__)
 
 _STOP = object()
+# Longer than a JetStream leader election (4-9 s measured, docs/operations.md): retries of the
+# steps that only talk to JetStream log as warnings until their failure has lasted this long.
+JETSTREAM_ELECTION_S = 30.0
+_ON_JETSTREAM = ("commit state", "stream read")
 MAX_UNANSWERED_PULLS = 3
-SUBJECT, REPLY, DATA, HEADERS = wire.SUBJECT, wire.REPLY, wire.DATA, wire.HEADERS
-_reply, _data = itemgetter(REPLY), itemgetter(DATA)
+REPLY, HEADERS = wire.REPLY, wire.HEADERS
+_reply = itemgetter(REPLY)
 
 
 @dataclass
@@ -52,106 +63,11 @@ class PartitionStats:
     insert_retries: int = 0
     last_batch_at: float = 0.0  # wall-clock time of the last committed batch
     pending: int = 0  # consumer's messages left, from the last delivery's ack subject
+    skipped_duplicates: int = 0  # deliveries at or below the stored sequence: acked, not stored again
+    in_doubt_landed: int = 0  # in-doubt batches a previous owner's insert had stored (not sent again)
+    in_doubt_resent: int = 0  # rows of in-doubt batches sent again not knowing whether they had landed
+    taken_over: int = 0  # messages a previous owner held unacked, stored from the stream at takeover
     pins_lost: int = 0  # 423s: the consumer's pin went to another puller (or a new consumer leader)
-
-
-@dataclass(frozen=True)
-class PartitionTarget:
-    """Where a partition's messages come from and go to."""
-
-    pipeline: Any  # supervisor.config.Pipeline
-    index: int
-    consumer: str
-    worker: int
-
-
-@dataclass
-class Prepared:
-    """A batch after parse and map: the columns to insert and the letters for the DLQ."""
-
-    columns: list[list]
-    rows: int
-    row_msgs: list[int]  # for each row, the index of its message in the batch
-    dead: list[DeadLetter] = field(default_factory=list)
-    redelivered: bool = False  # the batch holds redeliveries (its ack then needs the highest sequence)
-    mapper: Any = None  # the ColumnMapper that mapped it (set by workers/table_schema.py)
-
-
-def prepare(batch_msgs: list[tuple], mapper: ColumnMapper, target: PartitionTarget) -> Prepared:
-    """Parse and map a batch (runs in the insert thread, off the event loop)."""
-    dead: list[DeadLetter] = []
-    msgs = batch_msgs
-    keep: list[int] | None = None  # batch index of each doc, when not all are kept
-    max_deliver = target.pipeline.max_deliver
-    again: list[int] = []  # batch index of each redelivery, found in C (no frame per message)
-    if msgs:
-        prefix = intake.first_delivery_prefix(msgs[0][REPLY])
-        again = list(compress(count(), map(not_, map(bytes.startswith, map(_reply, msgs), repeat(prefix)))))
-    if max_deliver > 0 and again:
-        last = {i for i in again if intake.redelivered(msgs[i][REPLY]) >= max_deliver}
-        if last:
-            # JetStream will not deliver these again: if this attempt died too, they would
-            # be stranded in the stream. Each has already been part of max_deliver - 1
-            # failed batches (worker crashes), so it is kept in the DLQ for a replay instead.
-            for i in sorted(last):
-                dead.append(_dead_letter(msgs[i], target, "max_deliver", f"delivered {max_deliver} times without being stored"))
-            keep = [i for i in range(len(msgs)) if i not in last]
-            msgs = [msgs[i] for i in keep]
-    loads = orjson.loads
-    try:
-        docs = _loads_all(msgs)
-    except orjson.JSONDecodeError:
-        # Rare: find the bad ones one by one.
-        docs, kept = [], []
-        for j, m in enumerate(msgs):
-            try:
-                docs.append(loads(m[DATA]))
-                kept.append(keep[j] if keep is not None else j)
-            except orjson.JSONDecodeError as exc:
-                dead.append(_dead_letter(m, target, "invalid_json", f"invalid JSON: {exc}"))
-        keep = kept
-    if keep is None:
-        keep = list(range(len(docs)))
-    columns, failures = mapper.map_rows(docs)
-    failed = set()
-    for doc_index, err in failures:
-        failed.add(doc_index)
-        dead.append(_dead_letter(batch_msgs[keep[doc_index]], target, err.reason, err.detail))
-    row_msgs = [m for d, m in enumerate(keep) if d not in failed] if failed else keep
-    return Prepared(columns=columns, rows=len(row_msgs), row_msgs=row_msgs, dead=dead, redelivered=bool(again))
-
-
-def join_prepared(parts: list[Prepared]) -> Prepared:
-    """One Prepared from per-message ones: columns concatenated, row indices shifted."""
-    columns = [list(chain.from_iterable(p.columns[c] for p in parts)) for c in range(len(parts[0].columns))]
-    row_msgs = [i + r for i, p in enumerate(parts) for r in p.row_msgs]
-    return Prepared(
-        columns=columns, rows=sum(p.rows for p in parts), row_msgs=row_msgs, dead=[d for p in parts for d in p.dead],
-        redelivered=any(p.redelivered for p in parts),
-    )
-
-
-def _loads_all(msgs: list[tuple]) -> list:
-    """Every message's JSON (raises at the first invalid one).  A function of its own so
-    that CPU profiles show the time orjson takes apart from the rest of prepare()."""
-    return list(map(orjson.loads, map(_data, msgs)))
-
-
-def _dead_letter(msg: tuple, target: PartitionTarget, reason: str, error: str) -> DeadLetter:
-    delivery = intake.parse_ack_subject(msg[REPLY])
-    headers = wire.parse_headers(msg[HEADERS]) or None
-    return DeadLetter(
-        data=msg[DATA],
-        subject=msg[SUBJECT].decode("utf-8", "replace"),
-        stream=target.pipeline.stream,
-        stream_seq=delivery.stream_seq,
-        reason=reason,
-        error=error,
-        pipeline=target.pipeline.name,
-        worker=target.worker,
-        original_headers=headers,
-        traceparent=(headers or {}).get("traceparent"),
-    )
 
 
 class PartitionRunner:
@@ -165,6 +81,9 @@ class PartitionRunner:
         run_in_thread: Callable[..., Awaitable[Any]],
         insert: Callable[[Sequence[str], list[list]], int],
         telemetry: Telemetry | None = None,
+        clickhouse: indoubt.QueryLog | None = None,
+        tokens: bool = False,
+        exit_hook: commits.ExitAfterInsert | None = None,
     ) -> None:
         self._nc = nc
         self.target = target
@@ -173,14 +92,25 @@ class PartitionRunner:
         # With observability on, thread calls carry the batch span (see workers/telemetry.py).
         self._run_in_thread = self._telemetry.carry_context(run_in_thread)
         self._insert = insert
+        # Exactly once (workers/commits.py): the commit state, opened at start; `clickhouse`
+        # asks ClickHouse about an in-doubt insert (workers/indoubt.py, in the insert thread).
+        self._commits: CommitLog | None = None
+        # At a takeover: the consumer's ack floor and last delivery (stream and consumer sequence).
+        self._takeover: tuple[int, int, int] | None = None
+        self._query_log = clickhouse
+        self._tokens = tokens
+        self._exit_hook = exit_hook
         limits = target.pipeline.batch
         self._limits = (limits.max_rows, limits.max_bytes, limits.max_wait_ms / 1000.0)
         self._batch = self._new_batch()
         self._sealed: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
         self._committing = False
+        self._in_hand: list[Batch] = []  # sealed batches not yet acked (queued or committing)
+        self._keepalive: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._outstanding = 0  # messages the open pull request may still deliver
         self._request_deadline = 0.0
+        self._requested_at = 0.0  # when the last pull request was sent
         self._unanswered = 0  # pull requests in a row that got no reply while connected
         self._received = 0  # replies seen on the inbox (a cheap activity counter)
         self._delivered = 0  # messages among them (not status replies)
@@ -215,7 +145,20 @@ class PartitionRunner:
         self._ack_policy = ACK_EXPLICIT if policy == ACK_EXPLICIT else ACK_ALL
         self._ack_wait_s = float(info.config.ack_wait or 30.0)
         self._tracker = AckTracker(info.delivered.consumer_seq or 0, info.num_ack_pending or 0)
-        if self._ack_policy == ACK_ALL and self._tracker.dirty:
+        if self.target.pipeline.delivery == "exactly_once":
+            if self._ack_policy == ACK_ALL:
+                self._commits = await takeover.open_commits(self._nc, self.target.pipeline.name, self.target.index)
+                if self._tracker.dirty:
+                    # A previous owner died holding deliveries: read them back from the stream
+                    # (_recover) instead of waiting ack_wait for their redelivery.
+                    d = info.delivered
+                    self._takeover = (info.ack_floor.stream_seq or 0, d.stream_seq or 0, d.consumer_seq or 0)
+            else:
+                log.warning(
+                    "partition %s: exactly_once needs a consumer with per-batch acks; this one acks each message "
+                    "(an earlier version made it), so delivery is at least once", self.name, extra=self._log_extra,
+                )
+        if self._ack_policy == ACK_ALL and self._tracker.dirty and self._takeover is None:
             self._dirty_since = time.monotonic()
             log.info(
                 "partition %s: the consumer has %d messages delivered to a previous owner and not acked; "
@@ -232,6 +175,7 @@ class PartitionRunner:
             asyncio.create_task(self._pull_loop(), name=f"pull {self.name}"),
             asyncio.create_task(self._commit_loop(), name=f"commit {self.name}"),
         ]
+        self._keepalive = asyncio.create_task(self._keep_in_hand_alive(), name=f"keepalive {self.name}")
 
     async def _consumer_info(self) -> Any:
         js = self._nc.jetstream(timeout=10.0)
@@ -258,6 +202,8 @@ class PartitionRunner:
                 await self._nc.flush()
                 await self._unpin()
         finally:
+            if self._keepalive is not None:
+                self._keepalive.cancel()
             if self._sub is not None:
                 wire.unroute(self._nc, self._sub)
                 await self._sub.unsubscribe()
@@ -301,6 +247,10 @@ class PartitionRunner:
         if self._pin is None:
             self._pinned(deliveries)
         self._delivered += len(deliveries)
+        if not self._batch:
+            # Its messages left the server after this request was sent: JetStream's ack_wait for
+            # them runs from then, however long they spent in buffers before reaching us.
+            self._batch.requested_at = self._requested_at
         self._batch.extend(deliveries)
         # Messages of a request we already counted as over (a 409 on server shutdown
         # arrives ahead of deliveries still in the socket) are kept, but must not drive
@@ -369,6 +319,8 @@ class PartitionRunner:
         return self._outstanding == 0 and not self._batch and self._sealed.empty() and not self._committing
 
     async def _pull_loop(self) -> None:
+        if self._commits is not None:
+            await self._take_over()
         while True:
             now = time.monotonic()
             if not self._sealed.full():
@@ -402,6 +354,7 @@ class PartitionRunner:
                 self._outstanding == 0 if dirty else (batch.full or now >= deadline or (self._stopping and self._outstanding == 0))
             ):
                 self._batch = self._new_batch()
+                self._in_hand.append(batch)
                 await self._sealed.put(batch)  # waits while one batch is committing and one queued
                 continue
             if self._stopping:
@@ -441,6 +394,7 @@ class PartitionRunner:
 
     async def _request(self, n: int, max_bytes: int) -> None:
         self._outstanding = n
+        self._requested_at = time.monotonic()
         self._request_deadline = time.monotonic() + self._expires_s + 2.0
         body = intake.pull_request(n, self._expires_s, max_bytes if max_bytes > 0 else None, PRIORITY_GROUP, self._pin)
         await self._nc.publish(self._next_subject, body, reply=self._inbox)
@@ -459,6 +413,11 @@ class PartitionRunner:
                 extra=self._log_extra,
             )
             if reply is not None:
+                if self._commits is not None:
+                    # Everything the consumer delivered is stored now: the held messages'
+                    # highest sequence is a watermark.
+                    highest = intake.parse_ack_subject(reply).stream_seq
+                    await self._retrying("commit state", self._commits.stored, highest)
                 await self._settle([reply], intake.ACK)
         elif time.monotonic() - self._dirty_since > 2 * self._ack_wait_s + 30:
             self._dirty_since = time.monotonic()
@@ -478,6 +437,21 @@ class PartitionRunner:
         if self._tracker.held and now - self._keepalive_at > self._ack_wait_s / 3:
             self._keepalive_at = now
             await self._settle(self._tracker.held_subjects(), intake.IN_PROGRESS)
+
+    async def _keep_in_hand_alive(self) -> None:
+        """In-progress acks for batches in our hands longer than a third of ack_wait (a slow
+        insert, a queue behind one), so that a short ack_wait (fast redelivery after a crash)
+        never redelivers what a live owner is still storing.  Nothing is sent while batches
+        move on in time, which is the normal case."""
+        while True:
+            third = self._ack_wait_s / 3
+            await asyncio.sleep(third / 2)
+            now = time.monotonic()
+            old = [b for b in (*self._in_hand, self._batch) if b and now - max(b.requested_at, b.kept_alive_at) > third]
+            if old and self._nc.is_connected:
+                await self._settle([m[REPLY] for b in old for m in b.messages], intake.IN_PROGRESS)
+                for b in old:
+                    b.kept_alive_at = now
 
     async def _ack(self, msgs: list[tuple], redelivered: bool) -> None:
         with self._telemetry.ack(len(msgs)):
@@ -520,6 +494,7 @@ class PartitionRunner:
                     await self._commit(item)
             finally:
                 self._committing = False
+                self._in_hand.remove(item)
             self._last_progress = time.monotonic()
             self._wake.set()
 
@@ -529,6 +504,61 @@ class PartitionRunner:
 
     async def _commit(self, batch: Batch) -> None:
         msgs = batch.messages
+        todo: Any = msgs
+        r: Range | None = None
+        redelivered: bool | None = None
+        skipped = 0
+        c = self._commits
+        if c is not None:
+            u = commits.unstored(msgs, c.state.stored)
+            todo, skipped, redelivered = u.msgs, u.skipped, not u.ordered
+            if todo and u.ordered and self._tracker.continues(msgs):
+                # The batch is exactly the partition's messages first..last and all below are
+                # stored: record it, so a next owner can settle it if we die mid-insert.
+                r = Range(u.first, u.last, len(todo), u.first_ts_ns, time.time())
+                await self._retrying("commit state", c.begin, r)
+        ident = self._identity(r) if r is not None else None
+        if todo:
+            prepared = await self._store(todo, ident, r, keep_alive=msgs)
+        else:
+            prepared = Prepared(columns=[], rows=0, row_msgs=[])
+        if self._exit_hook is not None and r is not None:
+            self._exit_hook.inserted(r, log)
+        if r is not None:
+            await self._retrying("commit state", c.stored, r.last)
+        await self._ack(msgs, prepared.redelivered if redelivered is None else redelivered)
+        last = intake.parse_ack_subject(msgs[-1][REPLY])
+        s = self.stats
+        s.consumed += len(msgs)
+        s.skipped_duplicates += skipped
+        s.inserted += prepared.rows
+        s.dead_lettered += len(prepared.dead)
+        s.batches += 1
+        s.last_batch_at = time.time()
+        s.pending = last.pending
+        self._telemetry.batch_committed(self.target, msgs, prepared)
+
+    async def _take_over(self) -> None:
+        """Before the first pull: settle what a previous owner left (workers/takeover.py); once the
+        messages it held unacked are stored from the stream, acks flow per batch at once."""
+        landed = None if self._query_log is None else partial(self._run_in_thread, self._query_log.landed)
+        t = takeover.Takeover(
+            self.name, self.target, self._nc, self._commits, self.stats, self._retrying, self._store, self._identity,
+            landed, self._limits[0], self._log_extra,
+        )
+        last_cseq = await t.run(self._takeover)
+        if last_cseq is not None:
+            self._tracker = AckTracker(last_cseq, 0)
+
+    def _identity(self, r: Range) -> indoubt.InsertIdentity:
+        t = self.target
+        return indoubt.identity(t.pipeline.name, t.index, r.first, r.last, r.first_ts_ns, self._tokens)
+
+    async def _store(
+        self, msgs: list[tuple], ident: indoubt.InsertIdentity | None, r: Range | None, keep_alive: list[tuple] | None
+    ) -> Prepared:
+        """Map `msgs`, dead-letter what cannot be mapped, insert the rest (under `ident`) and
+        dead-letter the rows ClickHouse refuses; returns once all of it is confirmed."""
         pipeline = self.target.pipeline
         prepared: Prepared = await self._run_in_thread(self._schema.prepare, self._prepare, msgs, self.target)
         if prepared.dead:
@@ -540,13 +570,13 @@ class PartitionRunner:
             await self._retrying("dlq publish", publish_dead_letters, self._nc, pipeline.dlq_stream, pipeline.dlq_subject, prepared.dead)
         if prepared.rows:
             # A table changed under the batch has its rows mapped again (remapped: what the new mapping refused).
+            attempts = count()
             refused, remapped = await self._retrying(
-                "insert", self._run_in_thread, self._schema.store, self._prepare, self._insert, msgs, prepared,
-                self.target, keep_alive=msgs,
+                "insert", self._insert_once, ident, r, attempts, msgs, prepared, keep_alive=keep_alive
             )
             if refused or remapped:
                 letters = remapped + [
-                    _dead_letter(msgs[i], self.target, "insert_rejected", error) for i, error in refused
+                    dead_letter(msgs[i], self.target, "insert_rejected", error) for i, error in refused
                 ]
                 for dl in letters:
                     log.warning(
@@ -554,19 +584,31 @@ class PartitionRunner:
                         else f"the changed table refuses ({dl.reason})", dl.subject, dl.stream_seq, dl.error,
                         extra=self._log_extra,
                     )
-                await self._retrying("dlq publish", publish_dead_letters, self._nc, pipeline.dlq_stream, pipeline.dlq_subject, letters, keep_alive=msgs)
+                await self._retrying(
+                    "dlq publish", publish_dead_letters, self._nc, pipeline.dlq_stream, pipeline.dlq_subject, letters,
+                    keep_alive=keep_alive,
+                )
                 prepared.rows -= len(letters)
                 prepared.dead.extend(letters)
-        await self._ack(msgs, prepared.redelivered)
-        last = intake.parse_ack_subject(msgs[-1][REPLY])
-        s = self.stats
-        s.consumed += len(msgs)
-        s.inserted += prepared.rows
-        s.dead_lettered += len(prepared.dead)
-        s.batches += 1
-        s.last_batch_at = time.time()
-        s.pending = last.pending
-        self._telemetry.batch_committed(self.target, msgs, prepared)
+        return prepared
+
+    async def _insert_once(
+        self, ident: indoubt.InsertIdentity | None, r: Range | None, attempts: Any, msgs: list[tuple],
+        prepared: Prepared,
+    ) -> tuple[list[tuple[int, str]], list[DeadLetter]]:
+        """One attempt at the insert (through the table's schema, which maps the rows again if the
+        table changed under them); a retry first asks ClickHouse whether the failed attempt landed."""
+        if next(attempts) and ident is not None and self._query_log is not None:
+            if await self._run_in_thread(self._query_log.landed, ident.query_id, r.began_at, 10.0):
+                log.info(
+                    "partition %s: the failed insert of %d..%d had landed; not sending it again",
+                    self.name, r.first, r.last,
+                    extra=self._log_extra,
+                )
+                return [], []
+        return await self._run_in_thread(
+            indoubt.run_as, ident, self._schema.store, self._prepare, self._insert, msgs, prepared, self.target
+        )
 
     def _prepare(self, msgs: list[tuple], mapper: ColumnMapper, target: PartitionTarget) -> Prepared:
         """prepare() in the insert thread, under the telemetry's `map` span(s).
@@ -595,11 +637,15 @@ class PartitionRunner:
         messages are kept from redelivery with in-progress acks.
         """
         delay = 0.2
+        failing_since = 0.0
         while True:
             self._last_progress = time.monotonic()
             try:
                 return await fn(*args)
             except Exception as exc:
+                if isinstance(exc, commits.StaleCommitState):
+                    raise  # another owner, or a server that lost our write: stop (the worker restarts)
+                failing_since = failing_since or time.monotonic()
                 self.stats.insert_retries += 1
                 self._telemetry.retry(what, exc)
                 fault = faults.classify(exc)
@@ -612,7 +658,11 @@ class PartitionRunner:
                         extra={**self._log_extra, "fault": fault.value},
                     )
                 else:
-                    log.error(
+                    # The commit state and the stream live in JetStream, whose leader elections (a
+                    # NATS node lost) fail requests for seconds as a normal matter: an error once longer.
+                    election = what in _ON_JETSTREAM and time.monotonic() - failing_since < JETSTREAM_ELECTION_S
+                    log.log(
+                        logging.WARNING if election else logging.ERROR,
                         "%s for %s failed, retrying in %.1fs: %s", what, self.name, delay, faults.describe(exc),
                         extra={**self._log_extra, "fault": fault.value},
                     )

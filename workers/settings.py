@@ -221,8 +221,9 @@ class Pipeline:
         Choice("ignore", "dead_letter"), "JSON keys that match no column: `ignore` them, or dead-letter the message "
         "(reason `unknown_key`, naming the key).", "ignore")
     delivery: str = key(
-        Choice("exactly_once", "at_least_once"), "The delivery guarantee. Accepted now; the workers read it once "
-        "issue 14 lands (until then delivery is at least once, see docs/architecture.md).", "exactly_once")
+        Choice("exactly_once", "at_least_once"), "What a crash may leave behind: nothing twice (a per-partition "
+        "commit state in a KV bucket), or duplicates of what was inserted but not acked. See [delivery](#delivery).",
+        "exactly_once")
     schema_refresh_s: float = key(
         Seconds(allow_zero=True), "How often each worker reads the table's columns again, so that an added or "
         "widened column is used without a restart (0 = never; SIGHUP and a failed insert still read it). See "

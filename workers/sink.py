@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 from clickhouse_driver import Client
 
+from workers import indoubt
 from workers.schema import ColumnMapper, ServerFeatures, TableColumn, compile_mapper
 
 
@@ -131,5 +132,14 @@ def send_insert(client: Client, statement: str, columns: list[list], settings: d
 
     `settings` may carry `opentelemetry_traceparent` (servers >= 20.11), which
     clickhouse-driver sends in the query's client info rather than as a setting.
+    Under an identity (`indoubt.run_as`) the insert gets its query_id and settings.
     """
-    return client.execute(statement, columns, columnar=True, types_check=False, settings=settings)
+    ident = indoubt.current.get()
+    if ident is None:
+        return client.execute(statement, columns, columnar=True, types_check=False, settings=settings)
+    # A batch with a recorded range: the same query_id (and token) every time it is sent,
+    # so that its next owner can tell whether it landed (workers/indoubt.py).
+    settings = {**(settings or {}), **ident.settings()}
+    return client.execute(
+        statement, columns, columnar=True, types_check=False, settings=settings, query_id=ident.query_id
+    )

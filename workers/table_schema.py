@@ -39,7 +39,7 @@ from workers.schema import ColumnMapper, SchemaError, ServerFeatures, TableColum
 
 log = logging.getLogger(__name__)
 
-# Dead-letter reasons that no table change can explain (see workers/partition.py's prepare).
+# Dead-letter reasons that no table change can explain (see workers/prepare.py's prepare).
 _NOT_MAPPING = ("invalid_json", "max_deliver")
 
 

@@ -28,7 +28,7 @@ import time
 from functools import partial
 from typing import Any
 
-from workers import exitcodes, faults, native, sink
+from workers import commits, exitcodes, faults, indoubt, native, sink
 from workers.logs import setup_logging
 from workers.settings import Config, profiles_dir
 from workers.topology import consumer_name
@@ -75,6 +75,7 @@ class Worker:
         self._parent = os.getppid()
         self._nats_down_since: float | None = None
         self._gc_at = time.monotonic()
+        self._exit_hook = commits.ExitAfterInsert.from_env()  # tests only: the in-doubt batch on demand
 
     async def _in_thread(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args))
@@ -239,7 +240,11 @@ class Worker:
         db = self.config.clickhouse.database
         insert = partial(self._insert_columns, p.table, db)
         target = PartitionTarget(pipeline=p, index=index, consumer=consumer_name(pipeline, index), worker=self.slot)
-        runner = PartitionRunner(self._nc, target, self._schemas[pipeline], self._in_thread, insert, self._telemetry)
+        runner = PartitionRunner(
+            self._nc, target, self._schemas[pipeline], self._in_thread, insert, self._telemetry,
+            clickhouse=indoubt.QueryLog(self._client), tokens=self._features.insert_deduplication_token,
+            exit_hook=self._exit_hook,
+        )
         await runner.start()
         self._runners[key] = runner
         log.info("acquired partition %s", runner.name, extra={"pipeline": pipeline, "partition": index})
@@ -260,8 +265,8 @@ class Worker:
         await asyncio.gather(*(r.stop() for r in runners))
         for r in runners:
             log.info(
-                "released partition %s (consumed %d, inserted %d, dead-lettered %d)",
-                r.name, r.stats.consumed, r.stats.inserted, r.stats.dead_lettered,
+                "released partition %s (consumed %d, inserted %d, dead-lettered %d, skipped as stored %d)",
+                r.name, r.stats.consumed, r.stats.inserted, r.stats.dead_lettered, r.stats.skipped_duplicates,
                 extra={"pipeline": r.target.pipeline.name, "partition": r.target.index},
             )
 

@@ -111,3 +111,19 @@ def test_compare_prints_ratios(run):
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "throughput_msgs_per_s" in proc.stdout and "1.000" in proc.stdout
+
+
+@pytest.mark.parametrize("kind", ["kill-supervisor", "kill-nats"])
+def test_chaos_kills_then_accounts_for_every_message(tmp_path, kind):
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--messages", "60000", "--preload", "--workers", "2", "--no-profiles",
+         "--chaos", kind, "--chaos-at", "0.3", "--quiet", "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = orjson.loads((tmp_path / "results.json").read_bytes())
+    assert r["chaos"]["kind"] == kind and r["chaos"]["fired_at_s"] is not None
+    assert (r["lost"], r["duplicates"]) == (0, 0)
+    assert isinstance(r["skipped_duplicates"], int) and "recovery_s" in r
+    assert any(n.startswith("chaos: kill -9 of") for n in r["notes"])
+    assert f">{kind}</text>" in (tmp_path / "report.html").read_text()

@@ -15,7 +15,7 @@ import orjson
 import yaml
 
 from bench.events import event_messages, make_event, publish
-from workers.topology import consumer_name
+from workers.topology import PRIORITY_GROUP, consumer_name
 from tests.integration.harness import publish_events, REPO, Supervisor, run, sink_config, wait_until
 
 N_EVENTS = 100_000
@@ -38,6 +38,17 @@ async def _pending(nats_url, stream, name, partitions):
             info = await js.consumer_info(stream, consumer_name(name, p))
             out.append((info.num_ack_pending, info.num_pending))
         return out
+    finally:
+        await nc.close()
+
+
+async def _pin_id(nats_url, stream, consumer):
+    """The id of the consumer's current pin (priority group PRIORITY_GROUP), or None."""
+    nc = await nats.connect(nats_url)
+    try:
+        info = orjson.loads((await nc.request(f"$JS.API.CONSUMER.INFO.{stream}.{consumer}", b"")).data)
+        groups = [g for g in info.get("priority_groups") or () if g.get("group") == PRIORITY_GROUP]
+        return groups[0].get("pinned_client_id") if groups else None
     finally:
         await nc.close()
 
@@ -156,6 +167,11 @@ def test_kill_9_of_a_worker_mid_stream_loses_nothing(tmp_path, nats_url, clickho
     name, stream, subject = _names()
     prefix = subject[:-2]
     cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, name=name, stream=stream, subject=subject, partitions=8, workers=2, max_rows=2000, ack_wait_s=3)
+    # at_least_once: its replacement waits for the redeliveries (exactly_once reads them from
+    # the stream instead: tests/integration/test_exactly_once.py).
+    data = yaml.safe_load(cfg.read_text())
+    data["pipelines"][0]["delivery"] = "at_least_once"
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False))
     total = 60_000
     sup = Supervisor(cfg, tmp_path / "sink.log")
     try:
@@ -289,7 +305,15 @@ def test_deliveries_the_sink_never_saw_hold_its_acks_until_they_come_back(tmp_pa
     sup = Supervisor(cfg, tmp_path / "sink.log")
     try:
         sup.wait_acquired(1)
+        # The consumer is pinned (priority group): the server parks a pull without the pin's
+        # id while the sink holds it. So the sink pulls first and gets the pin; the thief then
+        # pulls as a second holder of the same pin would (a stale owner's socket, say).
+        assert publish_events(nats_url, event_messages(0, 100, prefix=prefix), stream=stream).published == 100
+        sup.wait(lambda: _count(clickhouse_client, ch_database) == 100, 60, "the first events")
+        pin = run(_pin_id(nats_url, stream, consumer_name(name, 0)))
+        assert pin, "the sink's pulls got no pin"
         stolen: list = []
+        statuses: list = []  # what the server answered the thief besides deliveries (for a failure's message)
 
         async def steal_and_publish():
             nc = await nats.connect(nats_url)
@@ -302,18 +326,24 @@ def test_deliveries_the_sink_never_saw_hold_its_acks_until_they_come_back(tmp_pa
                         stolen.append(msg.reply)
                         if len(stolen) == 5:
                             got.set()
+                    else:
+                        statuses.append(msg.headers)
 
                 await nc.subscribe(inbox, cb=on_msg)
                 await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer_name(name, 0)}",
-                                 orjson.dumps({"batch": 5, "expires": 30_000_000_000}), reply=inbox)
+                                 orjson.dumps({"batch": 5, "expires": 30_000_000_000, "group": PRIORITY_GROUP,
+                                               "id": pin}), reply=inbox)
                 await nc.flush()
-                result = await publish(nc, event_messages(0, 2000, prefix=prefix), stream=stream)
-                await asyncio.wait_for(got.wait(), 60)
+                result = await publish(nc, event_messages(100, 1900, prefix=prefix), stream=stream)
+                try:
+                    await asyncio.wait_for(got.wait(), 60)
+                except asyncio.TimeoutError:
+                    raise AssertionError(f"the thief got {len(stolen)} deliveries, and {statuses}") from None
                 return result
             finally:
                 await nc.close()
 
-        assert run(steal_and_publish()).published == 2000
+        assert run(steal_and_publish()).published == 1900
         assert len(stolen) == 5
         sup.wait(lambda: sup.logged("deliveries missing before consumer sequence"), 60, "the gap to be noticed")
         sup.wait(lambda: clickhouse_client.execute(f"SELECT uniqExact(event_id) FROM {ch_database}.events")[0][0] == 2000, 120, "every event")

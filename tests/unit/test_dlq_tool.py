@@ -58,3 +58,16 @@ def test_replay_keeps_the_producers_headers_only():
         "Nats-Msg-Id": "evt-1",
     }
     assert replay_headers(None) == {}
+
+
+def test_replay_restores_the_producers_msg_id_not_the_dlq_one():
+    from workers.dlq import DeadLetter
+
+    def letter(original):
+        letter = DeadLetter(b"{", "ev.0.k", "EVENTS", 42, "invalid_json", "bad", "p", 0, original_headers=original)
+        return letter.headers()
+
+    with_id = letter({"Nats-Msg-Id": "evt-1", "X-Tenant": "acme"})
+    assert with_id["Nats-Msg-Id"] == "EVENTS:42"  # what the DLQ stream de-duplicates by
+    assert replay_headers(with_id) == {"Nats-Msg-Id": "evt-1", "X-Tenant": "acme"}
+    assert replay_headers(letter({"X-Tenant": "acme"})) == {"X-Tenant": "acme"}

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from supervisor.config import parse_config
-from workers.partition import PartitionTarget, prepare
+from workers.prepare import PartitionTarget, prepare
 from workers.schema import ServerFeatures, TableColumn, compile_mapper
 
 PIPELINE = {"name": "events", "stream": "EVENTS", "subject": "events.*", "partitions": 1, "table": "t", "max_deliver": 3}

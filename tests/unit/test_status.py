@@ -161,7 +161,7 @@ def test_prometheus_of_nothing_declares_every_metric_without_samples():
     text = render_prometheus(None)
     types, values = scrape(text)
     assert values == {}
-    assert len(types) == len([line for line in text.splitlines() if line.startswith("# TYPE ")]) == len(METRICS) == 19
+    assert len(types) == len([line for line in text.splitlines() if line.startswith("# TYPE ")]) == len(METRICS) == 20
 
 
 def test_status_table():

@@ -13,7 +13,7 @@ from clickhouse_driver import errors as ch
 
 from supervisor.config import parse_config
 from workers import faults
-from workers.partition import PartitionTarget, prepare
+from workers.prepare import PartitionTarget, prepare
 from workers.schema import ServerFeatures, TableColumn, compile_mapper
 from workers.table_schema import SchemaVersion, TableSchema, column_changes, schema_digest
 

@@ -113,7 +113,7 @@ def test_observability_problems_name_the_key(observability, problem):
 
 
 def test_per_message_map_spans_give_the_same_columns_as_one_batch():
-    from workers.partition import PartitionTarget, join_prepared, prepare
+    from workers.prepare import PartitionTarget, join_prepared, prepare
     from workers.schema import ServerFeatures, TableColumn, compile_mapper
 
     config = _config()

@@ -50,7 +50,8 @@ VERSION_TABLE: tuple[VersionRow, ...] = (
     VersionRow("Date32", (21, 9), types=("Date32",)),
     VersionRow("Bool", (21, 12), types=("Bool",)),
     VersionRow(
-        "`insert_deduplication_token` (insert setting)", (22, 2), "not used yet",
+        "`insert_deduplication_token` (insert setting)", (22, 2),
+        "exactly_once: a batch's insert carries a token of its range, the same when sent again",
         key="insert_deduplication_token",
     ),
     VersionRow(

@@ -1,0 +1,338 @@
+"""Exactly once (delivery: exactly_once, the default): kill -9 of each process under load, then
+count from ClickHouse directly: every published event_id once, none lost, none twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+
+import nats
+import orjson
+from clickhouse_driver import Client
+
+from supervisor import embedded
+from workers import commits, dlq
+from tests.integration.harness import Load, Supervisor, publish_events, run, sink_config
+
+RATE = 3000.0
+
+
+def _names():
+    tag = uuid.uuid4().hex[:8]
+    return dict(name=f"xo{tag}", stream=f"XO_{tag}", subject=f"xo{tag}.*"), f"xo{tag}"
+
+
+def _rows(client, db):
+    return client.execute(f"SELECT count(), uniqExact(event_id) FROM {db}.events")[0]
+
+
+def _all_once(sup, client, db, total):
+    """Wait for every event_id; return (lost, duplicates) counted in ClickHouse."""
+    sup.wait(lambda: _rows(client, db)[1] >= total, 180, f"all {total} event_ids")
+    rows, distinct = _rows(client, db)
+    assert (
+        client.execute(f"SELECT count() FROM {db}.events WHERE toUInt64(substring(event_id, 2)) >= {total}")[0][0] == 0
+    )
+    return total - distinct, rows - distinct
+
+
+def _flowing(sup, client, db, n=3000):
+    sup.wait(lambda: _rows(client, db)[0] > n, 60, "rows flowing")
+
+
+def _kill_group(sup):
+    """kill -9 of the supervisor and its workers at once (what an OOM kill of the unit does)."""
+    pids = [sup.proc.pid, *sup.worker_pids().values()]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    sup.proc.wait()
+    sup.close()
+
+
+def test_kill_9_of_a_worker_mid_stream(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
+    names, prefix = _names()
+    cfg = sink_config(
+        tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=4, workers=2, max_rows=2000, **names
+    )
+    total = 30_000
+    sup = Supervisor(cfg, tmp_path / "sink.log")
+    try:
+        sup.wait_acquired(4)
+        load = Load(nats_url, prefix, 0, total, RATE)
+        load.start()
+        _flowing(sup, clickhouse_client, ch_database)
+        os.kill(sup.worker_pids()[0], signal.SIGKILL)
+        sup.wait(lambda: len(sup.logged("spawned worker")) >= 3, 60, "the killed worker replaced")
+        assert load.join_checked(120) == total
+        assert _all_once(sup, clickhouse_client, ch_database, total) == (0, 0)
+        assert sup.terminate() == 0
+    finally:
+        sup.close()
+
+
+def test_kill_9_of_nats_server_restarted_on_its_store(tmp_path, clickhouse_server, clickhouse_client, ch_database):
+    nats_dir, port = tmp_path / "nats", embedded.free_port()
+    server = embedded.start_nats(nats_dir, port)
+    url = f"nats://127.0.0.1:{port}"
+    try:
+        names, prefix = _names()
+        cfg = sink_config(tmp_path, url, clickhouse_server.port, ch_database, partitions=4, workers=2, **names)
+        total = 30_000
+        sup = Supervisor(cfg, tmp_path / "sink.log")
+        try:
+            sup.wait_acquired(4)
+            load = Load(url, prefix, 0, total, RATE)
+            load.start()
+            _flowing(sup, clickhouse_client, ch_database, 8000)
+            server.proc.kill()
+            server.proc.wait()
+            server = embedded.start_nats(nats_dir, port)
+            assert load.join_checked(180) == total
+            assert _all_once(sup, clickhouse_client, ch_database, total) == (0, 0)
+            assert sup.terminate() == 0
+            print(f"nats kill -9: {total} events, 0 duplicates, {_skipped(sup)} redeliveries skipped as stored")
+        finally:
+            sup.close()
+    finally:
+        server.stop()
+
+
+def test_kill_9_of_the_supervisor_group_then_a_new_supervisor(
+    tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database
+):
+    names, prefix = _names()
+    cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=4, workers=2, **names)
+    total = 30_000
+    load = Load(nats_url, prefix, 0, total, RATE)
+    sup = Supervisor(cfg, tmp_path / "sink1.log")
+    try:
+        sup.wait_acquired(4)
+        load.start()
+        _flowing(sup, clickhouse_client, ch_database)
+        _kill_group(sup)
+    finally:
+        sup.close()
+    sup = Supervisor(cfg, tmp_path / "sink2.log")
+    try:
+        sup.wait_acquired(4)
+        assert load.join_checked(120) == total
+        assert _all_once(sup, clickhouse_client, ch_database, total) == (0, 0)
+        assert sup.terminate() == 0
+    finally:
+        sup.close()
+
+
+def test_kill_9_of_clickhouse_server(tmp_path, nats_url):
+    ch_dir, port = tmp_path / "ch", embedded.free_port()
+    server = embedded.start_clickhouse(ch_dir, port)
+    client = Client(host="127.0.0.1", port=port)
+    try:
+        client.execute("CREATE DATABASE xo")
+        names, prefix = _names()
+        cfg = sink_config(tmp_path, nats_url, port, "xo", partitions=4, workers=2, **names)
+        total = 30_000
+        sup = Supervisor(cfg, tmp_path / "sink.log")
+        try:
+            sup.wait_acquired(4)
+            load = Load(nats_url, prefix, 0, total, RATE)
+            load.start()
+            _flowing(sup, client, "xo")
+            server.proc.kill()
+            server.proc.wait()
+            server = embedded.start_clickhouse(ch_dir, port)
+            assert load.join_checked(120) == total
+            assert _all_once(sup, client, "xo", total) == (0, 0)
+            assert sup.terminate() == 0
+        finally:
+            sup.close()
+    finally:
+        client.disconnect()
+        server.stop()
+
+
+def _exit_after_insert(monkeypatch, tmp_path, n):
+    monkeypatch.setenv(commits.EXIT_AFTER_INSERT_ENV, f"{n}:{tmp_path / 'hook-fired'}")
+
+
+def _hook_range(sup):
+    line = sup.wait(lambda: sup.logged("test hook"), 60, "the worker to exit between insert and commit state")[0]
+    first, last = line["msg"].rsplit("range ", 1)[1].rstrip(")").split("..")
+    return int(first), int(last)
+
+
+def test_an_insert_that_landed_before_its_owner_died_is_not_sent_again(
+    monkeypatch, tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database
+):
+    """The fault exactly between insert and state write: the next owner reads ClickHouse's
+    query log (18.16 has it), finds the insert finished, and does not store the batch again."""
+    _exit_after_insert(monkeypatch, tmp_path, 3)
+    names, prefix = _names()
+    cfg = sink_config(
+        tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=1, workers=1, max_rows=1000, **names
+    )
+    total = 10_000
+    sup = Supervisor(cfg, tmp_path / "sink.log")
+    try:
+        sup.wait_acquired(1)
+        publish_events(nats_url, _events(prefix, 0, total), names["stream"])
+        first, last = _hook_range(sup)
+        assert _all_once(sup, clickhouse_client, ch_database, total) == (0, 0)
+        line = sup.wait(lambda: sup.logged(f"in-doubt batch {first}..{last}"), 60, "the in-doubt batch settled")[0]
+        assert "had landed" in line["msg"]
+        assert sup.terminate() == 0
+        # What the dead worker held beyond that batch was read back from the stream, not
+        # waited for: nothing was left for JetStream to redeliver.
+        assert sup.logged("a previous owner held unacked (read from the stream")
+    finally:
+        sup.close()
+
+
+def test_an_in_doubt_insert_after_a_clickhouse_restart_is_resent_once_and_reported(monkeypatch, tmp_path, nats_url):
+    """The same fault, and clickhouse-server kill -9'd before the query log was flushed: the
+    next owner cannot tell, resends the exact batch (same query_id) and reports its range.
+    On 18.16's plain MergeTree that batch is the only possible duplicate."""
+    ch_dir, port = tmp_path / "ch", embedded.free_port()
+    server = embedded.start_clickhouse(ch_dir, port)
+    client = Client(host="127.0.0.1", port=port)
+    _exit_after_insert(monkeypatch, tmp_path, 2)
+    try:
+        client.execute("CREATE DATABASE xo")
+        names, prefix = _names()
+        cfg = sink_config(tmp_path, nats_url, port, "xo", partitions=1, workers=1, max_rows=1000, **names)
+        total = 5000
+        sup = Supervisor(cfg, tmp_path / "sink.log")
+        try:
+            sup.wait_acquired(1)
+            publish_events(nats_url, _events(prefix, 0, total), names["stream"])
+            first, last = _hook_range(sup)
+            server.proc.kill()
+            server.proc.wait()
+            server = embedded.start_clickhouse(ch_dir, port)
+            lost, duplicates = _all_once(sup, client, "xo", total)
+            settled = sup.wait(lambda: sup.logged(f"in-doubt batch {first}..{last}"), 60, "the in-doubt batch settled")[
+                0
+            ]
+            assert lost == 0
+            if "sent again" in settled["msg"]:
+                assert duplicates in (0, settled["rows"]) and settled["rows"] == last - first + 1
+                client.execute("SYSTEM FLUSH LOGS")
+                resent = client.execute(
+                    "SELECT written_rows FROM system.query_log "
+                    f"WHERE query_id LIKE 'jetsink-%-{first}-{last}' AND type = 2"
+                )
+                assert resent == [(settled["rows"],)]  # the resend ran under its range's query_id
+            else:
+                assert duplicates == 0  # the log was flushed before the kill: it could tell
+            print(f"in-doubt after a ClickHouse kill: {settled['msg']}; {duplicates} duplicates")
+            assert sup.terminate() == 0
+        finally:
+            sup.close()
+    finally:
+        client.disconnect()
+        server.stop()
+
+
+def test_a_poison_message_redelivered_after_a_crash_gives_one_dead_letter(
+    monkeypatch, tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database
+):
+    _exit_after_insert(monkeypatch, tmp_path, 1)
+    names, prefix = _names()
+    cfg = sink_config(
+        tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=1, workers=1, max_rows=1000, **names
+    )
+    good = list(_events(prefix, 0, 500))
+    msgs = good[:250] + [(f"{prefix}.k0", b"{not json", None)] + good[250:]
+    sup = Supervisor(cfg, tmp_path / "sink.log")
+    try:
+        sup.wait_acquired(1)
+        publish_events(nats_url, msgs, names["stream"])
+        _hook_range(sup)
+        assert _all_once(sup, clickhouse_client, ch_database, 500) == (0, 0)
+        sup.wait(lambda: sup.logged("in-doubt batch"), 60, "the in-doubt batch settled")
+        assert sup.terminate() == 0
+    finally:
+        sup.close()
+    assert run(_dlq_count(nats_url, names["stream"] + "_DLQ")) == 1
+
+
+def test_the_dlq_stream_drops_a_second_copy_of_a_dead_letter(nats_url):
+    stream = f"XD_{uuid.uuid4().hex[:8]}"
+
+    async def go():
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            await js.add_stream(name=stream, subjects=[f"{stream}.dlq"])
+            letter = dlq.DeadLetter(b"{", "ev.0.k", "EVENTS", 42, "invalid_json", "bad", "p", 0)
+            for _ in range(2):  # the first owner's, and the same letter from the batch's next owner
+                await dlq.publish_dead_letters(nc, stream, f"{stream}.dlq", [letter])
+            return (await js.stream_info(stream)).state.messages
+        finally:
+            await nc.close()
+
+    assert run(go()) == 1
+
+
+def _events(prefix, start, count):
+    from bench.events import make_event
+
+    for i in range(start, start + count):
+        ev = make_event(i)
+        yield f"{prefix}.k{i % 16}", orjson.dumps(ev), None
+
+
+def _skipped(sup):
+    """Deliveries the workers acked as already stored, from their release lines (after terminate)."""
+    return sum(
+        int(line["msg"].rsplit("skipped as stored ", 1)[1].rstrip(")")) for line in sup.logged("released partition")
+    )
+
+
+async def _dlq_count(url, stream):
+    nc = await nats.connect(url)
+    try:
+        return (await nc.jetstream().stream_info(stream)).state.messages
+    finally:
+        await nc.close()
+
+
+def test_inserts_slower_than_ack_wait_are_kept_alive_not_redelivered(
+    tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database
+):
+    """A short ack_wait makes a crash recover fast; a live worker's slow insert must not be
+    redelivered meanwhile.  at_least_once, so that only the in-progress acks prevent duplicates."""
+    import yaml
+
+    names, prefix = _names()
+    cfg = sink_config(
+        tmp_path,
+        nats_url,
+        clickhouse_server.port,
+        ch_database,
+        partitions=1,
+        workers=1,
+        max_rows=500,
+        ack_wait_s=1.0,
+        **names,
+    )
+    data = yaml.safe_load(cfg.read_text())
+    # Each insert takes 2 s in the server (the DEFAULT is computed per block): twice ack_wait.
+    data["pipelines"][0]["create_table"] = (
+        f"CREATE TABLE {ch_database}.events (event_id String, user_id UInt64, slow UInt8 DEFAULT sleep(2)) "
+        "ENGINE = MergeTree() ORDER BY event_id"
+    )
+    data["pipelines"][0]["delivery"] = "at_least_once"
+    cfg.write_text(yaml.safe_dump(data))
+    total = 2000
+    sup = Supervisor(cfg, tmp_path / "sink.log")
+    try:
+        sup.wait_acquired(1)
+        publish_events(nats_url, _events(prefix, 0, total), names["stream"])
+        assert _all_once(sup, clickhouse_client, ch_database, total) == (0, 0)
+        assert sup.terminate() == 0
+    finally:
+        sup.close()

@@ -1,0 +1,252 @@
+"""Each partition's commit state, kept in a JetStream KV bucket beside its stream.
+
+One entry per (pipeline, partition), bucket `jetsink_commits_<pipeline>`, key the
+partition index, value JSON:
+
+    {"stored": S, "inflight": [first, last, count, first_ts_ns, began_at] | null}
+
+* `stored`: every message of the partition with stream sequence <= S is stored (in
+  ClickHouse or the DLQ).  It is written after ClickHouse and the DLQ confirmed a batch
+  and before the batch's ack, only when that is provably true: the batch continues a
+  clean AckAll consumer (workers/acks.py), so every delivery below it was ours and
+  stored, or a dirty partition's held messages were reconciled.  A delivery at or below S
+  is acked without being stored again: redeliveries after a worker crash, and messages a
+  hard-killed nats-server redelivers because it forgot their acks.
+* `inflight`: written just before the insert of a batch whose messages are exactly the
+  partition's messages from `first` to `last` (in stream order); cleared with `stored`.
+  A new owner that finds it decides whether that insert landed (workers/indoubt.py).
+
+Every write is a compare-and-set on the entry's revision, so an owner whose view is stale
+(the entry moved under it: a second owner, or a nats-server that lost the write) fails
+instead of moving the state backwards; the partition then stops and its worker restarts.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+from dataclasses import dataclass
+from itertools import repeat
+from operator import itemgetter
+from typing import Any, Sequence
+
+import orjson
+
+from workers import intake
+from workers.wire import REPLY
+
+BUCKET_PREFIX = "jetsink_commits_"
+# Set in a worker's environment (tests only): the worker exits after its N-th insert
+# returns, before the commit state is written: the in-doubt batch on demand.
+EXIT_AFTER_INSERT_ENV = "JETSINK_TEST_EXIT_AFTER_INSERT"
+
+_reply = itemgetter(REPLY)
+
+
+def bucket_name(pipeline: str) -> str:
+    """The KV bucket holding a pipeline's commit states (pipeline names are [A-Za-z0-9_-]+)."""
+    return BUCKET_PREFIX + pipeline
+
+
+class StaleCommitState(Exception):
+    """The entry moved since this owner last read or wrote it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """A batch being inserted: the partition's messages first..last, `count` of them."""
+
+    first: int
+    last: int
+    count: int
+    first_ts_ns: int  # the first message's stream timestamp (part of the insert's identity)
+    began_at: float  # wall-clock time just before the insert was sent
+
+
+@dataclass(frozen=True, slots=True)
+class CommitState:
+    stored: int = 0
+    inflight: Range | None = None
+
+    def encode(self) -> bytes:
+        r = self.inflight
+        return orjson.dumps(
+            {
+                "stored": self.stored,
+                "inflight": None if r is None else [r.first, r.last, r.count, r.first_ts_ns, r.began_at],
+            }
+        )
+
+    @classmethod
+    def decode(cls, data: bytes | None) -> "CommitState":
+        if not data:
+            return cls()
+        doc = orjson.loads(data)
+        r = doc.get("inflight")
+        return cls(
+            int(doc.get("stored", 0)), Range(int(r[0]), int(r[1]), int(r[2]), int(r[3]), float(r[4])) if r else None
+        )
+
+
+class CommitLog:
+    """One partition's entry, read once by its owner and then only written (compare-and-set)."""
+
+    def __init__(self, kv: Any, key: str, state: CommitState, revision: int) -> None:
+        self._kv = kv
+        self._key = key
+        self.state = state
+        self._revision = revision
+
+    @classmethod
+    async def open(cls, js: Any, pipeline: str, partition: int) -> "CommitLog":
+        from nats.js.errors import KeyNotFoundError
+
+        kv = await js.key_value(bucket_name(pipeline))
+        key = str(partition)
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:
+            return cls(kv, key, CommitState(), 0)
+        return cls(kv, key, CommitState.decode(entry.value), entry.revision)
+
+    async def begin(self, r: Range) -> None:
+        """Record the batch about to be inserted."""
+        await self._write(CommitState(self.state.stored, r))
+
+    async def stored(self, seq: int) -> None:
+        """Everything up to `seq` is stored; no batch in flight."""
+        await self._write(CommitState(max(seq, self.state.stored), None))
+
+    async def _write(self, state: CommitState) -> None:
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        try:
+            # Revision 0 = the key must not exist yet (KV create semantics).
+            self._revision = await self._kv.update(self._key, state.encode(), last=self._revision)
+        except KeyWrongLastSequenceError as exc:
+            raise StaleCommitState(f"commit state {self._key} moved under this owner: {exc}") from exc
+        self.state = state
+
+
+@dataclass(frozen=True, slots=True)
+class Unstored:
+    """What of a batch is still to be stored, in stream order."""
+
+    msgs: Sequence[tuple]
+    skipped: int  # deliveries at or below the stored sequence (or repeated in the batch)
+    first: int  # stream sequences of the first and last of `msgs` (0 when empty)
+    last: int
+    first_ts_ns: int
+    ordered: bool  # the batch was one run of first deliveries: `msgs` is a slice of it
+
+
+def unstored(msgs: Sequence[tuple], stored: int) -> Unstored:
+    """The messages of a batch (in delivery order) above the stored sequence, in stream order.
+
+    First deliveries of one consumer come in stream order; when the batch is one run of
+    them (no redelivery, consumer sequences without a gap or a repeat) two ack subjects
+    are decoded and a bisection finds the cut.  Otherwise (after a crash or a server
+    restart) every ack subject is decoded and the messages are sorted.
+    """
+    head, tail = intake.parse_ack_subject(msgs[0][REPLY]), intake.parse_ack_subject(msgs[-1][REPLY])
+    prefix = intake.first_delivery_prefix(msgs[0][REPLY])
+    ordered = tail.consumer_seq - head.consumer_seq + 1 == len(msgs) and all(
+        map(bytes.startswith, map(_reply, msgs), repeat(prefix))
+    )
+    if ordered:
+        if head.stream_seq > stored:
+            return Unstored(msgs, 0, head.stream_seq, tail.stream_seq, head.timestamp_ns, True)
+        cut = bisect.bisect_right(msgs, stored, key=lambda m: intake.parse_ack_subject(m[REPLY]).stream_seq)
+        kept = msgs[cut:]
+        if not kept:
+            return Unstored(kept, len(msgs), 0, 0, 0, True)
+        first = intake.parse_ack_subject(kept[0][REPLY])
+        return Unstored(kept, cut, first.stream_seq, tail.stream_seq, first.timestamp_ns, True)
+    by_seq: dict[int, tuple] = {}
+    stamps: dict[int, int] = {}
+    for m in msgs:
+        d = intake.parse_ack_subject(m[REPLY])
+        if d.stream_seq > stored and d.stream_seq not in by_seq:
+            by_seq[d.stream_seq] = m
+            stamps[d.stream_seq] = d.timestamp_ns
+    seqs = sorted(by_seq)
+    kept = [by_seq[s] for s in seqs]
+    if not kept:
+        return Unstored(kept, len(msgs), 0, 0, 0, False)
+    return Unstored(kept, len(msgs) - len(kept), seqs[0], seqs[-1], stamps[seqs[0]], False)
+
+
+async def read_stream(nc: Any, stream: str, pattern: str, consumer: str, first: int, last: int) -> list[tuple]:
+    """The partition's messages (subject `pattern`) with stream sequences first..last, read back from
+    the stream (an ephemeral consumer), in stream order, as deliveries (workers/wire.py tuples)
+    whose stand-in ack subject carries their stream sequence and stream timestamp: they rebuild
+    what a previous owner held and are never acked."""
+    from nats import errors as nats_errors
+    from nats.js import api
+
+    if last < first:
+        return []
+    js = nc.jetstream(timeout=10.0)
+    config = api.ConsumerConfig(
+        deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=first, ack_policy=api.AckPolicy.NONE,
+        filter_subject=pattern, inactive_threshold=60.0, mem_storage=True,
+    )
+    sub = await js.pull_subscribe(pattern, durable=None, stream=stream, config=config)
+    out: list[tuple] = []
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(batch=1000, timeout=2.0)
+            except nats_errors.TimeoutError:
+                return out  # the stream holds no more of them (deleted by its limits)
+            for m in msgs:
+                d = intake.parse_ack_subject(m.reply)
+                if d.stream_seq > last:
+                    return out
+                ack = f"$JS.ACK.{stream}.{consumer}.1.{d.stream_seq}.0.{d.timestamp_ns}.0".encode()
+                out.append((m.subject.encode(), ack, m.data, _raw_headers(m.headers)))
+                if d.stream_seq == last:
+                    return out
+    finally:
+        await sub.unsubscribe()
+
+
+def _raw_headers(headers: dict | None) -> bytes | None:
+    if not headers:
+        return None
+    return b"NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode() + b"\r\n"
+
+
+class ExitAfterInsert:
+    """Test hook: exit the process after the N-th insert of this worker returns (see EXIT_AFTER_INSERT_ENV).
+
+    The variable holds "N" or "N:PATH"; with a PATH the hook fires once over all worker
+    generations (it creates the file, and a worker that finds it does not arm the hook).
+    """
+
+    def __init__(self, n: int, marker: str | None) -> None:
+        self._left = n
+        self._marker = marker
+
+    @classmethod
+    def from_env(cls) -> "ExitAfterInsert | None":
+        n, _, marker = os.environ.get(EXIT_AFTER_INSERT_ENV, "").partition(":")
+        if not n or int(n) <= 0 or (marker and os.path.exists(marker)):
+            return None
+        return cls(int(n), marker or None)
+
+    def inserted(self, r: Range | None, log: Any) -> None:
+        self._left -= 1
+        if self._left != 0:
+            return
+        if self._marker:
+            open(self._marker, "w").close()
+        log.error(
+            "test hook %s: exiting after an insert, before its commit state is written (range %s)",
+            EXIT_AFTER_INSERT_ENV,
+            r and f"{r.first}..{r.last}",
+        )
+        for h in logging.getLogger().handlers:
+            h.flush()
+        os._exit(1)

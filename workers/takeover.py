@@ -1,0 +1,138 @@
+"""Exactly once when a partition changes hands (issue 14): what its new owner does before its first pull.
+
+A previous owner that died leaves two things behind in the partition's commit state
+(workers/commits.py) and consumer:
+
+- an in-doubt batch: a range it recorded as in flight and never recorded as stored. Its
+  insert may or may not have landed; ClickHouse's query log tells (workers/indoubt.py),
+  and when it cannot, the same batch is sent again under the same identity (query_id,
+  dedup token).
+- deliveries it held unacked. Rather than waiting ack_wait for their redelivery, the new
+  owner reads them back from the stream and stores them, so that every message up to the
+  consumer's last delivery is stored and acks flow per batch at once.
+
+The steps that store a batch are the partition's own (workers/partition.py, `_store`):
+this module only decides which batches, in which order, and what the commit state says.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from workers import commits, indoubt, intake, wire
+from workers.commits import CommitLog, Range
+from workers.topology import partition_filter
+
+log = logging.getLogger(__name__)
+
+REPLY = wire.REPLY
+
+
+@dataclass
+class Takeover:
+    """A partition's new owner settling what its previous owner left (built by its PartitionRunner)."""
+
+    name: str  # pipeline/partition, for logs
+    target: Any  # workers.prepare.PartitionTarget
+    nc: Any
+    commits: CommitLog
+    stats: Any  # workers.partition.PartitionStats
+    retrying: Callable[..., Awaitable[Any]]  # the partition's retry loop (backoff, faults, pauses)
+    store: Callable[..., Awaitable[Any]]  # store(msgs, ident, range, keep_alive=None) -> Prepared
+    identity: Callable[[Range], indoubt.InsertIdentity]
+    # landed(query_id, began_at, wait_s) in the insert thread: True, False or None (cannot tell).
+    landed: Callable[[str, float, float], Awaitable[bool | None]] | None
+    max_rows: int
+    log_extra: dict
+
+    async def run(self, unacked: tuple[int, int, int] | None) -> int | None:
+        """Settle the in-doubt batch, then store `unacked` (ack floor, last delivered stream sequence,
+        last consumer sequence: what the consumer's info said at start) from the stream.
+
+        Returns the consumer sequence acks go on from once the dead owner's messages are
+        stored, or None when there were none (the consumer had nothing unacked)."""
+        c = self.commits
+        if c.state.inflight is not None:
+            await self.resolve_in_doubt(c.state.inflight)
+        if unacked is None:
+            return None
+        floor, last, last_cseq = unacked
+        first = max(c.state.stored, floor) + 1
+        msgs = await self.retrying("stream read", self._read, first, last)
+        for i in range(0, len(msgs), self.max_rows):
+            chunk = msgs[i:i + self.max_rows]
+            head, tail = intake.parse_ack_subject(chunk[0][REPLY]), intake.parse_ack_subject(chunk[-1][REPLY])
+            r = Range(head.stream_seq, tail.stream_seq, len(chunk), head.timestamp_ns, time.time())
+            await self.retrying("commit state", c.begin, r)
+            prepared = await self.store(chunk, self.identity(r), r, keep_alive=None)
+            await self.retrying("commit state", c.stored, r.last)
+            self.stats.inserted += prepared.rows
+            self.stats.dead_lettered += len(prepared.dead)
+        await self.retrying("commit state", c.stored, last)
+        self.stats.taken_over += len(msgs)
+        log.info(
+            "partition %s: stored the %d messages up to %d a previous owner held unacked (read from the stream, "
+            "%d..%d); acking per batch", self.name, len(msgs), last, first, last, extra=self.log_extra,
+        )
+        return last_cseq
+
+    async def resolve_in_doubt(self, r: Range) -> None:
+        """A previous owner recorded batch r and died before recording it stored: find out whether
+        its insert landed; if that cannot be known, send the same batch again under the same identity."""
+        c = self.commits
+        ident = self.identity(r)
+        where = f"partition {self.name}: in-doubt batch {r.first}..{r.last} ({r.count} messages)"
+        verdict = None
+        if self.landed is not None:
+            verdict = await self.retrying("in-doubt check", self.landed, ident.query_id, r.began_at, 60.0)
+        if verdict is True:
+            log.info("%s: its insert had landed; not stored again", where, extra=self.log_extra)
+            self.stats.in_doubt_landed += 1
+            await self.retrying("commit state", c.stored, r.last)
+            return
+        if verdict is False:
+            log.info("%s: its insert never landed; stored when redelivered", where, extra=self.log_extra)
+            await self.retrying("commit state", c.stored, c.state.stored)
+            return
+        msgs = await self.retrying("stream read", self._read, r.first, r.last)
+        if len(msgs) != r.count:
+            log.warning(
+                "%s: cannot tell whether its insert landed, and the stream now holds %d of its messages: stored "
+                "when redelivered (duplicates possible)", where, len(msgs), extra=self.log_extra,
+            )
+            await self.retrying("commit state", c.stored, c.state.stored)
+            return
+        prepared = await self.store(msgs, ident, r, keep_alive=None)
+        self.stats.in_doubt_resent += prepared.rows
+        if ident.token:
+            dedup = "deduplicated by its token where the table deduplicates"
+        else:
+            dedup = "a duplicate if it had landed"
+        log.warning(
+            "%s: cannot tell whether its insert landed (ClickHouse restarted?); sent again as the same block "
+            "(%d rows, %s)", where, prepared.rows, dedup,
+            extra={**self.log_extra, "first_seq": r.first, "last_seq": r.last, "rows": prepared.rows},
+        )
+        await self.retrying("commit state", c.stored, r.last)
+
+    async def _read(self, first: int, last: int) -> list[tuple]:
+        """The partition's messages first..last (stream sequences), read back from the stream."""
+        p, t = self.target.pipeline, self.target
+        pattern = partition_filter(p.subject, t.index)
+        return await commits.read_stream(self.nc, p.stream, pattern, t.consumer, first, last)
+
+
+async def open_commits(nc: Any, pipeline: str, index: int) -> CommitLog:
+    """The partition's commit state; a missing bucket says who should have made it."""
+    from nats.js.errors import BucketNotFoundError
+
+    try:
+        return await CommitLog.open(nc.jetstream(timeout=10.0), pipeline, index)
+    except BucketNotFoundError:
+        raise RuntimeError(
+            f"pipeline {pipeline}: KV bucket {commits.bucket_name(pipeline)} is missing (the supervisor's provision "
+            "creates it for delivery: exactly_once)"
+        ) from None
