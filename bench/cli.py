@@ -27,32 +27,60 @@ import yaml
 from bench import chaos, report, stats
 from workers import exitcodes
 
-
 SWEEPABLE = ("workers", "payload_bytes", "rate")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench", description="Load-test jetsink: publish, sink, account for every message, profile.")
-    p.add_argument("--config", default=None, help="base config (default: the shipped config.yaml); its servers are used unless marked embedded")
+    p = argparse.ArgumentParser(
+        prog="python -m bench", description="Load-test jetsink: publish, sink, account for every message, profile."
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        help="base config (default: the shipped config.yaml); its servers are used unless marked embedded",
+    )
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: the config's)")
     p.add_argument("--instances", type=int, default=1,
                    help="jetsink instances sharing the partitions, each with --workers (default 1)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--messages", type=int, default=None, help="publish this many messages")
     size.add_argument("--duration", type=float, default=None, help="publish for this many seconds (default 60)")
-    p.add_argument("--rate", type=float, default=None, help="target publish rate, messages/s (default: as fast as JetStream acks)")
+    p.add_argument(
+        "--rate", type=float, default=None, help="target publish rate, messages/s (default: as fast as JetStream acks)"
+    )
     p.add_argument("--payload-bytes", type=int, default=350, help="size of each JSON event (default 350)")
     p.add_argument("--preload", action="store_true", help="publish everything first, then time the sink's drain")
-    p.add_argument("--baseline", action="store_true", help="after jetsink, drain the same data with the naive sink and report the speedup")
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="after jetsink, drain the same data with the naive sink and report the speedup",
+    )
     p.add_argument("--sink", choices=("jetsink", "naive"), default="jetsink", help="what to measure (default jetsink)")
-    p.add_argument("--sweep", default=None, metavar="PARAM=V1,V2,...", help=f"one run per value; PARAM in {', '.join(SWEEPABLE)}")
+    p.add_argument(
+        "--sweep", default=None, metavar="PARAM=V1,V2,...", help=f"one run per value; PARAM in {', '.join(SWEEPABLE)}"
+    )
     p.add_argument("--compare", default=None, metavar="OLD/results.json", help="print each metric's ratio new/old")
     p.add_argument("--out", default=None, help="output directory (default bench/results/<UTC timestamp>)")
-    p.add_argument("--keys", type=int, default=256, help="distinct subject keys, spread over the partitions (default 256)")
-    p.add_argument("--traceparent-share", type=float, default=0.1, help="share of messages with a traceparent header (default 0.1)")
-    p.add_argument("--no-profiles", action="store_true", help="skip py-spy and memray (their overhead is part of every profiled run)")
-    p.add_argument("--trace", action="store_true", help="run the sink with observability.enabled (OTLP export per OTEL_* env)")
-    p.add_argument("--stall-timeout", type=float, default=60.0, help="give up when nothing moved for this many seconds (default 60)")
+    p.add_argument(
+        "--keys", type=int, default=256, help="distinct subject keys, spread over the partitions (default 256)"
+    )
+    p.add_argument(
+        "--traceparent-share", type=float, default=0.1, help="share of messages with a traceparent header (default 0.1)"
+    )
+    p.add_argument(
+        "--no-profiles",
+        action="store_true",
+        help="skip py-spy and memray (their overhead is part of every profiled run)",
+    )
+    p.add_argument(
+        "--trace", action="store_true", help="run the sink with observability.enabled (OTLP export per OTEL_* env)"
+    )
+    p.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=60.0,
+        help="give up when nothing moved for this many seconds (default 60)",
+    )
     p.add_argument("--quiet", action="store_true", help="no live progress lines")
     p.add_argument("--chaos", choices=chaos.KINDS, default=None,
                    help="kill -9 this once during the drain (bench/chaos.py)")
@@ -70,7 +98,9 @@ def main(argv: list[str]) -> int:
     if problem:
         print(f"bench: {problem}", file=sys.stderr)
         return exitcodes.CONFIG
-    runs_something = any((args.messages, args.duration, args.sweep, args.preload, args.baseline, args.config, args.sink != "jetsink"))
+    runs_something = any(
+        (args.messages, args.duration, args.sweep, args.preload, args.baseline, args.config, args.sink != "jetsink")
+    )
     if args.compare and args.out and not runs_something and Path(args.out, "results.json").exists():
         # `--compare OLD --out DIR` and nothing to run: compare DIR's results with OLD's.
         return _compare(Path(args.out) / "results.json", Path(args.compare))
@@ -93,7 +123,11 @@ def main(argv: list[str]) -> int:
         print(f"bench: invalid config {config_path}:\n{exc}", file=sys.stderr)
         return exitcodes.CONFIG
 
-    out = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out = (
+        Path(args.out)
+        if args.out
+        else Path(__file__).resolve().parent / "results" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    )
     opts = RunOptions(
         workers=args.workers,
         instances=args.instances,
@@ -182,7 +216,14 @@ def _replace(opts: Any, **changes: Any) -> Any:
     return dataclasses.replace(opts, **changes)
 
 
-def _run_series(base: dict[str, Any], base_dir: Path, param: str | None, series: list[tuple[Any, Any]], out: Path, compare: Path | None) -> int:
+def _run_series(
+    base: dict[str, Any],
+    base_dir: Path,
+    param: str | None,
+    series: list[tuple[Any, Any]],
+    out: Path,
+    compare: Path | None,
+) -> int:
     from bench import harness
     from bench.run import SinkFailed, run_once
 
@@ -229,9 +270,21 @@ def _run_series(base: dict[str, Any], base_dir: Path, param: str | None, series:
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     if param is not None:
-        (out / "sweep.json").write_bytes(orjson.dumps(
-            [{param: v, "throughput_msgs_per_s": r.get("throughput_msgs_per_s"), "cpu_us_per_msg": r.get("cpu_us_per_msg"),
-              "lost": r.get("lost"), "results": f"{param}-{v}/results.json"} for v, r in done], option=orjson.OPT_INDENT_2))
+        (out / "sweep.json").write_bytes(
+            orjson.dumps(
+                [
+                    {
+                        param: v,
+                        "throughput_msgs_per_s": r.get("throughput_msgs_per_s"),
+                        "cpu_us_per_msg": r.get("cpu_us_per_msg"),
+                        "lost": r.get("lost"),
+                        "results": f"{param}-{v}/results.json",
+                    }
+                    for v, r in done
+                ],
+                option=orjson.OPT_INDENT_2,
+            )
+        )
         path = report.write_sweep_report(param, done, out)
         print(f"sweep: {path}")
     if compare is not None and done:

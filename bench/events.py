@@ -61,7 +61,9 @@ class PublishResult:
     last_seq: int
 
 
-async def publish(nc: Any, messages: Iterable[tuple[str, bytes, dict[str, str] | None]], window: int = 2000, stream: str | None = None) -> PublishResult:
+async def publish(
+    nc: Any, messages: Iterable[tuple[str, bytes, dict[str, str] | None]], window: int = 2000, stream: str | None = None
+) -> PublishResult:
     """Publish to JetStream with up to `window` acks outstanding; raises if any is refused.
 
     Every message counts as published only when JetStream acked it.
@@ -92,7 +94,9 @@ async def publish(nc: Any, messages: Iterable[tuple[str, bytes, dict[str, str] |
     return PublishResult(count, first, last)
 
 
-def event_messages(start: int, count: int, payload_bytes: int = 0, prefix: str = "events", keys: int = 16) -> Iterator[tuple[str, bytes, None]]:
+def event_messages(
+    start: int, count: int, payload_bytes: int = 0, prefix: str = "events", keys: int = 16
+) -> Iterator[tuple[str, bytes, None]]:
     """(subject, body, headers) for events start..start+count-1."""
     for i in range(start, start + count):
         yield subject_for(i, prefix, keys), orjson.dumps(make_event(i, payload_bytes)), None

@@ -59,7 +59,10 @@ WORKER_PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ack", ("PartitionRunner._ack (", "PartitionRunner._settle (")),
     # On loopback the kernel delivers what a send() carries, and may process arriving
     # packets, in the sender's time slice: this grows with the bytes received, not sent.
-    ("socket writes (pull requests, acks; kernel)", ("_SelectorSocketTransport.write (", "WriteTransport.writelines (")),
+    (
+        "socket writes (pull requests, acks; kernel)",
+        ("_SelectorSocketTransport.write (", "WriteTransport.writelines ("),
+    ),
     ("epoll (waking up for sockets and the insert thread)", ("EpollSelector.select (",)),
     ("telemetry", ("(workers/telemetry.py:",)),
     # What is left in the insert thread: taking work, handing results back, freeing batches.

@@ -69,7 +69,9 @@ def bring_up(base: dict[str, Any], base_dir: Path, work_dir: Path) -> Servers:
         if nats.get("embedded", False):
             # Go's profiler answers on this port only when asked (NatsProfiler); idle, it costs nothing.
             profile_port = embedded.free_port()
-            server = embedded.start_nats(work_dir / "nats", embedded.free_port(), extra_args=["--profile", str(profile_port)])
+            server = embedded.start_nats(
+                work_dir / "nats", embedded.free_port(), extra_args=["--profile", str(profile_port)]
+            )
             owned.append(server)
             nats_section: dict[str, Any] = {"url": f"nats://{server.host}:{server.port}"}
             nats_pid: int | None = server.pid
@@ -154,7 +156,15 @@ class RunNames:
         )
 
 
-def run_config(base: dict[str, Any], servers: Servers, names: RunNames, workers: int | None, state_dir: Path, memory_profiles: bool, tracing: bool) -> dict[str, Any]:
+def run_config(
+    base: dict[str, Any],
+    servers: Servers,
+    names: RunNames,
+    workers: int | None,
+    state_dir: Path,
+    memory_profiles: bool,
+    tracing: bool,
+) -> dict[str, Any]:
     """The config the bench starts the supervisor with: the base's first pipeline, renamed."""
     pipelines = base.get("pipelines") or []
     if not pipelines:
@@ -456,9 +466,18 @@ class CpuProfiler:
 
         if not self.raw_path.exists():
             note = self.log_path.read_text(errors="replace")[-500:] if self.log_path.exists() else ""
-            return {"cpu_svg": None, "cpu_speedscope": None, "samples": 0, "top": [], "error": note.strip() or "py-spy wrote nothing"}
+            return {
+                "cpu_svg": None,
+                "cpu_speedscope": None,
+                "samples": 0,
+                "top": [],
+                "error": note.strip() or "py-spy wrote nothing",
+            }
         raw = self.raw_path.read_text(errors="replace")
-        return {**_flame_views(raw, f"{self.name} (pid {self.pid})", self.rate, self.raw_path), "parts": flame.worker_parts(raw)}
+        return {
+            **_flame_views(raw, f"{self.name} (pid {self.pid})", self.rate, self.raw_path),
+            "parts": flame.worker_parts(raw),
+        }
 
 
 def _flame_views(raw: str, title: str, rate_hz: int, raw_path: Path) -> dict[str, Any]:
@@ -550,7 +569,12 @@ def collect_memray(state_dir: Path, slot: int, out_dir: Path) -> dict[str, Any]:
         except Exception:
             pass
         htmls = sorted((state_dir / "profiles").glob(f"memray-worker{slot}-*.html"), key=lambda p: p.stat().st_mtime)
-    out: dict[str, Any] = {"memray_html": None, "memray_peak_mb": None, "memray_top": [], "memray_heap_mb_by_minute": []}
+    out: dict[str, Any] = {
+        "memray_html": None,
+        "memray_peak_mb": None,
+        "memray_top": [],
+        "memray_heap_mb_by_minute": [],
+    }
     if not htmls:
         return out
     html = htmls[-1]

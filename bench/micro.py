@@ -41,9 +41,9 @@ from clickhouse_driver.varint import write_varint
 from clickhouse_driver.writer import write_binary_str
 
 from bench.events import EventTemplates
-from workers.settings import ColumnOverride
 from workers import native
 from workers.schema import ColumnMapper, ServerFeatures, TableColumn, compile_mapper
+from workers.settings import ColumnOverride
 from workers.worker import GC_GEN0_THRESHOLD
 
 # The demo table of config.yaml, as system.columns reports it, and its overrides.
@@ -129,7 +129,7 @@ class Serialiser:
             "use_numpy": False,
             "input_format_null_as_default": False,
         }
-        self.columns_with_types = list(zip(column_names, column_types))
+        self.columns_with_types = list(zip(column_names, column_types, strict=False))
         self.socket = CountingSocket(keep)
         self.fout = BufferedSocketWriter(self.socket, defines.BUFFER_SIZE)
         self.stream = BlockOutputStream(self.fout, self.context)
@@ -186,8 +186,15 @@ def delivery_frames(bodies: list[bytes], chunk: int = 256 * 1024) -> list[bytes]
     out = []
     for i, body in enumerate(bodies):
         headers = b"NATS/1.0\r\nNats-Msg-Id: e%012d\r\n\r\n" % i
-        reply = b"$JS.ACK.EVENTS.jetsink_events_3.1.%d.%d.1790000000000000000.%d" % (8 * i + 3, i + 1, len(bodies) - i - 1)
-        out.append(b"HMSG events.3.k%d 7 %b %d %d\r\n%b%b\r\n" % (i % 32, reply, len(headers), len(headers) + len(body), headers, body))
+        reply = b"$JS.ACK.EVENTS.jetsink_events_3.1.%d.%d.1790000000000000000.%d" % (
+            8 * i + 3,
+            i + 1,
+            len(bodies) - i - 1,
+        )
+        out.append(
+            b"HMSG events.3.k%d 7 %b %d %d\r\n%b%b\r\n"
+            % (i % 32, reply, len(headers), len(headers) + len(body), headers, body)
+        )
     data = b"".join(out)
     return [data[i : i + chunk] for i in range(0, len(data), chunk)]
 
@@ -239,7 +246,9 @@ def bench_serialise(serialiser: Serialiser, columns: list[list], repeats: int) -
     return _median_us_per_row(lambda: serialiser.write(columns), rows, repeats)
 
 
-def run(rows: int = DEFAULT_ROWS, repeats: int = DEFAULT_REPEATS, payload_bytes: int = DEFAULT_PAYLOAD_BYTES) -> dict[str, Any]:
+def run(
+    rows: int = DEFAULT_ROWS, repeats: int = DEFAULT_REPEATS, payload_bytes: int = DEFAULT_PAYLOAD_BYTES
+) -> dict[str, Any]:
     """All four steps; a dict of the figures (us/row) and what they were measured on."""
     bodies = demo_bodies(rows, payload_bytes)
     docs = [orjson.loads(b) for b in bodies]
@@ -282,7 +291,9 @@ def format_table(result: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=DEFAULT_ROWS, help=f"events per batch (default {DEFAULT_ROWS})")
-    p.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help=f"timed runs per step (default {DEFAULT_REPEATS})")
+    p.add_argument(
+        "--repeats", type=int, default=DEFAULT_REPEATS, help=f"timed runs per step (default {DEFAULT_REPEATS})"
+    )
     p.add_argument(
         "--payload-bytes", type=int, default=DEFAULT_PAYLOAD_BYTES,
         help=f"size of each JSON event (default {DEFAULT_PAYLOAD_BYTES}, as python -m bench)",

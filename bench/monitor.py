@@ -68,7 +68,7 @@ class NatsThread:
         async def q() -> tuple[dict[str, int], int]:
             infos = await asyncio.gather(*(self.js.consumer_info(stream, c) for c in consumers), return_exceptions=True)
             floors, lag = {}, 0
-            for name, info in zip(consumers, infos):
+            for name, info in zip(consumers, infos, strict=False):
                 if isinstance(info, BaseException):
                     continue
                 floors[name] = info.ack_floor.stream_seq if info.ack_floor else 0
@@ -120,7 +120,18 @@ class Watched:
 class Probe:
     """Polls the table, the consumers and the processes; keeps every Sample."""
 
-    def __init__(self, nats: NatsThread, client: Any, database: str, table: str, stream: str, dlq_stream: str | None, consumers: list[str], watched: Watched, interval: float = 0.1) -> None:
+    def __init__(
+        self,
+        nats: NatsThread,
+        client: Any,
+        database: str,
+        table: str,
+        stream: str,
+        dlq_stream: str | None,
+        consumers: list[str],
+        watched: Watched,
+        interval: float = 0.1,
+    ) -> None:
         self.nats = nats
         self.client = client
         self.database = database

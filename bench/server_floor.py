@@ -34,8 +34,7 @@ import psutil
 
 from bench.events import EventTemplates
 from supervisor import embedded
-from workers import topology
-from workers import intake, wire
+from workers import intake, topology, wire
 
 PULL = 10_000
 WINDOW = 4_000  # publishes awaiting their PubAck
@@ -96,7 +95,9 @@ async def _publish(nc: Any, subjects: list[str], messages: int, payload_bytes: i
             while i - acked >= WINDOW:
                 room.clear()
                 await asyncio.wait_for(room.wait(), 30)
-            await nc.publish(subjects[i % keys], templates.body(i), reply=f"{inbox}.{i}", headers={"Nats-Msg-Id": f"m{i}"})
+            await nc.publish(
+                subjects[i % keys], templates.body(i), reply=f"{inbox}.{i}", headers={"Nats-Msg-Id": f"m{i}"}
+            )
         while acked < messages:
             room.clear()
             await asyncio.wait_for(room.wait(), 30)
@@ -150,7 +151,16 @@ async def _drain(nc: Any, consumers: list[tuple[str, str]], expect: int) -> tupl
     return delivered, acks
 
 
-async def _layout(url: str, layout: str, run: str, messages: int, partitions: int, keys: int, payload_bytes: int, server: psutil.Process) -> Drained:
+async def _layout(
+    url: str,
+    layout: str,
+    run: str,
+    messages: int,
+    partitions: int,
+    keys: int,
+    payload_bytes: int,
+    server: psutil.Process,
+) -> Drained:
     nc = wire.new_client()
     await nc.connect(url, name="server-floor")
     js = nc.jetstream(timeout=10.0)
@@ -192,7 +202,15 @@ async def _layout(url: str, layout: str, run: str, messages: int, partitions: in
         await nc.close()
 
 
-async def measure(messages: int, partitions: int, keys: int, payload_bytes: int, rounds: int, url: str | None = None, pid: int | None = None) -> list[Drained]:
+async def measure(
+    messages: int,
+    partitions: int,
+    keys: int,
+    payload_bytes: int,
+    rounds: int,
+    url: str | None = None,
+    pid: int | None = None,
+) -> list[Drained]:
     """Every layout `rounds` times, interleaved, against the server at url (pid for its CPU)."""
     server = psutil.Process(pid)
     out = []
@@ -219,8 +237,10 @@ def main(argv: list[str] | None = None) -> int:
                                           f"nats://{server.host}:{server.port}", server.pid))
         finally:
             embedded.stop_all(server)
-    print(f"nats-server CPU per message, {args.messages:,} messages of ~{args.payload_bytes} bytes over {args.keys} keys, "
-          f"one AckAll per pull of up to {PULL:,}:")
+    print(
+        f"nats-server CPU per message, {args.messages:,} messages of ~{args.payload_bytes} bytes over {args.keys} keys, "
+        f"one AckAll per pull of up to {PULL:,}:"
+    )
     for r in results:
         print(f"  {r.layout:<34} {r.us_per_msg:6.2f} us/msg  ({r.messages:,} delivered, {r.acks} acks, "
               f"{r.pending_after} left, {r.seconds:.1f} s)")

@@ -54,7 +54,9 @@ def histogram(values: list[float], bins: int = 30) -> list[dict[str, float]]:
     counts = [0] * bins
     for v in values:
         counts[min(int((v - lo) / width), bins - 1)] += 1
-    return [{"lo": round(lo + i * width, 2), "hi": round(lo + (i + 1) * width, 2), "count": c} for i, c in enumerate(counts)]
+    return [
+        {"lo": round(lo + i * width, 2), "hi": round(lo + (i + 1) * width, 2), "count": c} for i, c in enumerate(counts)
+    ]
 
 
 def us_per_msg(cpu_s: float | None, messages: int) -> float | None:
@@ -88,7 +90,17 @@ def ratios(new: Mapping[str, Any], old: Mapping[str, Any], prefix: str = "") -> 
     """
     out: dict[str, float | None] = {}
     for key, value in new.items():
-        if key in ("timeline", "config", "versions", "machine", "histogram", "top_functions", "notes", "profiles", "nats_profile"):
+        if key in (
+            "timeline",
+            "config",
+            "versions",
+            "machine",
+            "histogram",
+            "top_functions",
+            "notes",
+            "profiles",
+            "nats_profile",
+        ):
             continue
         name = f"{prefix}{key}"
         other = old.get(key) if isinstance(old, Mapping) else None
@@ -99,7 +111,7 @@ def ratios(new: Mapping[str, Any], old: Mapping[str, Any], prefix: str = "") -> 
         elif isinstance(value, Mapping) and isinstance(other, Mapping):
             out.update(ratios(value, other, name + "."))
         elif isinstance(value, list) and isinstance(other, list):
-            for i, (a, b) in enumerate(zip(value, other)):
+            for i, (a, b) in enumerate(zip(value, other, strict=False)):
                 if isinstance(a, Mapping) and isinstance(b, Mapping):
                     out.update(ratios(a, b, f"{name}.{i}."))
     return out
@@ -126,7 +138,14 @@ FIGURES_SCHEMA: dict[str, Any] = {
     "workers": list,
     "supervisor": {"cpu_s": _OPT_NUM, "rss_peak_mb": _OPT_NUM},
     "servers": {"nats_cpu_s": _OPT_NUM, "clickhouse_cpu_s": _OPT_NUM, "nats_profile": (dict, type(None))},
-    "cpu_us_per_msg": {"sink": _OPT_NUM, "workers": _OPT_NUM, "supervisor": _OPT_NUM, "nats": _OPT_NUM, "clickhouse": _OPT_NUM, "total": _OPT_NUM},
+    "cpu_us_per_msg": {
+        "sink": _OPT_NUM,
+        "workers": _OPT_NUM,
+        "supervisor": _OPT_NUM,
+        "nats": _OPT_NUM,
+        "clickhouse": _OPT_NUM,
+        "total": _OPT_NUM,
+    },
     "timeline": list,
 }
 
@@ -136,7 +155,12 @@ WORKER_SCHEMA: dict[str, Any] = {
     "cpu_s": _NUM,
     "cpu_pct_avg": _OPT_NUM,
     "rss_peak_mb": _NUM,
-    "profiles": {"cpu_svg": (str, type(None)), "cpu_speedscope": (str, type(None)), "memray_html": (str, type(None)), "memray_peak_mb": _OPT_NUM},
+    "profiles": {
+        "cpu_svg": (str, type(None)),
+        "cpu_speedscope": (str, type(None)),
+        "memray_html": (str, type(None)),
+        "memray_peak_mb": _OPT_NUM,
+    },
 }
 
 RESULTS_SCHEMA: dict[str, Any] = {

@@ -48,7 +48,9 @@ def assign(partitions: Iterable[Partition], slots: int) -> dict[int, tuple[Parti
     return {s: tuple(sorted(ps)) for s, ps in owned.items()}
 
 
-def rebalance(previous: Mapping[int, Iterable[Partition]], partitions: Iterable[Partition], slots: int) -> dict[int, tuple[Partition, ...]]:
+def rebalance(
+    previous: Mapping[int, Iterable[Partition]], partitions: Iterable[Partition], slots: int
+) -> dict[int, tuple[Partition, ...]]:
     """Resize an assignment to `slots` slots, moving as few partitions as the load bound allows.
 
     A partition stays with its owner while that slot still exists and is under
@@ -84,7 +86,9 @@ def owner_of(assignment: Mapping[int, Iterable[Partition]]) -> dict[Partition, i
     return {p: s for s, ps in assignment.items() for p in ps}
 
 
-def moves(old: Mapping[int, Iterable[Partition]], new: Mapping[int, Iterable[Partition]]) -> list[tuple[Partition, int | None, int]]:
+def moves(
+    old: Mapping[int, Iterable[Partition]], new: Mapping[int, Iterable[Partition]]
+) -> list[tuple[Partition, int | None, int]]:
     """Partitions whose owner changes, as (partition, old slot or None, new slot)."""
     before, after = owner_of(old), owner_of(new)
     return [(p, before.get(p), s) for p, s in sorted(after.items()) if before.get(p) != s]

@@ -16,8 +16,8 @@ import sys
 
 from supervisor import dlq_tool, profiles, status
 from supervisor.arbiter import Arbiter
-from workers import exitcodes
 from supervisor.config import Config, ConfigError, load_config
+from workers import exitcodes
 from workers.logs import setup_logging
 
 log = logging.getLogger("jetsink.supervisor")

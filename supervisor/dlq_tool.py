@@ -49,7 +49,7 @@ def original_subject(pattern: str, stored: str) -> str:
     if len(got) != len(tokens) + 1 or not got[first].isdigit():
         raise ValueError(f"subject {stored!r} is not a partitioned subject of {pattern!r}")
     original = got[:first] + got[first + 1:]
-    for want, have in zip(tokens, original):
+    for want, have in zip(tokens, original, strict=False):
         if want != "*" and want != have:
             raise ValueError(f"subject {stored!r} is not a partitioned subject of {pattern!r}")
     return ".".join(original)
@@ -138,7 +138,10 @@ def _list_line(pipeline: str, letter: StoredLetter) -> str:
 
 
 def _show(pipeline: Any, letter: StoredLetter) -> str:
-    lines = [f"dead letter {letter.seq} of pipeline {pipeline.name} in stream {pipeline.dlq_stream}, stored {_when(letter.time)}", "headers:"]
+    lines = [
+        f"dead letter {letter.seq} of pipeline {pipeline.name} in stream {pipeline.dlq_stream}, stored {_when(letter.time)}",
+        "headers:",
+    ]
     lines += [f"  {k}: {v}" for k, v in letter.headers.items()]
     try:
         body = orjson.dumps(orjson.loads(letter.data), option=orjson.OPT_INDENT_2).decode()
@@ -158,16 +161,22 @@ def add_parser(sub: Any) -> None:
 
     def common(a: argparse.ArgumentParser) -> None:
         a.add_argument("--config", default="config.yaml", help="path to config.yaml (default: ./config.yaml)")
-        a.add_argument("--pipeline", help="pipeline name (needed when the config has several, for show and replay by SEQ)")
+        a.add_argument(
+            "--pipeline", help="pipeline name (needed when the config has several, for show and replay by SEQ)"
+        )
 
-    ls = actions.add_parser("list", help="one line per dead letter: seq, time, reason, subject, source stream:seq, error")
+    ls = actions.add_parser(
+        "list", help="one line per dead letter: seq, time, reason, subject, source stream:seq, error"
+    )
     common(ls)
     ls.add_argument("--reason", help="only dead letters with this Jetsink-Reason, e.g. invalid_json")
     ls.add_argument("--limit", type=int, help="at most this many lines per pipeline")
     show = actions.add_parser("show", help="all headers and the body of one dead letter")
     common(show)
     show.add_argument("seq", type=int, help="sequence of the dead letter in the DLQ stream (see `dlq list`)")
-    replay = actions.add_parser("replay", help="republish dead letters to their original subject, then delete them from the DLQ")
+    replay = actions.add_parser(
+        "replay", help="republish dead letters to their original subject, then delete them from the DLQ"
+    )
     common(replay)
     replay.add_argument("seqs", type=int, nargs="*", metavar="SEQ", help="sequences to replay (see `dlq list`)")
     replay.add_argument("--all", action="store_true", help="every dead letter (of --pipeline, or of all pipelines)")
@@ -214,11 +223,15 @@ def _pipelines(config: Any, args: argparse.Namespace) -> list[Any]:
     by_name = {p.name: p for p in config.pipelines}
     if args.pipeline is not None:
         if args.pipeline not in by_name:
-            raise _Usage(f"--pipeline {args.pipeline!r}: no such pipeline in {config.source}; it has {', '.join(by_name)}")
+            raise _Usage(
+                f"--pipeline {args.pipeline!r}: no such pipeline in {config.source}; it has {', '.join(by_name)}"
+            )
         return [by_name[args.pipeline]]
     by_seq = args.action == "show" or (args.action == "replay" and args.seqs)
     if by_seq and len(by_name) > 1:
-        raise _Usage(f"dlq {args.action}: sequences are per DLQ stream; name the pipeline with --pipeline ({', '.join(by_name)})")
+        raise _Usage(
+            f"dlq {args.action}: sequences are per DLQ stream; name the pipeline with --pipeline ({', '.join(by_name)})"
+        )
     return list(config.pipelines)
 
 
@@ -234,8 +247,10 @@ async def _run(config: Any, pipelines: list[Any], args: argparse.Namespace) -> i
             try:
                 await js.stream_info(p.dlq_stream)
             except NotFoundError:
-                raise _Unavailable(f"pipeline {p.name}: DLQ stream {p.dlq_stream} does not exist on {', '.join(config.nats.servers)} "
-                                   "(the supervisor creates it at start)") from None
+                raise _Unavailable(
+                    f"pipeline {p.name}: DLQ stream {p.dlq_stream} does not exist on {', '.join(config.nats.servers)} "
+                    "(the supervisor creates it at start)"
+                ) from None
         if args.action == "list":
             return await _list(js, pipelines, args.reason, args.limit)
         if args.action == "show":
@@ -261,7 +276,10 @@ async def _list(js: Any, pipelines: list[Any], reason: str | None, limit: int | 
 async def _show_one(js: Any, pipeline: Any, seq: int) -> int:
     letter = await fetch_letter(js, pipeline.dlq_stream, seq)
     if letter is None:
-        print(f"jetsink: no dead letter {seq} in {pipeline.dlq_stream} (never stored, or deleted after a replay)", file=sys.stderr)
+        print(
+            f"jetsink: no dead letter {seq} in {pipeline.dlq_stream} (never stored, or deleted after a replay)",
+            file=sys.stderr,
+        )
         return exitcodes.NOT_DONE
     sys.stdout.write(_show(pipeline, letter))
     return 0
@@ -318,17 +336,26 @@ async def _republish(js: Any, p: Any, letter: StoredLetter, subject: str, header
         # the stream instead (JetStream streams never share a subject).
         ack = await js.publish(subject, letter.data, headers=headers or None)
     except (NatsError, asyncio.TimeoutError) as exc:
-        print(f"jetsink: dead letter {letter.seq} in {p.dlq_stream}: publish to {subject} failed: {exc}; kept", file=sys.stderr)
+        print(
+            f"jetsink: dead letter {letter.seq} in {p.dlq_stream}: publish to {subject} failed: {exc}; kept",
+            file=sys.stderr,
+        )
         return False
     if ack.stream != p.stream:
-        print(f"jetsink: dead letter {letter.seq} in {p.dlq_stream}: {subject} was stored by stream {ack.stream} (seq {ack.seq}), "
-              f"not {p.stream}; kept", file=sys.stderr)
+        print(
+            f"jetsink: dead letter {letter.seq} in {p.dlq_stream}: {subject} was stored by stream {ack.stream} (seq {ack.seq}), "
+            f"not {p.stream}; kept",
+            file=sys.stderr,
+        )
         return False
     if ack.duplicate:
         # The producer's Nats-Msg-Id is still within the stream's duplicate window:
         # JetStream dropped the copy. Deleting the letter now would lose the message.
-        print(f"jetsink: dead letter {letter.seq} in {p.dlq_stream}: {p.stream} dropped it as a duplicate "
-              f"(Nats-Msg-Id {headers.get('Nats-Msg-Id')!r} within the duplicate window); kept, try again later", file=sys.stderr)
+        print(
+            f"jetsink: dead letter {letter.seq} in {p.dlq_stream}: {p.stream} dropped it as a duplicate "
+            f"(Nats-Msg-Id {headers.get('Nats-Msg-Id')!r} within the duplicate window); kept, try again later",
+            file=sys.stderr,
+        )
         return False
     done = f"replayed {p.dlq_stream}:{letter.seq} -> {subject} ({p.stream} seq {ack.seq})"
     if keep:
@@ -337,7 +364,10 @@ async def _republish(js: Any, p: Any, letter: StoredLetter, subject: str, header
     try:
         await js.delete_msg(p.dlq_stream, letter.seq)
     except NatsError as exc:
-        print(f"jetsink: {done}, but deleting it from {p.dlq_stream} failed: {exc}; delete it or it may be replayed twice", file=sys.stderr)
+        print(
+            f"jetsink: {done}, but deleting it from {p.dlq_stream} failed: {exc}; delete it or it may be replayed twice",
+            file=sys.stderr,
+        )
         return False
     print(done + "; deleted from the DLQ")
     return True

@@ -230,7 +230,9 @@ class Membership:
             try:
                 self._kv = await js.key_value(BUCKET)
             except nats.js.errors.BucketNotFoundError:
-                raise MembershipError(f"KV bucket {BUCKET} is missing (the supervisor's provision creates it)") from None
+                raise MembershipError(
+                    f"KV bucket {BUCKET} is missing (the supervisor's provision creates it)"
+                ) from None
             self._js = js
             self._revision = await self._join(wait_s)
             self._last_beat_ok = time.monotonic()

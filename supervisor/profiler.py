@@ -103,7 +103,9 @@ class ProfileScheduler:
         ]
         try:
             with open(stderr, "wb") as err:
-                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT, start_new_session=True)
+                proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT, start_new_session=True
+                )
         except OSError as exc:
             self._warn("cannot run py-spy for worker %d: %s; CPU profiles are skipped", slot, exc)
             return
@@ -112,7 +114,11 @@ class ProfileScheduler:
     def _collect(self, slot: int, window: _Window) -> None:
         try:
             if window.process.returncode != 0 or not window.raw.exists():
-                detail = window.stderr.read_text(errors="replace").strip().splitlines()[-1:] if window.stderr.exists() else []
+                detail = (
+                    window.stderr.read_text(errors="replace").strip().splitlines()[-1:]
+                    if window.stderr.exists()
+                    else []
+                )
                 self._warn(
                     "py-spy could not profile worker %d (pid %d, exit %s): %s; continuing without this profile",
                     slot, window.pid, window.process.returncode, detail[0] if detail else "no output",
@@ -135,7 +141,9 @@ class ProfileScheduler:
         speedscope.write_text(json.dumps(flamegraph.to_speedscope(stacks, title, self._cfg.rate_hz)))
         svg.write_text(flamegraph.to_svg(stacks, title))
         samples = sum(count for _, count in stacks)
-        log.info("cpu profile of worker %d: %s (%d samples)", slot, svg, samples, extra={"slot": slot, "profile": str(svg)})
+        log.info(
+            "cpu profile of worker %d: %s (%d samples)", slot, svg, samples, extra={"slot": slot, "profile": str(svg)}
+        )
         if self._cfg.log_base64:
             for path in (speedscope, svg):
                 log.info(
@@ -147,7 +155,7 @@ class ProfileScheduler:
 
     def stop(self) -> None:
         """Stop running windows (their partial output is dropped)."""
-        for slot, window in list(self._running.items()):
+        for _slot, window in list(self._running.items()):
             if window.process.poll() is None:
                 window.process.terminate()
             try:

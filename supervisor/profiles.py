@@ -56,6 +56,9 @@ def run_extract(args: argparse.Namespace) -> int:
             print(out / name)
             count += 1
     if not count:
-        print(f"jetsink: no logged profiles in {args.logfile} (is observability.profiling.log_base64 on?)", file=sys.stderr)
+        print(
+            f"jetsink: no logged profiles in {args.logfile} (is observability.profiling.log_base64 on?)",
+            file=sys.stderr,
+        )
         return 1
     return 0

@@ -16,11 +16,11 @@ from nats.js.errors import NotFoundError
 
 from supervisor.config import Config, Pipeline
 from supervisor.members import BUCKET as MEMBERS_BUCKET
-from workers.commits import bucket_name
-from workers.topology import PRIORITY_GROUP, consumer_name, partition_filter, transform_destination
 from workers import sink
+from workers.commits import bucket_name
 from workers.connections import clickhouse_client, clickhouse_where, connect_nats
 from workers.schema import ServerFeatures
+from workers.topology import PRIORITY_GROUP, consumer_name, partition_filter, transform_destination
 
 log = logging.getLogger("jetsink.provision")
 
@@ -103,7 +103,9 @@ async def _ensure_members(js: Any, replicas: int) -> None:
             bucket=MEMBERS_BUCKET, history=1, replicas=replicas, storage=api.StorageType.FILE,
             limit_marker_ttl=MEMBERS_MARKER_TTL_S))
     except Exception as exc:
-        raise ProvisionError(f"cannot create the members bucket {MEMBERS_BUCKET} (needs nats-server 2.11+): {exc}") from exc
+        raise ProvisionError(
+            f"cannot create the members bucket {MEMBERS_BUCKET} (needs nats-server 2.11+): {exc}"
+        ) from exc
     log.info("created the members bucket %s (%d replicas)", MEMBERS_BUCKET, replicas)
 
 
@@ -151,7 +153,9 @@ async def _ensure_dlq(js: Any, p: Pipeline, replicas: int = 1) -> None:
         return
     await _scale(js, info.config, replicas)
     if p.dlq_subject not in (info.config.subjects or []):
-        raise ProvisionError(f"pipelines {p.name}: dlq stream {p.dlq_stream} exists but does not take subject {p.dlq_subject!r}")
+        raise ProvisionError(
+            f"pipelines {p.name}: dlq stream {p.dlq_stream} exists but does not take subject {p.dlq_subject!r}"
+        )
 
 
 async def _ensure_commits(js: Any, p: Pipeline) -> None:
@@ -200,7 +204,9 @@ async def _ensure_consumers(nc: Any, p: Pipeline) -> None:
                 log.warning(
                     "pipeline %s: consumers ack each message (made by an earlier version), which costs the NATS "
                     "server ~2x the CPU per message; to move to per-batch acks, stop the sink when the stream is "
-                    "drained and delete the consumers %s (they are recreated)", p.name, consumer_name(p.name, 0).rsplit("_", 1)[0] + "_*",
+                    "drained and delete the consumers %s (they are recreated)",
+                    p.name,
+                    consumer_name(p.name, 0).rsplit("_", 1)[0] + "_*",
                     extra={"pipeline": p.name},
                 )
         want = api.ConsumerConfig(
@@ -220,7 +226,9 @@ async def _ensure_consumers(nc: Any, p: Pipeline) -> None:
         try:
             await create_consumer(nc, p.stream, want)
         except Exception as exc:
-            raise ProvisionError(f"pipelines {p.name}: cannot create or update consumer {name} on stream {p.stream}: {exc}") from exc
+            raise ProvisionError(
+                f"pipelines {p.name}: cannot create or update consumer {name} on stream {p.stream}: {exc}"
+            ) from exc
 
 
 async def create_consumer(nc: Any, stream: str, config: api.ConsumerConfig) -> dict:

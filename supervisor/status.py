@@ -356,7 +356,7 @@ def render_status_table(snapshot: Mapping | None, now: float | None = None) -> s
             str(w.get("restarts", 0)),
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = [head, ""] + ["  ".join(cell.ljust(width) for cell, width in zip(r, widths)).rstrip() for r in rows]
+    lines = [head, ""] + ["  ".join(cell.ljust(width) for cell, width in zip(r, widths, strict=False)).rstrip() for r in rows]
     members = snapshot.get("instances") or []
     if members:
         lines += ["", f"instances ({len(members)} live, this one is {snapshot.get('instance_id')}):", ""]
@@ -371,7 +371,7 @@ def render_status_table(snapshot: Mapping | None, now: float | None = None) -> s
                 str(m.get("lag", 0)),
             ))
         widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-        lines += ["  ".join(cell.ljust(width) for cell, width in zip(r, widths)).rstrip() for r in table]
+        lines += ["  ".join(cell.ljust(width) for cell, width in zip(r, widths, strict=False)).rstrip() for r in table]
     lines += _schema_table(snapshot.get("schemas") or {}, now)
     dropped: dict[str, int] = {}
     for w in workers:
@@ -407,7 +407,7 @@ def _schema_table(schemas: Mapping, now: float) -> list[str]:
         if t.get("problem"):
             notes.append(f"  {pipeline}: {t['problem']}")
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    return ["", *("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows), *notes]
+    return ["", *("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in rows), *notes]
 
 
 # --------------------------------------------------------------------------- the HTTP server

@@ -101,7 +101,11 @@ class Notifier:
         except OSError as exc:
             if not self._warned:
                 self._warned = True
-                log.warning("cannot notify systemd at %s: %s (further failures are not logged)", self._address.replace("\0", "@"), exc)
+                log.warning(
+                    "cannot notify systemd at %s: %s (further failures are not logged)",
+                    self._address.replace("\0", "@"),
+                    exc,
+                )
 
     def close(self) -> None:
         """Close the socket (notifications after this reopen it)."""

@@ -62,7 +62,9 @@ class AckTracker:
         """
         first = intake.parse_ack_subject(msgs[0][REPLY])
         last = intake.parse_ack_subject(msgs[-1][REPLY])
-        contiguous = first.consumer_seq == self.last_seen + 1 and last.consumer_seq - first.consumer_seq + 1 == len(msgs)
+        contiguous = first.consumer_seq == self.last_seen + 1 and last.consumer_seq - first.consumer_seq + 1 == len(
+            msgs
+        )
         self.last_seen = last.consumer_seq
         if self.clean and contiguous:
             return self._highest(msgs) if redelivered else msgs[-1][REPLY]
@@ -89,7 +91,9 @@ class AckTracker:
         """
         return max((m[REPLY] for m in msgs), key=lambda r: intake.parse_ack_subject(r).stream_seq)
 
-    def reconcile(self, num_ack_pending: int, delivered_consumer_seq: int, ack_floor_stream_seq: int = 0) -> bytes | None:
+    def reconcile(
+        self, num_ack_pending: int, delivered_consumer_seq: int, ack_floor_stream_seq: int = 0
+    ) -> bytes | None:
         """Dirty, with no pull request open and every received batch stored: compare with the
         consumer's info.  Returns the ack subject that settles everything held (and the
         tracker is clean again), or None while some unacked delivery is not in our hands.

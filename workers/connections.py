@@ -83,7 +83,9 @@ async def connect_nats(cfg: Any, name: str, initial_attempts: int = 2, **overrid
         await nc.connect(**opts)
     except Exception as exc:  # nats-py raises a zoo of types here; the user needs one message
         hint = " (embedded: true - is the supervisor running?)" if cfg.embedded else ""
-        raise ConnectionError(f"cannot connect to nats {','.join(cfg.servers)}{hint}: {exc or type(exc).__name__}") from exc
+        raise ConnectionError(
+            f"cannot connect to nats {','.join(cfg.servers)}{hint}: {exc or type(exc).__name__}"
+        ) from exc
     connected = True
     nc.options["max_reconnect_attempts"] = -1
     return nc

@@ -77,7 +77,9 @@ class DeadLetter:
         return hdrs
 
 
-async def publish_dead_letters(nc: Any, stream: str, subject: str, letters: list[DeadLetter], timeout: float = 10.0) -> None:
+async def publish_dead_letters(
+    nc: Any, stream: str, subject: str, letters: list[DeadLetter], timeout: float = 10.0
+) -> None:
     """Publish `letters` to the DLQ and wait until JetStream has stored every one.
 
     Raises if any is not stored: the caller must then not ack the originals.
@@ -86,11 +88,17 @@ async def publish_dead_letters(nc: Any, stream: str, subject: str, letters: list
         return
     # The batch span current in the caller's task, so a dead letter leads to its trace.
     batch_span = current_traceparent()
-    extra = {H_BATCH_TRACEPARENT: batch_span, "Nats-Expected-Stream": stream} if batch_span else {"Nats-Expected-Stream": stream}
+    extra = (
+        {H_BATCH_TRACEPARENT: batch_span, "Nats-Expected-Stream": stream}
+        if batch_span
+        else {"Nats-Expected-Stream": stream}
+    )
     # Publish all, then await the acks together: one round trip for the lot.
     futures = [nc.request(subject, dl.data, timeout=timeout, headers={**dl.headers(), **extra}) for dl in letters]
     replies = await asyncio.gather(*futures)
-    for dl, reply in zip(letters, replies):
+    for dl, reply in zip(letters, replies, strict=False):
         body = orjson.loads(reply.data)
         if "error" in body:
-            raise RuntimeError(f"dlq stream {stream} refused dead letter of {dl.subject} seq {dl.stream_seq}: {body['error']}")
+            raise RuntimeError(
+                f"dlq stream {stream} refused dead letter of {dl.subject} seq {dl.stream_seq}: {body['error']}"
+            )

@@ -276,8 +276,12 @@ class PartitionRunner:
             self._outstanding = 0
             self._wake.set()
             return
-        if status == intake.CONFLICT and description != "Batch Completed" and "Leadership Change" not in (description or "") \
-                and not (self.dirty and "MaxAckPending" in (description or "")):
+        if (
+            status == intake.CONFLICT
+            and description != "Batch Completed"
+            and "Leadership Change" not in (description or "")
+            and not (self.dirty and "MaxAckPending" in (description or ""))
+        ):
             # "Batch Completed" is the normal end of a request capped by max_bytes, a
             # leadership change that of a failover; while acks are held, reaching
             # max_ack_pending is expected.
@@ -342,7 +346,9 @@ class PartitionRunner:
                 # and JetStream redelivers, instead of stalling silently.
                 self._unanswered = self._unanswered + 1 if self._nc.is_connected else 0
                 if self._unanswered >= MAX_UNANSWERED_PULLS:
-                    raise ConnectionError(f"partition {self.name}: {self._unanswered} pull requests unanswered on a connected NATS client")
+                    raise ConnectionError(
+                        f"partition {self.name}: {self._unanswered} pull requests unanswered on a connected NATS client"
+                    )
             dirty = self.dirty
             if dirty:
                 await self._keep_held_alive(now)
@@ -351,7 +357,9 @@ class PartitionRunner:
             # While acks are held, a batch is sealed only once its request is over, so
             # that when its commit ends nothing is in flight (see _reconcile).
             if batch and (
-                self._outstanding == 0 if dirty else (batch.full or now >= deadline or (self._stopping and self._outstanding == 0))
+                self._outstanding == 0
+                if dirty
+                else (batch.full or now >= deadline or (self._stopping and self._outstanding == 0))
             ):
                 self._batch = self._new_batch()
                 self._in_hand.append(batch)
@@ -567,7 +575,9 @@ class PartitionRunner:
                     "dead-lettered %s seq %d: %s: %s", dl.subject, dl.stream_seq, dl.reason, dl.error,
                     extra=self._log_extra,
                 )
-            await self._retrying("dlq publish", publish_dead_letters, self._nc, pipeline.dlq_stream, pipeline.dlq_subject, prepared.dead)
+            await self._retrying(
+                "dlq publish", publish_dead_letters, self._nc, pipeline.dlq_stream, pipeline.dlq_subject, prepared.dead
+            )
         if prepared.rows:
             # A table changed under the batch has its rows mapped again (remapped: what the new mapping refused).
             attempts = count()
@@ -630,7 +640,9 @@ class PartitionRunner:
                 mapped(parts[-1])
         return join_prepared(parts)
 
-    async def _retrying(self, what: str, fn: Callable[..., Awaitable[Any]], *args: Any, keep_alive: list[tuple] | None = None) -> Any:
+    async def _retrying(
+        self, what: str, fn: Callable[..., Awaitable[Any]], *args: Any, keep_alive: list[tuple] | None = None
+    ) -> Any:
         """Await fn(*args) until it succeeds, backing off (capped, jittered) between tries.
 
         While it fails the partition stops pulling (its queue is full), and the

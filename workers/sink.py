@@ -116,7 +116,14 @@ def compile_columns(
     )
 
 
-def insert(client: Client, table: str, database: str, column_names: Sequence[str], columns: list[list], settings: dict | None = None) -> int:
+def insert(
+    client: Client,
+    table: str,
+    database: str,
+    column_names: Sequence[str],
+    columns: list[list],
+    settings: dict | None = None,
+) -> int:
     """Insert columnar data; returns the row count ClickHouse accepted."""
     return send_insert(client, insert_statement(table, database, column_names), columns, settings)
 

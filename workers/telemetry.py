@@ -202,13 +202,19 @@ class OtelTelemetry(Telemetry):
         self.slot = slot
         self.resource = Resource.create(resource_attributes(role, slot))
         # OTEL_TRACES_SAMPLER set: the SDK reads it (and _ARG); otherwise our ratio.
-        sampler = None if os.environ.get("OTEL_TRACES_SAMPLER") else ParentBased(TraceIdRatioBased(observability.traces.sample_ratio))
+        sampler = (
+            None
+            if os.environ.get("OTEL_TRACES_SAMPLER")
+            else ParentBased(TraceIdRatioBased(observability.traces.sample_ratio))
+        )
         span_exporter, metric_exporter, log_exporter, self._export_guards = exporters.build()
         # shutdown() is bounded; the SDK's own atexit shutdown would wait out a dead collector.
         self._tracer_provider = TracerProvider(resource=self.resource, sampler=sampler, shutdown_on_exit=False)
         self._tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
         self.tracer = self._tracer_provider.get_tracer("jetsink")
-        reader = PeriodicExportingMetricReader(metric_exporter, export_interval_millis=observability.metrics.interval_s * 1000)
+        reader = PeriodicExportingMetricReader(
+            metric_exporter, export_interval_millis=observability.metrics.interval_s * 1000
+        )
         self._meter_provider = MeterProvider(resource=self.resource, metric_readers=[reader], shutdown_on_exit=False)
         self._instruments(self._meter_provider.get_meter("jetsink"))
         self._logger_provider = self._log_handler = None
@@ -218,16 +224,35 @@ class OtelTelemetry(Telemetry):
         self._pending_sources: list[Callable[[], Iterable[tuple[str, int, int]]]] = []
 
     def _instruments(self, meter: Any) -> None:
-        self._consumed = meter.create_counter("jetsink.messages.consumed", "{message}", "Messages taken from JetStream and committed (inserted, dead-lettered and acked).")
+        self._consumed = meter.create_counter(
+            "jetsink.messages.consumed",
+            "{message}",
+            "Messages taken from JetStream and committed (inserted, dead-lettered and acked).",
+        )
         self._rows = meter.create_counter("jetsink.rows.inserted", "{row}", "Rows ClickHouse accepted.")
-        self._bytes = meter.create_counter("jetsink.bytes.inserted", "By", "Payload bytes of the messages whose rows ClickHouse accepted.")
+        self._bytes = meter.create_counter(
+            "jetsink.bytes.inserted", "By", "Payload bytes of the messages whose rows ClickHouse accepted."
+        )
         self._batch_rows = meter.create_histogram("jetsink.batch.rows", "{row}", "Messages per committed batch.")
-        self._insert_duration = meter.create_histogram("jetsink.insert.duration", "s", "Duration of one ClickHouse INSERT (prepare + send).")
-        self._freshness = meter.create_histogram("jetsink.freshness", "s", "From JetStream storing a message to its batch being acked.")
+        self._insert_duration = meter.create_histogram(
+            "jetsink.insert.duration", "s", "Duration of one ClickHouse INSERT (prepare + send)."
+        )
+        self._freshness = meter.create_histogram(
+            "jetsink.freshness", "s", "From JetStream storing a message to its batch being acked."
+        )
         self._dlq = meter.create_counter("jetsink.dlq.messages", "{message}", "Messages dead-lettered, by reason.")
-        self._retries = meter.create_counter("jetsink.retries", "{retry}", "Failed attempts at an insert or a DLQ publish that were retried.")
-        self._restarts = meter.create_counter("jetsink.worker.restarts", "{restart}", "Workers respawned by the supervisor after dying.")
-        meter.create_observable_gauge("jetsink.consumer.pending", [self._observe_pending], "{message}", "Messages left in a partition's consumer at its last delivery.")
+        self._retries = meter.create_counter(
+            "jetsink.retries", "{retry}", "Failed attempts at an insert or a DLQ publish that were retried."
+        )
+        self._restarts = meter.create_counter(
+            "jetsink.worker.restarts", "{restart}", "Workers respawned by the supervisor after dying."
+        )
+        meter.create_observable_gauge(
+            "jetsink.consumer.pending",
+            [self._observe_pending],
+            "{message}",
+            "Messages left in a partition's consumer at its last delivery.",
+        )
         meter.create_observable_counter(
             "jetsink.telemetry.dropped", [self._observe_dropped], "{item}",
             "Spans, metric points and log records dropped because their OTLP endpoint was unreachable.",
@@ -454,7 +479,11 @@ class OtelTelemetry(Telemetry):
     def batch_committed(self, target: Any, msgs: list[Any], prepared: Any) -> None:
         from workers import intake
 
-        labels = _BATCH_LABELS.get() or {A_PIPELINE: target.pipeline.name, A_PARTITION: target.index, A_SLOT: target.worker}
+        labels = _BATCH_LABELS.get() or {
+            A_PIPELINE: target.pipeline.name,
+            A_PARTITION: target.index,
+            A_SLOT: target.worker,
+        }
         dead_bytes = 0
         span = trace.get_current_span()
         for dl in prepared.dead:
@@ -473,7 +502,9 @@ class OtelTelemetry(Telemetry):
         # The oldest and the newest message of the batch: the range of its freshness
         # without a histogram observation per message.
         for msg in (msgs[0], msgs[-1]) if len(msgs) > 1 else msgs:
-            self._freshness.record(max(0, now_ns - intake.parse_ack_subject(msg[wire.REPLY]).timestamp_ns) / 1e9, labels)
+            self._freshness.record(
+                max(0, now_ns - intake.parse_ack_subject(msg[wire.REPLY]).timestamp_ns) / 1e9, labels
+            )
         span.set_attribute("jetsink.rows", prepared.rows)
         span.set_attribute("jetsink.bytes", total_bytes)
         span.set_attribute("jetsink.dead_lettered", len(prepared.dead))

@@ -197,7 +197,9 @@ async def send(nc: Any, commands: bytes) -> None:
         raise errors.ConnectionClosedError
     if nc.is_draining_pubs:
         raise errors.ConnectionDrainingError
-    if not nc.is_connected and (nc._max_pending_size <= 0 or len(commands) + nc._pending_data_size > nc._max_pending_size):
+    if not nc.is_connected and (
+        nc._max_pending_size <= 0 or len(commands) + nc._pending_data_size > nc._max_pending_size
+    ):
         raise errors.OutboundBufferLimitError
     await nc._send_command(commands)
     if nc._flush_queue is not None and nc._flush_queue.empty():

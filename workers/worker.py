@@ -29,16 +29,16 @@ from functools import partial
 from typing import Any
 
 from workers import commits, exitcodes, faults, indoubt, native, sink
-from workers.logs import setup_logging
-from workers.settings import Config, profiles_dir
-from workers.topology import consumer_name
 from workers.connections import clickhouse_client, clickhouse_where, connect_nats
+from workers.logs import setup_logging
 from workers.partition import PartitionRunner, PartitionTarget
 from workers.profiling import memory_profile
 from workers.schema import ServerFeatures
+from workers.settings import Config, profiles_dir
 from workers.table_schema import SchemaWatch, TableSchema
 from workers.telemetry import Telemetry
 from workers.telemetry import setup as setup_telemetry
+from workers.topology import consumer_name
 
 log = logging.getLogger("jetsink.worker")
 
@@ -59,7 +59,9 @@ class BootError(Exception):
 class Worker:
     """The event loop side of a worker process."""
 
-    def __init__(self, slot: int, config: Config, conn: Any, heartbeat: Any, telemetry: Telemetry | None = None) -> None:
+    def __init__(
+        self, slot: int, config: Config, conn: Any, heartbeat: Any, telemetry: Telemetry | None = None
+    ) -> None:
         self.slot = slot
         self.config = config
         self._telemetry = telemetry or Telemetry()
@@ -150,7 +152,12 @@ class Worker:
                 self._beat()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-        log.info("worker ready: %s, nats %s", where, ",".join(cfg.nats.servers), extra={"clickhouse_version": ".".join(map(str, version))})
+        log.info(
+            "worker ready: %s, nats %s",
+            where,
+            ",".join(cfg.nats.servers),
+            extra={"clickhouse_version": ".".join(map(str, version))},
+        )
 
     def _read_control(self) -> None:
         try:
@@ -178,16 +185,25 @@ class Worker:
                 # when the server is back (seen in the chaos tests). A fresh process
                 # connects cleanly; its boot waits for NATS if it really is down, and
                 # JetStream redelivers whatever this one had not acked.
-                log.error("nats %s: not connected for %.0fs; restarting the worker", ",".join(self.config.nats.servers), now - self._nats_down_since)
+                log.error(
+                    "nats %s: not connected for %.0fs; restarting the worker",
+                    ",".join(self.config.nats.servers),
+                    now - self._nats_down_since,
+                )
                 sys.stdout.flush()
                 os._exit(1)
-            for key, runner in list(self._runners.items()):
+            for _key, runner in list(self._runners.items()):
                 stalled = runner.stalled_for(now)
                 if stalled > STALL_TIMEOUT_S:
                     # Liveness is progress: a partition stuck this long is a bug we must
                     # not sit on. Dump where it is stuck and let the supervisor restart
                     # us; JetStream redelivers what was not acked.
-                    log.error("partition %s made no progress for %.0fs; exiting. Stacks:\n%s", runner.name, stalled, runner.stacks())
+                    log.error(
+                        "partition %s made no progress for %.0fs; exiting. Stacks:\n%s",
+                        runner.name,
+                        stalled,
+                        runner.stacks(),
+                    )
                     sys.stdout.flush()
                     os._exit(1)
                 exc = runner.failed()

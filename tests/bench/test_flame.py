@@ -96,7 +96,9 @@ def test_where_cpu_went_weights_workers_by_their_samples():
             {"profiles": {"samples": 100, "parts": [{"part": "map", "pct": 60.0}, {"part": "intake", "pct": 40.0}]}},
             {"profiles": {"samples": 300, "parts": [{"part": "map", "pct": 20.0}, {"part": "intake", "pct": 80.0}]}},
         ],
-        "servers": {"nats_profile": {"parts": [{"part": "message lookup", "pct": 50.0}, {"part": "acks", "pct": 50.0}]}},
+        "servers": {
+            "nats_profile": {"parts": [{"part": "message lookup", "pct": 50.0}, {"part": "acks", "pct": 50.0}]}
+        },
     }
     assert where_cpu_went(figures, top=1) == [
         "workers (10.0 us/msg): intake 70% (7.0 us)",  # (40 x 100 + 80 x 300) / 400

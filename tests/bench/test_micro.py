@@ -48,7 +48,7 @@ def _expected_block_size(names, types, columns) -> int:
     size = 1 + 1  # packet type Data, empty temporary-table name
     size += 8  # block info: field 1 (is_overflows), field 2 (bucket_num Int32), end
     size += _varint_size(len(names)) + _varint_size(rows)
-    for name, type_text, values in zip(names, types, columns):
+    for name, type_text, values in zip(names, types, columns, strict=False):
         size += _str_size(name) + _str_size(type_text) + 1  # + "no custom serialization"
         size += _column_size(type_text, values)
     return size
@@ -98,8 +98,8 @@ def test_serialised_block_reads_back_as_the_mapped_rows():
         a.close()
         b.close()
     assert [n for n, _ in block.columns_with_types] == list(names)
-    back = dict(zip(names, block.get_columns()))
-    sent = dict(zip(names, columns))
+    back = dict(zip(names, block.get_columns(), strict=False))
+    sent = dict(zip(names, columns, strict=False))
     for name in ("event_id", "user_id", "kind", "amount", "country", "tags", "session_id", "payload"):
         assert list(back[name]) == sent[name], name
     # Read back as naive datetimes in the local zone, the serialiser's "server" zone.
@@ -127,7 +127,13 @@ def test_run_and_main_report_every_step(capsys):
     assert micro.main(["--rows", "12", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "12 demo events" in out
-    for label in ("intake (wire, batch, ack)", "orjson.loads", "ColumnMapper.map_rows", "driver serialisation", "total"):
+    for label in (
+        "intake (wire, batch, ack)",
+        "orjson.loads",
+        "ColumnMapper.map_rows",
+        "driver serialisation",
+        "total",
+    ):
         assert label in out
 
 

@@ -63,7 +63,11 @@ def test_breakdown_covers_every_sample_once(profile):
 
 
 def test_the_first_matching_rule_wins():
-    lookup = ["server.(*consumer).loopAndGatherMsgs", "server.(*consumer).getNextMsg", "server.(*fileStore).LoadNextMsg"]
+    lookup = [
+        "server.(*consumer).loopAndGatherMsgs",
+        "server.(*consumer).getNextMsg",
+        "server.(*fileStore).LoadNextMsg",
+    ]
     deliver = ["server.(*consumer).loopAndGatherMsgs", "server.(*consumer).deliverMsg"]
     gc = ["runtime.gcBgMarkWorker", "runtime.gcDrain"]
     mixed = ["server.(*client).readLoop", "runtime.mallocgc"]
@@ -76,7 +80,9 @@ def test_the_first_matching_rule_wins():
 
 
 def test_short_names():
-    assert pprof.short_name("github.com/nats-io/nats-server/v2/server.(*client).readLoop") == "server.(*client).readLoop"
+    assert (
+        pprof.short_name("github.com/nats-io/nats-server/v2/server.(*client).readLoop") == "server.(*client).readLoop"
+    )
     assert pprof.short_name('x.(*T[go.shape.struct { A uint64 "j:\\"a\\""; B []int }]).M') == "x.(*T[...]).M"
     assert pprof.short_name("runtime.memmove") == "runtime.memmove"
 

@@ -83,7 +83,9 @@ def test_profiles_exist_and_parse(run):
         nats = figures["servers"]["nats_profile"]
         assert nats["error"] is None and nats["samples"] > 0
         assert abs(sum(p["pct"] for p in nats["parts"]) - 100) < 1
-        stacks = flamegraph.parse_collapsed((out / "profiles" / Path(nats["cpu_svg"]).name.replace(".svg", ".collapsed.txt")).read_text())
+        stacks = flamegraph.parse_collapsed(
+            (out / "profiles" / Path(nats["cpu_svg"]).name.replace(".svg", ".collapsed.txt")).read_text()
+        )
         assert sum(c for _, c in stacks) == nats["samples"]
         assert any("(*consumer)." in f for frames, _ in stacks for f in frames)  # the server delivered to a consumer
         ET.parse(out / nats["cpu_svg"])

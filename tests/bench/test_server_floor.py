@@ -19,7 +19,7 @@ def test_every_layout_delivers_each_message_once_and_acks_it(nats_server, nats_u
     results = asyncio.run(server_floor.measure(messages, partitions, keys=16, payload_bytes=200, rounds=1,
                                                url=nats_url, pid=nats_server.pid))
     assert [r.layout for r in results] == [layout.replace("P", str(partitions)) for layout in server_floor.LAYOUTS]
-    for r, consumers in zip(results, (partitions, partitions, 1)):
+    for r, consumers in zip(results, (partitions, partitions, 1), strict=False):
         assert r.messages == messages, r
         assert r.pending_after == 0, r
         assert r.acks >= consumers, r  # every consumer was pulled from and acked

@@ -57,14 +57,36 @@ def test_ratios_walk_numbers_and_skip_the_rest():
 
 def _figures(sink: str = "jetsink") -> dict:
     return {
-        "sink": sink, "published": 10, "inserted": 10, "unique_inserted": 10, "dlq": 0, "duplicates": 0, "lost": 0,
-        "throughput_msgs_per_s": 5.0, "window_s": 2.0,
+        "sink": sink,
+        "published": 10,
+        "inserted": 10,
+        "unique_inserted": 10,
+        "dlq": 0,
+        "duplicates": 0,
+        "lost": 0,
+        "throughput_msgs_per_s": 5.0,
+        "window_s": 2.0,
         "latency_ms": {"p50": None, "p95": None, "p99": None, "max": None, "samples": 0},
-        "workers": [{"slot": 0, "pid": 1, "cpu_s": 1.0, "cpu_pct_avg": 50.0, "rss_peak_mb": 80.0,
-                     "profiles": {"cpu_svg": None, "cpu_speedscope": None, "memray_html": None, "memray_peak_mb": None}}],
+        "workers": [
+            {
+                "slot": 0,
+                "pid": 1,
+                "cpu_s": 1.0,
+                "cpu_pct_avg": 50.0,
+                "rss_peak_mb": 80.0,
+                "profiles": {"cpu_svg": None, "cpu_speedscope": None, "memray_html": None, "memray_peak_mb": None},
+            }
+        ],
         "supervisor": {"cpu_s": 0.1, "rss_peak_mb": 50.0},
         "servers": {"nats_cpu_s": 0.5, "clickhouse_cpu_s": 0.4, "nats_profile": None},
-        "cpu_us_per_msg": {"sink": 1.0, "workers": 1.0, "supervisor": 0.0, "nats": 1.0, "clickhouse": 1.0, "total": 3.0},
+        "cpu_us_per_msg": {
+            "sink": 1.0,
+            "workers": 1.0,
+            "supervisor": 0.0,
+            "nats": 1.0,
+            "clickhouse": 1.0,
+            "total": 3.0,
+        },
         "timeline": [],
     }
 

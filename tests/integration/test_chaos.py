@@ -32,7 +32,9 @@ def _assert_all_arrived(sup, client, db, total, timeout=180):
     rows, distinct = _accounting(client, db, total)
     assert distinct == total
     # No event_id outside what was published.
-    assert client.execute(f"SELECT count() FROM {db}.events WHERE toUInt64(substring(event_id, 2)) >= {total}")[0][0] == 0
+    assert (
+        client.execute(f"SELECT count() FROM {db}.events WHERE toUInt64(substring(event_id, 2)) >= {total}")[0][0] == 0
+    )
     return rows - distinct  # duplicates
 
 
@@ -56,7 +58,7 @@ def _ownership_intervals(sup):
 def _assert_never_two_owners(sup):
     for part, intervals in _ownership_intervals(sup).items():
         intervals.sort()
-        for (s1, e1, slot1), (s2, e2, slot2) in zip(intervals, intervals[1:]):
+        for (_s1, e1, slot1), (s2, _e2, slot2) in zip(intervals, intervals[1:], strict=False):
             assert s2 >= e1, f"partition {part}: slot {slot2} acquired at {s2} before slot {slot1} released at {e1}"
 
 
@@ -78,7 +80,9 @@ def test_resize_by_hup_and_signals_during_load(tmp_path, nats_url, clickhouse_se
 
         sup.wait(lambda: load.published > 5000, 60, "load under way")
         set_workers(3)
-        sup.wait(lambda: any(w["slot"] == 2 and w["partitions"] for w in sup.workers()), 60, "worker 2 owning partitions")
+        sup.wait(
+            lambda: any(w["slot"] == 2 and w["partitions"] for w in sup.workers()), 60, "worker 2 owning partitions"
+        )
 
         sup.proc.send_signal(signal.SIGTTOU)
         sup.wait(lambda: [w["slot"] for w in sup.workers()] == [0, 1], 60, "worker 2 retired after SIGTTOU")
@@ -125,7 +129,11 @@ def test_term_during_load_then_restart(tmp_path, nats_url, clickhouse_server, cl
     try:
         sup.wait_acquired(4)
         load.start()
-        sup.wait(lambda: clickhouse_client.execute(f"SELECT count() FROM {ch_database}.events")[0][0] > 3000, 60, "rows flowing")
+        sup.wait(
+            lambda: clickhouse_client.execute(f"SELECT count() FROM {ch_database}.events")[0][0] > 3000,
+            60,
+            "rows flowing",
+        )
         assert sup.terminate() == 0
         assert sup.logged("all workers drained")
     finally:
@@ -184,7 +192,11 @@ def test_nats_server_restart(tmp_path, clickhouse_server, clickhouse_client, ch_
             sup.wait_acquired(4)
             load = Load(url, prefix, 0, total, RATE)
             load.start()
-            sup.wait(lambda: clickhouse_client.execute(f"SELECT count() FROM {ch_database}.events")[0][0] > 3000, 60, "rows flowing")
+            sup.wait(
+                lambda: clickhouse_client.execute(f"SELECT count() FROM {ch_database}.events")[0][0] > 3000,
+                60,
+                "rows flowing",
+            )
             server.stop()
             server = embedded.start_nats(nats_dir, port)
             assert load.join_checked(120) == total
@@ -197,7 +209,9 @@ def test_nats_server_restart(tmp_path, clickhouse_server, clickhouse_client, ch_
         server.stop()
 
 
-def test_rows_the_server_refuses_are_isolated_and_dead_lettered(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
+def test_rows_the_server_refuses_are_isolated_and_dead_lettered(
+    tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database
+):
     """ClickHouse itself refuses a row (a DEFAULT that cannot be computed for it): the
     batch is split, only that row goes to the DLQ, every other row is inserted once."""
     import nats
@@ -206,7 +220,17 @@ def test_rows_the_server_refuses_are_isolated_and_dead_lettered(tmp_path, nats_u
     from tests.integration.harness import run
 
     names, prefix = _names()
-    cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=1, workers=1, max_rows=500, max_wait_ms=500, **names)
+    cfg = sink_config(
+        tmp_path,
+        nats_url,
+        clickhouse_server.port,
+        ch_database,
+        partitions=1,
+        workers=1,
+        max_rows=500,
+        max_wait_ms=500,
+        **names,
+    )
     data = yaml.safe_load(cfg.read_text())
     data["pipelines"][0]["create_table"] = (
         f"CREATE TABLE {ch_database}.events (event_id String, day_text String, day Date DEFAULT toDate(day_text)) "
@@ -215,7 +239,10 @@ def test_rows_the_server_refuses_are_isolated_and_dead_lettered(tmp_path, nats_u
     data["pipelines"][0]["columns"] = {"event_id": {"required": True}}
     cfg.write_text(yaml.safe_dump(data))
     bad = {17, 250, 251, 499}
-    bodies = [orjson.dumps({"event_id": f"e{i:012d}", "day_text": "not a date" if i in bad else "2026-11-26"}) for i in range(500)]
+    bodies = [
+        orjson.dumps({"event_id": f"e{i:012d}", "day_text": "not a date" if i in bad else "2026-11-26"})
+        for i in range(500)
+    ]
 
     async def publish_all():
         nc = await nats.connect(nats_url)
@@ -228,7 +255,11 @@ def test_rows_the_server_refuses_are_isolated_and_dead_lettered(tmp_path, nats_u
     try:
         sup.wait_acquired(1)
         run(publish_all())
-        sup.wait(lambda: clickhouse_client.execute(f"SELECT count() FROM {ch_database}.events")[0][0] >= 500 - len(bad), 60, "good rows")
+        sup.wait(
+            lambda: clickhouse_client.execute(f"SELECT count() FROM {ch_database}.events")[0][0] >= 500 - len(bad),
+            60,
+            "good rows",
+        )
         sup.wait(lambda: len(sup.logged("ClickHouse refused")) >= len(bad), 60, "refused rows logged")
         rows, distinct = clickhouse_client.execute(f"SELECT count(), uniqExact(event_id) FROM {ch_database}.events")[0]
         assert (rows, distinct) == (500 - len(bad), 500 - len(bad))

@@ -12,8 +12,8 @@ import orjson
 from clickhouse_driver import Client
 
 from supervisor import embedded
-from workers import commits, dlq
 from tests.integration.harness import Load, Supervisor, publish_events, run, sink_config
+from workers import commits, dlq
 
 RATE = 3000.0
 

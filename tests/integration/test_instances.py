@@ -16,7 +16,7 @@ from pathlib import Path
 
 import nats
 
-from tests.integration.harness import REPO, Load, Supervisor, run, sink_config, wait_until
+from tests.integration.harness import REPO, Load, Supervisor, run, sink_config
 from workers.topology import consumer_name
 
 PARTITIONS = 8
@@ -71,7 +71,7 @@ def _pins(*sups: Supervisor) -> dict[int, list[tuple[int, int | None, str]]]:
 def _assert_one_owner_at_a_time(pins: dict[int, list]) -> None:
     """A partition's consumer numbers its deliveries; two owners at once would interleave their ranges."""
     for partition, spans in pins.items():
-        for (first, last, pin), (next_first, _, next_pin) in zip(spans, spans[1:]):
+        for (first, last, pin), (next_first, _, next_pin) in zip(spans, spans[1:], strict=False):
             assert last is not None and last < next_first, (
                 f"partition {partition}: pin {pin} delivered {first}..{last}, pin {next_pin} from {next_first}")
 

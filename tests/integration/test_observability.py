@@ -16,7 +16,7 @@ import pytest
 
 from bench.events import make_event
 from supervisor.profiler import find_py_spy
-from tests.integration.harness import publish_events, REPO, Supervisor, run, sink_config, wait_until
+from tests.integration.harness import REPO, Supervisor, publish_events, run, sink_config, wait_until
 from tests.integration.otlp_receiver import OTLPReceiver
 
 N_GOOD = 300
@@ -46,7 +46,11 @@ def _dead_letters(nats_url, stream):
         try:
             js = nc.jetstream()
             info = await js.stream_info(stream)
-            return [await js.get_msg(stream, seq) for seq in range(info.state.first_seq, info.state.last_seq + 1)] if info.state.messages else []
+            return (
+                [await js.get_msg(stream, seq) for seq in range(info.state.first_seq, info.state.last_seq + 1)]
+                if info.state.messages
+                else []
+            )
         finally:
             await nc.close()
 
@@ -59,12 +63,16 @@ def _count(client, db):
 
 def _thread_names(pid: int) -> list[str]:
     """Python thread names of a live process, read by py-spy (no cooperation from the process)."""
-    out = subprocess.run([find_py_spy(), "dump", "--pid", str(pid), "--nonblocking"], capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [find_py_spy(), "dump", "--pid", str(pid), "--nonblocking"], capture_output=True, text=True, timeout=30
+    )
     assert out.returncode == 0, out.stderr
     return [line.split('"')[1] for line in out.stdout.splitlines() if line.startswith("Thread ") and '"' in line]
 
 
-def test_traces_metrics_logs_and_profiles_across_processes(tmp_path, monkeypatch, nats_url, clickhouse_server, clickhouse_client, ch_database):
+def test_traces_metrics_logs_and_profiles_across_processes(
+    tmp_path, monkeypatch, nats_url, clickhouse_server, clickhouse_client, ch_database
+):
     name, stream, subject = _names()
     prefix = subject[:-2]
     profiles = tmp_path / "profiles"
@@ -72,16 +80,35 @@ def test_traces_metrics_logs_and_profiles_across_processes(tmp_path, monkeypatch
         "enabled": True,
         "traces": {"sample_ratio": 1.0},
         "metrics": {"interval_s": 1},
-        "profiling": {"interval_s": 2, "duration_s": 2, "rate_hz": 50, "log_base64": True, "memory": True, "dir": str(profiles)},
+        "profiling": {
+            "interval_s": 2,
+            "duration_s": 2,
+            "rate_hz": 50,
+            "log_base64": True,
+            "memory": True,
+            "dir": str(profiles),
+        },
     }
-    cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, name=name, stream=stream, subject=subject,
-                      partitions=4, workers=2, observability=observability)
+    cfg = sink_config(
+        tmp_path,
+        nats_url,
+        clickhouse_server.port,
+        ch_database,
+        name=name,
+        stream=stream,
+        subject=subject,
+        partitions=4,
+        workers=2,
+        observability=observability,
+    )
     rng = random.Random(7)
     producers = {(f"{rng.getrandbits(128):032x}", f"{rng.getrandbits(64):016x}") for _ in range(N_TRACED)}
     traced = sorted(producers)
     msgs = []
     for i in range(N_GOOD):
-        headers = {"traceparent": f"00-{traced[i % N_TRACED][0]}-{traced[i % N_TRACED][1]}-01"} if i < N_TRACED else None
+        headers = (
+            {"traceparent": f"00-{traced[i % N_TRACED][0]}-{traced[i % N_TRACED][1]}-01"} if i < N_TRACED else None
+        )
         msgs.append((f"{prefix}.k{i % 8}", orjson.dumps(make_event(i)), headers))
     bad_tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     msgs.append((f"{prefix}.bad", b'{"event_id": "broken', {"traceparent": bad_tp}))
@@ -112,29 +139,54 @@ def test_traces_metrics_logs_and_profiles_across_processes(tmp_path, monkeypatch
                 assert a["messaging.batch.message_count"] >= 1
                 assert a["jetsink.pipeline"] == name and 0 <= a["jetsink.partition"] < 4
                 assert batch.resource["service.name"] == "jetsink" and batch.resource["jetsink.role"] == "worker"
-            wait_until(lambda: all(
-                {"map", "clickhouse.prepare", "clickhouse.send", "nats.ack"} <= {s.name for s in receiver.spans() if s.parent_span_id == b.span_id}
-                for b in batches), 15, "every batch's children")
+            wait_until(
+                lambda: all(
+                    {"map", "clickhouse.prepare", "clickhouse.send", "nats.ack"}
+                    <= {s.name for s in receiver.spans() if s.parent_span_id == b.span_id}
+                    for b in batches
+                ),
+                15,
+                "every batch's children",
+            )
             children = [s for s in receiver.spans() if s.parent_span_id in {b.span_id for b in batches}]
             for child in children:
                 assert child.trace_id == by_id[child.parent_span_id].trace_id
             send = [c for c in children if c.name == "clickhouse.send"]
             assert send and all(c.kind == "CLIENT" for c in send)
-            assert all(c.attributes["db.system.name"] == "clickhouse" and c.attributes["db.collection.name"] == "events"
-                       and c.attributes["db.operation.name"] == "INSERT" and c.attributes["db.namespace"] == ch_database for c in send)
+            assert all(
+                c.attributes["db.system.name"] == "clickhouse"
+                and c.attributes["db.collection.name"] == "events"
+                and c.attributes["db.operation.name"] == "INSERT"
+                and c.attributes["db.namespace"] == ch_database
+                for c in send
+            )
             assert sum(c.attributes["jetsink.rows"] for c in children if c.name == "map") == N_GOOD
 
             # -- a dead letter: an event on its batch span, and that span on the letter --
-            dead_batch = wait_until(lambda: [b for b in receiver.spans("batch") if any(e[0] == "dead_letter" for e in b.events)], 15, "dead_letter event")[0]
+            dead_batch = wait_until(
+                lambda: [b for b in receiver.spans("batch") if any(e[0] == "dead_letter" for e in b.events)],
+                15,
+                "dead_letter event",
+            )[0]
             event = next(e for e in dead_batch.events if e[0] == "dead_letter")[1]
             assert event["jetsink.dlq.reason"] == "invalid_json"
             letters = wait_until(lambda: _dead_letters(nats_url, f"{stream}_DLQ"), 30, "the dead letter")
             assert letters[0].headers["traceparent"] == bad_tp  # the producer's, untouched
-            assert letters[0].headers["Jetsink-Traceparent"].startswith(f"00-{dead_batch.trace_id}-{dead_batch.span_id}-")
+            assert (
+                letters[0].headers["Jetsink-Traceparent"].startswith(f"00-{dead_batch.trace_id}-{dead_batch.span_id}-")
+            )
 
             # -- supervisor span -> worker spans in other processes -------------------
-            worker_assigns = wait_until(lambda: [s for s in receiver.spans("worker.assign") if s.parent_span_id in by_id or
-                                                  s.parent_span_id in {x.span_id for x in receiver.spans("supervisor.assign")}], 15, "worker.assign spans")
+            worker_assigns = wait_until(
+                lambda: [
+                    s
+                    for s in receiver.spans("worker.assign")
+                    if s.parent_span_id in by_id
+                    or s.parent_span_id in {x.span_id for x in receiver.spans("supervisor.assign")}
+                ],
+                15,
+                "worker.assign spans",
+            )
             sup_assigns = {s.span_id: s for s in receiver.spans("supervisor.assign")}
             slots = set()
             for ws in worker_assigns:
@@ -151,20 +203,39 @@ def test_traces_metrics_logs_and_profiles_across_processes(tmp_path, monkeypatch
             # -- log lines carry the ids of the span they were written in ----------------
             for ws in worker_assigns:
                 lines = [ln for ln in sup.logged("acquired partition") if ln.get("span_id") == ws.span_id]
-                assert lines and all(ln["trace_id"] == ws.trace_id and ln["slot"] == ws.resource["jetsink.worker.slot"] for ln in lines)
-            wait_until(lambda: any(r["span_id"] == worker_assigns[0].span_id for r in receiver.received.logs), 15, "OTLP log records")
+                assert lines and all(
+                    ln["trace_id"] == ws.trace_id and ln["slot"] == ws.resource["jetsink.worker.slot"] for ln in lines
+                )
+            wait_until(
+                lambda: any(r["span_id"] == worker_assigns[0].span_id for r in receiver.received.logs),
+                15,
+                "OTLP log records",
+            )
 
             # -- metrics -----------------------------------------------------------------
-            wanted = {"jetsink.messages.consumed", "jetsink.rows.inserted", "jetsink.bytes.inserted", "jetsink.batch.rows",
-                      "jetsink.insert.duration", "jetsink.freshness", "jetsink.dlq.messages", "jetsink.consumer.pending"}
+            wanted = {
+                "jetsink.messages.consumed",
+                "jetsink.rows.inserted",
+                "jetsink.bytes.inserted",
+                "jetsink.batch.rows",
+                "jetsink.insert.duration",
+                "jetsink.freshness",
+                "jetsink.dlq.messages",
+                "jetsink.consumer.pending",
+            }
             wait_until(lambda: wanted <= receiver.metric_names(), 20, f"metrics {wanted}")
             points = [m for m in receiver.received.metrics if m[0] == "jetsink.dlq.messages"]
             assert {p[1]["jetsink.dlq.reason"] for p in points} == {"invalid_json"}
 
             # -- CPU profiles: one per worker, each parsing as what it claims -------------
             def cpu_profiles():
-                found = {slot: (sorted(profiles.glob(f"cpu-worker{slot}-*.speedscope.json")), sorted(profiles.glob(f"cpu-worker{slot}-*.svg")))
-                         for slot in (0, 1)}
+                found = {
+                    slot: (
+                        sorted(profiles.glob(f"cpu-worker{slot}-*.speedscope.json")),
+                        sorted(profiles.glob(f"cpu-worker{slot}-*.svg")),
+                    )
+                    for slot in (0, 1)
+                }
                 return found if all(j and s for j, s in found.values()) else None
 
             found = wait_until(cpu_profiles, 40, "a CPU profile of each worker")
@@ -182,8 +253,13 @@ def test_traces_metrics_logs_and_profiles_across_processes(tmp_path, monkeypatch
 
             # -- base64 in the log, and back out --------------------------------------------
             out = tmp_path / "extracted"
-            proc = subprocess.run([sys.executable, "-m", "supervisor", "profiles", "extract", str(sup.log_path), "-o", str(out)],
-                                  cwd=REPO, capture_output=True, text=True, timeout=60)
+            proc = subprocess.run(
+                [sys.executable, "-m", "supervisor", "profiles", "extract", str(sup.log_path), "-o", str(out)],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert proc.returncode == 0, proc.stderr
             for jsons, svgs in found.values():
                 for path in (jsons[0], svgs[0]):
@@ -215,19 +291,34 @@ def test_traces_metrics_logs_and_profiles_across_processes(tmp_path, monkeypatch
         assert summary["heap_mb_by_minute"] and all(mb > 0 for mb in summary["heap_mb_by_minute"])
 
 
-def test_observability_off_exports_nothing_and_starts_no_exporter(tmp_path, monkeypatch, nats_url, clickhouse_server, clickhouse_client, ch_database):
+def test_observability_off_exports_nothing_and_starts_no_exporter(
+    tmp_path, monkeypatch, nats_url, clickhouse_server, clickhouse_client, ch_database
+):
     name, stream, subject = _names()
     prefix = subject[:-2]
-    cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, name=name, stream=stream, subject=subject, partitions=2, workers=2)
+    cfg = sink_config(
+        tmp_path,
+        nats_url,
+        clickhouse_server.port,
+        ch_database,
+        name=name,
+        stream=stream,
+        subject=subject,
+        partitions=2,
+        workers=2,
+    )
     with OTLPReceiver() as receiver:
         _otel_env(monkeypatch, receiver)
         sup = Supervisor(cfg, tmp_path / "sink.log")
         try:
             sup.wait_acquired(2)
-            msgs = [(f"{prefix}.k{i % 4}", orjson.dumps(make_event(i)), {"traceparent": f"00-{i + 1:032x}-{i + 1:016x}-01"}) for i in range(200)]
+            msgs = [
+                (f"{prefix}.k{i % 4}", orjson.dumps(make_event(i)), {"traceparent": f"00-{i + 1:032x}-{i + 1:016x}-01"})
+                for i in range(200)
+            ]
             assert publish_events(nats_url, msgs, stream).published == len(msgs)
             wait_until(lambda: _count(clickhouse_client, ch_database) >= len(msgs), 60, "rows")
-            for slot, pid in sup.worker_pids().items():
+            for _slot, pid in sup.worker_pids().items():
                 names = _thread_names(pid)
                 assert "MainThread" in names, names
                 assert not [n for n in names if "otel" in n.lower()], names

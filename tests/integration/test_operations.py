@@ -20,7 +20,9 @@ def _names(prefix="op"):
     return dict(name=f"{prefix}{tag}", stream=f"{prefix.upper()}_{tag}", subject=f"{prefix}{tag}.*"), f"{prefix}{tag}"
 
 
-def test_dropped_table_pauses_the_pipeline_and_loses_nothing(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
+def test_dropped_table_pauses_the_pipeline_and_loses_nothing(
+    tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database
+):
     names, prefix = _names()
     cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=2, workers=1, **names)
     sup = Supervisor(cfg, tmp_path / "sink.log")
@@ -29,7 +31,11 @@ def test_dropped_table_pauses_the_pipeline_and_loses_nothing(tmp_path, nats_url,
         first = Load(nats_url, prefix, 0, 1000, 5000.0)
         first.start()
         assert first.join_checked(60) == 1000
-        sup.wait(lambda: clickhouse_client.execute(f"SELECT count() FROM {ch_database}.events")[0][0] >= 1000, 60, "first rows")
+        sup.wait(
+            lambda: clickhouse_client.execute(f"SELECT count() FROM {ch_database}.events")[0][0] >= 1000,
+            60,
+            "first rows",
+        )
         clickhouse_client.execute(f"DROP TABLE {ch_database}.events")
         second = Load(nats_url, prefix, 1000, 1000, 5000.0)
         second.start()
@@ -37,8 +43,14 @@ def test_dropped_table_pauses_the_pipeline_and_loses_nothing(tmp_path, nats_url,
         line = sup.wait(lambda: sup.logged("paused"), 60, "the pipeline to pause")[0]
         assert "UNKNOWN_TABLE" in line["msg"] or "code 60" in line["msg"]
         clickhouse_client.execute(DEMO_TABLE.format(table=f"{ch_database}.events"))
-        sup.wait(lambda: clickhouse_client.execute(f"SELECT uniqExact(event_id) FROM {ch_database}.events")[0][0] >= 1000, 90, "rows after the table is back")
-        ids = clickhouse_client.execute(f"SELECT min(event_id), max(event_id), uniqExact(event_id) FROM {ch_database}.events")[0]
+        sup.wait(
+            lambda: clickhouse_client.execute(f"SELECT uniqExact(event_id) FROM {ch_database}.events")[0][0] >= 1000,
+            90,
+            "rows after the table is back",
+        )
+        ids = clickhouse_client.execute(
+            f"SELECT min(event_id), max(event_id), uniqExact(event_id) FROM {ch_database}.events"
+        )[0]
         assert ids == ("e000000001000", "e000000001999", 1000)
         assert not [l for l in sup.lines() if str(l.get("msg", "")).startswith(("dead-lettered", "ClickHouse refused"))]
         assert sup.terminate() == 0
@@ -46,11 +58,21 @@ def test_dropped_table_pauses_the_pipeline_and_loses_nothing(tmp_path, nats_url,
         sup.close()
 
 
-def test_an_unsupported_column_type_stops_start_up_with_exit_3(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
+def test_an_unsupported_column_type_stops_start_up_with_exit_3(
+    tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database
+):
     names, _ = _names()
     cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=1, workers=1, **names)
-    clickhouse_client.execute(f"CREATE TABLE {ch_database}.events (event_id String, u AggregateFunction(uniq, String)) ENGINE = MergeTree() ORDER BY event_id")
-    proc = subprocess.run([sys.executable, "-m", "supervisor", "--config", str(cfg)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    clickhouse_client.execute(
+        f"CREATE TABLE {ch_database}.events (event_id String, u AggregateFunction(uniq, String)) ENGINE = MergeTree() ORDER BY event_id"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "supervisor", "--config", str(cfg)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 3
     assert "AggregateFunction" in proc.stdout and "column u" in proc.stdout
     assert "spawned worker" not in proc.stdout  # nothing started, nothing to loop
@@ -66,13 +88,22 @@ def test_workers_exit_when_the_supervisor_is_killed(tmp_path, nats_url, clickhou
         assert len(pids) == 2 and all(psutil.pid_exists(p) for p in pids)
         sup.proc.kill()
         sup.proc.wait()
-        wait_until(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids), 30, "orphaned workers to exit")
+        wait_until(
+            lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids),
+            30,
+            "orphaned workers to exit",
+        )
     finally:
         sup.close()
 
 
-def test_nats_user_password_and_token_from_env(tmp_path, clickhouse_server, clickhouse_client, ch_database, monkeypatch):
-    for auth, env in ((["--user", "sink", "--pass", "s3cret-pw"], {"NATS_PW": "s3cret-pw"}), (["--auth", "t0ken-xyz"], {"NATS_TOKEN": "t0ken-xyz"})):
+def test_nats_user_password_and_token_from_env(
+    tmp_path, clickhouse_server, clickhouse_client, ch_database, monkeypatch
+):
+    for auth, env in (
+        (["--user", "sink", "--pass", "s3cret-pw"], {"NATS_PW": "s3cret-pw"}),
+        (["--auth", "t0ken-xyz"], {"NATS_TOKEN": "t0ken-xyz"}),
+    ):
         port = embedded.free_port()
         server = embedded.start_nats(tmp_path / f"nats{port}", port, extra_args=auth)
         try:
@@ -92,10 +123,10 @@ def test_nats_user_password_and_token_from_env(tmp_path, clickhouse_server, clic
             try:
                 sup.wait_acquired(1)
                 import nats
+                import orjson
 
                 from bench.events import make_event
                 from tests.integration.harness import run
-                import orjson
 
                 async def pub():
                     kw = {"user": "sink", "password": "s3cret-pw"} if "NATS_PW" in env else {"token": "t0ken-xyz"}
@@ -105,7 +136,11 @@ def test_nats_user_password_and_token_from_env(tmp_path, clickhouse_server, clic
                     await nc.close()
 
                 run(pub())
-                sup.wait(lambda: clickhouse_client.execute(f"SELECT count() FROM {ch_database}.events")[0][0] >= 100, 60, "rows through an authenticated connection")
+                sup.wait(
+                    lambda: clickhouse_client.execute(f"SELECT count() FROM {ch_database}.events")[0][0] >= 100,
+                    60,
+                    "rows through an authenticated connection",
+                )
                 log_text = sup.log_path.read_text()
                 assert list(env.values())[0] not in log_text  # the secret never reaches the log
                 assert sup.terminate() == 0
@@ -122,12 +157,20 @@ def test_wrong_nats_password_is_a_clear_boot_error(tmp_path, clickhouse_server, 
     server = embedded.start_nats(tmp_path / "nats", port, extra_args=["--user", "sink", "--pass", "right"])
     try:
         names, _ = _names("au")
-        cfg = sink_config(tmp_path, f"nats://127.0.0.1:{port}", clickhouse_server.port, ch_database, partitions=1, workers=1, **names)
+        cfg = sink_config(
+            tmp_path, f"nats://127.0.0.1:{port}", clickhouse_server.port, ch_database, partitions=1, workers=1, **names
+        )
         data = yaml.safe_load(cfg.read_text())
         data["nats"].update(user="sink", password_env="NATS_PW")
         cfg.write_text(yaml.safe_dump(data))
         monkeypatch.setenv("NATS_PW", "wrong-one")
-        proc = subprocess.run([sys.executable, "-m", "supervisor", "--config", str(cfg)], cwd=REPO, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "supervisor", "--config", str(cfg)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 3
         assert f"127.0.0.1:{port}" in proc.stdout and "wrong-one" not in proc.stdout
     finally:
@@ -141,11 +184,52 @@ def _make_certs(d):
     def ossl(*args):
         subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
 
-    ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca-key.pem", "-out", "ca.pem", "-days", "2", "-subj", "/CN=jetsink test CA")
+    ossl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=jetsink test CA",
+    )
     (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     for name in ("server", "client"):
-        ossl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}-key.pem", "-out", f"{name}.csr", "-subj", f"/CN={name}")
-        ossl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", "san.ext")
+        ossl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}-key.pem",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={name}",
+        )
+        ossl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        )
     return d
 
 
@@ -178,7 +262,11 @@ def test_nats_tls_with_client_certificate_and_clickhouse_password(tmp_path, clic
         names, prefix = _names("tl")
         cfg = sink_config(tmp_path, f"tls://127.0.0.1:{port}", ch_port, "tlsdb", partitions=1, workers=1, **names)
         data = yaml.safe_load(cfg.read_text())
-        data["nats"]["tls"] = {"ca_file": str(certs / "ca.pem"), "cert_file": str(certs / "client.pem"), "key_file": str(certs / "client-key.pem")}
+        data["nats"]["tls"] = {
+            "ca_file": str(certs / "ca.pem"),
+            "cert_file": str(certs / "client.pem"),
+            "key_file": str(certs / "client-key.pem"),
+        }
         data["clickhouse"].update(user="sink", password_env="CH_PW")
         cfg.write_text(yaml.safe_dump(data))
         monkeypatch.setenv("CH_PW", "ch-s3cret")
@@ -195,7 +283,11 @@ def test_nats_tls_with_client_certificate_and_clickhouse_password(tmp_path, clic
                 await nc.close()
 
             run(pub())
-            sup.wait(lambda: admin.execute("SELECT count() FROM tlsdb.events")[0][0] >= 200, 60, "rows over TLS with a password user")
+            sup.wait(
+                lambda: admin.execute("SELECT count() FROM tlsdb.events")[0][0] >= 200,
+                60,
+                "rows over TLS with a password user",
+            )
             assert "ch-s3cret" not in sup.log_path.read_text()
             assert sup.terminate() == 0
         finally:

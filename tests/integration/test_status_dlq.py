@@ -35,7 +35,9 @@ TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "supervisor", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "supervisor", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def write_config(tmp_path: Path, nats_url: str = "nats://127.0.0.1:4222", **top) -> tuple[Path, str]:
@@ -44,7 +46,9 @@ def write_config(tmp_path: Path, nats_url: str = "nats://127.0.0.1:4222", **top)
     data = {
         "state_dir": str(tmp_path / "var"),
         "nats": {"url": nats_url},
-        "pipelines": [{"name": f"p{tag}", "stream": f"S{tag}", "subject": f"ev{tag}.*", "partitions": 4, "table": "events"}],
+        "pipelines": [
+            {"name": f"p{tag}", "stream": f"S{tag}", "subject": f"ev{tag}.*", "partitions": 4, "table": "events"}
+        ],
         **top,
     }
     path = tmp_path / "config.yaml"
@@ -67,7 +71,12 @@ def dead_letters(tmp_path, nats_url):
         nc = await nats.connect(nats_url)
         js = nc.jetstream()
         sent = [
-            (f"ev{tag}.user42", b'{"event_id": "a", "amount": "ten"}', {"traceparent": TRACEPARENT, "X-Tenant": "acme"}, "wrong_type"),
+            (
+                f"ev{tag}.user42",
+                b'{"event_id": "a", "amount": "ten"}',
+                {"traceparent": TRACEPARENT, "X-Tenant": "acme"},
+                "wrong_type",
+            ),
             (f"ev{tag}.user7", b"{not json", {"X-Tenant": "globex"}, "invalid_json"),
             (f"ev{tag}.user9", b'{"event_id": "c"}', None, "missing_required"),
         ]
@@ -76,9 +85,20 @@ def dead_letters(tmp_path, nats_url):
             ack = await js.publish(subject, body, headers=headers)  # as a producer does
             stored = await js.get_msg(p.stream, seq=ack.seq)
             assert stored.subject != subject and stored.subject.startswith(f"ev{tag}.")  # transformed
-            letters.append(DeadLetter(data=stored.data, subject=stored.subject, stream=p.stream, stream_seq=ack.seq,
-                                      reason=reason, error=f"{reason}: detail " + "x" * 200, pipeline=p.name, worker=1,
-                                      original_headers=stored.headers, traceparent=(stored.headers or {}).get("traceparent")))
+            letters.append(
+                DeadLetter(
+                    data=stored.data,
+                    subject=stored.subject,
+                    stream=p.stream,
+                    stream_seq=ack.seq,
+                    reason=reason,
+                    error=f"{reason}: detail " + "x" * 200,
+                    pipeline=p.name,
+                    worker=1,
+                    original_headers=stored.headers,
+                    traceparent=(stored.headers or {}).get("traceparent"),
+                )
+            )
             originals.append({"subject": subject, "stored": stored.subject, "data": body, "headers": headers or {},
                               "seq": ack.seq, "reason": reason})
         await publish_dead_letters(nc, p.dlq_stream, p.dlq_subject, letters)
@@ -114,7 +134,7 @@ def test_dlq_list(dead_letters):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 3
-    for seq, (line, original) in enumerate(zip(lines, originals), start=1):
+    for seq, (line, original) in enumerate(zip(lines, originals, strict=False), start=1):
         fields = line.split()
         assert fields[0] == config.pipelines[0].name
         assert fields[1] == str(seq)
@@ -148,9 +168,16 @@ def test_dlq_show(dead_letters):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     p = config.pipelines[0]
-    for header in ("Jetsink-Reason: wrong_type", f"Jetsink-Subject: {originals[0]['stored']}", f"Jetsink-Stream: {p.stream}",
-                   f"Jetsink-Stream-Seq: {originals[0]['seq']}", f"Jetsink-Pipeline: {p.name}", "Jetsink-Worker: 1",
-                   f"traceparent: {TRACEPARENT}", "X-Tenant: acme"):
+    for header in (
+        "Jetsink-Reason: wrong_type",
+        f"Jetsink-Subject: {originals[0]['stored']}",
+        f"Jetsink-Stream: {p.stream}",
+        f"Jetsink-Stream-Seq: {originals[0]['seq']}",
+        f"Jetsink-Pipeline: {p.name}",
+        "Jetsink-Worker: 1",
+        f"traceparent: {TRACEPARENT}",
+        "X-Tenant: acme",
+    ):
         assert f"  {header}\n" in out, header
     assert '"amount": "ten"' in out  # pretty JSON
     body = cli("dlq", "show", "2", "--config", str(path))
@@ -184,7 +211,7 @@ def test_dlq_replay(dead_letters, nats_url):
 
     msgs = asyncio.run(replayed())
     assert len(msgs) == 2
-    for msg, original in zip(msgs, (originals[0], originals[2])):
+    for msg, original in zip(msgs, (originals[0], originals[2]), strict=False):
         # Published to the producer's subject, the stream's transform put it in the same partition again.
         assert msg.subject == original["stored"]
         assert msg.data == original["data"]
@@ -218,12 +245,36 @@ NOW = time.time()
 
 
 def fake_snapshot(**worker) -> dict:
-    w = {"slot": 0, "pid": 4242, "ready": True, "restarts": 1, "partitions": ["events/0", "events/2"], "rows_per_s": 1234.5,
-         "last_batch_at": NOW, "heartbeat_age_s": 0.3,
-         "stats": {"events/0": {"consumed": 10, "inserted": 9, "dead_lettered": 1, "batches": 2, "insert_retries": 0,
-                                "last_batch_at": NOW, "pending": 17},
-                   "events/2": {"consumed": 5, "inserted": 5, "dead_lettered": 0, "batches": 1, "insert_retries": 0,
-                                "last_batch_at": 0.0, "pending": 3}}}
+    w = {
+        "slot": 0,
+        "pid": 4242,
+        "ready": True,
+        "restarts": 1,
+        "partitions": ["events/0", "events/2"],
+        "rows_per_s": 1234.5,
+        "last_batch_at": NOW,
+        "heartbeat_age_s": 0.3,
+        "stats": {
+            "events/0": {
+                "consumed": 10,
+                "inserted": 9,
+                "dead_lettered": 1,
+                "batches": 2,
+                "insert_retries": 0,
+                "last_batch_at": NOW,
+                "pending": 17,
+            },
+            "events/2": {
+                "consumed": 5,
+                "inserted": 5,
+                "dead_lettered": 0,
+                "batches": 1,
+                "insert_retries": 0,
+                "last_batch_at": 0.0,
+                "pending": 3,
+            },
+        },
+    }
     w.update(worker)
     return {"started_at": NOW - 10, "taken_at": time.time(), "draining": False, "workers": [w]}
 

@@ -12,7 +12,6 @@ import time
 import urllib.request
 import uuid
 
-
 from tests.integration.harness import REPO, Supervisor, sink_config, wait_until
 
 
@@ -37,7 +36,17 @@ class NotifySocket:
 
 def test_ready_watchdog_status_reload_stopping(tmp_path, nats_url, clickhouse_server, ch_database, monkeypatch):
     tag = uuid.uuid4().hex[:8]
-    cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, name=f"sd{tag}", stream=f"SD_{tag}", subject=f"sd{tag}.*", partitions=4, workers=2)
+    cfg = sink_config(
+        tmp_path,
+        nats_url,
+        clickhouse_server.port,
+        ch_database,
+        name=f"sd{tag}",
+        stream=f"SD_{tag}",
+        subject=f"sd{tag}.*",
+        partitions=4,
+        workers=2,
+    )
     notify = NotifySocket(tmp_path / "notify.sock")
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
     monkeypatch.setenv("WATCHDOG_USEC", "2000000")  # pet every ~1 s
@@ -57,7 +66,13 @@ def test_ready_watchdog_status_reload_stopping(tmp_path, nats_url, clickhouse_se
         assert sorted(p for w in body["workers"] for p in w["partitions"]) == sorted(f"sd{tag}/{i}" for i in range(4))
         metrics = urllib.request.urlopen(f"http://{addr}/metrics").read().decode()
         assert "jetsink_worker_up" in metrics
-        out = subprocess.run([sys.executable, "-m", "supervisor", "status", "--listen", addr], cwd=REPO, capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            [sys.executable, "-m", "supervisor", "status", "--listen", addr],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert out.returncode == 0, out.stderr
         assert str(sup.worker_pids()[0]) in out.stdout
 

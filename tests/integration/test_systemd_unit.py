@@ -36,7 +36,9 @@ def verify(unit_text: str, tmp_path: Path) -> list[str]:
     assert VENV_PYTHON in unit_text
     unit = tmp_path / "jetsink.service"
     unit.write_text(unit_text.replace(VENV_PYTHON, sys.executable))
-    result = subprocess.run([systemd_analyze(), "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    result = subprocess.run(
+        [systemd_analyze(), "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
     problems = [line for line in (result.stdout + result.stderr).splitlines() if "jetsink.service" in line]
     if result.returncode != 0:
         problems.append(f"systemd-analyze verify exited {result.returncode}: {result.stderr.strip()}")

@@ -16,10 +16,10 @@ import urllib.request
 import uuid
 
 import nats
-from nats.js.errors import NotFoundError
-from prometheus_client.parser import text_string_to_metric_families
 import pytest
 import yaml
+from nats.js.errors import NotFoundError
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.events import make_event
 from tests.integration.harness import DEMO_TABLE, Load, Supervisor, run, sink_config, wait_until

@@ -19,9 +19,9 @@ import pytest
 import yaml
 
 from supervisor.arbiter import Arbiter
-from supervisor.worker_handle import Timings
 from supervisor.assignment import Partition
 from supervisor.config import load_config
+from supervisor.worker_handle import Timings
 from workers import exitcodes
 
 FAST = Timings(backoff_start_s=0.02, backoff_max_s=0.08, stable_run_s=60.0)

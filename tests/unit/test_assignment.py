@@ -1,4 +1,5 @@
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from supervisor.assignment import Partition, assign, moves, owner_of, rebalance
 

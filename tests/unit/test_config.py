@@ -184,7 +184,11 @@ def test_two_pipelines_with_their_own_streams():
         ("pipelines.0.stream", "EV.ENTS", "pipelines[0].stream: expected a stream name without spaces"),
         ("pipelines.0.stream", "EV ENTS", "pipelines[0].stream: expected a stream name without spaces"),
         ("pipelines.0.stream", "EV*", "pipelines[0].stream: expected a stream name without spaces"),
-        ("pipelines.0.subject", "events.created", "pipelines[0].subject: subject 'events.created' needs at least one '*'"),
+        (
+            "pipelines.0.subject",
+            "events.created",
+            "pipelines[0].subject: subject 'events.created' needs at least one '*'",
+        ),
         ("pipelines.0.subject", "events.>", "pipelines[0].subject: '>' is not allowed"),
         ("pipelines.0.subject", "events..*", "pipelines[0].subject: empty token"),
         ("pipelines.0.subject", "events.*.", "pipelines[0].subject: empty token"),
@@ -202,10 +206,22 @@ def test_two_pipelines_with_their_own_streams():
         ("pipelines.0.columns", {"user-id": "user.id"}, "pipelines[0].columns.user-id: expected an identifier"),
         ("pipelines.0.columns", {"u": "user..id"}, "pipelines[0].columns.u: empty segment in path 'user..id'"),
         ("pipelines.0.columns", {"u": {"path": ".id"}}, "pipelines[0].columns.u.path: empty segment"),
-        ("pipelines.0.columns", {"u": {"epoch_unit": "us"}}, "pipelines[0].columns.u.epoch_unit: expected one of s, ms"),
-        ("pipelines.0.columns", {"u": {"required": 1}}, "pipelines[0].columns.u.required: expected true or false, got 1"),
+        (
+            "pipelines.0.columns",
+            {"u": {"epoch_unit": "us"}},
+            "pipelines[0].columns.u.epoch_unit: expected one of s, ms",
+        ),
+        (
+            "pipelines.0.columns",
+            {"u": {"required": 1}},
+            "pipelines[0].columns.u.required: expected true or false, got 1",
+        ),
         ("pipelines.0.columns", {"u": {"default": {1: "x"}}}, "pipelines[0].columns.u.default: expected a JSON value"),
-        ("pipelines.0.columns", {"u": {"required": True, "default": 0}}, "pipelines[0].columns.u: required: true and a default"),
+        (
+            "pipelines.0.columns",
+            {"u": {"required": True, "default": 0}},
+            "pipelines[0].columns.u: required: true and a default",
+        ),
         ("pipelines.0.columns", {"u": 5}, "pipelines[0].columns.u: expected a mapping, got 5"),
         ("observability.enabled", "on", "observability.enabled: expected true or false, got 'on'"),
     ],
@@ -240,7 +256,11 @@ def test_missing_pipelines():
         ("pipelines.0.partition", 2, "pipelines[0].partition: unknown key; did you mean 'partitions'?"),
         ("observability.enable", True, "observability.enable: unknown key; did you mean 'enabled'?"),
         ("pipelines.0.dlq.subjet", "d.x", "pipelines[0].dlq.subjet: unknown key; did you mean 'subject'?"),
-        ("pipelines.0.columns", {"u": {"requried": True}}, "pipelines[0].columns.u.requried: unknown key; did you mean 'required'?"),
+        (
+            "pipelines.0.columns",
+            {"u": {"requried": True}},
+            "pipelines[0].columns.u.requried: unknown key; did you mean 'required'?",
+        ),
         ("zzz", 1, "zzz: unknown key; expected one of: workers, shutdown_grace_s,"),
     ],
 )
@@ -314,7 +334,8 @@ def test_dlq_stream_cannot_be_another_pipelines_input_stream():
     data["pipelines"].append({"name": "b", "stream": "B", "subject": "b.*", "partitions": 1, "table": "t",
                               "dlq": {"stream": "EVENTS"}})
     assert only_problem(data) == (
-        "pipelines[1].dlq.stream: stream 'EVENTS' is already used by pipelines[0].stream; each pipeline owns its streams")
+        "pipelines[1].dlq.stream: stream 'EVENTS' is already used by pipelines[0].stream; each pipeline owns its streams"
+    )
 
 
 def test_ack_wait_must_outlast_a_batch():
@@ -341,7 +362,9 @@ def test_embedded_nats_accepts_localhost():
 
 def test_embedded_clickhouse_must_be_local():
     data = with_("clickhouse", {"embedded": True, "host": "ch.example.com"})
-    assert only_problem(data) == "clickhouse.host: embedded: true needs host 127.0.0.1 or localhost, got 'ch.example.com'"
+    assert (
+        only_problem(data) == "clickhouse.host: embedded: true needs host 127.0.0.1 or localhost, got 'ch.example.com'"
+    )
     assert parse_config(with_("clickhouse", {"embedded": True, "host": "localhost"}), REPO).clickhouse.embedded
 
 
@@ -360,7 +383,9 @@ def test_tls_files_resolve_and_must_exist(tmp_path):
 def test_literal_password_is_rejected_without_echoing_it():
     for section, key in (("clickhouse", "password"), ("nats", "password"), ("nats", "token")):
         problem = only_problem(with_(f"{section}.{key}", SECRET))
-        assert problem.startswith(f"{section}.{key}: secrets are never written in the config; use {key}_env or {key}_file")
+        assert problem.startswith(
+            f"{section}.{key}: secrets are never written in the config; use {key}_env or {key}_file"
+        )
         assert SECRET not in problem
 
 

@@ -3,7 +3,8 @@ import weakref
 
 import pytest
 from clickhouse_driver import errors as ch
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from workers.faults import Fault, classify, describe, isolate_bad_rows
 

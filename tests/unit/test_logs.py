@@ -13,7 +13,12 @@ from workers.logs import JsonFormatter
 def test_json_lines_carry_trace_and_span_ids_and_no_otel_internals():
     fmt = JsonFormatter({"role": "worker", "slot": 1})
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "hello", (), None)
-    record.otelTraceID, record.otelSpanID, record.otelTraceSampled, record.otelServiceName = "ab" * 16, "cd" * 8, True, "jetsink"
+    record.otelTraceID, record.otelSpanID, record.otelTraceSampled, record.otelServiceName = (
+        "ab" * 16,
+        "cd" * 8,
+        True,
+        "jetsink",
+    )
     line = json.loads(fmt.format(record))
     assert (line["trace_id"], line["span_id"], line["slot"]) == ("ab" * 16, "cd" * 8, 1)
     assert not [k for k in line if k.startswith("otel")]

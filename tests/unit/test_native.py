@@ -26,7 +26,8 @@ from clickhouse_driver.columns.uuidcolumn import UUIDColumn
 from clickhouse_driver.connection import ServerInfo
 from clickhouse_driver.context import Context
 from clickhouse_driver.util.compat import get_localzone_name_compat
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bench import micro
 from workers import native
@@ -42,7 +43,10 @@ def _restore_install_state():
 
 
 def _context(
-    server_tz: str | None = None, strings_as_bytes: bool = False, null_as_default: bool = False, encoding: str = defines.STRINGS_ENCODING
+    server_tz: str | None = None,
+    strings_as_bytes: bool = False,
+    null_as_default: bool = False,
+    encoding: str = defines.STRINGS_ENCODING,
 ) -> Context:
     revision = defines.CLIENT_REVISION
     context = Context()
@@ -136,7 +140,14 @@ def test_uuid_bad_values_raise_the_drivers_error(bad):
 
 
 def test_uuid_edge_values():
-    for items in ([], [UUID(int=0)], [UUID(int=2**128 - 1)], [UUID(int=2**64), UUID(int=2**64 - 1)], [None], [None, None]):
+    for items in (
+        [],
+        [UUID(int=0)],
+        [UUID(int=2**128 - 1)],
+        [UUID(int=2**64), UUID(int=2**64 - 1)],
+        [None],
+        [None, None],
+    ):
         assert_same("Nullable(UUID)", list(items))
         if None not in items:
             assert_same("UUID", list(items))
@@ -170,7 +181,11 @@ def test_uuid_write_items_of_odd_ints_is_the_drivers(ints):
 # --------------------------------------------------------------------------- DateTime
 
 @EXAMPLES
-@given(columns(epochs), st.sampled_from(["DateTime", "DateTime('UTC')", "DateTime('Asia/Tokyo')"]), st.sampled_from([None, "America/New_York"]))
+@given(
+    columns(epochs),
+    st.sampled_from(["DateTime", "DateTime('UTC')", "DateTime('Asia/Tokyo')"]),
+    st.sampled_from([None, "America/New_York"]),
+)
 def test_datetime_ints(items, spec, server_tz):
     assert_same(spec, items, server_tz=server_tz)
 
@@ -356,7 +371,10 @@ def test_nullable_array_spec_is_left_to_the_driver():
         ("LowCardinality(Nullable(String))", ["a", None, "a"]),
         ("Array(LowCardinality(String))", [["a", "b"], [], ["a"]]),
         ("Array(LowCardinality(Nullable(String)))", [["a", None], [], [None]]),
-        ("Tuple(UUID, DateTime, Array(String), FixedString(2))", [(UUID(int=1), 5, ["a"], "DE"), (UUID(int=2), 6, [], "FR")]),
+        (
+            "Tuple(UUID, DateTime, Array(String), FixedString(2))",
+            [(UUID(int=1), 5, ["a"], "DE"), (UUID(int=2), 6, [], "FR")],
+        ),
         ("Tuple(Nullable(UUID), Nullable(DateTime))", [(None, None), (UUID(int=3), 7)]),
         ("Array(Tuple(UUID, FixedString(2)))", [[(UUID(int=1), "DE")], [], [(UUID(int=2), "F"), (UUID(int=3), "US")]]),
         ("Map(String, Array(UUID))", [{"a": [UUID(int=1)], "b": []}, {}]),
@@ -430,7 +448,10 @@ def test_install_is_idempotent_and_swaps_the_classes():
     assert type(get("DateTime64(3)", dict(options))) is DateTime64Column
     nested = get("Array(Array(Nullable(UUID)))", dict(options))
     assert type(nested) is type(nested.nested_column) is native.FastArrayColumn
-    assert type(nested.nested_column.nested_column) is native.FastUUIDColumn and nested.nested_column.nested_column.nullable
+    assert (
+        type(nested.nested_column.nested_column) is native.FastUUIDColumn
+        and nested.nested_column.nested_column.nullable
+    )
     options["context"] = _context(strings_as_bytes=True)
     assert type(get("FixedString(2)", dict(options))) is ByteFixedString
 

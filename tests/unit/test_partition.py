@@ -11,8 +11,17 @@ from supervisor.config import parse_config
 from workers.prepare import PartitionTarget, prepare
 from workers.schema import ServerFeatures, TableColumn, compile_mapper
 
-PIPELINE = {"name": "events", "stream": "EVENTS", "subject": "events.*", "partitions": 1, "table": "t", "max_deliver": 3}
-MAPPER = compile_mapper("t", [TableColumn("id", "String"), TableColumn("n", "UInt8")], (), ServerFeatures.from_version((18, 16)))
+PIPELINE = {
+    "name": "events",
+    "stream": "EVENTS",
+    "subject": "events.*",
+    "partitions": 1,
+    "table": "t",
+    "max_deliver": 3,
+}
+MAPPER = compile_mapper(
+    "t", [TableColumn("id", "String"), TableColumn("n", "UInt8")], (), ServerFeatures.from_version((18, 16))
+)
 
 # What a message is: fine, bad JSON, a value out of range, or on its last allowed delivery.
 _kind = st.sampled_from(["ok", "json", "range", "last"])
@@ -21,8 +30,15 @@ _kind = st.sampled_from(["ok", "json", "range", "last"])
 def _msg(i: int, kind: str) -> tuple:
     delivered = 3 if kind == "last" else 1
     body = {"json": b"{nope", "range": b'{"id": "x%d", "n": 300}' % i}.get(kind, b'{"id": "x%d", "n": 7}' % i)
-    headers = b"NATS/1.0\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n" if i % 2 else None
-    return (b"events.0.k%d" % i, b"$JS.ACK.EVENTS.c.%d.%d.%d.1700000000000000000.0" % (delivered, 100 + i, i + 1), body, headers)
+    headers = (
+        b"NATS/1.0\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n" if i % 2 else None
+    )
+    return (
+        b"events.0.k%d" % i,
+        b"$JS.ACK.EVENTS.c.%d.%d.%d.1700000000000000000.0" % (delivered, 100 + i, i + 1),
+        body,
+        headers,
+    )
 
 
 @settings(max_examples=200, deadline=None)
@@ -36,7 +52,11 @@ def test_every_message_is_a_row_or_a_dead_letter(kinds):
     assert p.row_msgs == ok and p.rows == len(ok)
     assert p.columns == [[f"x{i}" for i in ok], [7] * len(ok)]  # no valid row: two empty columns
     reasons = {d.stream_seq - 100: d.reason for d in p.dead}
-    assert reasons == {i: {"json": "invalid_json", "range": "out_of_range", "last": "max_deliver"}[k] for i, k in enumerate(kinds) if k != "ok"}
+    assert reasons == {
+        i: {"json": "invalid_json", "range": "out_of_range", "last": "max_deliver"}[k]
+        for i, k in enumerate(kinds)
+        if k != "ok"
+    }
     for d in p.dead:
         i = d.stream_seq - 100
         assert d.data == msgs[i][2] and d.subject == f"events.0.k{i}" and d.worker == 1

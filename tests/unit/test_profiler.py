@@ -41,8 +41,13 @@ def _wait_for(cond, timeout=10.0):
 
 
 def test_scheduler_profiles_each_worker_on_its_interval(tmp_path, caplog):
-    spy = _fake_py_spy(tmp_path, f"open(args[args.index('--output') + 1], 'w').write({COLLAPSED!r})\nopen({str(tmp_path / 'argv')!r}, 'a').write(' '.join(args) + '\\n')")
-    cfg = _config(enabled=True, profiling={"interval_s": 5, "duration_s": 1, "rate_hz": 7, "log_base64": True}).observability.profiling
+    spy = _fake_py_spy(
+        tmp_path,
+        f"open(args[args.index('--output') + 1], 'w').write({COLLAPSED!r})\nopen({str(tmp_path / 'argv')!r}, 'a').write(' '.join(args) + '\\n')",
+    )
+    cfg = _config(
+        enabled=True, profiling={"interval_s": 5, "duration_s": 1, "rate_hz": 7, "log_base64": True}
+    ).observability.profiling
     out = tmp_path / "profiles"
     sched = ProfileScheduler(cfg, out, py_spy=spy)
     with caplog.at_level(logging.INFO):
@@ -55,10 +60,20 @@ def test_scheduler_profiles_each_worker_on_its_interval(tmp_path, caplog):
     assert argv[:3] == ["record", "--pid", "4242"] and "--nonblocking" in argv and argv[argv.index("--rate") + 1] == "7"
     assert argv[argv.index("--format") + 1] == "raw"
     files = sorted(p.name for p in out.iterdir())
-    assert len(files) == 2 and files[0].startswith("cpu-worker0-") and files[0].endswith(".speedscope.json") and files[1].endswith(".svg")
+    assert (
+        len(files) == 2
+        and files[0].startswith("cpu-worker0-")
+        and files[0].endswith(".speedscope.json")
+        and files[1].endswith(".svg")
+    )
     # logged base64, extracted again byte for byte
-    lines = [json.dumps({"profile_name": r.profile_name, "profile_encoding": r.profile_encoding, "profile_b64": r.profile_b64})
-             for r in caplog.records if hasattr(r, "profile_b64")]
+    lines = [
+        json.dumps(
+            {"profile_name": r.profile_name, "profile_encoding": r.profile_encoding, "profile_b64": r.profile_b64}
+        )
+        for r in caplog.records
+        if hasattr(r, "profile_b64")
+    ]
     extracted = dict(profiles.logged_profiles(iter(lines + ["{not json", '{"msg": "other"}'])))
     assert extracted == {name: (out / name).read_bytes() for name in files}
     sched.tick(108.0, {0: 4242})

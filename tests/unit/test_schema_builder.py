@@ -118,9 +118,16 @@ def _driver_roundtrip(type_text: str, values: list) -> tuple:
         ("String", ["a", "é"], ("a", "é")),
         ("FixedString(4)", ["ab", "éé"], ("ab", "éé")),  # the driver strips the NUL padding on read
         ("Date", ["2026-11-26", "2149-06-06"], (date(2026, 11, 26), date(2149, 6, 6))),
-        ("DateTime('UTC')", ["2026-11-26T12:34:56Z", 0], (datetime(2026, 11, 26, 12, 34, 56, tzinfo=timezone.utc),
-                                                           datetime(1970, 1, 1, tzinfo=timezone.utc))),
-        ("DateTime64(3, 'UTC')", ["2026-11-26T12:34:56.789Z"], (datetime(2026, 11, 26, 12, 34, 56, 789000, tzinfo=timezone.utc),)),
+        (
+            "DateTime('UTC')",
+            ["2026-11-26T12:34:56Z", 0],
+            (datetime(2026, 11, 26, 12, 34, 56, tzinfo=timezone.utc), datetime(1970, 1, 1, tzinfo=timezone.utc)),
+        ),
+        (
+            "DateTime64(3, 'UTC')",
+            ["2026-11-26T12:34:56.789Z"],
+            (datetime(2026, 11, 26, 12, 34, 56, 789000, tzinfo=timezone.utc),),
+        ),
         ("UUID", ["6f1c2d9e-ab12-4000-8000-0000000000ab"], (UUID("6f1c2d9e-ab12-4000-8000-0000000000ab"),)),
         ("Decimal(18, 4)", ["123.4500", 7, "-0.0001"], (Decimal("123.45"), Decimal(7), Decimal("-0.0001"))),
         ("Decimal(9, 2)", ["9999999.99"], (Decimal("9999999.99"),)),

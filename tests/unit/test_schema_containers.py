@@ -34,8 +34,11 @@ def test_nullable_lowcardinality_array_map_tuple():
     for bad in ["07", "+7", "7.0", "x"]:
         rejects("Map(UInt32, String)", {bad: "x"}, "invalid_value")
     rejects("Map(UInt8, String)", {"256": "x"}, "out_of_range")
-    rejects("Map(UUID, String)", {"6f1c2d9e-ab12-4000-8000-0000000000ab": "a", "6F1C2D9E-AB12-4000-8000-0000000000AB": "b"},
-            "invalid_value")  # two keys, one UUID
+    rejects(
+        "Map(UUID, String)",
+        {"6f1c2d9e-ab12-4000-8000-0000000000ab": "a", "6F1C2D9E-AB12-4000-8000-0000000000AB": "b"},
+        "invalid_value",
+    )  # two keys, one UUID
     assert "['a']" in rejects("Map(String, UInt8)", {"a": -1}, "out_of_range")
     assert conv("Tuple(String, UInt8)")(["a", 1]) == ("a", 1)
     assert conv("Tuple(s String, n UInt8)")({"s": "a", "n": 1}) == ("a", 1)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Any
-
 from datetime import date
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -195,7 +194,11 @@ def test_repeated_values_are_converted_consistently():
 
 def test_batch_deduplication_of_repeated_strings_keeps_errors_per_doc():
     mapper = compile_mapper("t", [TableColumn("ts", "Nullable(DateTime)")], [], MODERN)
-    docs = [{"ts": "2026-11-26T12:34:56Z"}] * 10 + [{"ts": None}, {"ts": "2026-11-26T12:34:56"}, {"ts": "2026-11-26T12:34:56Z"}]
+    docs = [{"ts": "2026-11-26T12:34:56Z"}] * 10 + [
+        {"ts": None},
+        {"ts": "2026-11-26T12:34:56"},
+        {"ts": "2026-11-26T12:34:56Z"},
+    ]
     columns, failures = mapper.map_rows(docs)
     assert columns == [[1795696496] * 10 + [None, 1795696496]]
     assert [(i, e.reason) for i, e in failures] == [(11, "invalid_value")]
@@ -217,10 +220,20 @@ def test_dotted_paths_are_walked_as_before():
 
 
 def test_documents_missing_some_keys_map_as_each_alone():
-    cols = [TableColumn("a", "String"), TableColumn("b", "UInt8"), TableColumn("c", "UUID"), TableColumn("d", "DateTime")]
+    cols = [
+        TableColumn("a", "String"),
+        TableColumn("b", "UInt8"),
+        TableColumn("c", "UUID"),
+        TableColumn("d", "DateTime"),
+    ]
     mapper = compile_mapper("t", cols, [Override("b", has_default=True, default=9)], MODERN)
     u, t = "6f1c2d9e-ab12-4000-8000-0000000000ab", "2026-11-26T12:34:56Z"
-    docs = [{"a": "x", "b": 1, "c": u, "d": t}, {"a": "y", "c": u, "d": t}, {"b": 2}, {"a": "z", "b": 3, "c": u, "d": t, "e": 0}]
+    docs = [
+        {"a": "x", "b": 1, "c": u, "d": t},
+        {"a": "y", "c": u, "d": t},
+        {"b": 2},
+        {"a": "z", "b": 3, "c": u, "d": t, "e": 0},
+    ]
     columns, failures = mapper.map_rows(docs)
     alone = [mapper.map_rows([d])[0] for d in docs]
     assert failures == []
@@ -237,7 +250,7 @@ def test_demo_events_map_as_value_by_value():
     columns, failures = mapper.map_rows(docs)
     assert failures == []
     types = {c.name: c.type for c in micro.DEMO_COLUMNS}
-    for name, column in zip(mapper.column_names, columns):
+    for name, column in zip(mapper.column_names, columns, strict=False):
         c = conv(types[name], epoch_unit="ms" if name == "ts" else "s")
         sent = [d["user"]["id"] if name == "user_id" else d[name] for d in docs]
         assert typed(column) == typed([c(v) for v in sent]), name

@@ -34,7 +34,15 @@ def test_date():
     rejects("Date", "1969-12-31", "out_of_range")
     rejects("Date", "2106-01-01", "out_of_range", features=OLD)
     assert conv("Date", OLD)("2105-12-31") == date(2105, 12, 31)
-    for bad in ["2026-02-30", "2026-1-5", "20261126", "2026-11-26T00:00:00Z", "2026-W48-4", " 2026-11-26", "２０２６-11-26"]:
+    for bad in [
+        "2026-02-30",
+        "2026-1-5",
+        "20261126",
+        "2026-11-26T00:00:00Z",
+        "2026-W48-4",
+        " 2026-11-26",
+        "２０２６-11-26",
+    ]:
         rejects("Date", bad, "invalid_value")
     rejects("Date", 20000, "wrong_type")
     assert conv("Date32")("1900-01-01") == date(1900, 1, 1)

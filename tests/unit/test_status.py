@@ -61,7 +61,10 @@ def test_snapshot_shape_and_rows_per_second():
     clock = Clock()
     view = PoolView(window_s=5.0, clock=clock, wall=lambda: NOW)
     w = Handle(0, owned=(Partition("events", 0), Partition("events", 3)), beat=999.5)
-    w.stats = {"op": "stats", "partitions": {"events/0": stats(100), "events/3": stats(50, pending=7, last_batch_at=NOW - 2)}}
+    w.stats = {
+        "op": "stats",
+        "partitions": {"events/0": stats(100), "events/3": stats(50, pending=7, last_batch_at=NOW - 2)},
+    }
     snap = view.snapshot([w], draining=False)
     assert snap["started_at"] == NOW and snap["taken_at"] == NOW and snap["draining"] is False
     (entry,) = snap["workers"]
@@ -95,12 +98,23 @@ def test_snapshot_is_a_copy():
 def test_a_slot_waiting_for_restart():
     view = PoolView(clock=Clock(), wall=lambda: NOW)
     entry = view.snapshot([Handle(1, pid=None, ready=True, restarts=3)], draining=False)["workers"][0]
-    assert entry["pid"] is None and entry["ready"] is False and entry["heartbeat_age_s"] is None and entry["restarts"] == 3
+    assert (
+        entry["pid"] is None and entry["ready"] is False and entry["heartbeat_age_s"] is None and entry["restarts"] == 3
+    )
 
 
 def snapshot(**worker: Any) -> dict:
-    w = {"slot": 0, "pid": 100, "ready": True, "restarts": 0, "partitions": ["events/0"], "rows_per_s": 10.0,
-         "last_batch_at": NOW - 1, "heartbeat_age_s": 0.5, "stats": {"events/0": stats(5, pending=3, last_batch_at=NOW - 1)}}
+    w = {
+        "slot": 0,
+        "pid": 100,
+        "ready": True,
+        "restarts": 0,
+        "partitions": ["events/0"],
+        "rows_per_s": 10.0,
+        "last_batch_at": NOW - 1,
+        "heartbeat_age_s": 0.5,
+        "stats": {"events/0": stats(5, pending=3, last_batch_at=NOW - 1)},
+    }
     w.update(worker)
     return {"started_at": NOW - 3700, "taken_at": NOW, "draining": False, "workers": [w], "instance_id": "a",
             "instances": [{"instance_id": "a", "self": True, "holds": ["events/0"]},
@@ -182,11 +196,15 @@ def test_status_table_shows_problems_and_never_run_batches():
 
 
 def test_status_shows_what_telemetry_dropped_while_its_endpoint_was_down():
-    workers = [Handle(slot, stats={"op": "stats", "partitions": {}, "telemetry_dropped": {"traces": 10 * slot, "logs": 2}})
-               for slot in (1, 2)]
+    workers = [
+        Handle(slot, stats={"op": "stats", "partitions": {}, "telemetry_dropped": {"traces": 10 * slot, "logs": 2}})
+        for slot in (1, 2)
+    ]
     snap = PoolView(wall=lambda: NOW).snapshot(workers, draining=False)
     assert [w["telemetry_dropped"] for w in snap["workers"]] == [{"traces": 10, "logs": 2}, {"traces": 20, "logs": 2}]
-    assert "telemetry dropped while its OTLP endpoint was unreachable: traces 30, logs 4" in render_status_table(snap, now=NOW)
+    assert "telemetry dropped while its OTLP endpoint was unreachable: traces 30, logs 4" in render_status_table(
+        snap, now=NOW
+    )
     quiet = PoolView(wall=lambda: NOW).snapshot([Handle(0, stats={"op": "stats", "partitions": {}})], draining=False)
     assert "telemetry" not in render_status_table(quiet, now=NOW)
 
@@ -207,14 +225,23 @@ def test_snapshot_of_the_arbiters_own_worker_handles():
     clock = Clock()
     entry = PoolView(clock=clock, wall=lambda: NOW).snapshot([w], draining=False)["workers"][0]
     assert entry["partitions"] == ["events/2", "events/10"]
-    assert (entry["slot"], entry["pid"], entry["ready"], entry["restarts"], entry["heartbeat_age_s"]) == (2, 7, True, 1, 1.0)
+    assert (entry["slot"], entry["pid"], entry["ready"], entry["restarts"], entry["heartbeat_age_s"]) == (
+        2,
+        7,
+        True,
+        1,
+        1.0,
+    )
     assert entry["stats"]["events/2"]["pending"] == 1
 
 
 def admin_problems(admin: Any) -> list[str]:
     from supervisor.config import ConfigError, parse_config
 
-    base = {"pipelines": [{"name": "e", "stream": "E", "subject": "e.*", "partitions": 1, "table": "t"}], "admin": admin}
+    base = {
+        "pipelines": [{"name": "e", "stream": "E", "subject": "e.*", "partitions": 1, "table": "t"}],
+        "admin": admin,
+    }
     try:
         parse_config(base, Path("."))
     except ConfigError as exc:
@@ -225,7 +252,9 @@ def admin_problems(admin: Any) -> list[str]:
 def test_admin_config_defaults_to_loopback():
     from supervisor.config import AdminConfig, parse_config
 
-    config = parse_config({"pipelines": [{"name": "e", "stream": "E", "subject": "e.*", "partitions": 1, "table": "t"}]}, Path("."))
+    config = parse_config(
+        {"pipelines": [{"name": "e", "stream": "E", "subject": "e.*", "partitions": 1, "table": "t"}]}, Path(".")
+    )
     assert config.admin == AdminConfig(enabled=True, listen="127.0.0.1:9470", allow_remote=False)
 
 
@@ -233,7 +262,9 @@ def test_admin_listen_is_checked():
     for ok in ("127.0.0.1:9470", "127.0.0.2:1", "localhost:9470", "[::1]:9470", "127.0.0.1:0"):
         assert admin_problems({"listen": ok}) == [], ok
     assert admin_problems({"listen": "0.0.0.0:9470", "allow_remote": True}) == []
-    assert admin_problems({"listen": "0.0.0.0:9470"})[0].startswith("admin.listen: '0.0.0.0:9470' is not a loopback address")
+    assert admin_problems({"listen": "0.0.0.0:9470"})[0].startswith(
+        "admin.listen: '0.0.0.0:9470' is not a loopback address"
+    )
     assert "is not a loopback address" in admin_problems({"listen": "[::]:9470"})[0]
     for bad in ("9470", "::1:9470", "host:http", "127.0.0.1:65536", ":9470", 9470):
         assert admin_problems({"listen": bad})[0].startswith("admin.listen: expected host:port"), bad
@@ -242,7 +273,9 @@ def test_admin_listen_is_checked():
 
 def test_summary_line():
     assert summary(snapshot()) == "1/1 workers ready, 1 partitions, 10 rows/s"
-    assert summary({**snapshot(ready=False), "draining": True}) == "0/1 workers ready, 1 partitions, 10 rows/s, draining"
+    assert (
+        summary({**snapshot(ready=False), "draining": True}) == "0/1 workers ready, 1 partitions, 10 rows/s, draining"
+    )
     assert summary(None) == "0/0 workers ready, 0 partitions, 0 rows/s"
 
 

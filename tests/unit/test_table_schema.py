@@ -38,10 +38,10 @@ class Table:
         for name in names:
             if name not in types:
                 raise ch.ServerException(f"No such column {name} in table t.", code=16)
-        for name, values in zip(names, columns):
+        for name, values in zip(names, columns, strict=False):
             if types[name].startswith("UInt") and not all(type(v) is int for v in values):
                 raise ch.TypeMismatchError(f"Column {name}: required argument is not an integer")
-        self.rows += [dict(zip(names, row)) for row in zip(*columns)]
+        self.rows += [dict(zip(names, row, strict=False)) for row in zip(*columns, strict=False)]
         return len(columns[0]) if columns else 0
 
 

@@ -37,8 +37,14 @@ def test_traceparent_round_trip_and_rejects():
     sc = telemetry.remote_span_context({"traceparent": tp})
     assert (sc.trace_id, sc.span_id, int(sc.trace_flags), sc.is_remote) == (
         0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, 1, True)
-    for bad in (None, "", "garbage", "00-" + "0" * 32 + "-b7ad6b7169203331-01", "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-                "00-0af7651916cd43dd8448eb211c80319z-b7ad6b7169203331-01"):
+    for bad in (
+        None,
+        "",
+        "garbage",
+        "00-" + "0" * 32 + "-b7ad6b7169203331-01",
+        "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "00-0af7651916cd43dd8448eb211c80319z-b7ad6b7169203331-01",
+    ):
         assert telemetry.remote_span_context({"traceparent": bad}) is None
     assert telemetry.remote_span_context({}) is None
 
@@ -67,7 +73,9 @@ def test_resource_names_the_process_and_respects_otel_service_name(monkeypatch):
     monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
     monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
     attrs = telemetry.resource_attributes("worker", 3)
-    assert attrs["service.name"] == "jetsink" and attrs["jetsink.worker.slot"] == 3 and attrs["process.pid"] == os.getpid()
+    assert (
+        attrs["service.name"] == "jetsink" and attrs["jetsink.worker.slot"] == 3 and attrs["process.pid"] == os.getpid()
+    )
     assert attrs["service.instance.id"] != telemetry.resource_attributes("worker", 3)["service.instance.id"]
     monkeypatch.setenv("OTEL_SERVICE_NAME", "sink-eu")
     assert "service.name" not in telemetry.resource_attributes("supervisor", None)
@@ -91,21 +99,48 @@ def test_batch_links_are_deduplicated_and_capped():
 
 def test_observability_defaults_and_keys():
     obs = _config().observability
-    assert (obs.enabled, obs.traces.sample_ratio, obs.traces.per_message_spans, obs.traces.max_links) == (False, 0.1, False, 32)
+    assert (obs.enabled, obs.traces.sample_ratio, obs.traces.per_message_spans, obs.traces.max_links) == (
+        False,
+        0.1,
+        False,
+        32,
+    )
     assert obs.metrics.interval_s == 10
     p = obs.profiling
-    assert (p.cpu, p.interval_s, p.duration_s, p.rate_hz, p.log_base64, p.memory, p.dir) == (True, 300, 30, 100, False, False, None)
-    assert profiles_dir(parse_config({"pipelines": [PIPELINE], "state_dir": "var"}, Path("/srv"))) == Path("/srv/var/profiles")
+    assert (p.cpu, p.interval_s, p.duration_s, p.rate_hz, p.log_base64, p.memory, p.dir) == (
+        True,
+        300,
+        30,
+        100,
+        False,
+        False,
+        None,
+    )
+    assert profiles_dir(parse_config({"pipelines": [PIPELINE], "state_dir": "var"}, Path("/srv"))) == Path(
+        "/srv/var/profiles"
+    )
 
 
-@pytest.mark.parametrize("observability, problem", [
-    ({"traces": {"sample_ratio": 1.5}}, "observability.traces.sample_ratio: expected a number from 0 to 1, got 1.5"),
-    ({"traces": {"sample_rate": 1}}, "observability.traces.sample_rate: unknown key; did you mean 'sample_ratio'?"),
-    ({"profiling": {"memroy": True}}, "observability.profiling.memroy: unknown key; did you mean 'memory'?"),
-    ({"profiling": {"duration_s": 0.5}}, "observability.profiling.duration_s: expected at least 1 second, got 0.5"),
-    ({"profiling": {"interval_s": 10, "duration_s": 30}}, "observability.profiling.duration_s: must not be longer than interval_s"),
-    ({"metrics": {"interval_s": "fast"}}, "observability.metrics.interval_s: expected a positive number of seconds, got 'fast'"),
-])
+@pytest.mark.parametrize(
+    "observability, problem",
+    [
+        (
+            {"traces": {"sample_ratio": 1.5}},
+            "observability.traces.sample_ratio: expected a number from 0 to 1, got 1.5",
+        ),
+        ({"traces": {"sample_rate": 1}}, "observability.traces.sample_rate: unknown key; did you mean 'sample_ratio'?"),
+        ({"profiling": {"memroy": True}}, "observability.profiling.memroy: unknown key; did you mean 'memory'?"),
+        ({"profiling": {"duration_s": 0.5}}, "observability.profiling.duration_s: expected at least 1 second, got 0.5"),
+        (
+            {"profiling": {"interval_s": 10, "duration_s": 30}},
+            "observability.profiling.duration_s: must not be longer than interval_s",
+        ),
+        (
+            {"metrics": {"interval_s": "fast"}},
+            "observability.metrics.interval_s: expected a positive number of seconds, got 'fast'",
+        ),
+    ],
+)
 def test_observability_problems_name_the_key(observability, problem):
     with pytest.raises(ConfigError) as exc:
         _config(**observability)
@@ -118,13 +153,19 @@ def test_per_message_map_spans_give_the_same_columns_as_one_batch():
 
     config = _config()
     target = PartitionTarget(pipeline=config.pipelines[0], index=0, consumer="c", worker=0)
-    mapper = compile_mapper("t", [TableColumn("id", "String"), TableColumn("n", "UInt8")], (), ServerFeatures.from_version((18, 16)))
+    mapper = compile_mapper(
+        "t", [TableColumn("id", "String"), TableColumn("n", "UInt8")], (), ServerFeatures.from_version((18, 16))
+    )
     bodies = [b'{"id": "a", "n": 1}', b'{"id": "b", "n": 300}', b"nope", b'{"id": "c", "n": 3}', b'{"id": "d", "n": 4}']
     msgs = [(f"e.0.k{i}".encode(), f"$JS.ACK.S.c.1.{i + 1}.{i + 1}.1700000000000000000.0".encode(), b, None)
             for i, b in enumerate(bodies)]
     whole = prepare(msgs, mapper, target)
     joined = join_prepared([prepare([m], mapper, target) for m in msgs])
-    assert (joined.columns, joined.rows, joined.row_msgs) == (whole.columns, whole.rows, whole.row_msgs) == ([["a", "c", "d"], [1, 3, 4]], 3, [0, 3, 4])
+    assert (
+        (joined.columns, joined.rows, joined.row_msgs)
+        == (whole.columns, whole.rows, whole.row_msgs)
+        == ([["a", "c", "d"], [1, 3, 4]], 3, [0, 3, 4])
+    )
     assert sorted(d.stream_seq for d in joined.dead) == sorted(d.stream_seq for d in whole.dead) == [2, 3]
 
 

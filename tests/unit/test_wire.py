@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from workers import wire
 
@@ -40,7 +41,14 @@ def _encode(item) -> bytes:
         parts = [subject, str(sid).encode()] + ([reply] if reply else [])
         if headers is None:
             return b"MSG " + b" ".join(parts) + b" %d\r\n" % len(data) + data + b"\r\n"
-        return b"HMSG " + b" ".join(parts) + b" %d %d\r\n" % (len(headers), len(headers) + len(data)) + headers + data + b"\r\n"
+        return (
+            b"HMSG "
+            + b" ".join(parts)
+            + b" %d %d\r\n" % (len(headers), len(headers) + len(data))
+            + headers
+            + data
+            + b"\r\n"
+        )
     return {
         "ping": b"PING\r\n",
         "pong": b"PONG\r\n",
@@ -53,7 +61,9 @@ def _encode(item) -> bytes:
 _expected_other = {"err": ("err", "'stale connection'"), "info": ("info", {"server_id": "x", "max_payload": 1048576})}
 
 _payload = st.binary(max_size=300)
-_headers = st.one_of(st.none(), st.just(b"NATS/1.0\r\nNats-Msg-Id: a1\r\n\r\n"), st.just(b"NATS/1.0 408 Request Timeout\r\n\r\n"))
+_headers = st.one_of(
+    st.none(), st.just(b"NATS/1.0\r\nNats-Msg-Id: a1\r\n\r\n"), st.just(b"NATS/1.0 408 Request Timeout\r\n\r\n")
+)
 _message = st.tuples(
     st.just("msg"), st.sampled_from([1, 2, 7]), st.sampled_from([b"_INBOX.a", b"events.3.k1"]),
     st.sampled_from([b"", b"$JS.ACK.EVENTS.c.1.5.5.1700000000000000000.0"]), _payload, _headers,
@@ -99,7 +109,11 @@ def test_any_chunking_gives_the_same_events_in_order(items, cuts):
     for item in items:
         if item[0] == "msg":
             _, sid, subject, reply, payload, headers = item
-            expected.append(("routed", sid, subject, reply, payload, headers) if sid in (1, 7) else ("msg", sid, subject, reply, payload, headers))
+            expected.append(
+                ("routed", sid, subject, reply, payload, headers)
+                if sid in (1, 7)
+                else ("msg", sid, subject, reply, payload, headers)
+            )
         elif item[0] != "ok":
             expected.append(_expected_other.get(item[0], item))
     assert _segments(log) == _segments(expected)
@@ -150,8 +164,14 @@ def test_pubs_builds_one_command_per_subject():
 
 
 def test_parse_headers_with_and_without_inline_status():
-    assert wire.parse_headers(b"NATS/1.0\r\nNats-Msg-Id: 7\r\ntraceparent: 00-ab-cd-01\r\n\r\n") == {"Nats-Msg-Id": "7", "traceparent": "00-ab-cd-01"}
-    assert wire.parse_headers(b"NATS/1.0 409 Exceeded MaxAckPending\r\n\r\n") == {"Status": "409", "Description": "Exceeded MaxAckPending"}
+    assert wire.parse_headers(b"NATS/1.0\r\nNats-Msg-Id: 7\r\ntraceparent: 00-ab-cd-01\r\n\r\n") == {
+        "Nats-Msg-Id": "7",
+        "traceparent": "00-ab-cd-01",
+    }
+    assert wire.parse_headers(b"NATS/1.0 409 Exceeded MaxAckPending\r\n\r\n") == {
+        "Status": "409",
+        "Description": "Exceeded MaxAckPending",
+    }
     assert wire.parse_headers(b"NATS/1.0 408\r\n\r\n") == {"Status": "408"}
     assert wire.parse_headers(None) == {}
 

@@ -123,7 +123,7 @@ def tuple_converter(elements: Sequence[tuple[str | None, Converter]]) -> Convert
         if len(v) != size:
             raise Rejected("invalid_value", f"{show(v)} has {len(v)} elements; the tuple has {size}")
         out = []
-        for i, (c, x) in enumerate(zip(converters, v)):
+        for i, (c, x) in enumerate(zip(converters, v, strict=False)):
             try:
                 out.append(c(x))
             except Rejected as e:

@@ -150,7 +150,7 @@ class ColumnMapper:
         if self._get_top is None:
             return None
         try:
-            return dict(zip(self._top_keys, zip(*map(self._get_top, objs))))
+            return dict(zip(self._top_keys, zip(*map(self._get_top, objs), strict=False), strict=False))
         except KeyError:
             return None
 
@@ -293,7 +293,7 @@ def compile_mapper(
     by_name = {c.name: c for c in columns}
     override_of: dict[str, Any] = {}
     for o in overrides:
-        name = getattr(o, "column")
+        name = o.column
         if name not in by_name:
             close = difflib.get_close_matches(name, list(by_name), n=3)
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
