@@ -157,7 +157,8 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], x_label
         return top + ph * (1 - y / y_max)
 
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        'font-family="sans-serif" font-size="11">',
         f'<text x="{left}" y="16" font-size="13" font-weight="bold">{escape(title)}</text>',
     ]
     for i in range(5):
@@ -169,7 +170,8 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], x_label
         out.append(f'<text x="{X(xv):.1f}" y="{top + ph + 14}" text-anchor="middle">{_short(xv)}</text>')
     out.append(f'<text x="{left + pw / 2}" y="{height - 4}" text-anchor="middle">{escape(x_label)}</text>')
     out.append(
-        f'<text x="12" y="{top + ph / 2}" transform="rotate(-90 12 {top + ph / 2})" text-anchor="middle">{escape(y_label)}</text>'
+        f'<text x="12" y="{top + ph / 2}" transform="rotate(-90 12 {top + ph / 2})" '
+        f'text-anchor="middle">{escape(y_label)}</text>'
     )
     out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
     for m in marks:
@@ -198,10 +200,12 @@ def bar_chart(title: str, bars: list[tuple[str, float]], y_label: str, width: in
     pw, ph = width - left - right, height - top - bottom
     bw = pw / len(bars)
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        'font-family="sans-serif" font-size="11">',
         f'<text x="{left}" y="16" font-size="13" font-weight="bold">{escape(title)}</text>',
         f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>',
-        f'<text x="12" y="{top + ph / 2}" transform="rotate(-90 12 {top + ph / 2})" text-anchor="middle">{escape(y_label)}</text>',
+        f'<text x="12" y="{top + ph / 2}" transform="rotate(-90 12 {top + ph / 2})" '
+        f'text-anchor="middle">{escape(y_label)}</text>',
     ]
     for i in range(5):
         yv = y_max * i / 4
@@ -212,7 +216,8 @@ def bar_chart(title: str, bars: list[tuple[str, float]], y_label: str, width: in
         h = ph * v / y_max
         x = left + i * bw
         out.append(
-            f'<rect x="{x + bw * 0.1:.1f}" y="{top + ph - h:.1f}" width="{bw * 0.8:.1f}" height="{h:.1f}" fill="{PALETTE[0]}"><title>{escape(label)}: {v:,.1f}</title></rect>'
+            f'<rect x="{x + bw * 0.1:.1f}" y="{top + ph - h:.1f}" width="{bw * 0.8:.1f}" height="{h:.1f}" '
+            f'fill="{PALETTE[0]}"><title>{escape(label)}: {v:,.1f}</title></rect>'
         )
         if len(bars) <= 16 or i % max(1, len(bars) // 8) == 0:
             out.append(f'<text x="{x + bw / 2:.1f}" y="{top + ph + 14}" text-anchor="middle">{escape(label)}</text>')
@@ -290,7 +295,10 @@ def _flames(figures: dict[str, Any], out_dir: Path) -> list[str]:
     parts = []
     for w in figures.get("workers") or []:
         prof = w.get("profiles") or {}
-        name = f"{figures.get('sink', 'jetsink')} {'worker ' + str(w['slot']) if figures.get('sink') != 'naive' else 'process'}"
+        name = (
+            f"{figures.get('sink', 'jetsink')} "
+            f"{'worker ' + str(w['slot']) if figures.get('sink') != 'naive' else 'process'}"
+        )
         links = []
         if prof.get("cpu_speedscope"):
             links.append(f'<a href="{escape(prof["cpu_speedscope"])}">speedscope JSON</a> (open at speedscope.app)')
@@ -322,7 +330,8 @@ def _flames(figures: dict[str, Any], out_dir: Path) -> list[str]:
     nats = servers.get("nats_profile")
     if nats:
         parts.append(
-            f"<h3>nats-server (Go CPU profile, {nats.get('samples', 0)} samples): {servers.get('nats_cpu_s')} CPU s</h3>"
+            f"<h3>nats-server (Go CPU profile, {nats.get('samples', 0)} samples): "
+            f"{servers.get('nats_cpu_s')} CPU s</h3>"
         )
         if nats.get("error"):
             parts.append(f"<p>{escape(str(nats['error']))}</p>")

@@ -296,7 +296,8 @@ def _servers_only(watched: Watched) -> Watched:
 
 def _ensure_naive_table(client: Any, names: harness.RunNames) -> None:
     client.execute(
-        f"CREATE TABLE IF NOT EXISTS {names.database}.{names.table}{NAIVE_TABLE_SUFFIX} AS {names.database}.{names.table}"
+        f"CREATE TABLE IF NOT EXISTS {names.database}.{names.table}{NAIVE_TABLE_SUFFIX} "
+        f"AS {names.database}.{names.table}"
     )
 
 

@@ -238,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             embedded.stop_all(server)
     print(
-        f"nats-server CPU per message, {args.messages:,} messages of ~{args.payload_bytes} bytes over {args.keys} keys, "
+        f"nats-server CPU per message, {args.messages:,} messages of ~{args.payload_bytes} bytes "
+        f"over {args.keys} keys, "
         f"one AckAll per pull of up to {PULL:,}:"
     )
     for r in results:

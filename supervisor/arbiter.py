@@ -52,12 +52,13 @@ SIGNAL_SPANS = {  # QUIT has none: nothing is sent to the workers
     signal.SIGTERM: "supervisor.shutdown", signal.SIGINT: "supervisor.shutdown",
     signal.SIGHUP: "supervisor.reload", signal.SIGTTIN: "supervisor.resize", signal.SIGTTOU: "supervisor.resize",
 }
+DEFAULT_TIMINGS = Timings()  # frozen, so one instance serves every Arbiter
 
 
 class Arbiter:
     """Runs the worker pool for one Config until TERM/INT/QUIT; `run()` returns the exit code."""
 
-    def __init__(self, config: Config, target: WorkerTarget = worker_main.main, timings: Timings = Timings(),
+    def __init__(self, config: Config, target: WorkerTarget = worker_main.main, timings: Timings = DEFAULT_TIMINGS,
                  membership: Any = None) -> None:
         self.config = config
         # The live instances that share the partitions (supervisor/members.py); run() joins

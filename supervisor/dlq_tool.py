@@ -134,12 +134,16 @@ def _when(t: dt.datetime | None) -> str:
 def _list_line(pipeline: str, letter: StoredLetter) -> str:
     error = " ".join(letter.error.split())
     error = error if len(error) <= 80 else error[:77] + "..."
-    return f"{pipeline}  {letter.seq:>6}  {_when(letter.time)}  {letter.reason:<16}  {letter.subject}  {letter.source}  {error}"
+    return (
+        f"{pipeline}  {letter.seq:>6}  {_when(letter.time)}  {letter.reason:<16}  "
+        f"{letter.subject}  {letter.source}  {error}"
+    )
 
 
 def _show(pipeline: Any, letter: StoredLetter) -> str:
     lines = [
-        f"dead letter {letter.seq} of pipeline {pipeline.name} in stream {pipeline.dlq_stream}, stored {_when(letter.time)}",
+        f"dead letter {letter.seq} of pipeline {pipeline.name} in stream {pipeline.dlq_stream}, "
+        f"stored {_when(letter.time)}",
         "headers:",
     ]
     lines += [f"  {k}: {v}" for k, v in letter.headers.items()]
@@ -343,7 +347,8 @@ async def _republish(js: Any, p: Any, letter: StoredLetter, subject: str, header
         return False
     if ack.stream != p.stream:
         print(
-            f"jetsink: dead letter {letter.seq} in {p.dlq_stream}: {subject} was stored by stream {ack.stream} (seq {ack.seq}), "
+            f"jetsink: dead letter {letter.seq} in {p.dlq_stream}: {subject} was stored by stream {ack.stream} "
+            f"(seq {ack.seq}), "
             f"not {p.stream}; kept",
             file=sys.stderr,
         )
@@ -365,7 +370,8 @@ async def _republish(js: Any, p: Any, letter: StoredLetter, subject: str, header
         await js.delete_msg(p.dlq_stream, letter.seq)
     except NatsError as exc:
         print(
-            f"jetsink: {done}, but deleting it from {p.dlq_stream} failed: {exc}; delete it or it may be replayed twice",
+            f"jetsink: {done}, but deleting it from {p.dlq_stream} failed: {exc}; "
+            "delete it or it may be replayed twice",
             file=sys.stderr,
         )
         return False

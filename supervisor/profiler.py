@@ -135,7 +135,10 @@ class ProfileScheduler:
         """Write the speedscope JSON and SVG of one window (and log them when asked)."""
         stacks = flamegraph.parse_collapsed(collapsed)
         stem = profile_stem(slot, started)
-        title = f"jetsink worker {slot} (pid {pid}), {self._cfg.duration_s:g} s from {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(started))} UTC"
+        title = (
+            f"jetsink worker {slot} (pid {pid}), {self._cfg.duration_s:g} s "
+            f"from {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(started))} UTC"
+        )
         speedscope = self._dir / f"{stem}.speedscope.json"
         svg = self._dir / f"{stem}.svg"
         speedscope.write_text(json.dumps(flamegraph.to_speedscope(stacks, title, self._cfg.rate_hz)))

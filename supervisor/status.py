@@ -356,7 +356,9 @@ def render_status_table(snapshot: Mapping | None, now: float | None = None) -> s
             str(w.get("restarts", 0)),
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = [head, ""] + ["  ".join(cell.ljust(width) for cell, width in zip(r, widths, strict=False)).rstrip() for r in rows]
+    lines = [head, ""] + [
+        "  ".join(cell.ljust(width) for cell, width in zip(r, widths, strict=False)).rstrip() for r in rows
+    ]
     members = snapshot.get("instances") or []
     if members:
         lines += ["", f"instances ({len(members)} live, this one is {snapshot.get('instance_id')}):", ""]

@@ -59,8 +59,16 @@ A_SLOT = "jetsink.worker.slot"
 A_ROLE = "jetsink.role"
 
 # The labels of the batch a thread is working for (pipeline, partition, slot), set by
-# batch() in the partition's task and carried into the insert thread with its context.
-_BATCH_LABELS: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar("jetsink_batch_labels", default={})
+# batch() in the partition's task and carried into the insert thread with its context;
+# None outside a batch (read through _batch_labels(), which gives {} then).
+_BATCH_LABELS: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
+    "jetsink_batch_labels", default=None
+)
+
+
+def _batch_labels() -> Mapping[str, Any]:
+    labels = _BATCH_LABELS.get()
+    return {} if labels is None else labels
 
 
 # The W3C TraceContext propagator: stateless, so one serves the whole process.
@@ -446,7 +454,7 @@ class OtelTelemetry(Telemetry):
             settings = None
             if features is not None and features.opentelemetry_traceparent:
                 settings = {"opentelemetry_traceparent": traceparent_of(trace.set_span_in_context(send))}
-        labels = _BATCH_LABELS.get()
+        labels = _batch_labels()
         outcome = "ok"
         try:
             with trace.use_span(send, end_on_exit=True):
@@ -474,7 +482,7 @@ class OtelTelemetry(Telemetry):
         span = trace.get_current_span()
         span.record_exception(exc, attributes={"jetsink.operation": what})
         span.set_attribute("error.type", type(exc).__name__)
-        self._retries.add(1, {**_BATCH_LABELS.get(), "jetsink.operation": what, "error.type": type(exc).__name__})
+        self._retries.add(1, {**_batch_labels(), "jetsink.operation": what, "error.type": type(exc).__name__})
 
     def batch_committed(self, target: Any, msgs: list[Any], prepared: Any) -> None:
         from workers import intake

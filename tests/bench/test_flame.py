@@ -33,15 +33,25 @@ def test_top_functions_rank_by_self_time():
     assert {"frame": "loads (x.py:2)", "self_pct": 30.0, "total_pct": 30.0} in top
 
 
-WORKER_RAW = """thread (1): MainThread;BaseEventLoop._run_once (asyncio/base_events.py:1);_SelectorSocketTransport._read_ready (asyncio/selector_events.py:2);BulkParser.parse (workers/wire.py:81) 40
-thread (1): MainThread;BaseEventLoop._run_once (asyncio/base_events.py:1);BulkParser.parse (workers/wire.py:112);BulkParser._dispatch (workers/wire.py:150);PartitionRunner._on_msgs (workers/partition.py:261) 5
-thread (1): MainThread;BaseEventLoop._run_once (asyncio/base_events.py:1);_SelectorSocketTransport._read_ready (asyncio/selector_events.py:2) 5
-thread (2): insert-0;_WorkItem.run (concurrent/futures/thread.py:58);prepare (workers/partition.py:98);_loads_all (workers/partition.py:120) 20
-thread (2): insert-0;_WorkItem.run (concurrent/futures/thread.py:58);prepare (workers/partition.py:120);ColumnMapper.map_rows (workers/schema.py:1309) 15
-thread (2): insert-0;_WorkItem.run (concurrent/futures/thread.py:58);Telemetry.insert (workers/telemetry.py:300);Client.execute (clickhouse_driver/client.py:1);BlockOutputStream.write (clickhouse_driver/streams/native.py:1) 10
-thread (2): insert-0;_WorkItem.run (concurrent/futures/thread.py:58);Telemetry.insert (workers/telemetry.py:300);Client.execute (clickhouse_driver/client.py:1) 4
-thread (2): insert-0;_WorkItem.run (concurrent/futures/thread.py:58) 1
-"""
+WORKER_RAW = (
+    "thread (1): MainThread;BaseEventLoop._run_once (asyncio/base_events.py:1);"
+    "_SelectorSocketTransport._read_ready (asyncio/selector_events.py:2);BulkParser.parse (workers/wire.py:81) 40\n"
+    "thread (1): MainThread;BaseEventLoop._run_once (asyncio/base_events.py:1);"
+    "BulkParser.parse (workers/wire.py:112);BulkParser._dispatch (workers/wire.py:150);"
+    "PartitionRunner._on_msgs (workers/partition.py:261) 5\n"
+    "thread (1): MainThread;BaseEventLoop._run_once (asyncio/base_events.py:1);"
+    "_SelectorSocketTransport._read_ready (asyncio/selector_events.py:2) 5\n"
+    "thread (2): insert-0;_WorkItem.run (concurrent/futures/thread.py:58);prepare (workers/partition.py:98);"
+    "_loads_all (workers/partition.py:120) 20\n"
+    "thread (2): insert-0;_WorkItem.run (concurrent/futures/thread.py:58);prepare (workers/partition.py:120);"
+    "ColumnMapper.map_rows (workers/schema.py:1309) 15\n"
+    "thread (2): insert-0;_WorkItem.run (concurrent/futures/thread.py:58);"
+    "Telemetry.insert (workers/telemetry.py:300);Client.execute (clickhouse_driver/client.py:1);"
+    "BlockOutputStream.write (clickhouse_driver/streams/native.py:1) 10\n"
+    "thread (2): insert-0;_WorkItem.run (concurrent/futures/thread.py:58);"
+    "Telemetry.insert (workers/telemetry.py:300);Client.execute (clickhouse_driver/client.py:1) 4\n"
+    "thread (2): insert-0;_WorkItem.run (concurrent/futures/thread.py:58) 1\n"
+)
 
 
 def test_worker_parts_take_the_first_rule_on_the_stack():

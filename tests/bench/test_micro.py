@@ -149,7 +149,9 @@ def test_intake_frames_are_real_deliveries_whatever_the_read_size():
         parser = BulkParser(type("C", (), {"stats": {"in_msgs": 0}})())
         parser.routes[b"7"] = got.extend
 
-        async def feed(frames=micro.delivery_frames(bodies, chunk=chunk)):
+        frames = micro.delivery_frames(bodies, chunk=chunk)
+
+        async def feed(parser=parser, frames=frames):
             for f in frames:
                 await parser.parse(f)
 

@@ -263,7 +263,7 @@ def test_rows_the_server_refuses_are_isolated_and_dead_lettered(
         sup.wait(lambda: len(sup.logged("ClickHouse refused")) >= len(bad), 60, "refused rows logged")
         rows, distinct = clickhouse_client.execute(f"SELECT count(), uniqExact(event_id) FROM {ch_database}.events")[0]
         assert (rows, distinct) == (500 - len(bad), 500 - len(bad))
-        refused = sorted(int(l["msg"].split(" seq ")[1].split(",")[0]) for l in sup.logged("ClickHouse refused"))
+        refused = sorted(int(e["msg"].split(" seq ")[1].split(",")[0]) for e in sup.logged("ClickHouse refused"))
         assert refused == sorted(i + 1 for i in bad)  # stream seq = index + 1
         assert sup.terminate() == 0
     finally:

@@ -239,7 +239,7 @@ def test_traces_metrics_logs_and_profiles_across_processes(
                 return found if all(j and s for j, s in found.values()) else None
 
             found = wait_until(cpu_profiles, 40, "a CPU profile of each worker")
-            for slot, (jsons, svgs) in found.items():
+            for _slot, (jsons, svgs) in found.items():
                 doc = json.loads(jsons[0].read_text())
                 assert doc["$schema"] == "https://www.speedscope.app/file-format-schema.json"
                 prof = doc["profiles"][0]

@@ -52,7 +52,7 @@ def test_dropped_table_pauses_the_pipeline_and_loses_nothing(
             f"SELECT min(event_id), max(event_id), uniqExact(event_id) FROM {ch_database}.events"
         )[0]
         assert ids == ("e000000001000", "e000000001999", 1000)
-        assert not [l for l in sup.lines() if str(l.get("msg", "")).startswith(("dead-lettered", "ClickHouse refused"))]
+        assert not [e for e in sup.lines() if str(e.get("msg", "")).startswith(("dead-lettered", "ClickHouse refused"))]
         assert sup.terminate() == 0
     finally:
         sup.close()
@@ -64,7 +64,8 @@ def test_an_unsupported_column_type_stops_start_up_with_exit_3(
     names, _ = _names()
     cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=1, workers=1, **names)
     clickhouse_client.execute(
-        f"CREATE TABLE {ch_database}.events (event_id String, u AggregateFunction(uniq, String)) ENGINE = MergeTree() ORDER BY event_id"
+        f"CREATE TABLE {ch_database}.events (event_id String, u AggregateFunction(uniq, String)) "
+        "ENGINE = MergeTree() ORDER BY event_id"
     )
     proc = subprocess.run(
         [sys.executable, "-m", "supervisor", "--config", str(cfg)],
@@ -128,7 +129,7 @@ def test_nats_user_password_and_token_from_env(
                 from bench.events import make_event
                 from tests.integration.harness import run
 
-                async def pub():
+                async def pub(env=env, url=url, prefix=prefix):
                     kw = {"user": "sink", "password": "s3cret-pw"} if "NATS_PW" in env else {"token": "t0ken-xyz"}
                     nc = await nats.connect(url, **kw)
                     for i in range(100):

@@ -87,7 +87,8 @@ def test_100k_events_arrive_exactly_with_matching_values(
         # Field by field on a sample.
         sample = [0, 1, 7, 4242, 55_555, N_EVENTS - 1]
         got = clickhouse_client.execute(
-            f"SELECT event_id, toUnixTimestamp(ts), user_id, kind, amount, country, tags, toString(session_id), payload "
+            "SELECT event_id, toUnixTimestamp(ts), user_id, kind, amount, country, tags, toString(session_id), "
+            "payload "
             f"FROM {ch_database}.events WHERE event_id IN %(ids)s ORDER BY event_id",
             {"ids": tuple(f"e{i:012d}" for i in sample)},
         )
@@ -290,7 +291,8 @@ def test_check_connect_reports_table_and_servers(tmp_path, nats_url, clickhouse_
         tmp_path, nats_url, clickhouse_server.port, ch_database, name=name, stream=stream, subject=subject
     )
     clickhouse_client.execute(
-        f"CREATE TABLE {ch_database}.events (event_id String, ts DateTime, user_id UInt64, kind String, amount Float64, "
+        f"CREATE TABLE {ch_database}.events (event_id String, ts DateTime, user_id UInt64, kind String, "
+        "amount Float64, "
         f"country FixedString(2), tags Array(String), session_id UUID, payload String) ENGINE = MergeTree() ORDER BY ts"
     )
     proc = subprocess.run(

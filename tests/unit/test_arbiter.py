@@ -161,7 +161,7 @@ def test_a_crashed_worker_is_restarted_with_capped_backoff(tmp_path, arbiters):
         assert not w.alive and not w.owned  # a dead worker holds nothing
         record_death(tmp_path, 0)
         backoffs.append(w.backoff_s)
-        turn_until(arb, lambda: w.alive and w.process.pid != pid, "the worker restarted")
+        turn_until(arb, lambda pid=pid: w.alive and w.process.pid != pid, "the worker restarted")
         assert w.started_at >= restart_at, "restarted before its backoff ran out"
         assert w.restarts == crash
         turn_until(arb, lambda: settled(arb), "its partitions owned again")

@@ -334,7 +334,8 @@ def test_dlq_stream_cannot_be_another_pipelines_input_stream():
     data["pipelines"].append({"name": "b", "stream": "B", "subject": "b.*", "partitions": 1, "table": "t",
                               "dlq": {"stream": "EVENTS"}})
     assert only_problem(data) == (
-        "pipelines[1].dlq.stream: stream 'EVENTS' is already used by pipelines[0].stream; each pipeline owns its streams"
+        "pipelines[1].dlq.stream: stream 'EVENTS' is already used by pipelines[0].stream; "
+        "each pipeline owns its streams"
     )
 
 

@@ -11,7 +11,12 @@ from supervisor import flamegraph
 # -- traceparent ---------------------------------------------------------------------
 
 
-COLLAPSED = "main (app.py:10);work (app.py:20);parse (app.py:30) 30\nmain (app.py:10);work (app.py:20) 10\nmain (app.py:10);idle (<frozen x>:5) 5\nnot a line\n"
+COLLAPSED = (
+    "main (app.py:10);work (app.py:20);parse (app.py:30) 30\n"
+    "main (app.py:10);work (app.py:20) 10\n"
+    "main (app.py:10);idle (<frozen x>:5) 5\n"
+    "not a line\n"
+)
 
 
 def test_speedscope_document_follows_the_schema():

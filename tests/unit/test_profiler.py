@@ -23,7 +23,12 @@ def _config(**observability):
 # -- traceparent ---------------------------------------------------------------------
 
 
-COLLAPSED = "main (app.py:10);work (app.py:20);parse (app.py:30) 30\nmain (app.py:10);work (app.py:20) 10\nmain (app.py:10);idle (<frozen x>:5) 5\nnot a line\n"
+COLLAPSED = (
+    "main (app.py:10);work (app.py:20);parse (app.py:30) 30\n"
+    "main (app.py:10);work (app.py:20) 10\n"
+    "main (app.py:10);idle (<frozen x>:5) 5\n"
+    "not a line\n"
+)
 
 
 def _fake_py_spy(tmp_path: Path, body: str) -> str:
@@ -43,7 +48,8 @@ def _wait_for(cond, timeout=10.0):
 def test_scheduler_profiles_each_worker_on_its_interval(tmp_path, caplog):
     spy = _fake_py_spy(
         tmp_path,
-        f"open(args[args.index('--output') + 1], 'w').write({COLLAPSED!r})\nopen({str(tmp_path / 'argv')!r}, 'a').write(' '.join(args) + '\\n')",
+        f"open(args[args.index('--output') + 1], 'w').write({COLLAPSED!r})\n"
+        f"open({str(tmp_path / 'argv')!r}, 'a').write(' '.join(args) + '\\n')",
     )
     cfg = _config(
         enabled=True, profiling={"interval_s": 5, "duration_s": 1, "rate_hz": 7, "log_base64": True}
