@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+from clickhouse_driver import Client
 
+from supervisor import embedded
 from supervisor.config import load_config
 from supervisor.status import admin_address, fetch_status
 
@@ -169,6 +171,39 @@ class Supervisor:
             self.proc.kill()
             self.proc.wait()
         self._log.close()
+
+
+class OwnClickHouse:
+    """A clickhouse-server of the test's own, with `database` created, that the test may stop or
+    kill and start again on the same data and port; leaving the `with` block stops it."""
+
+    def __init__(self, tmp_path: Path, database: str) -> None:
+        self.dir, self.port = tmp_path / "ch", embedded.free_port()
+        self.server = embedded.start_clickhouse(self.dir, self.port)
+        self.client = Client(host="127.0.0.1", port=self.port)
+        try:
+            self.client.execute(f"CREATE DATABASE {database}")
+        except Exception:
+            self.server.stop()
+            raise
+
+    def kill(self) -> None:
+        """kill -9, and wait until it is gone."""
+        self.server.proc.kill()
+        self.server.proc.wait()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def start(self) -> None:
+        self.server = embedded.start_clickhouse(self.dir, self.port)
+
+    def __enter__(self) -> OwnClickHouse:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.client.disconnect()
+        self.server.stop()
 
 
 def run(coro: Any) -> Any:

@@ -9,10 +9,9 @@ import time
 import uuid
 
 import yaml
-from clickhouse_driver import Client
 
 from supervisor import embedded
-from tests.integration.harness import Load, Supervisor, sink_config
+from tests.integration.harness import Load, OwnClickHouse, Supervisor, sink_config
 
 RATE = 3000.0
 
@@ -150,33 +149,26 @@ def test_term_during_load_then_restart(tmp_path, nats_url, clickhouse_server, cl
 
 
 def test_clickhouse_down_for_10s(tmp_path, nats_url):
-    ch_dir, port = tmp_path / "ch", embedded.free_port()
-    server = embedded.start_clickhouse(ch_dir, port)
-    client = Client(host="127.0.0.1", port=port)
-    try:
-        client.execute("CREATE DATABASE chaos")
+    with OwnClickHouse(tmp_path, "chaos") as ch:
         names, prefix = _names()
-        cfg = sink_config(tmp_path, nats_url, port, "chaos", partitions=4, workers=2, **names)
+        cfg = sink_config(tmp_path, nats_url, ch.port, "chaos", partitions=4, workers=2, **names)
         total = 40_000
         sup = Supervisor(cfg, tmp_path / "sink.log")
         try:
             sup.wait_acquired(4)
             load = Load(nats_url, prefix, 0, total, RATE)
             load.start()
-            sup.wait(lambda: client.execute("SELECT count() FROM chaos.events")[0][0] > 3000, 60, "rows flowing")
-            server.stop()
+            sup.wait(lambda: ch.client.execute("SELECT count() FROM chaos.events")[0][0] > 3000, 60, "rows flowing")
+            ch.stop()
             sup.wait(lambda: sup.logged("retrying"), 30, "workers noticing the outage")
             time.sleep(10)  # the outage itself: ClickHouse stays down this long
-            server = embedded.start_clickhouse(ch_dir, port)
+            ch.start()
             assert load.join_checked(120) == total
-            duplicates = _assert_all_arrived(sup, client, "chaos", total)
+            duplicates = _assert_all_arrived(sup, ch.client, "chaos", total)
             print(f"clickhouse outage: {total} events, {duplicates} duplicates")
             assert sup.terminate() == 0
         finally:
             sup.close()
-    finally:
-        client.disconnect()
-        server.stop()
 
 
 def test_nats_server_restart(tmp_path, clickhouse_server, clickhouse_client, ch_database):

@@ -9,10 +9,9 @@ import uuid
 
 import nats
 import orjson
-from clickhouse_driver import Client
 
 from supervisor import embedded
-from tests.integration.harness import Load, Supervisor, publish_events, run, sink_config
+from tests.integration.harness import Load, OwnClickHouse, Supervisor, publish_events, run, sink_config
 from workers import commits, dlq
 
 RATE = 3000.0
@@ -127,31 +126,23 @@ def test_kill_9_of_the_supervisor_group_then_a_new_supervisor(
 
 
 def test_kill_9_of_clickhouse_server(tmp_path, nats_url):
-    ch_dir, port = tmp_path / "ch", embedded.free_port()
-    server = embedded.start_clickhouse(ch_dir, port)
-    client = Client(host="127.0.0.1", port=port)
-    try:
-        client.execute("CREATE DATABASE xo")
+    with OwnClickHouse(tmp_path, "xo") as ch:
         names, prefix = _names()
-        cfg = sink_config(tmp_path, nats_url, port, "xo", partitions=4, workers=2, **names)
+        cfg = sink_config(tmp_path, nats_url, ch.port, "xo", partitions=4, workers=2, **names)
         total = 30_000
         sup = Supervisor(cfg, tmp_path / "sink.log")
         try:
             sup.wait_acquired(4)
             load = Load(nats_url, prefix, 0, total, RATE)
             load.start()
-            _flowing(sup, client, "xo")
-            server.proc.kill()
-            server.proc.wait()
-            server = embedded.start_clickhouse(ch_dir, port)
+            _flowing(sup, ch.client, "xo")
+            ch.kill()
+            ch.start()
             assert load.join_checked(120) == total
-            assert _all_once(sup, client, "xo", total) == (0, 0)
+            assert _all_once(sup, ch.client, "xo", total) == (0, 0)
             assert sup.terminate() == 0
         finally:
             sup.close()
-    finally:
-        client.disconnect()
-        server.stop()
 
 
 def _exit_after_insert(monkeypatch, tmp_path, n):
@@ -195,23 +186,19 @@ def test_an_in_doubt_insert_after_a_clickhouse_restart_is_resent_once_and_report
     """The same fault, and clickhouse-server kill -9'd before the query log was flushed: the
     next owner cannot tell, resends the exact batch (same query_id) and reports its range.
     On 18.16's plain MergeTree that batch is the only possible duplicate."""
-    ch_dir, port = tmp_path / "ch", embedded.free_port()
-    server = embedded.start_clickhouse(ch_dir, port)
-    client = Client(host="127.0.0.1", port=port)
     _exit_after_insert(monkeypatch, tmp_path, 2)
-    try:
-        client.execute("CREATE DATABASE xo")
+    with OwnClickHouse(tmp_path, "xo") as ch:
+        client = ch.client
         names, prefix = _names()
-        cfg = sink_config(tmp_path, nats_url, port, "xo", partitions=1, workers=1, max_rows=1000, **names)
+        cfg = sink_config(tmp_path, nats_url, ch.port, "xo", partitions=1, workers=1, max_rows=1000, **names)
         total = 5000
         sup = Supervisor(cfg, tmp_path / "sink.log")
         try:
             sup.wait_acquired(1)
             publish_events(nats_url, _events(prefix, 0, total), names["stream"])
             first, last = _hook_range(sup)
-            server.proc.kill()
-            server.proc.wait()
-            server = embedded.start_clickhouse(ch_dir, port)
+            ch.kill()
+            ch.start()
             lost, duplicates = _all_once(sup, client, "xo", total)
             settled = sup.wait(lambda: sup.logged(f"in-doubt batch {first}..{last}"), 60, "the in-doubt batch settled")[
                 0
@@ -231,9 +218,6 @@ def test_an_in_doubt_insert_after_a_clickhouse_restart_is_resent_once_and_report
             assert sup.terminate() == 0
         finally:
             sup.close()
-    finally:
-        client.disconnect()
-        server.stop()
 
 
 def test_a_poison_message_redelivered_after_a_crash_gives_one_dead_letter(
