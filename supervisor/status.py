@@ -355,10 +355,7 @@ def render_status_table(snapshot: Mapping | None, now: float | None = None) -> s
             f"{_age(max(0.0, now - last))} ago" if last else "never",
             str(w.get("restarts", 0)),
         ))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = [head, ""] + [
-        "  ".join(cell.ljust(width) for cell, width in zip(r, widths, strict=False)).rstrip() for r in rows
-    ]
+    lines = [head, "", *_aligned(rows)]
     members = snapshot.get("instances") or []
     if members:
         lines += ["", f"instances ({len(members)} live, this one is {snapshot.get('instance_id')}):", ""]
@@ -372,8 +369,7 @@ def render_status_table(snapshot: Mapping | None, now: float | None = None) -> s
                 f"{float(m.get('rows_per_s', 0.0)):.1f}",
                 str(m.get("lag", 0)),
             ))
-        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-        lines += ["  ".join(cell.ljust(width) for cell, width in zip(r, widths, strict=False)).rstrip() for r in table]
+        lines += _aligned(table)
     lines += _schema_table(snapshot.get("schemas") or {}, now)
     dropped: dict[str, int] = {}
     for w in workers:
@@ -408,8 +404,13 @@ def _schema_table(schemas: Mapping, now: float) -> list[str]:
             notes.append(f"  {pipeline}: worker(s) {', '.join(behind)} still on an older schema")
         if t.get("problem"):
             notes.append(f"  {pipeline}: {t['problem']}")
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    return ["", *("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in rows), *notes]
+    return ["", *_aligned(rows), *notes]
+
+
+def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows of cells (the first one the header) as lines, each column padded to its widest cell."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(r, widths, strict=True)).rstrip() for r in rows]
 
 
 # --------------------------------------------------------------------------- the HTTP server
