@@ -175,9 +175,7 @@ def datetime_converter(type_name: str, naive_zone: str | None, bounds: tuple[int
             raise Rejected(
                 "lost_precision", f"{show(v)} has sub-second digits {type_name} cannot store; use DateTime64(3)"
             )
-        if lo <= seconds <= hi:
-            return seconds
-        raise Rejected("out_of_range", f"{show(v)} is outside the {type_name} range")
+        return check(seconds, v)
 
     def from_number(v: Any) -> int:
         iv = v
