@@ -158,7 +158,7 @@ class ProfileScheduler:
 
     def stop(self) -> None:
         """Stop running windows (their partial output is dropped)."""
-        for _slot, window in list(self._running.items()):
+        for window in list(self._running.values()):
             if window.process.poll() is None:
                 window.process.terminate()
             try:

@@ -192,7 +192,7 @@ class Worker:
                 )
                 sys.stdout.flush()
                 os._exit(1)
-            for _key, runner in list(self._runners.items()):
+            for runner in list(self._runners.values()):
                 stalled = runner.stalled_for(now)
                 if stalled > STALL_TIMEOUT_S:
                     # Liveness is progress: a partition stuck this long is a bug we must
