@@ -173,19 +173,13 @@ class Supervisor:
         self._log.close()
 
 
-class OwnClickHouse:
-    """A clickhouse-server of the test's own, with `database` created, that the test may stop or
-    kill and start again on the same data and port; leaving the `with` block stops it."""
+class _OwnServer:
+    """A server of the test's own that the test may stop or kill and start again on the same data
+    and port; leaving the `with` block stops it."""
 
-    def __init__(self, tmp_path: Path, database: str) -> None:
-        self.dir, self.port = tmp_path / "ch", embedded.free_port()
-        self.server = embedded.start_clickhouse(self.dir, self.port)
-        self.client = Client(host="127.0.0.1", port=self.port)
-        try:
-            self.client.execute(f"CREATE DATABASE {database}")
-        except Exception:
-            self.server.stop()
-            raise
+    def __init__(self, start: Callable[[Path, int], Any], data_dir: Path) -> None:
+        self._start, self.dir, self.port = start, data_dir, embedded.free_port()
+        self.server = start(self.dir, self.port)
 
     def kill(self) -> None:
         """kill -9, and wait until it is gone."""
@@ -196,15 +190,38 @@ class OwnClickHouse:
         self.server.stop()
 
     def start(self) -> None:
-        self.server = embedded.start_clickhouse(self.dir, self.port)
+        self.server = self._start(self.dir, self.port)
 
-    def __enter__(self) -> OwnClickHouse:
+    def __enter__(self) -> Any:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.client.disconnect()
         self.server.stop()
 
+
+class OwnNats(_OwnServer):
+    """A nats-server (JetStream on) of the test's own; `url` to connect to it."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        super().__init__(embedded.start_nats, tmp_path / "nats")
+        self.url = f"nats://127.0.0.1:{self.port}"
+
+
+class OwnClickHouse(_OwnServer):
+    """A clickhouse-server of the test's own, with `database` created; `client` talks to it."""
+
+    def __init__(self, tmp_path: Path, database: str) -> None:
+        super().__init__(embedded.start_clickhouse, tmp_path / "ch")
+        self.client = Client(host="127.0.0.1", port=self.port)
+        try:
+            self.client.execute(f"CREATE DATABASE {database}")
+        except Exception:
+            self.server.stop()
+            raise
+
+    def __exit__(self, *exc: Any) -> None:
+        self.client.disconnect()
+        super().__exit__(*exc)
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)

@@ -10,8 +10,7 @@ import uuid
 
 import yaml
 
-from supervisor import embedded
-from tests.integration.harness import Load, OwnClickHouse, Supervisor, sink_config
+from tests.integration.harness import Load, OwnClickHouse, OwnNats, Supervisor, sink_config
 
 RATE = 3000.0
 
@@ -172,10 +171,8 @@ def test_clickhouse_down_for_10s(tmp_path, nats_url):
 
 
 def test_nats_server_restart(tmp_path, clickhouse_server, clickhouse_client, ch_database):
-    nats_dir, port = tmp_path / "nats", embedded.free_port()
-    server = embedded.start_nats(nats_dir, port)
-    url = f"nats://127.0.0.1:{port}"
-    try:
+    with OwnNats(tmp_path) as nats_server:
+        url = nats_server.url
         names, prefix = _names()
         cfg = sink_config(tmp_path, url, clickhouse_server.port, ch_database, partitions=4, workers=2, **names)
         total = 30_000
@@ -189,16 +186,14 @@ def test_nats_server_restart(tmp_path, clickhouse_server, clickhouse_client, ch_
                 60,
                 "rows flowing",
             )
-            server.stop()
-            server = embedded.start_nats(nats_dir, port)
+            nats_server.stop()
+            nats_server.start()
             assert load.join_checked(120) == total
             duplicates = _assert_all_arrived(sup, clickhouse_client, ch_database, total)
             print(f"nats restart: {total} events, {duplicates} duplicates, {load.errors} publish retries")
             assert sup.terminate() == 0
         finally:
             sup.close()
-    finally:
-        server.stop()
 
 
 def test_rows_the_server_refuses_are_isolated_and_dead_lettered(

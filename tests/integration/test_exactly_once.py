@@ -10,8 +10,7 @@ import uuid
 import nats
 import orjson
 
-from supervisor import embedded
-from tests.integration.harness import Load, OwnClickHouse, Supervisor, publish_events, run, sink_config
+from tests.integration.harness import Load, OwnClickHouse, OwnNats, Supervisor, publish_events, run, sink_config
 from workers import commits, dlq
 
 RATE = 3000.0
@@ -74,10 +73,8 @@ def test_kill_9_of_a_worker_mid_stream(tmp_path, nats_url, clickhouse_server, cl
 
 
 def test_kill_9_of_nats_server_restarted_on_its_store(tmp_path, clickhouse_server, clickhouse_client, ch_database):
-    nats_dir, port = tmp_path / "nats", embedded.free_port()
-    server = embedded.start_nats(nats_dir, port)
-    url = f"nats://127.0.0.1:{port}"
-    try:
+    with OwnNats(tmp_path) as nats_server:
+        url = nats_server.url
         names, prefix = _names()
         cfg = sink_config(tmp_path, url, clickhouse_server.port, ch_database, partitions=4, workers=2, **names)
         total = 30_000
@@ -87,17 +84,14 @@ def test_kill_9_of_nats_server_restarted_on_its_store(tmp_path, clickhouse_serve
             load = Load(url, prefix, 0, total, RATE)
             load.start()
             _flowing(sup, clickhouse_client, ch_database, 8000)
-            server.proc.kill()
-            server.proc.wait()
-            server = embedded.start_nats(nats_dir, port)
+            nats_server.kill()
+            nats_server.start()
             assert load.join_checked(180) == total
             assert _all_once(sup, clickhouse_client, ch_database, total) == (0, 0)
             assert sup.terminate() == 0
             print(f"nats kill -9: {total} events, 0 duplicates, {_skipped(sup)} redeliveries skipped as stored")
         finally:
             sup.close()
-    finally:
-        server.stop()
 
 
 def test_kill_9_of_the_supervisor_group_then_a_new_supervisor(
