@@ -161,6 +161,8 @@ def run_once(
             names.dlq_stream if opts.sink != "naive" else None,
             consumers,
             watched,
+            # Ack floors time each sampled message's latency; --preload measures none.
+            consumers_every=1.0 if opts.preload else 0.0,
         )
         nats_profile_port = servers.nats_profile_port if opts.profiles else None
         fault = chaos.Chaos(opts.chaos, opts.chaos_at, opts.messages or 0) if opts.chaos else None
@@ -186,6 +188,7 @@ def run_once(
                 None,
                 [NAIVE_DURABLE],
                 _servers_only(watched),
+                consumers_every=1.0 if opts.preload else 0.0,
             )
             base_figures = _drive(
                 opts,
