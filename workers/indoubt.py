@@ -11,9 +11,10 @@ query log what became of that query_id (`landed`), which ClickHouse 18.16 alread
   so an insert whose client died after sending its block ends as QueryFinish with all
   its rows written, one cut mid-block ends with 0 rows written (checked against 18.16:
   tests/integration/test_exactly_once.py);
-* a query leaves system.processes only after its end was queued for the log, and
-  `SYSTEM FLUSH LOGS` writes that queue, so once the query is not running its end is
-  either in system.query_log or was never going to be;
+* a query leaves system.processes only after its end was queued for the log, and the
+  log is written in queue order: once a probe query run after it is in system.query_log
+  (`SYSTEM FLUSH LOGS`, asked again until it is: on 18.16 a flush may miss the newest
+  entries), the insert's end is either there or was never going to be;
 * the log queue lives in the server's memory: a clickhouse-server killed before flushing
   forgets it.  So "nothing logged" only means "never started" when the server process
   answering now is the one the insert went to: its uptime is longer than the time since
@@ -38,6 +39,8 @@ from clickhouse_driver.errors import ServerException
 QUERY_START = 1  # system.query_log type; the others (finish, exceptions) end a query
 # Uptime is whole seconds and the insert's start is the owner's: a margin for both.
 UPTIME_MARGIN_S = 3.0
+# How long the probe may take to reach system.query_log; longer than its flush interval (7.5 s by default).
+PROBE_WAIT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,13 @@ class InsertIdentity:
     def part(self, lo: int, hi: int) -> "InsertIdentity":
         """The identity of rows lo..hi of the batch (a split around refused rows)."""
         return InsertIdentity(f"{self.query_id}-{lo}-{hi}", self.token and f"{self.token}:{lo}-{hi}")
+
+    def remapped(self, n: int) -> "InsertIdentity":
+        """The identity of the batch's rows mapped again (the n-th time) after its table changed
+        under it: other rows than the first mapping's, so never the same names or tokens (a
+        token the server saw would make it drop them).  A next owner that finds any of them
+        logged with rows cannot tell what landed and resends the batch (workers/takeover.py)."""
+        return InsertIdentity(f"{self.query_id}-r{n}", self.token and f"{self.token}:r{n}")
 
     def settings(self) -> dict[str, Any]:
         """Settings the insert carries: always logged, deduplicated by token where possible."""
@@ -113,17 +123,25 @@ def _landed(client: Any, query_id: str, began_at: float, wait_s: float) -> bool 
         time.sleep(0.2)
     uptime = client.execute("SELECT uptime()", settings={"log_queries": 1}, query_id=params["probe"])[0][0]
     same_process = uptime > time.time() - began_at + UPTIME_MARGIN_S
-    client.execute("SYSTEM FLUSH LOGS")
-    if not client.execute("SELECT count() FROM system.tables WHERE database = 'system' AND name = 'query_log'")[0][0]:
-        return None  # the server keeps no query log
     params["d"] = time.strftime("%Y-%m-%d", time.gmtime(began_at - 2 * 86400))
-    logged = client.execute(
-        "SELECT query_id, type, written_rows FROM system.query_log "
-        "WHERE event_date >= %(d)s AND (query_id IN (%(q)s, %(probe)s) OR query_id LIKE %(parts)s)",
-        params,
-    )
-    if not any(q == params["probe"] for q, _, _ in logged):
-        return None  # this server process does not log queries (config): its silence proves nothing
+    flush_deadline = time.monotonic() + PROBE_WAIT_S
+    while True:
+        client.execute("SYSTEM FLUSH LOGS")
+        has_log = "SELECT count() FROM system.tables WHERE database = 'system' AND name = 'query_log'"
+        if not client.execute(has_log)[0][0]:
+            return None  # the server keeps no query log
+        logged = client.execute(
+            "SELECT query_id, type, written_rows FROM system.query_log "
+            "WHERE event_date >= %(d)s AND (query_id IN (%(q)s, %(probe)s) OR query_id LIKE %(parts)s)",
+            params,
+        )
+        if any(q == params["probe"] for q, _, _ in logged):
+            break  # the log is written up to the probe, so up to the insert's end, queued before it
+        if time.monotonic() > flush_deadline:
+            return None  # this server process does not log queries (config): its silence proves nothing
+        # 18.16's flush writes what the log's thread has taken from its queue, which on a
+        # busy server may not yet hold the probe (seen 1 in 7 under load): ask again.
+        time.sleep(0.2)
     if any(q not in (query_id, params["probe"]) and kind != QUERY_START and written for q, kind, written in logged):
         return None  # parts of a split batch wrote rows: some of it is there
     ends = [written for q, kind, written in logged if q == query_id and kind != QUERY_START]

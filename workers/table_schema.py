@@ -32,9 +32,10 @@ import logging
 import time
 from dataclasses import dataclass
 from functools import partial
+from itertools import count
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
-from workers import faults, sink
+from workers import faults, indoubt, sink
 from workers.schema import ColumnMapper, SchemaError, ServerFeatures, TableColumn
 
 log = logging.getLogger(__name__)
@@ -237,6 +238,7 @@ class TableSchema:
         mapper, columns, row_msgs = prepared.mapper, prepared.columns, prepared.row_msgs
         stored: list[int] = []  # message indices inserted before a change was found
         remapped: list[Any] = []
+        ident, passes = indoubt.current.get(), count(1)
         while True:
             try:
                 refused = faults.isolate_bad_rows(
@@ -256,6 +258,9 @@ class TableSchema:
                 )
                 remapped += again.dead
                 columns, row_msgs = again.columns, [todo[i] for i in again.row_msgs]
+                if ident is not None:
+                    # Inserted under run_as (workers/indoubt.py), which restores the batch's identity after.
+                    indoubt.current.set(ident.remapped(next(passes)))
         prepared.row_msgs = stored + row_msgs
         prepared.rows = len(prepared.row_msgs) + len(remapped)
         prepared.mapper = mapper

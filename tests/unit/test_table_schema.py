@@ -12,7 +12,7 @@ import pytest
 from clickhouse_driver import errors as ch
 
 from supervisor.config import parse_config
-from workers import faults
+from workers import faults, indoubt
 from workers.prepare import PartitionTarget, prepare
 from workers.schema import ServerFeatures, TableColumn, compile_mapper
 from workers.table_schema import SchemaVersion, TableSchema, column_changes, schema_digest
@@ -220,3 +220,28 @@ def test_schema_refresh_s_defaults_to_30_and_0_turns_the_periodic_check_off():
     assert not TableSchema("p", "t", 0.0, list, list).due(1e12)
     with pytest.raises(ConfigError, match=r"pipelines\[0\]\.schema_refresh_s"):
         _target(schema_refresh_s=-1)
+
+
+def test_rows_mapped_again_after_a_change_go_under_an_identity_of_their_own():
+    """The first mapping's insert (refused by the changed table) and the second one's carry
+    different query_ids and tokens: the server must not take the second for a resend of the
+    first (dropping it by token), and a next owner must see that other rows landed."""
+    table = Table(("id", "String"), ("payload", "String"))
+    schema = _schema(table)
+    target = _target()
+    msgs = [_msg(i, b'{"id": "x%d", "payload": "p"}' % i) for i in range(4)]
+    prepared = schema.prepare(prepare, msgs, target)
+    table.columns = [TableColumn("id", "String")]
+    sent = []
+
+    def insert(names, columns):
+        sent.append(indoubt.current.get())
+        return table.insert(names, columns)
+
+    ident = indoubt.identity("events", 0, 100, 103, 1, tokens=True)
+    assert indoubt.run_as(ident, schema.store, prepare, insert, msgs, prepared, target) == ([], [])
+    assert sent == [ident, ident.remapped(1)]
+    assert len({i.query_id for i in sent}) == len({i.token for i in sent}) == 2
+    assert sent[1].query_id.startswith(ident.query_id + "-")  # what landed() looks for beside the batch's own
+    assert indoubt.current.get() is None  # restored after the batch
+    assert table.rows == [{"id": f"x{i}"} for i in range(4)]
