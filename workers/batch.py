@@ -24,6 +24,7 @@ class Batch:
     opened_at: float = 0.0  # monotonic time of the first message
     requested_at: float = 0.0  # monotonic time the pull request its first message answered was sent
     kept_alive_at: float = 0.0  # monotonic time of the last in-progress ack for its messages
+    redelivered: bool = False  # holds a delivery that is not a first one (found at intake)
 
     def extend(self, msgs: list[tuple]) -> None:
         """Add deliveries (raw tuples, workers/wire.py)."""

@@ -6,15 +6,23 @@ partition index, value JSON:
     {"stored": S, "inflight": [first, last, count, first_ts_ns, began_at] | null}
 
 * `stored`: every message of the partition with stream sequence <= S is stored (in
-  ClickHouse or the DLQ).  It is written after ClickHouse and the DLQ confirmed a batch
-  and before the batch's ack, only when that is provably true: the batch continues a
+  ClickHouse or the DLQ), written only when that is provably true: the batch continued a
   clean AckAll consumer (workers/acks.py), so every delivery below it was ours and
   stored, or a dirty partition's held messages were reconciled.  A delivery at or below S
   is acked without being stored again: redeliveries after a worker crash, and messages a
   hard-killed nats-server redelivers because it forgot their acks.
 * `inflight`: written just before the insert of a batch whose messages are exactly the
-  partition's messages from `first` to `last` (in stream order); cleared with `stored`.
-  A new owner that finds it decides whether that insert landed (workers/indoubt.py).
+  partition's messages from `first` to `last` (in stream order).
+
+One write per batch: the write that records a batch as in flight also carries the
+previous batch's `stored` (`begin`), and a batch is acked as soon as its insert and dead
+letters are confirmed, with no write of its own (`inserted` only notes it here).  While
+batches follow each other the state therefore always names the last one as in flight;
+when none follows within STORED_FLUSH_S, `flush` writes `stored` alone, and a partition
+released cleanly flushes before it lets go.  A new owner that finds a batch in flight
+settles it (workers/takeover.py): when the consumer's ack floor is at or past its last
+message, its owner acked it, which it does only after the insert was confirmed, so it
+is stored; otherwise ClickHouse's query log tells (workers/indoubt.py).
 
 Every write is a compare-and-set on the entry's revision, so an owner whose view is stale
 (the entry moved under it: a second owner, or a nats-server that lost the write) fails
@@ -40,6 +48,10 @@ BUCKET_PREFIX = "jetsink_commits_"
 # Set in a worker's environment (tests only): the worker exits after its N-th insert
 # returns, before the commit state is written: the in-doubt batch on demand.
 EXIT_AFTER_INSERT_ENV = "JETSINK_TEST_EXIT_AFTER_INSERT"
+# The same, after the batch's ack was sent: the state names it in flight, the consumer has it acked.
+EXIT_AFTER_ACK_ENV = "JETSINK_TEST_EXIT_AFTER_ACK"
+# With no next batch, a batch's `stored` is written alone this many seconds after its ack.
+STORED_FLUSH_S = 1.0
 
 _reply = itemgetter(REPLY)
 
@@ -90,13 +102,19 @@ class CommitState:
 
 
 class CommitLog:
-    """One partition's entry, read once by its owner and then only written (compare-and-set)."""
+    """One partition's entry, read once by its owner and then only written (compare-and-set).
+
+    `state` is what the entry holds; `stored_through` what this owner knows is stored,
+    which runs ahead of `state.stored` between a batch's ack and the next write.
+    """
 
     def __init__(self, kv: Any, key: str, state: CommitState, revision: int) -> None:
         self._kv = kv
         self._key = key
         self.state = state
         self._revision = revision
+        self.stored_through = state.stored
+        self.writes = 0  # entry writes by this owner (one per batch while batches follow each other)
 
     @classmethod
     async def open(cls, js: Any, pipeline: str, partition: int) -> "CommitLog":
@@ -110,13 +128,28 @@ class CommitLog:
             return cls(kv, key, CommitState(), 0)
         return cls(kv, key, CommitState.decode(entry.value), entry.revision)
 
+    @property
+    def unwritten(self) -> bool:
+        """The entry lags behind what is known: a batch it names in flight is stored, or `stored` moved on."""
+        return self.state.inflight is not None or self.state.stored < self.stored_through
+
     async def begin(self, r: Range) -> None:
-        """Record the batch about to be inserted."""
-        await self._write(CommitState(self.state.stored, r))
+        """Record the batch about to be inserted, and that everything before it is stored."""
+        await self._write(CommitState(self.stored_through, r))
+
+    def inserted(self, r: Range) -> None:
+        """Batch r is stored (ClickHouse and the DLQ confirmed it); written with the next begin or flush."""
+        self.stored_through = max(self.stored_through, r.last)
+
+    async def flush(self) -> None:
+        """Write what is known: everything up to `stored_through` is stored, no batch in flight."""
+        if self.unwritten:
+            await self._write(CommitState(self.stored_through, None))
 
     async def stored(self, seq: int) -> None:
-        """Everything up to `seq` is stored; no batch in flight."""
-        await self._write(CommitState(max(seq, self.state.stored), None))
+        """Everything up to `seq` is stored; no batch in flight (written now)."""
+        self.stored_through = max(seq, self.stored_through)
+        await self._write(CommitState(self.stored_through, None))
 
     async def _write(self, state: CommitState) -> None:
         from nats.js.errors import KeyWrongLastSequenceError
@@ -127,6 +160,7 @@ class CommitLog:
         except KeyWrongLastSequenceError as exc:
             raise StaleCommitState(f"commit state {self._key} moved under this owner: {exc}") from exc
         self.state = state
+        self.writes += 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,19 +175,21 @@ class Unstored:
     ordered: bool  # the batch was one run of first deliveries: `msgs` is a slice of it
 
 
-def unstored(msgs: Sequence[tuple], stored: int) -> Unstored:
+def unstored(msgs: Sequence[tuple], stored: int, redelivered: bool | None = None) -> Unstored:
     """The messages of a batch (in delivery order) above the stored sequence, in stream order.
 
     First deliveries of one consumer come in stream order; when the batch is one run of
     them (no redelivery, consumer sequences without a gap or a repeat) two ack subjects
     are decoded and a bisection finds the cut.  Otherwise (after a crash or a server
-    restart) every ack subject is decoded and the messages are sorted.
+    restart) every ack subject is decoded and the messages are sorted.  `redelivered`:
+    whether the batch holds a redelivery, when the caller knows (the partition finds out
+    at intake); None checks every ack subject.
     """
     head, tail = intake.parse_ack_subject(msgs[0][REPLY]), intake.parse_ack_subject(msgs[-1][REPLY])
-    prefix = intake.first_delivery_prefix(msgs[0][REPLY])
-    ordered = tail.consumer_seq - head.consumer_seq + 1 == len(msgs) and all(
-        map(bytes.startswith, map(_reply, msgs), repeat(prefix))
-    )
+    if redelivered is None:
+        prefix = intake.first_delivery_prefix(msgs[0][REPLY])
+        redelivered = not all(map(bytes.startswith, map(_reply, msgs), repeat(prefix)))
+    ordered = not redelivered and tail.consumer_seq - head.consumer_seq + 1 == len(msgs)
     if ordered:
         if head.stream_seq > stored:
             return Unstored(msgs, 0, head.stream_seq, tail.stream_seq, head.timestamp_ns, True)
@@ -218,34 +254,43 @@ def _raw_headers(headers: dict | None) -> bytes | None:
     return b"NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode() + b"\r\n"
 
 
-class ExitAfterInsert:
-    """Test hook: exit the process after the N-th insert of this worker returns (see EXIT_AFTER_INSERT_ENV).
+class ExitHook:
+    """Test hook: exit the process at a point of the N-th batch with a range this worker stores.
 
-    The variable holds "N" or "N:PATH"; with a PATH the hook fires once over all worker
+    Armed by EXIT_AFTER_INSERT_ENV (the insert returned; no ack, no state written) or
+    EXIT_AFTER_ACK_ENV (the ack is out; the state still names the batch in flight).  The
+    variable holds "N" or "N:PATH"; with a PATH the hook fires once over all worker
     generations (it creates the file, and a worker that finds it does not arm the hook).
     """
 
-    def __init__(self, n: int, marker: str | None) -> None:
+    POINTS = {"insert": (EXIT_AFTER_INSERT_ENV, "an insert, before its ack"),
+              "ack": (EXIT_AFTER_ACK_ENV, "a batch's ack")}
+
+    def __init__(self, point: str, n: int, marker: str | None) -> None:
+        self.point = point
         self._left = n
         self._marker = marker
 
     @classmethod
-    def from_env(cls) -> "ExitAfterInsert | None":
-        n, _, marker = os.environ.get(EXIT_AFTER_INSERT_ENV, "").partition(":")
-        if not n or int(n) <= 0 or (marker and os.path.exists(marker)):
-            return None
-        return cls(int(n), marker or None)
+    def from_env(cls) -> "ExitHook | None":
+        for point, (var, _) in cls.POINTS.items():
+            n, _, marker = os.environ.get(var, "").partition(":")
+            if n and int(n) > 0 and not (marker and os.path.exists(marker)):
+                return cls(point, int(n), marker or None)
+        return None
 
-    def inserted(self, r: Range | None, log: Any) -> None:
+    def reached(self, point: str, r: Range, log: Any) -> None:
+        if point != self.point:
+            return
         self._left -= 1
         if self._left != 0:
             return
         if self._marker:
             open(self._marker, "w").close()
+        var, what = self.POINTS[point]
         log.error(
-            "test hook %s: exiting after an insert, before its commit state is written (range %s)",
-            EXIT_AFTER_INSERT_ENV,
-            r and f"{r.first}..{r.last}",
+            "test hook %s: exiting after %s, before its commit state is written (range %s)",
+            var, what, f"{r.first}..{r.last}",
         )
         for h in logging.getLogger().handlers:
             h.flush()

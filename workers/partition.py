@@ -23,7 +23,7 @@ import random
 import time
 from dataclasses import dataclass
 from functools import partial
-from itertools import count
+from itertools import count, repeat
 from operator import itemgetter
 from typing import Any, Awaitable, Callable, Sequence
 
@@ -64,6 +64,7 @@ class PartitionStats:
     last_batch_at: float = 0.0  # wall-clock time of the last committed batch
     pending: int = 0  # consumer's messages left, from the last delivery's ack subject
     skipped_duplicates: int = 0  # deliveries at or below the stored sequence: acked, not stored again
+    in_doubt_acked: int = 0  # in-doubt batches a previous owner had acked (stored; no question asked)
     in_doubt_landed: int = 0  # in-doubt batches a previous owner's insert had stored (not sent again)
     in_doubt_resent: int = 0  # rows of in-doubt batches sent again not knowing whether they had landed
     taken_over: int = 0  # messages a previous owner held unacked, stored from the stream at takeover
@@ -83,7 +84,7 @@ class PartitionRunner:
         telemetry: Telemetry | None = None,
         clickhouse: indoubt.QueryLog | None = None,
         tokens: bool = False,
-        exit_hook: commits.ExitAfterInsert | None = None,
+        exit_hook: commits.ExitHook | None = None,
     ) -> None:
         self._nc = nc
         self.target = target
@@ -97,6 +98,7 @@ class PartitionRunner:
         self._commits: CommitLog | None = None
         # At a takeover: the consumer's ack floor and last delivery (stream and consumer sequence).
         self._takeover: tuple[int, int, int] | None = None
+        self._ack_floor = 0  # the consumer's ack floor (stream sequence) when this owner started
         self._query_log = clickhouse
         self._tokens = tokens
         self._exit_hook = exit_hook
@@ -133,6 +135,7 @@ class PartitionRunner:
         # delivery; a 423 takes it away.
         self._pin: str | None = None
         self._pinned_from = 0  # consumer sequence of the first delivery under the pin
+        self._first_delivery: bytes | None = None  # how this consumer's first deliveries' ack subjects start
         self.stats = PartitionStats()
         self._log_extra = {"pipeline": target.pipeline.name, "partition": target.index}  # on every log line
 
@@ -145,6 +148,7 @@ class PartitionRunner:
         self._ack_policy = ACK_EXPLICIT if policy == ACK_EXPLICIT else ACK_ALL
         self._ack_wait_s = float(info.config.ack_wait or 30.0)
         self._tracker = AckTracker(info.delivered.consumer_seq or 0, info.num_ack_pending or 0)
+        self._ack_floor = (info.ack_floor.stream_seq or 0) if info.ack_floor is not None else 0
         if self.target.pipeline.delivery == "exactly_once":
             if self._ack_policy == ACK_ALL:
                 self._commits = await takeover.open_commits(self._nc, self.target.pipeline.name, self.target.index)
@@ -237,13 +241,20 @@ class PartitionRunner:
         self._unanswered = 0
         self._received += len(msgs)
         deliveries = msgs
-        if not msgs[-1][REPLY] or not all(map(_reply, msgs)):
-            deliveries = [m for m in msgs if m[REPLY]]
-            for m in msgs:
-                if not m[REPLY]:
-                    self._on_status(m)
-        if not deliveries:
-            return
+        prefix = self._first_delivery
+        # One pass over the chunk in C: all first deliveries (no status reply, no redelivery)?
+        if prefix is None or not all(map(bytes.startswith, map(_reply, msgs), repeat(prefix))):
+            if not msgs[-1][REPLY] or not all(map(_reply, msgs)):
+                deliveries = [m for m in msgs if m[REPLY]]
+                for m in msgs:
+                    if not m[REPLY]:
+                        self._on_status(m)
+            if not deliveries:
+                return
+            if prefix is None:
+                prefix = self._first_delivery = intake.first_delivery_prefix(deliveries[0][REPLY])
+            if not all(map(bytes.startswith, map(_reply, deliveries), repeat(prefix))):
+                self._batch.redelivered = True
         if self._pin is None:
             self._pinned(deliveries)
         self._delivered += len(deliveries)
@@ -483,7 +494,7 @@ class PartitionRunner:
 
     async def _commit_loop(self) -> None:
         while True:
-            item = await self._sealed.get()
+            item = await self._next_sealed()
             if item is _STOP:
                 if self.dirty:
                     await self._reconcile()
@@ -493,6 +504,9 @@ class PartitionRunner:
                             "(duplicates in the table, nothing lost)", self.name, len(self._tracker.held),
                             extra=self._log_extra,
                         )
+                if self._commits is not None:
+                    # Released cleanly: the next owner finds no batch in flight to settle.
+                    await self._retrying("commit state", self._commits.flush)
                 return
             self._committing = True
             try:
@@ -506,6 +520,19 @@ class PartitionRunner:
             self._last_progress = time.monotonic()
             self._wake.set()
 
+    async def _next_sealed(self) -> Any:
+        """The next sealed batch (or _STOP).  With exactly_once, the last batch's `stored` is
+        written with the next batch's range; when none comes within STORED_FLUSH_S it is
+        written alone, so that an idle partition's state names nothing in flight."""
+        c = self._commits
+        if c is None or not c.unwritten or not self._sealed.empty():
+            return await self._sealed.get()
+        try:
+            return await asyncio.wait_for(self._sealed.get(), timeout=commits.STORED_FLUSH_S)
+        except asyncio.TimeoutError:
+            await self._retrying("commit state", c.flush)
+            return await self._sealed.get()
+
     async def _commit_traced(self, batch: Batch) -> None:
         with self._telemetry.batch(self.target, batch.messages):
             await self._commit(batch)
@@ -518,11 +545,12 @@ class PartitionRunner:
         skipped = 0
         c = self._commits
         if c is not None:
-            u = commits.unstored(msgs, c.state.stored)
+            u = commits.unstored(msgs, c.stored_through, batch.redelivered)
             todo, skipped, redelivered = u.msgs, u.skipped, not u.ordered
             if todo and u.ordered and self._tracker.continues(msgs):
                 # The batch is exactly the partition's messages first..last and all below are
-                # stored: record it, so a next owner can settle it if we die mid-insert.
+                # stored: record it (with the previous batch's `stored`), so that a next owner
+                # can settle it if we die before the next write.
                 r = Range(u.first, u.last, len(todo), u.first_ts_ns, time.time())
                 await self._retrying("commit state", c.begin, r)
         ident = self._identity(r) if r is not None else None
@@ -530,11 +558,15 @@ class PartitionRunner:
             prepared = await self._store(todo, ident, r, keep_alive=msgs)
         else:
             prepared = Prepared(columns=[], rows=0, row_msgs=[])
-        if self._exit_hook is not None and r is not None:
-            self._exit_hook.inserted(r, log)
+        hook = self._exit_hook if r is not None else None
+        if hook is not None:
+            hook.reached("insert", r, log)
         if r is not None:
-            await self._retrying("commit state", c.stored, r.last)
+            c.inserted(r)  # written with the next batch's range (or by _next_sealed's flush)
         await self._ack(msgs, prepared.redelivered if redelivered is None else redelivered)
+        if hook is not None and hook.point == "ack":
+            await self._nc.flush()
+            hook.reached("ack", r, log)
         last = intake.parse_ack_subject(msgs[-1][REPLY])
         s = self.stats
         s.consumed += len(msgs)
@@ -554,7 +586,7 @@ class PartitionRunner:
             self.name, self.target, self._nc, self._commits, self.stats, self._retrying, self._store, self._identity,
             landed, self._limits[0], self._log_extra,
         )
-        last_cseq = await t.run(self._takeover)
+        last_cseq = await t.run(self._ack_floor, self._takeover)
         if last_cseq is not None:
             self._tracker = AckTracker(last_cseq, 0)
 

@@ -3,7 +3,11 @@
 A previous owner that died leaves two things behind in the partition's commit state
 (workers/commits.py) and consumer:
 
-- an in-doubt batch: a range it recorded as in flight and never recorded as stored. Its
+- an in-doubt batch: a range it recorded as in flight and never recorded as stored.  When
+  the consumer's ack floor is at or past its last message, the owner acked it, which it
+  does only once ClickHouse and the DLQ confirmed the batch: it is stored, and nobody need
+  be asked (the common case: an owner writes `stored` with the next batch's range, so
+  between a batch's ack and that write the state names it in flight).  Otherwise its
   insert may or may not have landed; ClickHouse's query log tells (workers/indoubt.py),
   and when it cannot, the same batch is sent again under the same identity (query_id,
   dedup token).
@@ -48,7 +52,7 @@ class Takeover:
     max_rows: int
     log_extra: dict
 
-    async def run(self, unacked: tuple[int, int, int] | None) -> int | None:
+    async def run(self, ack_floor: int, unacked: tuple[int, int, int] | None) -> int | None:
         """Settle the in-doubt batch, then store `unacked` (ack floor, last delivered stream sequence,
         last consumer sequence: what the consumer's info said at start) from the stream.
 
@@ -56,7 +60,7 @@ class Takeover:
         stored, or None when there were none (the consumer had nothing unacked)."""
         c = self.commits
         if c.state.inflight is not None:
-            await self.resolve_in_doubt(c.state.inflight)
+            await self.resolve_in_doubt(c.state.inflight, ack_floor)
         if unacked is None:
             return None
         floor, last, last_cseq = unacked
@@ -79,12 +83,17 @@ class Takeover:
         )
         return last_cseq
 
-    async def resolve_in_doubt(self, r: Range) -> None:
+    async def resolve_in_doubt(self, r: Range, ack_floor: int = 0) -> None:
         """A previous owner recorded batch r and died before recording it stored: find out whether
         its insert landed; if that cannot be known, send the same batch again under the same identity."""
         c = self.commits
         ident = self.identity(r)
         where = f"partition {self.name}: in-doubt batch {r.first}..{r.last} ({r.count} messages)"
+        if ack_floor >= r.last:
+            log.info("%s: acked by its owner, so stored; nothing to ask", where, extra=self.log_extra)
+            self.stats.in_doubt_acked += 1
+            await self.retrying("commit state", c.stored, r.last)
+            return
         verdict = None
         if self.landed is not None:
             verdict = await self.retrying("in-doubt check", self.landed, ident.query_id, r.began_at, 60.0)

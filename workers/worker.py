@@ -77,7 +77,7 @@ class Worker:
         self._parent = os.getppid()
         self._nats_down_since: float | None = None
         self._gc_at = time.monotonic()
-        self._exit_hook = commits.ExitAfterInsert.from_env()  # tests only: the in-doubt batch on demand
+        self._exit_hook = commits.ExitHook.from_env()  # tests only: the in-doubt batch on demand
 
     async def _in_thread(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args))

@@ -176,6 +176,78 @@ def test_an_insert_that_landed_before_its_owner_died_is_not_sent_again(
         sup.close()
 
 
+def test_a_batch_acked_before_its_owner_died_is_settled_from_the_ack_floor(
+    monkeypatch, tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database
+):
+    """The owner writes a batch's `stored` with the next batch's range, so between a batch's ack
+    and that write the state names it in flight.  A crash right there: the next owner finds the
+    consumer's ack floor at the batch's last message and settles it without asking ClickHouse."""
+    monkeypatch.setenv(commits.EXIT_AFTER_ACK_ENV, f"3:{tmp_path / 'hook-fired'}")
+    names, prefix = _names()
+    cfg = sink_config(
+        tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=1, workers=1, max_rows=1000, **names
+    )
+    total = 10_000
+    sup = Supervisor(cfg, tmp_path / "sink.log")
+    try:
+        sup.wait_acquired(1)
+        publish_events(nats_url, _events(prefix, 0, total), names["stream"])
+        first, last = _hook_range(sup)
+        assert _all_once(sup, clickhouse_client, ch_database, total) == (0, 0)
+        line = sup.wait(lambda: sup.logged(f"in-doubt batch {first}..{last}"), 60, "the in-doubt batch settled")[0]
+        assert "acked by its owner" in line["msg"]
+        assert not sup.logged("had landed") and not sup.logged("sent again")
+        assert sup.terminate() == 0
+    finally:
+        sup.close()
+
+
+def test_one_commit_state_write_per_batch_while_batches_follow_each_other(
+    tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database
+):
+    """Each batch's range is written before its insert and carries the previous batch's
+    `stored`; only when no batch follows is `stored` written alone (then nothing is in flight)."""
+    names, prefix = _names()
+    # Batches seal full (1,000 rows) while the publisher is ahead, not by age.
+    cfg = sink_config(
+        tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=1, workers=1, max_rows=1000,
+        max_wait_ms=5000, ack_wait_s=30.0, **names,
+    )
+    total = 20_000
+    sup = Supervisor(cfg, tmp_path / "sink.log")
+    try:
+        sup.wait_acquired(1)
+        publish_events(nats_url, _events(prefix, 0, total), names["stream"])
+        assert _all_once(sup, clickhouse_client, ch_database, total) == (0, 0)
+        # Idle now: the last batch's `stored` is written alone.
+        state = sup.wait(lambda: (s := run(_commit_state(nats_url, names["name"])))[0].inflight is None and s, 30,
+                         "the last batch's stored written")
+        entry, writes = state
+        assert entry.stored == total  # a fresh stream: sequences 1..total, all of them in one partition
+        stats = sup.wait(lambda: (p := [p for w in sup.workers() for p in w["stats"].values()])
+                         and sum(x["inserted"] for x in p) == total and p, 30, "the worker's report of every row")
+        batches = sum(x["batches"] for x in stats)
+        assert batches >= total // 1000
+        print(f"{batches} batches, {writes} commit state writes")
+        assert writes < 1.5 * batches  # two per batch (range, then stored) would be 2.0
+        assert sup.terminate() == 0
+    finally:
+        sup.close()
+
+
+async def _commit_state(url, pipeline):
+    """The partition's commit state now, and how many times it was written (the KV stream's last sequence)."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        kv = await js.key_value(commits.bucket_name(pipeline))
+        entry = await kv.get("0")
+        info = await js.stream_info(f"KV_{commits.bucket_name(pipeline)}")
+        return commits.CommitState.decode(entry.value), info.state.last_seq
+    finally:
+        await nc.close()
+
+
 def test_an_in_doubt_insert_after_a_clickhouse_restart_is_resent_once_and_reported(monkeypatch, tmp_path, nats_url):
     """The same fault, and clickhouse-server kill -9'd before the query log was flushed: the
     next owner cannot tell, resends the exact batch (same query_id) and reports its range.
