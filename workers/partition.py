@@ -11,8 +11,9 @@ one AckAll when workers/acks.py says that is safe (explicit per-message acks for
 consumers created with that policy by older versions).
 
 The map step itself is workers/prepare.py. With exactly_once, each batch's range goes
-to the partition's commit state (workers/commits.py) before and after its insert, and a
-partition taken from a dead owner first settles what that owner left (workers/takeover.py).
+to the partition's commit state (workers/commits.py) before its insert, carrying the
+previous batch's `stored` (one write per batch), and a partition taken from a dead owner
+first settles what that owner left (workers/takeover.py).
 """
 
 from __future__ import annotations
