@@ -9,6 +9,7 @@ import uuid
 
 import nats
 import orjson
+import pytest
 
 from tests.integration.harness import Load, OwnClickHouse, OwnNats, Supervisor, publish_events, run, sink_config
 from workers import commits, dlq
@@ -149,12 +150,21 @@ def _hook_range(sup):
     return int(first), int(last)
 
 
-def test_an_insert_that_landed_before_its_owner_died_is_not_sent_again(
-    monkeypatch, tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database
+@pytest.mark.parametrize(
+    "hook, settled",
+    [
+        # Between insert and ack: the next owner reads ClickHouse's query log (18.16 has it)
+        # and finds the insert finished.
+        (commits.EXIT_AFTER_INSERT_ENV, "its insert had landed"),
+        # Between ack and the next write (a batch's `stored` goes out with the next batch's
+        # range): the consumer's ack floor is at the batch's last message; nothing is asked.
+        (commits.EXIT_AFTER_ACK_ENV, "acked by its owner"),
+    ],
+)
+def test_a_batch_stored_before_its_owner_died_is_not_stored_again(
+    hook, settled, monkeypatch, tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database
 ):
-    """The fault exactly between insert and state write: the next owner reads ClickHouse's
-    query log (18.16 has it), finds the insert finished, and does not store the batch again."""
-    _exit_after_insert(monkeypatch, tmp_path, 3)
+    monkeypatch.setenv(hook, f"3:{tmp_path / 'hook-fired'}")
     names, prefix = _names()
     cfg = sink_config(
         tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=1, workers=1, max_rows=1000, **names
@@ -167,37 +177,13 @@ def test_an_insert_that_landed_before_its_owner_died_is_not_sent_again(
         first, last = _hook_range(sup)
         assert _all_once(sup, clickhouse_client, ch_database, total) == (0, 0)
         line = sup.wait(lambda: sup.logged(f"in-doubt batch {first}..{last}"), 60, "the in-doubt batch settled")[0]
-        assert "had landed" in line["msg"]
+        assert settled in line["msg"]
+        assert not sup.logged("sent again")
         assert sup.terminate() == 0
-        # What the dead worker held beyond that batch was read back from the stream, not
-        # waited for: nothing was left for JetStream to redeliver.
-        assert sup.logged("a previous owner held unacked (read from the stream")
-    finally:
-        sup.close()
-
-
-def test_a_batch_acked_before_its_owner_died_is_settled_from_the_ack_floor(
-    monkeypatch, tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database
-):
-    """The owner writes a batch's `stored` with the next batch's range, so between a batch's ack
-    and that write the state names it in flight.  A crash right there: the next owner finds the
-    consumer's ack floor at the batch's last message and settles it without asking ClickHouse."""
-    monkeypatch.setenv(commits.EXIT_AFTER_ACK_ENV, f"3:{tmp_path / 'hook-fired'}")
-    names, prefix = _names()
-    cfg = sink_config(
-        tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=1, workers=1, max_rows=1000, **names
-    )
-    total = 10_000
-    sup = Supervisor(cfg, tmp_path / "sink.log")
-    try:
-        sup.wait_acquired(1)
-        publish_events(nats_url, _events(prefix, 0, total), names["stream"])
-        first, last = _hook_range(sup)
-        assert _all_once(sup, clickhouse_client, ch_database, total) == (0, 0)
-        line = sup.wait(lambda: sup.logged(f"in-doubt batch {first}..{last}"), 60, "the in-doubt batch settled")[0]
-        assert "acked by its owner" in line["msg"]
-        assert not sup.logged("had landed") and not sup.logged("sent again")
-        assert sup.terminate() == 0
+        if hook == commits.EXIT_AFTER_INSERT_ENV:
+            # What the dead worker held beyond that batch was read back from the stream, not
+            # waited for: nothing was left for JetStream to redeliver.
+            assert sup.logged("a previous owner held unacked (read from the stream")
     finally:
         sup.close()
 

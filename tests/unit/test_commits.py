@@ -151,23 +151,17 @@ def test_commit_state_round_trips():
 
 
 class _KV:
-    """The commit state's KV entry as nats-py's KeyValue.update sees it: compare-and-set on the revision.
-    `lose_last` is a hard-killed nats-server that lost the entry's last write."""
+    """The commit state's KV entry as nats-py's KeyValue.update sees it: compare-and-set on the revision."""
 
     def __init__(self) -> None:
         self.value: bytes | None = None
         self.revision = 0
-        self._before: tuple[bytes | None, int] = (None, 0)
 
     async def update(self, key: str, value: bytes, last: int) -> int:
         if last != self.revision:
             raise KeyWrongLastSequenceError(f"wrong last sequence: {self.revision}")
-        self._before = (self.value, self.revision)
         self.value, self.revision = value, self.revision + 1
         return self.revision
-
-    def lose_last(self) -> None:
-        self.value, self.revision = self._before
 
 
 class _Crash(Exception):
@@ -243,14 +237,18 @@ _crash_step = st.one_of(
     st.tuples(st.just("lose"), st.integers(1, 2)),
     st.tuples(st.just("commit"), st.sampled_from([None, None, "begin", "insert", "ack"])),
     st.tuples(st.just("idle")),
-    st.tuples(st.just("forget"), st.booleans()),  # nats-server kill -9: acks forgotten (and the KV's last write?)
+    # nats-server kill -9 forgets recent consumer acks. A KV write is a stream message: it
+    # survives a process kill, and is lost only with a machine crash within nats-server's
+    # sync_interval, which loses acknowledged writes of every kind (no write order survives
+    # that; the CAS then stops the owner instead of moving the state backwards).
+    st.tuples(st.just("forget")),
 )
 
 
-@settings(max_examples=400, deadline=None)
-@given(st.lists(_crash_step, max_size=40))
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(_crash_step, max_size=50))
 def test_one_write_per_batch_and_the_ack_floor_rule_lose_nothing_and_store_nothing_twice(steps):
-    """Crashes at every moment a batch can be in flight, forgotten acks and lost KV writes:
+    """Crashes at every moment a batch can be in flight, and forgotten acks:
     nothing is lost, a batch found acked is always stored, and nothing is stored twice but
     what a batch without a recorded range stored (acks held after lost deliveries; documented)."""
     consumer, kv, world = _Consumer(), _KV(), _World()
@@ -274,13 +272,10 @@ def test_one_write_per_batch_and_the_ack_floor_rule_lose_nothing_and_store_nothi
             received.clear()
             try:
                 owner.commit(batch, step[1])
-            except (_Crash, commits.StaleCommitState):
+            except _Crash:
                 restart()
         elif step[0] == "idle":
-            try:
-                asyncio.run(owner.log.flush())
-            except commits.StaleCommitState:
-                restart()
+            asyncio.run(owner.log.flush())
         elif step[0] == "forget":
             # It remembers having delivered them, not their acks: they come again as redeliveries.
             acked = [s for s in world.produced if s <= consumer.floor and s not in consumer.pending]
@@ -289,8 +284,6 @@ def test_one_write_per_batch_and_the_ack_floor_rule_lose_nothing_and_store_nothi
                 for s in acked:
                     consumer.pending[s] = 1
                     received.append(consumer.deliver(s))
-            if step[1]:
-                kv.lose_last()
     # Drain: what is still pending is redelivered until everything is acked.
     for _ in range(3):
         received.extend(consumer.deliver(s) for s in sorted(consumer.pending) if all(
@@ -298,10 +291,7 @@ def test_one_write_per_batch_and_the_ack_floor_rule_lose_nothing_and_store_nothi
         if received:
             batch = list(received)
             received.clear()
-            try:
-                owner.commit(batch, None)
-            except commits.StaleCommitState:
-                restart()
+            owner.commit(batch, None)
     lost = [s for s in world.produced if not world.table.get(s)]
     assert not lost, f"lost {lost}"
     twice = {s for s, n in world.table.items() if n > 1}
