@@ -33,7 +33,9 @@ Snapshot schema (plain JSON-friendly data):
           "stats": {              # the worker's last report, per partition it runs
             "events/0": {"consumed": int, "inserted": int, "dead_lettered": int,
                          "batches": int, "insert_retries": int,
-                         "last_batch_at": float, "pending": int},
+                         "last_batch_at": float, "pending": int, "skipped_duplicates": int,
+                         "in_doubt_acked": int, "in_doubt_landed": int,   # workers/partition.py
+                         "in_doubt_not_landed": int, "in_doubt_resent": int, ...},  # PartitionStats
           },
           "telemetry_dropped": {"traces": int, "metrics": int, "logs": int},  # OTLP endpoint down
         },
@@ -212,6 +214,10 @@ METRICS = (
     ("jetsink_insert_retries_total", "counter", "Retried inserts or DLQ publishes.", ("slot", "pipeline", "partition")),
     ("jetsink_skipped_duplicates_total", "counter",
      "Deliveries at or below the stored sequence, acked without storing.", ("slot", "pipeline", "partition")),
+    ("jetsink_in_doubt_batches_total", "counter",
+     "Batches a dead previous owner left in flight, settled by the current worker process: acked (from the "
+     "consumer's ack floor), landed or not_landed (from ClickHouse's query log), resent (nobody could tell).",
+     ("slot", "pipeline", "partition", "settled")),
     ("jetsink_last_batch_timestamp_seconds", "gauge", "When the partition's last batch was committed (unix seconds).",
      ("slot", "pipeline", "partition")),
     ("jetsink_consumer_pending", "gauge", "Messages left in the partition's consumer (lag), as of the last delivery.",
@@ -230,6 +236,9 @@ _COUNTERS = {
     "jetsink_insert_retries_total": "insert_retries",
     "jetsink_skipped_duplicates_total": "skipped_duplicates",
 }
+
+_IN_DOUBT = {"acked": "in_doubt_acked", "landed": "in_doubt_landed", "not_landed": "in_doubt_not_landed",
+             "resent": "in_doubt_resent"}
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -267,6 +276,8 @@ def pool_metrics(snapshot: Mapping | None) -> list[Metric]:
             labels = (w["slot"], pipeline, index)
             for metric, key in _COUNTERS.items():
                 add(metric, labels, stats.get(key, 0))
+            for settled, key in _IN_DOUBT.items():
+                add("jetsink_in_doubt_batches_total", (*labels, settled), stats.get(key, 0))
             if stats.get("last_batch_at"):
                 add("jetsink_last_batch_timestamp_seconds", labels, stats["last_batch_at"])
             # During a move two workers may report a partition; the first report wins.

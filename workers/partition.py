@@ -65,9 +65,11 @@ class PartitionStats:
     last_batch_at: float = 0.0  # wall-clock time of the last committed batch
     pending: int = 0  # consumer's messages left, from the last delivery's ack subject
     skipped_duplicates: int = 0  # deliveries at or below the stored sequence: acked, not stored again
-    in_doubt_acked: int = 0  # in-doubt batches a previous owner had acked (stored; no question asked)
-    in_doubt_landed: int = 0  # in-doubt batches a previous owner's insert had stored (not sent again)
-    in_doubt_resent: int = 0  # rows of in-doubt batches sent again not knowing whether they had landed
+    # In-doubt batches a previous owner left (workers/takeover.py), by how they were settled:
+    in_doubt_acked: int = 0  # acked by that owner (the consumer's ack floor): stored, nothing asked
+    in_doubt_landed: int = 0  # its insert had landed (ClickHouse's query log): not sent again
+    in_doubt_not_landed: int = 0  # its insert never landed (the query log): stored when redelivered
+    in_doubt_resent: int = 0  # nobody could tell: sent again under the same identity
     taken_over: int = 0  # messages a previous owner held unacked, stored from the stream at takeover
     pins_lost: int = 0  # 423s: the consumer's pin went to another puller (or a new consumer leader)
 

@@ -103,6 +103,7 @@ class Takeover:
             await self.retrying("commit state", c.stored, r.last)
             return
         if verdict is False:
+            self.stats.in_doubt_not_landed += 1
             log.info("%s: its insert never landed; stored when redelivered", where, extra=self.log_extra)
             await self.retrying("commit state", c.stored, c.state.stored)
             return
@@ -115,7 +116,7 @@ class Takeover:
             await self.retrying("commit state", c.stored, c.state.stored)
             return
         prepared = await self.store(msgs, ident, r, keep_alive=None)
-        self.stats.in_doubt_resent += prepared.rows
+        self.stats.in_doubt_resent += 1
         if ident.token:
             dedup = "deduplicated by its token where the table deduplicates"
         else:

@@ -151,18 +151,18 @@ def _hook_range(sup):
 
 
 @pytest.mark.parametrize(
-    "hook, settled",
+    "hook, settled, counter",
     [
         # Between insert and ack: the next owner reads ClickHouse's query log (18.16 has it)
         # and finds the insert finished.
-        (commits.EXIT_AFTER_INSERT_ENV, "its insert had landed"),
+        (commits.EXIT_AFTER_INSERT_ENV, "its insert had landed", "in_doubt_landed"),
         # Between ack and the next write (a batch's `stored` goes out with the next batch's
         # range): the consumer's ack floor is at the batch's last message; nothing is asked.
-        (commits.EXIT_AFTER_ACK_ENV, "acked by its owner"),
+        (commits.EXIT_AFTER_ACK_ENV, "acked by its owner", "in_doubt_acked"),
     ],
 )
 def test_a_batch_stored_before_its_owner_died_is_not_stored_again(
-    hook, settled, monkeypatch, tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database
+    hook, settled, counter, monkeypatch, tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database
 ):
     monkeypatch.setenv(hook, f"3:{tmp_path / 'hook-fired'}")
     names, prefix = _names()
@@ -179,6 +179,9 @@ def test_a_batch_stored_before_its_owner_died_is_not_stored_again(
         line = sup.wait(lambda: sup.logged(f"in-doubt batch {first}..{last}"), 60, "the in-doubt batch settled")[0]
         assert settled in line["msg"]
         assert not sup.logged("sent again")
+        # Counted where /metrics reads it (jetsink_in_doubt_batches_total): one batch, settled so.
+        sup.wait(lambda: sum(p.get(counter, 0) for w in sup.workers() for p in w["stats"].values()) == 1, 30,
+                 f"{counter} reported")
         assert sup.terminate() == 0
         if hook == commits.EXIT_AFTER_INSERT_ENV:
             # What the dead worker held beyond that batch was read back from the stream, not

@@ -160,6 +160,12 @@ def test_prometheus_samples():
     assert values[("jetsink_rows_per_second", (("slot", "0"),))] == 10.0
     assert values[("jetsink_last_batch_timestamp_seconds", part0)] == NOW - 1
     assert values[("jetsink_consumer_pending", (("partition", "0"), ("pipeline", "events")))] == 3
+    # How the in-doubt batches a dead owner left were settled, one sample per way.
+    snap["workers"][0]["stats"]["events/0"].update(in_doubt_acked=2, in_doubt_not_landed=1)
+    _, values = scrape(render_prometheus(snap))
+    in_doubt = {dict(labels)["settled"]: v for (name, labels), v in values.items()
+                if name == "jetsink_in_doubt_batches_total" and dict(labels)["slot"] == "0"}
+    assert in_doubt == {"acked": 2, "landed": 0, "not_landed": 1, "resent": 0}
     # The parser names a counter family without its _total suffix.
     assert types["jetsink_rows_inserted"] == "counter"
     assert types["jetsink_consumer_pending"] == "gauge"
@@ -175,7 +181,7 @@ def test_prometheus_of_nothing_declares_every_metric_without_samples():
     text = render_prometheus(None)
     types, values = scrape(text)
     assert values == {}
-    assert len(types) == len([line for line in text.splitlines() if line.startswith("# TYPE ")]) == len(METRICS) == 20
+    assert len(types) == len([line for line in text.splitlines() if line.startswith("# TYPE ")]) == len(METRICS) == 21
 
 
 def test_status_table():
