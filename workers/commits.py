@@ -46,7 +46,7 @@ from workers.wire import REPLY
 
 BUCKET_PREFIX = "jetsink_commits_"
 # Set in a worker's environment (tests only): the worker exits after its N-th insert
-# returns, before the commit state is written: the in-doubt batch on demand.
+# returns, before the batch's ack: the in-doubt batch on demand (see ExitHook).
 EXIT_AFTER_INSERT_ENV = "JETSINK_TEST_EXIT_AFTER_INSERT"
 # The same, after the batch's ack was sent: the state names it in flight, the consumer has it acked.
 EXIT_AFTER_ACK_ENV = "JETSINK_TEST_EXIT_AFTER_ACK"
@@ -114,7 +114,6 @@ class CommitLog:
         self.state = state
         self._revision = revision
         self.stored_through = state.stored
-        self.writes = 0  # entry writes by this owner (one per batch while batches follow each other)
 
     @classmethod
     async def open(cls, js: Any, pipeline: str, partition: int) -> "CommitLog":
@@ -160,7 +159,6 @@ class CommitLog:
         except KeyWrongLastSequenceError as exc:
             raise StaleCommitState(f"commit state {self._key} moved under this owner: {exc}") from exc
         self.state = state
-        self.writes += 1
 
 
 @dataclass(frozen=True, slots=True)
