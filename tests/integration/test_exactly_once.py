@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import uuid
+from contextlib import contextmanager
 
 import nats
 import orjson
@@ -34,6 +35,18 @@ def _all_once(sup, client, db, total):
         client.execute(f"SELECT count() FROM {db}.events WHERE toUInt64(substring(event_id, 2)) >= {total}")[0][0] == 0
     )
     return total - distinct, rows - distinct
+
+
+@contextmanager
+def _fed(cfg, log_path, nats_url, stream, msgs):
+    """A supervisor with its one partition acquired and `msgs` published to its stream (closed on the way out)."""
+    sup = Supervisor(cfg, log_path)
+    try:
+        sup.wait_acquired(1)
+        publish_events(nats_url, msgs, stream)
+        yield sup
+    finally:
+        sup.close()
 
 
 def _flowing(sup, client, db, n=3000):
@@ -170,10 +183,7 @@ def test_a_batch_stored_before_its_owner_died_is_not_stored_again(
         tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=1, workers=1, max_rows=1000, **names
     )
     total = 10_000
-    sup = Supervisor(cfg, tmp_path / "sink.log")
-    try:
-        sup.wait_acquired(1)
-        publish_events(nats_url, _events(prefix, 0, total), names["stream"])
+    with _fed(cfg, tmp_path / "sink.log", nats_url, names["stream"], _events(prefix, 0, total)) as sup:
         first, last = _hook_range(sup)
         assert _all_once(sup, clickhouse_client, ch_database, total) == (0, 0)
         line = sup.wait(lambda: sup.logged(f"in-doubt batch {first}..{last}"), 60, "the in-doubt batch settled")[0]
@@ -187,8 +197,6 @@ def test_a_batch_stored_before_its_owner_died_is_not_stored_again(
             # What the dead worker held beyond that batch was read back from the stream, not
             # waited for: nothing was left for JetStream to redeliver.
             assert sup.logged("a previous owner held unacked (read from the stream")
-    finally:
-        sup.close()
 
 
 def test_one_commit_state_write_per_batch_while_batches_follow_each_other(
@@ -203,10 +211,7 @@ def test_one_commit_state_write_per_batch_while_batches_follow_each_other(
         max_wait_ms=5000, ack_wait_s=30.0, **names,
     )
     total = 20_000
-    sup = Supervisor(cfg, tmp_path / "sink.log")
-    try:
-        sup.wait_acquired(1)
-        publish_events(nats_url, _events(prefix, 0, total), names["stream"])
+    with _fed(cfg, tmp_path / "sink.log", nats_url, names["stream"], _events(prefix, 0, total)) as sup:
         assert _all_once(sup, clickhouse_client, ch_database, total) == (0, 0)
         # Idle now: the last batch's `stored` is written alone.
         state = sup.wait(lambda: (s := run(_commit_state(nats_url, names["name"])))[0].inflight is None and s, 30,
@@ -220,8 +225,6 @@ def test_one_commit_state_write_per_batch_while_batches_follow_each_other(
         print(f"{batches} batches, {writes} commit state writes")
         assert writes < 1.5 * batches  # two per batch (range, then stored) would be 2.0
         assert sup.terminate() == 0
-    finally:
-        sup.close()
 
 
 async def _commit_state(url, pipeline):
@@ -247,10 +250,7 @@ def test_an_in_doubt_insert_after_a_clickhouse_restart_is_resent_once_and_report
         names, prefix = _names()
         cfg = sink_config(tmp_path, nats_url, ch.port, "xo", partitions=1, workers=1, max_rows=1000, **names)
         total = 5000
-        sup = Supervisor(cfg, tmp_path / "sink.log")
-        try:
-            sup.wait_acquired(1)
-            publish_events(nats_url, _events(prefix, 0, total), names["stream"])
+        with _fed(cfg, tmp_path / "sink.log", nats_url, names["stream"], _events(prefix, 0, total)) as sup:
             first, last = _hook_range(sup)
             ch.kill()
             ch.start()
@@ -271,8 +271,6 @@ def test_an_in_doubt_insert_after_a_clickhouse_restart_is_resent_once_and_report
                 assert duplicates == 0  # the log was flushed before the kill: it could tell
             print(f"in-doubt after a ClickHouse kill: {settled['msg']}; {duplicates} duplicates")
             assert sup.terminate() == 0
-        finally:
-            sup.close()
 
 
 def test_a_poison_message_redelivered_after_a_crash_gives_one_dead_letter(
@@ -285,16 +283,11 @@ def test_a_poison_message_redelivered_after_a_crash_gives_one_dead_letter(
     )
     good = list(_events(prefix, 0, 500))
     msgs = good[:250] + [(f"{prefix}.k0", b"{not json", None)] + good[250:]
-    sup = Supervisor(cfg, tmp_path / "sink.log")
-    try:
-        sup.wait_acquired(1)
-        publish_events(nats_url, msgs, names["stream"])
+    with _fed(cfg, tmp_path / "sink.log", nats_url, names["stream"], msgs) as sup:
         _hook_range(sup)
         assert _all_once(sup, clickhouse_client, ch_database, 500) == (0, 0)
         sup.wait(lambda: sup.logged("in-doubt batch"), 60, "the in-doubt batch settled")
         assert sup.terminate() == 0
-    finally:
-        sup.close()
     assert run(_dlq_count(nats_url, names["stream"] + "_DLQ")) == 1
 
 
@@ -367,11 +360,6 @@ def test_inserts_slower_than_ack_wait_are_kept_alive_not_redelivered(
     data["pipelines"][0]["delivery"] = "at_least_once"
     cfg.write_text(yaml.safe_dump(data))
     total = 2000
-    sup = Supervisor(cfg, tmp_path / "sink.log")
-    try:
-        sup.wait_acquired(1)
-        publish_events(nats_url, _events(prefix, 0, total), names["stream"])
+    with _fed(cfg, tmp_path / "sink.log", nats_url, names["stream"], _events(prefix, 0, total)) as sup:
         assert _all_once(sup, clickhouse_client, ch_database, total) == (0, 0)
         assert sup.terminate() == 0
-    finally:
-        sup.close()
