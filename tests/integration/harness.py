@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,6 +29,14 @@ DEMO_TABLE = """CREATE TABLE IF NOT EXISTS {table} (
 ) ENGINE = MergeTree() ORDER BY (kind, ts)"""
 
 
+def pipeline_names(tag: str) -> tuple[dict[str, str], str]:
+    """Fresh names for one test's pipeline (tests share a nats-server and a database server):
+    {name: <tag><hex>, stream: <TAG>_<hex>, subject: <tag><hex>.*} for sink_config(**names),
+    and the prefix events are published under (<prefix>.<key>)."""
+    h = uuid.uuid4().hex[:8]
+    return {"name": f"{tag}{h}", "stream": f"{tag.upper()}_{h}", "subject": f"{tag}{h}.*"}, f"{tag}{h}"
+
+
 def sink_config(
     tmp_path: Path,
     nats_url: str,
@@ -42,9 +51,15 @@ def sink_config(
     max_rows: int = 5000,
     max_wait_ms: int = 200,
     ack_wait_s: float = 4.0,
+    pipeline: dict | None = None,
+    nats: dict | None = None,
+    clickhouse: dict | None = None,
     **extra: Any,
 ) -> Path:
-    """Write a config.yaml for one demo pipeline and return its path."""
+    """Write a config.yaml for one demo pipeline and return its path.
+
+    `pipeline`, `nats` and `clickhouse` add keys to (or replace keys of) those sections;
+    `extra` sets top-level keys."""
     data = {
         "workers": workers,
         "shutdown_grace_s": 30,
@@ -71,10 +86,34 @@ def sink_config(
             }
         ],
     }
+    data["pipelines"][0].update(pipeline or {})
+    data["nats"].update(nats or {})
+    data["clickhouse"].update(clickhouse or {})
     data.update(extra)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def event_counts(client: Client, db: str) -> tuple[int, int]:
+    """(rows, distinct event_ids) in `db`.events."""
+    return client.execute(f"SELECT count(), uniqExact(event_id) FROM {db}.events")[0]
+
+
+def rows_flowing(sup: "Supervisor", client: Client, db: str, n: int = 3000) -> None:
+    """Wait until `db`.events holds more than n rows."""
+    sup.wait(lambda: event_counts(client, db)[0] > n, 60, "rows flowing")
+
+
+def all_once(sup: "Supervisor", client: Client, db: str, total: int, timeout: float = 180.0) -> tuple[int, int]:
+    """Wait until events 0..total-1 (bench.events ids) are all in `db`.events; return (lost, duplicates)
+    counted there, failing if the table holds an event_id outside them."""
+    sup.wait(lambda: event_counts(client, db)[1] >= total, timeout, f"all {total} event_ids")
+    rows, distinct = event_counts(client, db)
+    assert (
+        client.execute(f"SELECT count() FROM {db}.events WHERE toUInt64(substring(event_id, 2)) >= {total}")[0][0] == 0
+    )
+    return total - distinct, rows - distinct
 
 
 def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:

@@ -6,34 +6,21 @@ from __future__ import annotations
 import collections
 import signal
 import time
-import uuid
 
 import yaml
 
-from tests.integration.harness import Load, OwnClickHouse, OwnNats, Supervisor, sink_config
+from tests.integration.harness import (
+    Load,
+    OwnClickHouse,
+    OwnNats,
+    Supervisor,
+    all_once,
+    pipeline_names,
+    rows_flowing,
+    sink_config,
+)
 
 RATE = 3000.0
-
-
-def _names():
-    tag = uuid.uuid4().hex[:8]
-    return dict(name=f"ch{tag}", stream=f"CH_{tag}", subject=f"ch{tag}.*"), f"ch{tag}"
-
-
-def _accounting(client, db, total):
-    rows, distinct = client.execute(f"SELECT count(), uniqExact(event_id) FROM {db}.events")[0]
-    return rows, distinct
-
-
-def _assert_all_arrived(sup, client, db, total, timeout=180):
-    sup.wait(lambda: _accounting(client, db, total)[1] >= total, timeout, f"all {total} event_ids")
-    rows, distinct = _accounting(client, db, total)
-    assert distinct == total
-    # No event_id outside what was published.
-    assert (
-        client.execute(f"SELECT count() FROM {db}.events WHERE toUInt64(substring(event_id, 2)) >= {total}")[0][0] == 0
-    )
-    return rows - distinct  # duplicates
 
 
 def _ownership_intervals(sup):
@@ -61,7 +48,7 @@ def _assert_never_two_owners(sup):
 
 
 def test_resize_by_hup_and_signals_during_load(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
-    names, prefix = _names()
+    names, prefix = pipeline_names("ch")
     cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=8, workers=2, **names)
     total = 45_000
     sup = Supervisor(cfg, tmp_path / "sink.log")
@@ -88,7 +75,8 @@ def test_resize_by_hup_and_signals_during_load(tmp_path, nats_url, clickhouse_se
         set_workers(1)
         sup.wait(lambda: [w["slot"] for w in sup.workers()] == [0], 60, "worker 1 retired after HUP to 1")
         assert load.join_checked(120) == total
-        duplicates = _assert_all_arrived(sup, clickhouse_client, ch_database, total)
+        lost, duplicates = all_once(sup, clickhouse_client, ch_database, total)
+        assert lost == 0
         # A resize hands partitions over after a flush and ack: nothing is read twice.
         assert duplicates == 0
         _assert_never_two_owners(sup)
@@ -99,7 +87,7 @@ def test_resize_by_hup_and_signals_during_load(tmp_path, nats_url, clickhouse_se
 
 
 def test_hup_with_a_bad_config_keeps_running(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
-    names, prefix = _names()
+    names, prefix = pipeline_names("ch")
     cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=2, workers=1, **names)
     good = cfg.read_text()
     sup = Supervisor(cfg, tmp_path / "sink.log")
@@ -112,14 +100,14 @@ def test_hup_with_a_bad_config_keeps_running(tmp_path, nats_url, clickhouse_serv
         load = Load(nats_url, prefix, 0, 2000, RATE)
         load.start()
         assert load.join_checked(60) == 2000
-        assert _assert_all_arrived(sup, clickhouse_client, ch_database, 2000) == 0
+        assert all_once(sup, clickhouse_client, ch_database, 2000) == (0, 0)
         assert sup.terminate() == 0
     finally:
         sup.close()
 
 
 def test_term_during_load_then_restart(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
-    names, prefix = _names()
+    names, prefix = pipeline_names("ch")
     cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=4, workers=2, **names)
     total = 30_000
     sup = Supervisor(cfg, tmp_path / "sink1.log")
@@ -127,11 +115,7 @@ def test_term_during_load_then_restart(tmp_path, nats_url, clickhouse_server, cl
     try:
         sup.wait_acquired(4)
         load.start()
-        sup.wait(
-            lambda: clickhouse_client.execute(f"SELECT count() FROM {ch_database}.events")[0][0] > 3000,
-            60,
-            "rows flowing",
-        )
+        rows_flowing(sup, clickhouse_client, ch_database)
         assert sup.terminate() == 0
         assert sup.logged("all workers drained")
     finally:
@@ -140,7 +124,8 @@ def test_term_during_load_then_restart(tmp_path, nats_url, clickhouse_server, cl
     try:
         sup.wait_acquired(4)
         assert load.join_checked(120) == total
-        duplicates = _assert_all_arrived(sup, clickhouse_client, ch_database, total)
+        lost, duplicates = all_once(sup, clickhouse_client, ch_database, total)
+        assert lost == 0
         assert duplicates == 0  # a drain acks everything it inserted
         assert sup.terminate() == 0
     finally:
@@ -149,7 +134,7 @@ def test_term_during_load_then_restart(tmp_path, nats_url, clickhouse_server, cl
 
 def test_clickhouse_down_for_10s(tmp_path, nats_url):
     with OwnClickHouse(tmp_path, "chaos") as ch:
-        names, prefix = _names()
+        names, prefix = pipeline_names("ch")
         cfg = sink_config(tmp_path, nats_url, ch.port, "chaos", partitions=4, workers=2, **names)
         total = 40_000
         sup = Supervisor(cfg, tmp_path / "sink.log")
@@ -157,13 +142,14 @@ def test_clickhouse_down_for_10s(tmp_path, nats_url):
             sup.wait_acquired(4)
             load = Load(nats_url, prefix, 0, total, RATE)
             load.start()
-            sup.wait(lambda: ch.client.execute("SELECT count() FROM chaos.events")[0][0] > 3000, 60, "rows flowing")
+            rows_flowing(sup, ch.client, "chaos")
             ch.stop()
             sup.wait(lambda: sup.logged("retrying"), 30, "workers noticing the outage")
             time.sleep(10)  # the outage itself: ClickHouse stays down this long
             ch.start()
             assert load.join_checked(120) == total
-            duplicates = _assert_all_arrived(sup, ch.client, "chaos", total)
+            lost, duplicates = all_once(sup, ch.client, "chaos", total)
+            assert lost == 0
             print(f"clickhouse outage: {total} events, {duplicates} duplicates")
             assert sup.terminate() == 0
         finally:
@@ -173,7 +159,7 @@ def test_clickhouse_down_for_10s(tmp_path, nats_url):
 def test_nats_server_restart(tmp_path, clickhouse_server, clickhouse_client, ch_database):
     with OwnNats(tmp_path) as nats_server:
         url = nats_server.url
-        names, prefix = _names()
+        names, prefix = pipeline_names("ch")
         cfg = sink_config(tmp_path, url, clickhouse_server.port, ch_database, partitions=4, workers=2, **names)
         total = 30_000
         sup = Supervisor(cfg, tmp_path / "sink.log")
@@ -181,15 +167,12 @@ def test_nats_server_restart(tmp_path, clickhouse_server, clickhouse_client, ch_
             sup.wait_acquired(4)
             load = Load(url, prefix, 0, total, RATE)
             load.start()
-            sup.wait(
-                lambda: clickhouse_client.execute(f"SELECT count() FROM {ch_database}.events")[0][0] > 3000,
-                60,
-                "rows flowing",
-            )
+            rows_flowing(sup, clickhouse_client, ch_database)
             nats_server.stop()
             nats_server.start()
             assert load.join_checked(120) == total
-            duplicates = _assert_all_arrived(sup, clickhouse_client, ch_database, total)
+            lost, duplicates = all_once(sup, clickhouse_client, ch_database, total)
+            assert lost == 0
             print(f"nats restart: {total} events, {duplicates} duplicates, {load.errors} publish retries")
             assert sup.terminate() == 0
         finally:
@@ -206,25 +189,15 @@ def test_rows_the_server_refuses_are_isolated_and_dead_lettered(
 
     from tests.integration.harness import run
 
-    names, prefix = _names()
-    cfg = sink_config(
-        tmp_path,
-        nats_url,
-        clickhouse_server.port,
-        ch_database,
-        partitions=1,
-        workers=1,
-        max_rows=500,
-        max_wait_ms=500,
-        **names,
-    )
-    data = yaml.safe_load(cfg.read_text())
-    data["pipelines"][0]["create_table"] = (
+    names, prefix = pipeline_names("ch")
+    table = (
         f"CREATE TABLE {ch_database}.events (event_id String, day_text String, day Date DEFAULT toDate(day_text)) "
         "ENGINE = MergeTree() ORDER BY event_id"
     )
-    data["pipelines"][0]["columns"] = {"event_id": {"required": True}}
-    cfg.write_text(yaml.safe_dump(data))
+    cfg = sink_config(
+        tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=1, workers=1, max_rows=500, max_wait_ms=500,
+        pipeline={"create_table": table, "columns": {"event_id": {"required": True}}}, **names,
+    )
     bad = {17, 250, 251, 499}
     bodies = [
         orjson.dumps({"event_id": f"e{i:012d}", "day_text": "not a date" if i in bad else "2026-11-26"})

@@ -12,29 +12,21 @@ import nats
 import orjson
 import pytest
 
-from tests.integration.harness import Load, OwnClickHouse, OwnNats, Supervisor, publish_events, run, sink_config
+from tests.integration.harness import (
+    Load,
+    OwnClickHouse,
+    OwnNats,
+    Supervisor,
+    all_once,
+    pipeline_names,
+    publish_events,
+    rows_flowing,
+    run,
+    sink_config,
+)
 from workers import commits, dlq
 
 RATE = 3000.0
-
-
-def _names():
-    tag = uuid.uuid4().hex[:8]
-    return dict(name=f"xo{tag}", stream=f"XO_{tag}", subject=f"xo{tag}.*"), f"xo{tag}"
-
-
-def _rows(client, db):
-    return client.execute(f"SELECT count(), uniqExact(event_id) FROM {db}.events")[0]
-
-
-def _all_once(sup, client, db, total):
-    """Wait for every event_id; return (lost, duplicates) counted in ClickHouse."""
-    sup.wait(lambda: _rows(client, db)[1] >= total, 180, f"all {total} event_ids")
-    rows, distinct = _rows(client, db)
-    assert (
-        client.execute(f"SELECT count() FROM {db}.events WHERE toUInt64(substring(event_id, 2)) >= {total}")[0][0] == 0
-    )
-    return total - distinct, rows - distinct
 
 
 @contextmanager
@@ -47,10 +39,6 @@ def _fed(cfg, log_path, nats_url, stream, msgs):
         yield sup
     finally:
         sup.close()
-
-
-def _flowing(sup, client, db, n=3000):
-    sup.wait(lambda: _rows(client, db)[0] > n, 60, "rows flowing")
 
 
 def _kill_group(sup):
@@ -66,7 +54,7 @@ def _kill_group(sup):
 
 
 def test_kill_9_of_a_worker_mid_stream(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
-    names, prefix = _names()
+    names, prefix = pipeline_names("xo")
     cfg = sink_config(
         tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=4, workers=2, max_rows=2000, **names
     )
@@ -76,11 +64,11 @@ def test_kill_9_of_a_worker_mid_stream(tmp_path, nats_url, clickhouse_server, cl
         sup.wait_acquired(4)
         load = Load(nats_url, prefix, 0, total, RATE)
         load.start()
-        _flowing(sup, clickhouse_client, ch_database)
+        rows_flowing(sup, clickhouse_client, ch_database)
         os.kill(sup.worker_pids()[0], signal.SIGKILL)
         sup.wait(lambda: len(sup.logged("spawned worker")) >= 3, 60, "the killed worker replaced")
         assert load.join_checked(120) == total
-        assert _all_once(sup, clickhouse_client, ch_database, total) == (0, 0)
+        assert all_once(sup, clickhouse_client, ch_database, total) == (0, 0)
         assert sup.terminate() == 0
     finally:
         sup.close()
@@ -89,7 +77,7 @@ def test_kill_9_of_a_worker_mid_stream(tmp_path, nats_url, clickhouse_server, cl
 def test_kill_9_of_nats_server_restarted_on_its_store(tmp_path, clickhouse_server, clickhouse_client, ch_database):
     with OwnNats(tmp_path) as nats_server:
         url = nats_server.url
-        names, prefix = _names()
+        names, prefix = pipeline_names("xo")
         cfg = sink_config(tmp_path, url, clickhouse_server.port, ch_database, partitions=4, workers=2, **names)
         total = 30_000
         sup = Supervisor(cfg, tmp_path / "sink.log")
@@ -97,11 +85,11 @@ def test_kill_9_of_nats_server_restarted_on_its_store(tmp_path, clickhouse_serve
             sup.wait_acquired(4)
             load = Load(url, prefix, 0, total, RATE)
             load.start()
-            _flowing(sup, clickhouse_client, ch_database, 8000)
+            rows_flowing(sup, clickhouse_client, ch_database, 8000)
             nats_server.kill()
             nats_server.start()
             assert load.join_checked(180) == total
-            assert _all_once(sup, clickhouse_client, ch_database, total) == (0, 0)
+            assert all_once(sup, clickhouse_client, ch_database, total) == (0, 0)
             assert sup.terminate() == 0
             print(f"nats kill -9: {total} events, 0 duplicates, {_skipped(sup)} redeliveries skipped as stored")
         finally:
@@ -111,7 +99,7 @@ def test_kill_9_of_nats_server_restarted_on_its_store(tmp_path, clickhouse_serve
 def test_kill_9_of_the_supervisor_group_then_a_new_supervisor(
     tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database
 ):
-    names, prefix = _names()
+    names, prefix = pipeline_names("xo")
     cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=4, workers=2, **names)
     total = 30_000
     load = Load(nats_url, prefix, 0, total, RATE)
@@ -119,7 +107,7 @@ def test_kill_9_of_the_supervisor_group_then_a_new_supervisor(
     try:
         sup.wait_acquired(4)
         load.start()
-        _flowing(sup, clickhouse_client, ch_database)
+        rows_flowing(sup, clickhouse_client, ch_database)
         _kill_group(sup)
     finally:
         sup.close()
@@ -127,7 +115,7 @@ def test_kill_9_of_the_supervisor_group_then_a_new_supervisor(
     try:
         sup.wait_acquired(4)
         assert load.join_checked(120) == total
-        assert _all_once(sup, clickhouse_client, ch_database, total) == (0, 0)
+        assert all_once(sup, clickhouse_client, ch_database, total) == (0, 0)
         assert sup.terminate() == 0
     finally:
         sup.close()
@@ -135,7 +123,7 @@ def test_kill_9_of_the_supervisor_group_then_a_new_supervisor(
 
 def test_kill_9_of_clickhouse_server(tmp_path, nats_url):
     with OwnClickHouse(tmp_path, "xo") as ch:
-        names, prefix = _names()
+        names, prefix = pipeline_names("xo")
         cfg = sink_config(tmp_path, nats_url, ch.port, "xo", partitions=4, workers=2, **names)
         total = 30_000
         sup = Supervisor(cfg, tmp_path / "sink.log")
@@ -143,11 +131,11 @@ def test_kill_9_of_clickhouse_server(tmp_path, nats_url):
             sup.wait_acquired(4)
             load = Load(nats_url, prefix, 0, total, RATE)
             load.start()
-            _flowing(sup, ch.client, "xo")
+            rows_flowing(sup, ch.client, "xo")
             ch.kill()
             ch.start()
             assert load.join_checked(120) == total
-            assert _all_once(sup, ch.client, "xo", total) == (0, 0)
+            assert all_once(sup, ch.client, "xo", total) == (0, 0)
             assert sup.terminate() == 0
         finally:
             sup.close()
@@ -178,14 +166,14 @@ def test_a_batch_stored_before_its_owner_died_is_not_stored_again(
     hook, settled, counter, monkeypatch, tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database
 ):
     monkeypatch.setenv(hook, f"3:{tmp_path / 'hook-fired'}")
-    names, prefix = _names()
+    names, prefix = pipeline_names("xo")
     cfg = sink_config(
         tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=1, workers=1, max_rows=1000, **names
     )
     total = 10_000
     with _fed(cfg, tmp_path / "sink.log", nats_url, names["stream"], _events(prefix, 0, total)) as sup:
         first, last = _hook_range(sup)
-        assert _all_once(sup, clickhouse_client, ch_database, total) == (0, 0)
+        assert all_once(sup, clickhouse_client, ch_database, total) == (0, 0)
         line = sup.wait(lambda: sup.logged(f"in-doubt batch {first}..{last}"), 60, "the in-doubt batch settled")[0]
         assert settled in line["msg"]
         assert not sup.logged("sent again")
@@ -204,7 +192,7 @@ def test_one_commit_state_write_per_batch_while_batches_follow_each_other(
 ):
     """Each batch's range is written before its insert and carries the previous batch's
     `stored`; only when no batch follows is `stored` written alone (then nothing is in flight)."""
-    names, prefix = _names()
+    names, prefix = pipeline_names("xo")
     # Batches seal full (1,000 rows) while the publisher is ahead, not by age.
     cfg = sink_config(
         tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=1, workers=1, max_rows=1000,
@@ -212,7 +200,7 @@ def test_one_commit_state_write_per_batch_while_batches_follow_each_other(
     )
     total = 20_000
     with _fed(cfg, tmp_path / "sink.log", nats_url, names["stream"], _events(prefix, 0, total)) as sup:
-        assert _all_once(sup, clickhouse_client, ch_database, total) == (0, 0)
+        assert all_once(sup, clickhouse_client, ch_database, total) == (0, 0)
         # Idle now: the last batch's `stored` is written alone.
         state = sup.wait(lambda: (s := run(_commit_state(nats_url, names["name"])))[0].inflight is None and s, 30,
                          "the last batch's stored written")
@@ -247,14 +235,14 @@ def test_an_in_doubt_insert_after_a_clickhouse_restart_is_resent_once_and_report
     _exit_after_insert(monkeypatch, tmp_path, 2)
     with OwnClickHouse(tmp_path, "xo") as ch:
         client = ch.client
-        names, prefix = _names()
+        names, prefix = pipeline_names("xo")
         cfg = sink_config(tmp_path, nats_url, ch.port, "xo", partitions=1, workers=1, max_rows=1000, **names)
         total = 5000
         with _fed(cfg, tmp_path / "sink.log", nats_url, names["stream"], _events(prefix, 0, total)) as sup:
             first, last = _hook_range(sup)
             ch.kill()
             ch.start()
-            lost, duplicates = _all_once(sup, client, "xo", total)
+            lost, duplicates = all_once(sup, client, "xo", total)
             settled = sup.wait(lambda: sup.logged(f"in-doubt batch {first}..{last}"), 60, "the in-doubt batch settled")[
                 0
             ]
@@ -277,7 +265,7 @@ def test_a_poison_message_redelivered_after_a_crash_gives_one_dead_letter(
     monkeypatch, tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database
 ):
     _exit_after_insert(monkeypatch, tmp_path, 1)
-    names, prefix = _names()
+    names, prefix = pipeline_names("xo")
     cfg = sink_config(
         tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=1, workers=1, max_rows=1000, **names
     )
@@ -285,7 +273,7 @@ def test_a_poison_message_redelivered_after_a_crash_gives_one_dead_letter(
     msgs = good[:250] + [(f"{prefix}.k0", b"{not json", None)] + good[250:]
     with _fed(cfg, tmp_path / "sink.log", nats_url, names["stream"], msgs) as sup:
         _hook_range(sup)
-        assert _all_once(sup, clickhouse_client, ch_database, 500) == (0, 0)
+        assert all_once(sup, clickhouse_client, ch_database, 500) == (0, 0)
         sup.wait(lambda: sup.logged("in-doubt batch"), 60, "the in-doubt batch settled")
         assert sup.terminate() == 0
     assert run(_dlq_count(nats_url, names["stream"] + "_DLQ")) == 1
@@ -337,29 +325,17 @@ def test_inserts_slower_than_ack_wait_are_kept_alive_not_redelivered(
 ):
     """A short ack_wait makes a crash recover fast; a live worker's slow insert must not be
     redelivered meanwhile.  at_least_once, so that only the in-progress acks prevent duplicates."""
-    import yaml
-
-    names, prefix = _names()
-    cfg = sink_config(
-        tmp_path,
-        nats_url,
-        clickhouse_server.port,
-        ch_database,
-        partitions=1,
-        workers=1,
-        max_rows=500,
-        ack_wait_s=1.0,
-        **names,
-    )
-    data = yaml.safe_load(cfg.read_text())
+    names, prefix = pipeline_names("xo")
     # Each insert takes 2 s in the server (the DEFAULT is computed per block): twice ack_wait.
-    data["pipelines"][0]["create_table"] = (
+    table = (
         f"CREATE TABLE {ch_database}.events (event_id String, user_id UInt64, slow UInt8 DEFAULT sleep(2)) "
         "ENGINE = MergeTree() ORDER BY event_id"
     )
-    data["pipelines"][0]["delivery"] = "at_least_once"
-    cfg.write_text(yaml.safe_dump(data))
+    cfg = sink_config(
+        tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=1, workers=1, max_rows=500, ack_wait_s=1.0,
+        pipeline={"create_table": table, "delivery": "at_least_once"}, **names,
+    )
     total = 2000
     with _fed(cfg, tmp_path / "sink.log", nats_url, names["stream"], _events(prefix, 0, total)) as sup:
-        assert _all_once(sup, clickhouse_client, ch_database, total) == (0, 0)
+        assert all_once(sup, clickhouse_client, ch_database, total) == (0, 0)
         assert sup.terminate() == 0

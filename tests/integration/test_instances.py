@@ -10,29 +10,22 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections import defaultdict
 from pathlib import Path
 
 import nats
 
-from tests.integration.harness import REPO, Load, Supervisor, run, sink_config
+from tests.integration.harness import REPO, Load, Supervisor, pipeline_names, run, sink_config
 from workers.topology import consumer_name
 
 PARTITIONS = 8
 
 
-def _names():
-    tag = uuid.uuid4().hex[:8]
-    return f"ev{tag}", f"EV_{tag}", f"ev{tag}.*"
-
-
-def _instance(tmp_path: Path, name: str, nats_url: str, ch_port: int, db: str, pipeline: tuple, workers: int = 1):
+def _instance(tmp_path: Path, name: str, nats_url: str, ch_port: int, db: str, names: dict, workers: int = 1):
     home = tmp_path / name
     home.mkdir()
-    pname, stream, subject = pipeline
-    cfg = sink_config(home, nats_url, ch_port, db, name=pname, stream=stream, subject=subject,
-                      partitions=PARTITIONS, workers=workers, max_rows=2000, ack_wait_s=3, instance_id=name)
+    cfg = sink_config(home, nats_url, ch_port, db, partitions=PARTITIONS, workers=workers, max_rows=2000,
+                      ack_wait_s=3, instance_id=name, **names)
     return Supervisor(cfg, home / "sink.log")
 
 
@@ -92,8 +85,7 @@ async def _server_pins(nats_url: str, stream: str, pipeline: str) -> dict[int, s
 
 def test_instances_share_partitions_and_hand_them_over_one_owner_at_a_time(
         tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
-    pipeline = _names()
-    prefix = pipeline[2][:-2]
+    pipeline, prefix = pipeline_names("ev")
     a = _instance(tmp_path, "a", nats_url, clickhouse_server.port, ch_database, pipeline)
     b = c = None
     try:
@@ -128,8 +120,8 @@ def test_instances_share_partitions_and_hand_them_over_one_owner_at_a_time(
         pins = _pins(a, b, c)
         assert len(pins) == PARTITIONS and sum(len(v) for v in pins.values()) > PARTITIONS
         _assert_one_owner_at_a_time(pins)
-        now = a.wait(lambda: (lambda p: p if all(p.values()) else None)(run(_server_pins(nats_url, pipeline[1],
-                                                                                         pipeline[0]))),
+        now = a.wait(lambda: (lambda p: p if all(p.values()) else None)(run(_server_pins(nats_url, pipeline["stream"],
+                                                                                         pipeline["name"]))),
                      30, "every consumer pinned")
         for partition, spans in pins.items():
             assert spans[-1][1] is None and spans[-1][2] == now[partition]  # the one open pin is the server's
@@ -142,8 +134,7 @@ def test_instances_share_partitions_and_hand_them_over_one_owner_at_a_time(
 
 def test_kill_9_of_a_whole_instance_under_load_loses_nothing(
         tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
-    pipeline = _names()
-    prefix = pipeline[2][:-2]
+    pipeline, prefix = pipeline_names("ev")
     a = _instance(tmp_path, "a", nats_url, clickhouse_server.port, ch_database, pipeline)
     b = _instance(tmp_path, "b", nats_url, clickhouse_server.port, ch_database, pipeline)
     try:
@@ -176,7 +167,7 @@ def test_kill_9_of_a_whole_instance_under_load_loses_nothing(
 
 
 def test_check_rejects_an_instance_id_that_is_live(tmp_path, nats_url, clickhouse_server, ch_database):
-    pipeline = _names()
+    pipeline, _ = pipeline_names("ev")
     a = _instance(tmp_path, "a", nats_url, clickhouse_server.port, ch_database, pipeline)
     try:
         a.wait_acquired(PARTITIONS)

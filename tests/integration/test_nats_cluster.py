@@ -4,13 +4,12 @@ leader, and of a consumer leader, under load: nothing lost, sinking resumes afte
 from __future__ import annotations
 
 import time
-import uuid
 
 import nats
 import pytest
 
 from supervisor.members import BUCKET
-from tests.integration.harness import Load, Supervisor, run, sink_config
+from tests.integration.harness import Load, Supervisor, pipeline_names, run, sink_config
 from tests.integration.nats_cluster import start_cluster
 from workers.topology import consumer_name
 
@@ -64,13 +63,11 @@ def _kill_leader_under_load(cluster, sup, client, db, prefix, start, which, stre
 
 def test_r3_cluster_survives_the_stream_leader_and_a_consumer_leader(
         tmp_path, cluster, clickhouse_server, clickhouse_client, ch_database):
-    tag = uuid.uuid4().hex[:8]
-    name, stream, subject = f"ev{tag}", f"EV_{tag}", f"ev{tag}.*"
-    cfg = sink_config(tmp_path, cluster.urls[0], clickhouse_server.port, ch_database, name=name, stream=stream,
-                      subject=subject, partitions=PARTITIONS, workers=2, max_rows=2000, ack_wait_s=3,
-                      instance_id="solo")
+    names, prefix = pipeline_names("ev")
+    name, stream = names["name"], names["stream"]
     # Every node's URL, so that the clients fail over.
-    cfg.write_text(cfg.read_text().replace(f"url: {cluster.urls[0]}", "url: [" + ", ".join(cluster.urls) + "]"))
+    cfg = sink_config(tmp_path, cluster.urls[0], clickhouse_server.port, ch_database, partitions=PARTITIONS, workers=2,
+                      max_rows=2000, ack_wait_s=3, instance_id="solo", nats={"url": list(cluster.urls)}, **names)
     sup = Supervisor(cfg, tmp_path / "sink.log")
     try:
         sup.wait_acquired(PARTITIONS, timeout=90)
@@ -78,7 +75,6 @@ def test_r3_cluster_survives_the_stream_leader_and_a_consumer_leader(
         # Provision made everything R3 (derived from the cluster's size: no replicas key).
         assert (leaders["stream_replicas"], leaders["consumer_replicas"], leaders["kv_replicas"]) == (3, 3, 3)
 
-        prefix = subject[:-2]
         stream_s, n1, killed1 = _kill_leader_under_load(cluster, sup, clickhouse_client, ch_database, prefix, 0,
                                                         "stream", stream, consumer_name(name, 0))
         sup.wait(lambda: _distinct(clickhouse_client, ch_database) >= n1, 120, "every event after the first kill")

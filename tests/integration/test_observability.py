@@ -6,7 +6,6 @@ import json
 import random
 import subprocess
 import sys
-import uuid
 import xml.etree.ElementTree as ET
 from types import SimpleNamespace
 
@@ -16,16 +15,11 @@ import pytest
 
 from bench.events import make_event
 from supervisor.profiler import find_py_spy
-from tests.integration.harness import REPO, Supervisor, publish_events, run, sink_config, wait_until
+from tests.integration.harness import REPO, Supervisor, pipeline_names, publish_events, run, sink_config, wait_until
 from tests.integration.otlp_receiver import OTLPReceiver
 
 N_GOOD = 300
 N_TRACED = 12  # messages published with a producer traceparent
-
-
-def _names():
-    tag = uuid.uuid4().hex[:8]
-    return f"ob{tag}", f"OB_{tag}", f"ob{tag}.*"
 
 
 def _otel_env(monkeypatch, receiver):
@@ -36,8 +30,6 @@ def _otel_env(monkeypatch, receiver):
     monkeypatch.setenv("OTEL_BLRP_SCHEDULE_DELAY", "200")
     for name in ("OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"):
         monkeypatch.delenv(name, raising=False)
-
-
 
 
 def _dead_letters(nats_url, stream):
@@ -73,8 +65,8 @@ def _thread_names(pid: int) -> list[str]:
 def test_traces_metrics_logs_and_profiles_across_processes(
     tmp_path, monkeypatch, nats_url, clickhouse_server, clickhouse_client, ch_database
 ):
-    name, stream, subject = _names()
-    prefix = subject[:-2]
+    names, prefix = pipeline_names("ob")
+    name, stream = names["name"], names["stream"]
     profiles = tmp_path / "profiles"
     observability = {
         "enabled": True,
@@ -90,16 +82,8 @@ def test_traces_metrics_logs_and_profiles_across_processes(
         },
     }
     cfg = sink_config(
-        tmp_path,
-        nats_url,
-        clickhouse_server.port,
-        ch_database,
-        name=name,
-        stream=stream,
-        subject=subject,
-        partitions=4,
-        workers=2,
-        observability=observability,
+        tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=4, workers=2, observability=observability,
+        **names,
     )
     rng = random.Random(7)
     producers = {(f"{rng.getrandbits(128):032x}", f"{rng.getrandbits(64):016x}") for _ in range(N_TRACED)}
@@ -294,19 +278,9 @@ def test_traces_metrics_logs_and_profiles_across_processes(
 def test_observability_off_exports_nothing_and_starts_no_exporter(
     tmp_path, monkeypatch, nats_url, clickhouse_server, clickhouse_client, ch_database
 ):
-    name, stream, subject = _names()
-    prefix = subject[:-2]
-    cfg = sink_config(
-        tmp_path,
-        nats_url,
-        clickhouse_server.port,
-        ch_database,
-        name=name,
-        stream=stream,
-        subject=subject,
-        partitions=2,
-        workers=2,
-    )
+    names, prefix = pipeline_names("ob")
+    stream = names["stream"]
+    cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=2, workers=2, **names)
     with OTLPReceiver() as receiver:
         _otel_env(monkeypatch, receiver)
         sup = Supervisor(cfg, tmp_path / "sink.log")
@@ -334,12 +308,12 @@ def test_a_collector_that_comes_up_late_gets_the_later_batches_and_the_log_stays
         tmp_path, monkeypatch, nats_url, clickhouse_server, clickhouse_client, ch_database):
     from supervisor.embedded import free_port
 
-    name, stream, subject = _names()
-    prefix = subject[:-2]
+    names, prefix = pipeline_names("ob")
+    stream = names["stream"]
     observability = {"enabled": True, "traces": {"sample_ratio": 1.0}, "metrics": {"interval_s": 1},
                      "profiling": {"cpu": False}}
-    cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, name=name, stream=stream,
-                      subject=subject, partitions=2, workers=1, observability=observability)
+    cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=2, workers=1,
+                      observability=observability, **names)
     port = free_port()  # nothing listens here until the receiver starts
     rng = random.Random(17)
 

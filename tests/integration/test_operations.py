@@ -5,25 +5,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import uuid
 
 import psutil
 import pytest
-import yaml
 
 from supervisor import embedded
-from tests.integration.harness import DEMO_TABLE, REPO, Load, Supervisor, sink_config, wait_until
-
-
-def _names(prefix="op"):
-    tag = uuid.uuid4().hex[:8]
-    return dict(name=f"{prefix}{tag}", stream=f"{prefix.upper()}_{tag}", subject=f"{prefix}{tag}.*"), f"{prefix}{tag}"
+from tests.integration.harness import DEMO_TABLE, REPO, Load, Supervisor, pipeline_names, sink_config, wait_until
 
 
 def test_dropped_table_pauses_the_pipeline_and_loses_nothing(
     tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database
 ):
-    names, prefix = _names()
+    names, prefix = pipeline_names("op")
     cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=2, workers=1, **names)
     sup = Supervisor(cfg, tmp_path / "sink.log")
     try:
@@ -61,7 +54,7 @@ def test_dropped_table_pauses_the_pipeline_and_loses_nothing(
 def test_an_unsupported_column_type_stops_start_up_with_exit_3(
     tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database
 ):
-    names, _ = _names()
+    names, _ = pipeline_names("op")
     cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=1, workers=1, **names)
     clickhouse_client.execute(
         f"CREATE TABLE {ch_database}.events (event_id String, u AggregateFunction(uniq, String)) "
@@ -80,7 +73,7 @@ def test_an_unsupported_column_type_stops_start_up_with_exit_3(
 
 
 def test_workers_exit_when_the_supervisor_is_killed(tmp_path, nats_url, clickhouse_server, ch_database):
-    names, _ = _names()
+    names, _ = pipeline_names("op")
     cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=2, workers=2, **names)
     sup = Supervisor(cfg, tmp_path / "sink.log")
     try:
@@ -101,22 +94,21 @@ def test_workers_exit_when_the_supervisor_is_killed(tmp_path, nats_url, clickhou
 def test_nats_user_password_and_token_from_env(
     tmp_path, clickhouse_server, clickhouse_client, ch_database, monkeypatch
 ):
-    for auth, env in (
-        (["--user", "sink", "--pass", "s3cret-pw"], {"NATS_PW": "s3cret-pw"}),
-        (["--auth", "t0ken-xyz"], {"NATS_TOKEN": "t0ken-xyz"}),
+    for auth, env, credentials in (
+        (
+            ["--user", "sink", "--pass", "s3cret-pw"], {"NATS_PW": "s3cret-pw"},
+            {"user": "sink", "password_env": "NATS_PW"},
+        ),
+        (["--auth", "t0ken-xyz"], {"NATS_TOKEN": "t0ken-xyz"}, {"token_env": "NATS_TOKEN"}),
     ):
         port = embedded.free_port()
         server = embedded.start_nats(tmp_path / f"nats{port}", port, extra_args=auth)
         try:
-            names, prefix = _names("au")
+            names, prefix = pipeline_names("au")
             url = f"nats://127.0.0.1:{port}"
-            cfg = sink_config(tmp_path, url, clickhouse_server.port, ch_database, partitions=1, workers=1, **names)
-            data = yaml.safe_load(cfg.read_text())
-            if "NATS_PW" in env:
-                data["nats"].update(user="sink", password_env="NATS_PW")
-            else:
-                data["nats"]["token_env"] = "NATS_TOKEN"
-            cfg.write_text(yaml.safe_dump(data))
+            cfg = sink_config(
+                tmp_path, url, clickhouse_server.port, ch_database, partitions=1, workers=1, nats=credentials, **names
+            )
             for k, v in env.items():
                 monkeypatch.setenv(k, v)
             clickhouse_client.execute(f"DROP TABLE IF EXISTS {ch_database}.events")
@@ -157,13 +149,11 @@ def test_wrong_nats_password_is_a_clear_boot_error(tmp_path, clickhouse_server, 
     port = embedded.free_port()
     server = embedded.start_nats(tmp_path / "nats", port, extra_args=["--user", "sink", "--pass", "right"])
     try:
-        names, _ = _names("au")
+        names, _ = pipeline_names("au")
         cfg = sink_config(
-            tmp_path, f"nats://127.0.0.1:{port}", clickhouse_server.port, ch_database, partitions=1, workers=1, **names
+            tmp_path, f"nats://127.0.0.1:{port}", clickhouse_server.port, ch_database, partitions=1, workers=1,
+            nats={"user": "sink", "password_env": "NATS_PW"}, **names,
         )
-        data = yaml.safe_load(cfg.read_text())
-        data["nats"].update(user="sink", password_env="NATS_PW")
-        cfg.write_text(yaml.safe_dump(data))
         monkeypatch.setenv("NATS_PW", "wrong-one")
         proc = subprocess.run(
             [sys.executable, "-m", "supervisor", "--config", str(cfg)],
@@ -260,16 +250,16 @@ def test_nats_tls_with_client_certificate_and_clickhouse_password(tmp_path, clic
         with pytest.raises(Exception, match="(?i)password|authentication"):
             Client(host="127.0.0.1", port=ch_port, user="sink", password="wrong").execute("SELECT 1")
         admin.execute("CREATE DATABASE tlsdb")
-        names, prefix = _names("tl")
-        cfg = sink_config(tmp_path, f"tls://127.0.0.1:{port}", ch_port, "tlsdb", partitions=1, workers=1, **names)
-        data = yaml.safe_load(cfg.read_text())
-        data["nats"]["tls"] = {
+        names, prefix = pipeline_names("tl")
+        tls = {
             "ca_file": str(certs / "ca.pem"),
             "cert_file": str(certs / "client.pem"),
             "key_file": str(certs / "client-key.pem"),
         }
-        data["clickhouse"].update(user="sink", password_env="CH_PW")
-        cfg.write_text(yaml.safe_dump(data))
+        cfg = sink_config(
+            tmp_path, f"tls://127.0.0.1:{port}", ch_port, "tlsdb", partitions=1, workers=1, nats={"tls": tls},
+            clickhouse={"user": "sink", "password_env": "CH_PW"}, **names,
+        )
         monkeypatch.setenv("CH_PW", "ch-s3cret")
         sup = Supervisor(cfg, tmp_path / "sink.log")
         try:

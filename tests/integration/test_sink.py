@@ -8,24 +8,16 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 
 import nats
 import orjson
 import yaml
 
 from bench.events import event_messages, make_event, publish
-from tests.integration.harness import REPO, Supervisor, publish_events, run, sink_config, wait_until
+from tests.integration.harness import REPO, Supervisor, pipeline_names, publish_events, run, sink_config, wait_until
 from workers.topology import PRIORITY_GROUP, consumer_name
 
 N_EVENTS = 100_000
-
-
-def _names():
-    tag = uuid.uuid4().hex[:8]
-    return f"ev{tag}", f"EV_{tag}", f"ev{tag}.*"
-
-
 
 
 async def _pending(nats_url, stream, name, partitions):
@@ -60,19 +52,9 @@ def _count(client, db, where="1"):
 def test_100k_events_arrive_exactly_with_matching_values(
     tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database
 ):
-    name, stream, subject = _names()
-    prefix = subject[:-2]
-    cfg = sink_config(
-        tmp_path,
-        nats_url,
-        clickhouse_server.port,
-        ch_database,
-        name=name,
-        stream=stream,
-        subject=subject,
-        partitions=8,
-        workers=2,
-    )
+    names, prefix = pipeline_names("ev")
+    name, stream = names["name"], names["stream"]
+    cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=8, workers=2, **names)
     sup = Supervisor(cfg, tmp_path / "sink.log")
     try:
         sup.wait_acquired(8)
@@ -130,19 +112,9 @@ def test_100k_events_arrive_exactly_with_matching_values(
 def test_bad_messages_go_to_the_dlq_and_good_ones_are_inserted(
     tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database
 ):
-    name, stream, subject = _names()
-    prefix = subject[:-2]
-    cfg = sink_config(
-        tmp_path,
-        nats_url,
-        clickhouse_server.port,
-        ch_database,
-        name=name,
-        stream=stream,
-        subject=subject,
-        partitions=4,
-        workers=2,
-    )
+    names, prefix = pipeline_names("ev")
+    name, stream = names["name"], names["stream"]
+    cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=4, workers=2, **names)
     good = [(f"{prefix}.k{i % 8}", orjson.dumps(make_event(i)), None) for i in range(2000)]
     bad_specs = {
         "invalid_json": b'{"event_id": "bad-1", ',
@@ -209,26 +181,14 @@ def test_bad_messages_go_to_the_dlq_and_good_ones_are_inserted(
 def test_kill_9_of_a_worker_mid_stream_loses_nothing(
     tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database
 ):
-    name, stream, subject = _names()
-    prefix = subject[:-2]
-    cfg = sink_config(
-        tmp_path,
-        nats_url,
-        clickhouse_server.port,
-        ch_database,
-        name=name,
-        stream=stream,
-        subject=subject,
-        partitions=8,
-        workers=2,
-        max_rows=2000,
-        ack_wait_s=3,
-    )
+    names, prefix = pipeline_names("ev")
+    name, stream = names["name"], names["stream"]
     # at_least_once: its replacement waits for the redeliveries (exactly_once reads them from
     # the stream instead: tests/integration/test_exactly_once.py).
-    data = yaml.safe_load(cfg.read_text())
-    data["pipelines"][0]["delivery"] = "at_least_once"
-    cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+    cfg = sink_config(
+        tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=8, workers=2, max_rows=2000, ack_wait_s=3,
+        pipeline={"delivery": "at_least_once"}, **names,
+    )
     total = 60_000
     sup = Supervisor(cfg, tmp_path / "sink.log")
     try:
@@ -286,10 +246,8 @@ def test_bad_config_exits_non_zero_naming_the_key(tmp_path):
 
 
 def test_check_connect_reports_table_and_servers(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
-    name, stream, subject = _names()
-    cfg = sink_config(
-        tmp_path, nats_url, clickhouse_server.port, ch_database, name=name, stream=stream, subject=subject
-    )
+    names, _ = pipeline_names("ev")
+    cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, **names)
     clickhouse_client.execute(
         f"CREATE TABLE {ch_database}.events (event_id String, ts DateTime, user_id UInt64, kind String, "
         "amount Float64, "
@@ -327,8 +285,8 @@ def test_consumers_made_explicit_by_an_earlier_version_keep_working(
 
     from workers.topology import partition_filter, transform_destination
 
-    name, stream, subject = _names()
-    prefix = subject[:-2]
+    names, prefix = pipeline_names("ev")
+    name, stream, subject = names["name"], names["stream"], names["subject"]
     partitions = 2
 
     async def as_an_earlier_version_made_them():
@@ -360,15 +318,7 @@ def test_consumers_made_explicit_by_an_earlier_version_keep_working(
 
     run(as_an_earlier_version_made_them())
     cfg = sink_config(
-        tmp_path,
-        nats_url,
-        clickhouse_server.port,
-        ch_database,
-        name=name,
-        stream=stream,
-        subject=subject,
-        partitions=partitions,
-        workers=1,
+        tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=partitions, workers=1, **names
     )
     sup = Supervisor(cfg, tmp_path / "sink.log")
     try:
@@ -395,20 +345,11 @@ def test_deliveries_the_sink_never_saw_hold_its_acks_until_they_come_back(
     """A gap in the consumer's delivery numbering (here: another client pulls a few messages
     and drops them, as a socket cut mid-delivery would) must stop the per-batch AckAll, which
     would settle them unstored; they are redelivered after ack_wait, stored, and only then acked."""
-    name, stream, subject = _names()
-    prefix = subject[:-2]
+    names, prefix = pipeline_names("ev")
+    name, stream = names["name"], names["stream"]
     cfg = sink_config(
-        tmp_path,
-        nats_url,
-        clickhouse_server.port,
-        ch_database,
-        name=name,
-        stream=stream,
-        subject=subject,
-        partitions=1,
-        workers=1,
-        max_rows=50,
-        ack_wait_s=3,
+        tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=1, workers=1, max_rows=50, ack_wait_s=3,
+        **names,
     )
     sup = Supervisor(cfg, tmp_path / "sink.log")
     try:

@@ -10,9 +10,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 
-from tests.integration.harness import REPO, Supervisor, sink_config, wait_until
+from tests.integration.harness import REPO, Supervisor, pipeline_names, sink_config, wait_until
 
 
 class NotifySocket:
@@ -35,18 +34,8 @@ class NotifySocket:
 
 
 def test_ready_watchdog_status_reload_stopping(tmp_path, nats_url, clickhouse_server, ch_database, monkeypatch):
-    tag = uuid.uuid4().hex[:8]
-    cfg = sink_config(
-        tmp_path,
-        nats_url,
-        clickhouse_server.port,
-        ch_database,
-        name=f"sd{tag}",
-        stream=f"SD_{tag}",
-        subject=f"sd{tag}.*",
-        partitions=4,
-        workers=2,
-    )
+    names, _ = pipeline_names("sd")
+    cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=4, workers=2, **names)
     notify = NotifySocket(tmp_path / "notify.sock")
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
     monkeypatch.setenv("WATCHDOG_USEC", "2000000")  # pet every ~1 s
@@ -63,7 +52,8 @@ def test_ready_watchdog_status_reload_stopping(tmp_path, nats_url, clickhouse_se
         addr = sup.address()
         sup.wait(lambda: urllib.request.urlopen(f"http://{addr}/healthz").status == 200, 30, "/healthz 200")
         body = json.loads(urllib.request.urlopen(f"http://{addr}/status").read())
-        assert sorted(p for w in body["workers"] for p in w["partitions"]) == sorted(f"sd{tag}/{i}" for i in range(4))
+        owned = sorted(p for w in body["workers"] for p in w["partitions"])
+        assert owned == sorted(f"{names['name']}/{i}" for i in range(4))
         metrics = urllib.request.urlopen(f"http://{addr}/metrics").read().decode()
         assert "jetsink_worker_up" in metrics
         out = subprocess.run(

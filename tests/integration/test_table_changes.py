@@ -13,16 +13,14 @@ import json
 import signal
 import time
 import urllib.request
-import uuid
 
 import nats
 import pytest
-import yaml
 from nats.js.errors import NotFoundError
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.events import make_event
-from tests.integration.harness import DEMO_TABLE, Load, Supervisor, run, sink_config, wait_until
+from tests.integration.harness import DEMO_TABLE, Load, Supervisor, pipeline_names, run, sink_config, wait_until
 
 RATE = 300.0  # events/s: steady, well below what the sink takes
 
@@ -44,19 +42,16 @@ class Phased:
 
 
 def _start(tmp_path, nats_url, ch, client, db, *, prepare=(), partitions=4, workers=2, pipeline=None, **cfg):
-    tag = uuid.uuid4().hex[:8]
-    names = dict(name=f"tc{tag}", stream=f"TC_{tag}", subject=f"tc{tag}.*")
+    names, prefix = pipeline_names("tc")
     client.execute(DEMO_TABLE.format(table=f"{db}.events"))
     for sql in prepare:
         client.execute(sql.format(t=f"{db}.events"))
-    config = sink_config(tmp_path, nats_url, ch.port, db, partitions=partitions, workers=workers, **names, **cfg)
-    if pipeline:
-        data = yaml.safe_load(config.read_text())
-        data["pipelines"][0].update(pipeline)
-        config.write_text(yaml.safe_dump(data, sort_keys=False))
+    config = sink_config(
+        tmp_path, nats_url, ch.port, db, partitions=partitions, workers=workers, pipeline=pipeline, **names, **cfg
+    )
     sup = Supervisor(config, tmp_path / "sink.log")
     sup.wait_acquired(partitions)
-    return sup, f"tc{tag}", names
+    return sup, prefix, names
 
 
 def _count(client, db, where="1"):
