@@ -11,8 +11,9 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import yaml
 from clickhouse_driver import Client
@@ -98,6 +99,22 @@ def sink_config(
 def event_counts(client: Client, db: str) -> tuple[int, int]:
     """(rows, distinct event_ids) in `db`.events."""
     return client.execute(f"SELECT count(), uniqExact(event_id) FROM {db}.events")[0]
+
+
+@contextmanager
+def under_load(
+    cfg: Path, log_path: Path, nats_url: str, prefix: str, total: int, rate: float, partitions: int
+) -> Iterator[tuple["Supervisor", "Load"]]:
+    """A supervisor owning `partitions` partitions, and a Load publishing events 0..total-1 to it at
+    `rate`/s; the supervisor is closed on the way out."""
+    sup = Supervisor(cfg, log_path)
+    try:
+        sup.wait_acquired(partitions)
+        load = Load(nats_url, prefix, 0, total, rate)
+        load.start()
+        yield sup, load
+    finally:
+        sup.close()
 
 
 def rows_flowing(sup: "Supervisor", client: Client, db: str, n: int = 3000) -> None:

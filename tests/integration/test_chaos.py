@@ -18,6 +18,7 @@ from tests.integration.harness import (
     pipeline_names,
     rows_flowing,
     sink_config,
+    under_load,
 )
 
 RATE = 3000.0
@@ -51,12 +52,7 @@ def test_resize_by_hup_and_signals_during_load(tmp_path, nats_url, clickhouse_se
     names, prefix = pipeline_names("ch")
     cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=8, workers=2, **names)
     total = 45_000
-    sup = Supervisor(cfg, tmp_path / "sink.log")
-    try:
-        sup.wait_acquired(8)
-        load = Load(nats_url, prefix, 0, total, RATE)
-        load.start()
-
+    with under_load(cfg, tmp_path / "sink.log", nats_url, prefix, total, RATE, 8) as (sup, load):
         def set_workers(n):
             data = yaml.safe_load(cfg.read_text())
             data["workers"] = n
@@ -82,8 +78,6 @@ def test_resize_by_hup_and_signals_during_load(tmp_path, nats_url, clickhouse_se
         _assert_never_two_owners(sup)
         assert len(sup.logged("acquired partition")) > 8  # partitions really moved
         assert sup.terminate() == 0
-    finally:
-        sup.close()
 
 
 def test_hup_with_a_bad_config_keeps_running(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
@@ -137,11 +131,7 @@ def test_clickhouse_down_for_10s(tmp_path, nats_url):
         names, prefix = pipeline_names("ch")
         cfg = sink_config(tmp_path, nats_url, ch.port, "chaos", partitions=4, workers=2, **names)
         total = 40_000
-        sup = Supervisor(cfg, tmp_path / "sink.log")
-        try:
-            sup.wait_acquired(4)
-            load = Load(nats_url, prefix, 0, total, RATE)
-            load.start()
+        with under_load(cfg, tmp_path / "sink.log", nats_url, prefix, total, RATE, 4) as (sup, load):
             rows_flowing(sup, ch.client, "chaos")
             ch.stop()
             sup.wait(lambda: sup.logged("retrying"), 30, "workers noticing the outage")
@@ -152,8 +142,6 @@ def test_clickhouse_down_for_10s(tmp_path, nats_url):
             assert lost == 0
             print(f"clickhouse outage: {total} events, {duplicates} duplicates")
             assert sup.terminate() == 0
-        finally:
-            sup.close()
 
 
 def test_nats_server_restart(tmp_path, clickhouse_server, clickhouse_client, ch_database):
@@ -162,11 +150,7 @@ def test_nats_server_restart(tmp_path, clickhouse_server, clickhouse_client, ch_
         names, prefix = pipeline_names("ch")
         cfg = sink_config(tmp_path, url, clickhouse_server.port, ch_database, partitions=4, workers=2, **names)
         total = 30_000
-        sup = Supervisor(cfg, tmp_path / "sink.log")
-        try:
-            sup.wait_acquired(4)
-            load = Load(url, prefix, 0, total, RATE)
-            load.start()
+        with under_load(cfg, tmp_path / "sink.log", url, prefix, total, RATE, 4) as (sup, load):
             rows_flowing(sup, clickhouse_client, ch_database)
             nats_server.stop()
             nats_server.start()
@@ -175,8 +159,6 @@ def test_nats_server_restart(tmp_path, clickhouse_server, clickhouse_client, ch_
             assert lost == 0
             print(f"nats restart: {total} events, {duplicates} duplicates, {load.errors} publish retries")
             assert sup.terminate() == 0
-        finally:
-            sup.close()
 
 
 def test_rows_the_server_refuses_are_isolated_and_dead_lettered(

@@ -23,6 +23,7 @@ from tests.integration.harness import (
     rows_flowing,
     run,
     sink_config,
+    under_load,
 )
 from workers import commits, dlq
 
@@ -59,19 +60,13 @@ def test_kill_9_of_a_worker_mid_stream(tmp_path, nats_url, clickhouse_server, cl
         tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=4, workers=2, max_rows=2000, **names
     )
     total = 30_000
-    sup = Supervisor(cfg, tmp_path / "sink.log")
-    try:
-        sup.wait_acquired(4)
-        load = Load(nats_url, prefix, 0, total, RATE)
-        load.start()
+    with under_load(cfg, tmp_path / "sink.log", nats_url, prefix, total, RATE, 4) as (sup, load):
         rows_flowing(sup, clickhouse_client, ch_database)
         os.kill(sup.worker_pids()[0], signal.SIGKILL)
         sup.wait(lambda: len(sup.logged("spawned worker")) >= 3, 60, "the killed worker replaced")
         assert load.join_checked(120) == total
         assert all_once(sup, clickhouse_client, ch_database, total) == (0, 0)
         assert sup.terminate() == 0
-    finally:
-        sup.close()
 
 
 def test_kill_9_of_nats_server_restarted_on_its_store(tmp_path, clickhouse_server, clickhouse_client, ch_database):
@@ -80,11 +75,7 @@ def test_kill_9_of_nats_server_restarted_on_its_store(tmp_path, clickhouse_serve
         names, prefix = pipeline_names("xo")
         cfg = sink_config(tmp_path, url, clickhouse_server.port, ch_database, partitions=4, workers=2, **names)
         total = 30_000
-        sup = Supervisor(cfg, tmp_path / "sink.log")
-        try:
-            sup.wait_acquired(4)
-            load = Load(url, prefix, 0, total, RATE)
-            load.start()
+        with under_load(cfg, tmp_path / "sink.log", url, prefix, total, RATE, 4) as (sup, load):
             rows_flowing(sup, clickhouse_client, ch_database, 8000)
             nats_server.kill()
             nats_server.start()
@@ -92,8 +83,6 @@ def test_kill_9_of_nats_server_restarted_on_its_store(tmp_path, clickhouse_serve
             assert all_once(sup, clickhouse_client, ch_database, total) == (0, 0)
             assert sup.terminate() == 0
             print(f"nats kill -9: {total} events, 0 duplicates, {_skipped(sup)} redeliveries skipped as stored")
-        finally:
-            sup.close()
 
 
 def test_kill_9_of_the_supervisor_group_then_a_new_supervisor(
@@ -126,19 +115,13 @@ def test_kill_9_of_clickhouse_server(tmp_path, nats_url):
         names, prefix = pipeline_names("xo")
         cfg = sink_config(tmp_path, nats_url, ch.port, "xo", partitions=4, workers=2, **names)
         total = 30_000
-        sup = Supervisor(cfg, tmp_path / "sink.log")
-        try:
-            sup.wait_acquired(4)
-            load = Load(nats_url, prefix, 0, total, RATE)
-            load.start()
+        with under_load(cfg, tmp_path / "sink.log", nats_url, prefix, total, RATE, 4) as (sup, load):
             rows_flowing(sup, ch.client, "xo")
             ch.kill()
             ch.start()
             assert load.join_checked(120) == total
             assert all_once(sup, ch.client, "xo", total) == (0, 0)
             assert sup.terminate() == 0
-        finally:
-            sup.close()
 
 
 def _exit_after_insert(monkeypatch, tmp_path, n):
