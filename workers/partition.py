@@ -558,7 +558,7 @@ class PartitionRunner:
                 await self._retrying("commit state", c.begin, r)
         ident = self._identity(r) if r is not None else None
         if todo:
-            prepared = await self._store(todo, ident, r, keep_alive=msgs)
+            prepared = await self._store(todo, ident, r, keep_alive=msgs, first_deliveries=not batch.redelivered)
         else:
             prepared = Prepared(columns=[], rows=0, row_msgs=[])
         hook = self._exit_hook if r is not None else None
@@ -598,12 +598,15 @@ class PartitionRunner:
         return indoubt.identity(t.pipeline.name, t.index, r.first, r.last, r.first_ts_ns, self._tokens)
 
     async def _store(
-        self, msgs: list[tuple], ident: indoubt.InsertIdentity | None, r: Range | None, keep_alive: list[tuple] | None
+        self, msgs: list[tuple], ident: indoubt.InsertIdentity | None, r: Range | None, keep_alive: list[tuple] | None,
+        first_deliveries: bool = False,
     ) -> Prepared:
         """Map `msgs`, dead-letter what cannot be mapped, insert the rest (under `ident`) and
-        dead-letter the rows ClickHouse refuses; returns once all of it is confirmed."""
+        dead-letter the rows ClickHouse refuses; returns once all of it is confirmed.
+        `first_deliveries`: none of `msgs` is a redelivery (known from intake)."""
         pipeline = self.target.pipeline
-        prepared: Prepared = await self._run_in_thread(self._schema.prepare, self._prepare, msgs, self.target)
+        prep = partial(self._prepare, first_deliveries=first_deliveries)
+        prepared: Prepared = await self._run_in_thread(self._schema.prepare, prep, msgs, self.target)
         if prepared.dead:
             for dl in prepared.dead:
                 log.warning(
@@ -617,7 +620,7 @@ class PartitionRunner:
             # A table changed under the batch has its rows mapped again (remapped: what the new mapping refused).
             attempts = count()
             refused, remapped = await self._retrying(
-                "insert", self._insert_once, ident, r, attempts, msgs, prepared, keep_alive=keep_alive
+                "insert", self._insert_once, prep, ident, r, attempts, msgs, prepared, keep_alive=keep_alive
             )
             if refused or remapped:
                 letters = remapped + [
@@ -638,8 +641,8 @@ class PartitionRunner:
         return prepared
 
     async def _insert_once(
-        self, ident: indoubt.InsertIdentity | None, r: Range | None, attempts: Any, msgs: list[tuple],
-        prepared: Prepared,
+        self, prep: Callable[..., Prepared], ident: indoubt.InsertIdentity | None, r: Range | None, attempts: Any,
+        msgs: list[tuple], prepared: Prepared,
     ) -> tuple[list[tuple[int, str]], list[DeadLetter]]:
         """One attempt at the insert (through the table's schema, which maps the rows again if the
         table changed under them); a retry first asks ClickHouse whether the failed attempt landed."""
@@ -652,10 +655,12 @@ class PartitionRunner:
                 )
                 return [], []
         return await self._run_in_thread(
-            indoubt.run_as, ident, self._schema.store, self._prepare, self._insert, msgs, prepared, self.target
+            indoubt.run_as, ident, self._schema.store, prep, self._insert, msgs, prepared, self.target
         )
 
-    def _prepare(self, msgs: list[tuple], mapper: ColumnMapper, target: PartitionTarget) -> Prepared:
+    def _prepare(
+        self, msgs: list[tuple], mapper: ColumnMapper, target: PartitionTarget, first_deliveries: bool = False
+    ) -> Prepared:
         """prepare() in the insert thread, under the telemetry's `map` span(s).
 
         The table's schema (workers/table_schema.py) calls it with its current mapper,
@@ -663,7 +668,7 @@ class PartitionRunner:
         """
         if not self._telemetry.per_message_spans:
             with self._telemetry.map(target, msgs) as mapped:
-                prepared = prepare(msgs, mapper, target)
+                prepared = prepare(msgs, mapper, target, first_deliveries)
                 mapped(prepared)
                 return prepared
         # Each message parsed and mapped on its own, so that each span times one message;
@@ -671,7 +676,7 @@ class PartitionRunner:
         parts = []
         for msg in msgs:
             with self._telemetry.map_message(msg) as mapped:
-                parts.append(prepare([msg], mapper, target))
+                parts.append(prepare([msg], mapper, target, first_deliveries))
                 mapped(parts[-1])
         return join_prepared(parts)
 

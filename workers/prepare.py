@@ -44,14 +44,19 @@ class Prepared:
     mapper: Any = None  # the ColumnMapper that mapped it (set by workers/table_schema.py)
 
 
-def prepare(batch_msgs: list[tuple], mapper: ColumnMapper, target: PartitionTarget) -> Prepared:
-    """Parse and map a batch (runs in the insert thread, off the event loop)."""
+def prepare(
+    batch_msgs: list[tuple], mapper: ColumnMapper, target: PartitionTarget, first_deliveries: bool = False
+) -> Prepared:
+    """Parse and map a batch (runs in the insert thread, off the event loop).
+
+    `first_deliveries`: the caller knows that no message is a redelivery (the partition
+    checks each socket chunk's ack subjects at intake), so they are not checked again."""
     dead: list[DeadLetter] = []
     msgs = batch_msgs
     keep: list[int] | None = None  # batch index of each doc, when not all are kept
     max_deliver = target.pipeline.max_deliver
     again: list[int] = []  # batch index of each redelivery, found in C (no frame per message)
-    if msgs:
+    if msgs and not first_deliveries:
         prefix = intake.first_delivery_prefix(msgs[0][REPLY])
         again = list(compress(count(), map(not_, map(bytes.startswith, map(_reply, msgs), repeat(prefix)))))
     if max_deliver > 0 and again:
