@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator
 import orjson
 from opentelemetry import trace
 
-from workers.telemetry import traceparent_of
+from workers.observability.telemetry import traceparent_of
 
 KINDS = ("click", "view", "purchase", "signup", "logout")
 COUNTRIES = ("DE", "FR", "US", "BR", "JP", "IN", "NG", "SE")

@@ -562,7 +562,7 @@ def collect_memray(state_dir: Path, slot: int, out_dir: Path) -> dict[str, Any]:
     htmls = sorted((state_dir / "profiles").glob(f"memray-worker{slot}-*.html"), key=lambda p: p.stat().st_mtime)
     if found and not htmls:
         # The worker was killed before it could write its reports: make them from the capture.
-        from workers.profiling import finalize_memray
+        from workers.observability.profiling import finalize_memray
 
         try:
             finalize_memray(found[-1])

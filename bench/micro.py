@@ -1,7 +1,7 @@
 """Micro-benchmarks of a worker's per-row hot path, without any server.
 
 A batch costs, per message: intake (the NATS protocol read in bulk by
-``workers.wire.BulkParser``, batching, the batch's ack decision) -> ``orjson.loads``
+``workers.nats.wire.BulkParser``, batching, the batch's ack decision) -> ``orjson.loads``
 -> ``ColumnMapper.map_rows`` -> the driver's client-side serialisation of the
 columnar INSERT block.  Each step is
 timed here on the demo table (config.yaml) with the bench's own traffic
@@ -41,8 +41,8 @@ from clickhouse_driver.varint import write_varint
 from clickhouse_driver.writer import write_binary_str
 
 from bench.events import EventTemplates
-from workers import native
-from workers.schema import ColumnMapper, ServerFeatures, TableColumn, compile_mapper
+from workers.clickhouse import native
+from workers.clickhouse.schema import ColumnMapper, ServerFeatures, TableColumn, compile_mapper
 from workers.settings import ColumnOverride
 from workers.worker import GC_GEN0_THRESHOLD
 
@@ -110,7 +110,7 @@ class CountingSocket:
 class Serialiser:
     """clickhouse-driver's client side of one columnar INSERT's data, into a byte counter.
 
-    With the column writers a worker installs (workers.native), as a worker runs it.
+    With the column writers a worker installs (workers.clickhouse.native), as a worker runs it.
     """
 
     def __init__(self, column_names: Sequence[str], column_types: Sequence[str], keep: bool = False):
@@ -203,9 +203,9 @@ def bench_intake(frames: list[bytes], rows: int, repeats: int) -> float:
     """Median us/row of reading deliveries off the socket into a batch and deciding its ack."""
     import asyncio
 
-    from workers.acks import AckTracker
-    from workers.batch import Batch
-    from workers.wire import BulkParser
+    from workers.delivery.acks import AckTracker
+    from workers.nats.wire import BulkParser
+    from workers.partition.batch import Batch
 
     class _Client:  # what the parser asks of nats-py for routed messages
         stats = {"in_msgs": 0}

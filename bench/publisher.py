@@ -65,7 +65,7 @@ def main(plan: PublishPlan, counter: Any) -> None:
 
 async def publish(plan: PublishPlan, counter: Any = None) -> PublishOutcome:
     from supervisor.config import load_config
-    from workers.connections import connect_nats
+    from workers.nats.connect import connect_nats
 
     templates = EventTemplates(plan.payload_bytes)
     subjects = [f"{plan.subject_prefix}.k{k}" for k in range(plan.keys)]

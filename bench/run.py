@@ -85,7 +85,7 @@ def run_once(
     """Run one load test into out_dir; returns results.json's content (also written)."""
     from supervisor import provision
     from supervisor.config import ConfigError, parse_config, redacted
-    from workers.connections import clickhouse_client
+    from workers.clickhouse.connect import clickhouse_client
 
     console = Console(opts.progress)
     started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -277,7 +277,7 @@ def _fields(dc: Any) -> dict[str, Any]:
 
 
 def _nats_thread(config: Any) -> NatsThread:
-    from workers.connections import connect_nats
+    from workers.nats.connect import connect_nats
 
     class _Thread(NatsThread):
         @staticmethod

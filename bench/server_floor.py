@@ -34,7 +34,8 @@ import psutil
 
 from bench.events import EventTemplates
 from supervisor import embedded
-from workers import intake, topology, wire
+from workers import topology
+from workers.nats import intake, wire
 
 PULL = 10_000
 WINDOW = 4_000  # publishes awaiting their PubAck

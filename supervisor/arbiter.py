@@ -41,8 +41,8 @@ from supervisor.status import PoolView, StatusServer, address_file, member_info,
 from supervisor.systemd import Notifier
 from supervisor.worker_handle import Timings, WorkerHandle, WorkerTarget
 from workers import exitcodes
-from workers import telemetry as otel
 from workers import worker as worker_main
+from workers.observability import telemetry as otel
 from workers.settings import Config, profiles_dir
 
 log = logging.getLogger("jetsink.supervisor")

@@ -18,7 +18,7 @@ from supervisor import dlq_tool, profiles, status
 from supervisor.arbiter import Arbiter
 from supervisor.config import Config, ConfigError, load_config
 from workers import exitcodes
-from workers.logs import setup_logging
+from workers.observability.logs import setup_logging
 
 log = logging.getLogger("jetsink.supervisor")
 
@@ -66,7 +66,7 @@ def _check(config: Config, connect: bool) -> int:
         print(f"{config.source}: ok ({len(config.pipelines)} pipeline(s), {config.workers} worker(s))")
         return exitcodes.OK
     from supervisor import provision
-    from workers.connections import connect_nats
+    from workers.nats.connect import connect_nats
 
     async def ping_nats() -> None:
         from supervisor.members import BUCKET, live_member

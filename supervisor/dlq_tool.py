@@ -23,7 +23,8 @@ from typing import Any
 
 import orjson
 
-from workers import dlq, exitcodes
+from workers import exitcodes
+from workers.nats import dlq
 
 __all__ = ["StoredLetter", "original_subject", "replay_headers"]
 
@@ -242,7 +243,7 @@ def _pipelines(config: Any, args: argparse.Namespace) -> list[Any]:
 async def _run(config: Any, pipelines: list[Any], args: argparse.Namespace) -> int:
     from nats.js.errors import NotFoundError
 
-    from workers.connections import connect_nats
+    from workers.nats.connect import connect_nats
 
     nc = await connect_nats(config.nats, name="jetsink-dlq")
     try:

@@ -219,7 +219,7 @@ class Membership:
     async def _main(self, wait_s: float) -> None:
         import nats.js.errors
 
-        from workers.connections import connect_nats
+        from workers.nats.connect import connect_nats
 
         self._loop = asyncio.get_running_loop()
         self._beat_now = asyncio.Event()

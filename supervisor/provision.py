@@ -16,10 +16,11 @@ from nats.js.errors import NotFoundError
 
 from supervisor.config import Config, Pipeline
 from supervisor.members import BUCKET as MEMBERS_BUCKET
-from workers import sink
-from workers.commits import bucket_name
-from workers.connections import clickhouse_client, clickhouse_where, connect_nats
-from workers.schema import ServerFeatures
+from workers.clickhouse import sink
+from workers.clickhouse.connect import clickhouse_client, clickhouse_where
+from workers.clickhouse.schema import ServerFeatures
+from workers.delivery.commits import bucket_name
+from workers.nats.connect import connect_nats
 from workers.topology import PRIORITY_GROUP, consumer_name, partition_filter, transform_destination
 
 log = logging.getLogger("jetsink.provision")

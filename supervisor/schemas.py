@@ -22,7 +22,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from workers.table_schema import column_changes
+from workers.clickhouse.table_schema import column_changes
 
 log = logging.getLogger("jetsink.supervisor")
 

@@ -66,7 +66,7 @@ def clickhouse_client(clickhouse_server):
 
 @pytest.fixture(scope="session")
 def ch_version(clickhouse_client) -> tuple[int, ...]:
-    from workers.sink import server_version
+    from workers.clickhouse.sink import server_version
 
     return server_version(clickhouse_client)
 

@@ -28,16 +28,19 @@ import time
 from functools import partial
 from typing import Any
 
-from workers import commits, exitcodes, faults, indoubt, native, sink
-from workers.connections import clickhouse_client, clickhouse_where, connect_nats
-from workers.logs import setup_logging
-from workers.partition import PartitionRunner, PartitionTarget
-from workers.profiling import memory_profile
-from workers.schema import ServerFeatures
+from workers import exitcodes
+from workers.clickhouse import faults, indoubt, native, sink
+from workers.clickhouse.connect import clickhouse_client, clickhouse_where
+from workers.clickhouse.schema import ServerFeatures
+from workers.clickhouse.table_schema import SchemaWatch, TableSchema
+from workers.delivery import commits
+from workers.nats.connect import connect_nats
+from workers.observability.logs import setup_logging
+from workers.observability.profiling import memory_profile
+from workers.observability.telemetry import Telemetry
+from workers.observability.telemetry import setup as setup_telemetry
+from workers.partition.runner import PartitionRunner, PartitionTarget
 from workers.settings import Config, profiles_dir
-from workers.table_schema import SchemaWatch, TableSchema
-from workers.telemetry import Telemetry
-from workers.telemetry import setup as setup_telemetry
 from workers.topology import consumer_name
 
 log = logging.getLogger("jetsink.worker")

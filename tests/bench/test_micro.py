@@ -141,7 +141,7 @@ def test_intake_frames_are_real_deliveries_whatever_the_read_size():
     """The intake benchmark feeds what nats-server sends: every body comes out intact, in order."""
     import asyncio
 
-    from workers.wire import BulkParser
+    from workers.nats.wire import BulkParser
 
     bodies = micro.demo_bodies(50)
     for chunk in (7, 1000, 1 << 20):

@@ -25,7 +25,8 @@ from tests.integration.harness import (
     sink_config,
     under_load,
 )
-from workers import commits, dlq
+from workers.delivery import commits
+from workers.nats import dlq
 
 RATE = 3000.0
 

@@ -11,7 +11,7 @@ import uuid
 from clickhouse_driver import Client
 
 from tests.integration.harness import wait_until
-from workers import indoubt
+from workers.clickhouse import indoubt
 
 # A client that sends an insert's data block, or half of it, and dies (os._exit) before the
 # end of the query: what a worker killed mid-insert leaves the server with.

@@ -1,8 +1,8 @@
 """Issue 13 against a real clickhouse-server (18.16 here): what the mapper accepts is stored exactly.
 
 Each test sends JSON text through orjson, the mapper compiled from the live table
-(workers.sink.build_mapper: system.columns, the server's time zone) and the sink's
-insert path (workers.sink.insert, with the worker's native column writers), then reads
+(workers.clickhouse.sink.build_mapper: system.columns, the server's time zone) and the sink's
+insert path (workers.clickhouse.sink.insert, with the worker's native column writers), then reads
 the stored values back with a SELECT and compares them with what was sent.
 """
 
@@ -14,8 +14,8 @@ from decimal import Decimal
 import orjson
 import pytest
 
-from workers import native, sink
-from workers.schema import ServerFeatures
+from workers.clickhouse import native, sink
+from workers.clickhouse.schema import ServerFeatures
 from workers.settings import ColumnOverride
 
 

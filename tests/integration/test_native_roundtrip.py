@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from uuid import UUID
 
-from workers import native
+from workers.clickhouse import native
 
 
 def test_fast_writers_round_trip(clickhouse_client, ch_database):

@@ -10,7 +10,7 @@ import nats
 from nats.js import api
 
 from supervisor.provision import create_consumer
-from workers import intake, wire
+from workers.nats import intake, wire
 from workers.topology import PRIORITY_GROUP
 
 

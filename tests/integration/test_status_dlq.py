@@ -1,7 +1,7 @@
 """`python -m supervisor status` and `dlq list|show|replay` as a user runs them, against real servers.
 
 The DLQ tests put dead letters into a real DLQ stream exactly as a worker does
-(workers.dlq.DeadLetter + publish_dead_letters, from a message really stored in a
+(workers.nats.dlq.DeadLetter + publish_dead_letters, from a message really stored in a
 partitioned stream), then run the CLI as a subprocess. The status tests serve a fake
 snapshot over real HTTP.
 """
@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from supervisor import provision
 from supervisor.config import load_config
 from supervisor.status import StatusServer, address_file
-from workers.dlq import DeadLetter, publish_dead_letters
+from workers.nats.dlq import DeadLetter, publish_dead_letters
 
 REPO = Path(__file__).resolve().parents[2]
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

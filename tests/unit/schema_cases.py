@@ -8,7 +8,7 @@ from uuid import UUID
 
 import pytest
 
-from workers.schema import (
+from workers.clickhouse.schema import (
     ClickHouseType,
     MappingError,
     ServerFeatures,
@@ -16,7 +16,7 @@ from workers.schema import (
     build_converter,
     compile_mapper,
 )
-from workers.schema.builder import compile_type
+from workers.clickhouse.schema.builder import compile_type
 
 MODERN = ServerFeatures.from_version((23, 8, 1))
 

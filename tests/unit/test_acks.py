@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers import intake
-from workers.acks import AckTracker
+from workers.delivery.acks import AckTracker
+from workers.nats import intake
 
 
 class _Consumer:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from workers.batch import Batch
+from workers.partition.batch import Batch
 
 
 def _msg(data):

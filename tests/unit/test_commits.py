@@ -9,9 +9,10 @@ from hypothesis import strategies as st
 from nats.js.errors import KeyWrongLastSequenceError
 
 from tests.unit.test_acks import _Consumer
-from workers import commits, intake
-from workers.acks import AckTracker
-from workers.commits import CommitLog, CommitState, Range, unstored
+from workers.delivery import commits
+from workers.delivery.acks import AckTracker
+from workers.delivery.commits import CommitLog, CommitState, Range, unstored
+from workers.nats import intake
 
 
 def _seq(m: tuple) -> int:

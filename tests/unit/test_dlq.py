@@ -1,6 +1,6 @@
 """workers/dlq.py: dead-letter headers keep the originals and flatten errors."""
 
-from workers.dlq import DeadLetter
+from workers.nats.dlq import DeadLetter
 
 
 def test_dead_letter_headers_keep_originals_and_flatten_errors():

@@ -61,7 +61,7 @@ def test_replay_keeps_the_producers_headers_only():
 
 
 def test_replay_restores_the_producers_msg_id_not_the_dlq_one():
-    from workers.dlq import DeadLetter
+    from workers.nats.dlq import DeadLetter
 
     def letter(original):
         letter = DeadLetter(b"{", "ev.0.k", "EVENTS", 42, "invalid_json", "bad", "p", 0, original_headers=original)

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from workers import exporters
+from workers.observability import exporters
 
 EXPORTER_LOGGER = "test.exporter.module"
 

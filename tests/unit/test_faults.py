@@ -6,7 +6,7 @@ from clickhouse_driver import errors as ch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.faults import Fault, classify, describe, isolate_bad_rows
+from workers.clickhouse.faults import Fault, classify, describe, isolate_bad_rows
 
 
 def server_error(code):

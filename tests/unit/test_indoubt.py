@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from workers import faults, indoubt, sink
-from workers.schema import ServerFeatures
+from workers.clickhouse import faults, indoubt, sink
+from workers.clickhouse.schema import ServerFeatures
 
 
 class _RecordingClient:

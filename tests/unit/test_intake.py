@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers import intake
+from workers.nats import intake
 
 
 def test_ack_subject_v1_and_v2():

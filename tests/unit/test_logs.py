@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from workers.logs import JsonFormatter
+from workers.observability.logs import JsonFormatter
 
 # -- traceparent ---------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench import micro
-from workers import native
+from workers.clickhouse import native
 
 EXAMPLES = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -466,7 +466,7 @@ def test_install_leaves_an_unknown_driver_alone(monkeypatch, caplog, version):
     native.uninstall()
     monkeypatch.setattr(clickhouse_driver, "VERSION", version)
     monkeypatch.setattr(native, "_declined", False)
-    with caplog.at_level(logging.INFO, logger="workers.native"):
+    with caplog.at_level(logging.INFO, logger="workers.clickhouse.native"):
         assert native.install() is False
         assert native.install() is False
     assert len(caplog.records) == 1 and "keeping its own column writers" in caplog.records[0].getMessage()

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from supervisor.config import parse_config
-from workers.prepare import PartitionTarget, prepare
-from workers.schema import ServerFeatures, TableColumn, compile_mapper
+from workers.clickhouse.schema import ServerFeatures, TableColumn, compile_mapper
+from workers.partition.prepare import PartitionTarget, prepare
 
 PIPELINE = {
     "name": "events",
@@ -76,7 +76,7 @@ def test_intake_marks_a_batch_that_holds_a_redelivery_and_prepare_then_checks_ea
     """A batch is marked at intake, chunk by chunk, when any delivery is not a first one; unmarked,
     prepare skips its own check (workers/partition.py passes first_deliveries=not batch.redelivered),
     so a mark missed here would let a message on its last delivery through undead-lettered."""
-    from workers.partition import PartitionRunner
+    from workers.partition.runner import PartitionRunner
 
     config = parse_config({"pipelines": [PIPELINE]}, Path("/tmp"))
     target = PartitionTarget(pipeline=config.pipelines[0], index=0, consumer="c", worker=1)

@@ -14,7 +14,7 @@ from schema_cases import (
     conv,
 )
 
-from workers.schema import (
+from workers.clickhouse.schema import (
     SchemaError,
     TableColumn,
     compile_mapper,

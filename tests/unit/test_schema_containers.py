@@ -12,10 +12,10 @@ from schema_cases import (
     rejects,
 )
 
-from workers.schema import (
+from workers.clickhouse.schema import (
     SchemaError,
 )
-from workers.schema.builder import compile_type
+from workers.clickhouse.schema.builder import compile_type
 
 
 def test_nullable_lowcardinality_array_map_tuple():

@@ -6,7 +6,7 @@ from schema_cases import (
     rejects,
 )
 
-from workers.schema import (
+from workers.clickhouse.schema import (
     MappingError,
     SchemaError,
 )

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from schema_cases import MODERN, OLD
 
-from workers.schema import ServerFeatures
-from workers.schema.features import VERSION_TABLE, version_table_markdown
+from workers.clickhouse.schema import ServerFeatures
+from workers.clickhouse.schema.features import VERSION_TABLE, version_table_markdown
 
 CONFIGURATION_MD = Path(__file__).parents[2] / "docs" / "configuration.md"
 
@@ -47,7 +47,7 @@ def test_docs_version_table_is_the_code_table():
     text = CONFIGURATION_MD.read_text()
     m = re.search(r"<!-- versions: begin.*?-->\n(.*?)<!-- versions: end -->", text, re.S)
     assert m is not None, "docs/configuration.md lost its version-table markers"
-    assert m[1] == version_table_markdown(), "regenerate it: python -m workers.schema.features"
+    assert m[1] == version_table_markdown(), "regenerate it: python -m workers.clickhouse.schema.features"
 
 
 def test_version_table_rows_are_in_the_docs_once():

@@ -17,7 +17,7 @@ from schema_cases import (
     typed,
 )
 
-from workers.schema import (
+from workers.clickhouse.schema import (
     SchemaError,
     TableColumn,
     compile_mapper,

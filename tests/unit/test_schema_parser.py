@@ -7,7 +7,7 @@ from schema_cases import (
     T,
 )
 
-from workers.schema import (
+from workers.clickhouse.schema import (
     parse_type,
 )
 

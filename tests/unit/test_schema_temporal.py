@@ -19,7 +19,7 @@ from schema_cases import (
     rejects,
 )
 
-from workers.schema import (
+from workers.clickhouse.schema import (
     SchemaError,
     ServerFeatures,
     TableColumn,
@@ -154,7 +154,7 @@ def test_datetime64_column_fast_path_is_the_per_value_converter():
 
 
 def test_datetime_fast_path_minute_cache_across_batches(monkeypatch):
-    import workers.schema.temporal as temporal
+    import workers.clickhouse.schema.temporal as temporal
 
     monkeypatch.setattr(temporal, "_MINUTES_CACHED", 3)  # cleared all the time
     mapper = compile_mapper("t", [TableColumn("c", "DateTime")], [], MODERN)

@@ -12,10 +12,10 @@ import pytest
 from clickhouse_driver import errors as ch
 
 from supervisor.config import parse_config
-from workers import faults, indoubt
-from workers.prepare import PartitionTarget, prepare
-from workers.schema import ServerFeatures, TableColumn, compile_mapper
-from workers.table_schema import SchemaVersion, TableSchema, column_changes, schema_digest
+from workers.clickhouse import faults, indoubt
+from workers.clickhouse.schema import ServerFeatures, TableColumn, compile_mapper
+from workers.clickhouse.table_schema import SchemaVersion, TableSchema, column_changes, schema_digest
+from workers.partition.prepare import PartitionTarget, prepare
 
 FEATURES = ServerFeatures.from_version((18, 16, 1))
 PIPELINE = {"name": "events", "stream": "EVENTS", "subject": "events.*", "partitions": 1, "table": "t"}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.config import ConfigError, parse_config
-from workers import telemetry
+from workers.observability import telemetry
 from workers.settings import profiles_dir
 
 PIPELINE = {"name": "a", "stream": "S", "subject": "e.*", "partitions": 1, "table": "t"}
@@ -148,8 +148,8 @@ def test_observability_problems_name_the_key(observability, problem):
 
 
 def test_per_message_map_spans_give_the_same_columns_as_one_batch():
-    from workers.prepare import PartitionTarget, join_prepared, prepare
-    from workers.schema import ServerFeatures, TableColumn, compile_mapper
+    from workers.clickhouse.schema import ServerFeatures, TableColumn, compile_mapper
+    from workers.partition.prepare import PartitionTarget, join_prepared, prepare
 
     config = _config()
     target = PartitionTarget(pipeline=config.pipelines[0], index=0, consumer="c", worker=0)
@@ -177,8 +177,8 @@ def test_the_partition_prepares_under_map_spans(per_message):
         InMemorySpanExporter,
     )
 
-    from workers.partition import PartitionRunner, PartitionTarget, prepare
-    from workers.schema import ServerFeatures, TableColumn, compile_mapper
+    from workers.clickhouse.schema import ServerFeatures, TableColumn, compile_mapper
+    from workers.partition.runner import PartitionRunner, PartitionTarget, prepare
 
     exported = InMemorySpanExporter()
     provider = TracerProvider()
@@ -216,7 +216,7 @@ def test_the_insert_hook_wraps_the_call_in_prepare_and_send_and_hands_the_server
         InMemorySpanExporter,
     )
 
-    from workers.schema import ServerFeatures
+    from workers.clickhouse.schema import ServerFeatures
 
     exported, reader = InMemorySpanExporter(), InMemoryMetricReader()
     provider = TracerProvider()

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers import wire
+from workers.nats import wire
 
 
 class _Client:

@@ -13,8 +13,8 @@ from operator import add, itemgetter
 from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
-from workers.schema.converter import MAX_EXACT_FLOAT_INT, ONLY_STR, Converter
-from workers.schema.errors import Rejected, show, wrong_type
+from workers.clickhouse.schema.converter import MAX_EXACT_FLOAT_INT, ONLY_STR, Converter
+from workers.clickhouse.schema.errors import Rejected, show, wrong_type
 
 _DATE = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})(?:[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?)?\Z", re.ASCII

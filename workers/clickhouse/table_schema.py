@@ -35,8 +35,8 @@ from functools import partial
 from itertools import count
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
-from workers import faults, indoubt, sink
-from workers.schema import ColumnMapper, SchemaError, ServerFeatures, TableColumn
+from workers.clickhouse import faults, indoubt, sink
+from workers.clickhouse.schema import ColumnMapper, SchemaError, ServerFeatures, TableColumn
 
 log = logging.getLogger(__name__)
 

@@ -30,15 +30,17 @@ from typing import Any, Awaitable, Callable, Sequence
 
 import orjson
 
-from workers import commits, faults, indoubt, intake, takeover, wire
-from workers.acks import ACK_ALL, ACK_EXPLICIT, AckTracker
-from workers.batch import Batch
-from workers.commits import CommitLog, Range
-from workers.dlq import DeadLetter, publish_dead_letters
-from workers.prepare import PartitionTarget, Prepared, dead_letter, join_prepared, prepare
-from workers.schema import ColumnMapper
-from workers.table_schema import TableSchema
-from workers.telemetry import Telemetry
+from workers.clickhouse import faults, indoubt
+from workers.clickhouse.schema import ColumnMapper
+from workers.clickhouse.table_schema import TableSchema
+from workers.delivery import commits, takeover
+from workers.delivery.acks import ACK_ALL, ACK_EXPLICIT, AckTracker
+from workers.delivery.commits import CommitLog, Range
+from workers.nats import intake, wire
+from workers.nats.dlq import DeadLetter, publish_dead_letters
+from workers.observability.telemetry import Telemetry
+from workers.partition.batch import Batch
+from workers.partition.prepare import PartitionTarget, Prepared, dead_letter, join_prepared, prepare
 from workers.topology import PRIORITY_GROUP
 
 log = logging.getLogger(__name__)

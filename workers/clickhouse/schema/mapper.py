@@ -26,9 +26,9 @@ from operator import itemgetter
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from workers.schema.builder import compile_type
-from workers.schema.errors import MappingError, Rejected, SchemaError, json_kind, show
-from workers.schema.features import ServerFeatures
+from workers.clickhouse.schema.builder import compile_type
+from workers.clickhouse.schema.errors import MappingError, Rejected, SchemaError, json_kind, show
+from workers.clickhouse.schema.features import ServerFeatures
 
 if TYPE_CHECKING:  # only its attributes are read
     from workers.settings import ColumnOverride

@@ -181,7 +181,7 @@ def route(nc: Any, sub: Any, fn: Callable[[list[RawMsg]], None]) -> None:
     """Deliver the messages of subscription `sub` to `fn`, in bulk, as raw tuples."""
     parser = getattr(nc, "_ps", None)
     if not isinstance(parser, BulkParser):
-        raise TypeError("bulk delivery needs a client made by workers.wire.new_client()")
+        raise TypeError("bulk delivery needs a client made by workers.nats.wire.new_client()")
     parser.routes[str(sub._id).encode()] = fn
 
 

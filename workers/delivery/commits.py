@@ -41,8 +41,8 @@ from typing import Any, Sequence
 
 import orjson
 
-from workers import intake
-from workers.wire import REPLY
+from workers.nats import intake
+from workers.nats.wire import REPLY
 
 BUCKET_PREFIX = "jetsink_commits_"
 # Set in a worker's environment (tests only): the worker exits after its N-th insert

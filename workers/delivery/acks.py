@@ -33,8 +33,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from workers import intake
-from workers.wire import REPLY
+from workers.nats import intake
+from workers.nats.wire import REPLY
 
 ACK_ALL = "all"
 ACK_EXPLICIT = "explicit"

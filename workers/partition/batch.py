@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from workers.wire import DATA
+from workers.nats.wire import DATA
 
 _data = itemgetter(DATA)
 

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import orjson
 
-from workers.telemetry import current_traceparent
+from workers.observability.telemetry import current_traceparent
 
 # Header names on a dead letter. The message's own headers are kept beside them so
 # that a replay can republish exactly what the producer sent.

@@ -228,7 +228,7 @@ def install() -> bool:
         if not _declined:
             log.info(
                 "clickhouse-driver %s on a %s-endian machine: keeping its own column writers "
-                "(workers.native supports 0.2.x, little-endian)",
+                "(workers.clickhouse.native supports 0.2.x, little-endian)",
                 getattr(clickhouse_driver, "__version__", "?"), sys.byteorder,
             )
             _declined = True

@@ -10,17 +10,17 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from workers.schema.containers import (
+from workers.clickhouse.schema.containers import (
     array_converter,
     map_converter,
     map_key_converter,
     nullable_converter,
     tuple_converter,
 )
-from workers.schema.converter import Converter
-from workers.schema.errors import MappingError, Rejected, SchemaError
-from workers.schema.features import ServerFeatures, version_text
-from workers.schema.numeric import (
+from workers.clickhouse.schema.converter import Converter
+from workers.clickhouse.schema.errors import MappingError, Rejected, SchemaError
+from workers.clickhouse.schema.features import ServerFeatures, version_text
+from workers.clickhouse.schema.numeric import (
     DECIMAL_SIZES,
     INT_TYPES,
     convert_bool,
@@ -28,9 +28,9 @@ from workers.schema.numeric import (
     float_converter,
     int_converter,
 )
-from workers.schema.parser import ClickHouseType, parse_type
-from workers.schema.temporal import date_converter, datetime64_converter, datetime_converter
-from workers.schema.text import (
+from workers.clickhouse.schema.parser import ClickHouseType, parse_type
+from workers.clickhouse.schema.temporal import date_converter, datetime64_converter, datetime_converter
+from workers.clickhouse.schema.text import (
     convert_string,
     enum_converter,
     fixed_string_converter,

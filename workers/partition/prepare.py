@@ -14,9 +14,9 @@ from typing import Any
 
 import orjson
 
-from workers import intake, wire
-from workers.dlq import DeadLetter
-from workers.schema import ColumnMapper
+from workers.clickhouse.schema import ColumnMapper
+from workers.nats import intake, wire
+from workers.nats.dlq import DeadLetter
 
 SUBJECT, REPLY, DATA, HEADERS = wire.SUBJECT, wire.REPLY, wire.DATA, wire.HEADERS
 _reply, _data = itemgetter(REPLY), itemgetter(DATA)

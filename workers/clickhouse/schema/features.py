@@ -3,7 +3,7 @@
 :data:`VERSION_TABLE` is the only place the versions are written.  The builder asks
 :meth:`ServerFeatures.type_needs` before it builds a type; docs/configuration.md's
 table is :func:`version_table_markdown` (tests/unit/test_schema_features.py fails when
-the two differ; ``python -c 'import workers.schema.features as f; print(f.version_table_markdown())'``
+the two differ; ``python -c 'import workers.clickhouse.schema.features as f; print(f.version_table_markdown())'``
 prints it).
 """
 

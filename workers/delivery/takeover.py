@@ -26,8 +26,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from workers import commits, indoubt, intake, wire
-from workers.commits import CommitLog, Range
+from workers.clickhouse import indoubt
+from workers.delivery import commits
+from workers.delivery.commits import CommitLog, Range
+from workers.nats import intake, wire
 from workers.topology import partition_filter
 
 log = logging.getLogger(__name__)
@@ -40,10 +42,10 @@ class Takeover:
     """A partition's new owner settling what its previous owner left (built by its PartitionRunner)."""
 
     name: str  # pipeline/partition, for logs
-    target: Any  # workers.prepare.PartitionTarget
+    target: Any  # workers.partition.prepare.PartitionTarget
     nc: Any
     commits: CommitLog
-    stats: Any  # workers.partition.PartitionStats
+    stats: Any  # workers.partition.runner.PartitionStats
     retrying: Callable[..., Awaitable[Any]]  # the partition's retry loop (backoff, faults, pauses)
     store: Callable[..., Awaitable[Any]]  # store(msgs, ident, range, keep_alive=None) -> Prepared
     identity: Callable[[Range], indoubt.InsertIdentity]

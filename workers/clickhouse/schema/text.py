@@ -10,8 +10,8 @@ from operator import lshift, or_
 from typing import Any, Sequence
 from uuid import UUID, SafeUUID
 
-from workers.schema.converter import ONLY_STR, Converter
-from workers.schema.errors import Rejected, show, wrong_type
+from workers.clickhouse.schema.converter import ONLY_STR, Converter
+from workers.clickhouse.schema.errors import Rejected, show, wrong_type
 
 
 def convert_string(v: Any) -> str:

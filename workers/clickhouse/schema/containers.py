@@ -5,10 +5,10 @@ from __future__ import annotations
 from itertools import chain
 from typing import Any, Callable, Sequence
 
-from workers.schema.converter import CANONICAL_INT, Converter
-from workers.schema.errors import Rejected, show, wrong_type
-from workers.schema.numeric import INT_TYPES
-from workers.schema.parser import ClickHouseType
+from workers.clickhouse.schema.converter import CANONICAL_INT, Converter
+from workers.clickhouse.schema.errors import Rejected, show, wrong_type
+from workers.clickhouse.schema.numeric import INT_TYPES
+from workers.clickhouse.schema.parser import ClickHouseType
 
 _LIST = frozenset({list})
 

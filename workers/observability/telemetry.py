@@ -43,7 +43,8 @@ from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from workers import exporters, wire
+from workers.nats import wire
+from workers.observability import exporters
 
 log = logging.getLogger(__name__)
 
@@ -435,7 +436,7 @@ class OtelTelemetry(Telemetry):
         """
         from opentelemetry import context
 
-        from workers import sink
+        from workers.clickhouse import sink
 
         db, name = sink.split_table(table, database)
         connection = getattr(client, "connection", None)
@@ -485,7 +486,7 @@ class OtelTelemetry(Telemetry):
         self._retries.add(1, {**_batch_labels(), "jetsink.operation": what, "error.type": type(exc).__name__})
 
     def batch_committed(self, target: Any, msgs: list[Any], prepared: Any) -> None:
-        from workers import intake
+        from workers.nats import intake
 
         labels = _BATCH_LABELS.get() or {
             A_PIPELINE: target.pipeline.name,

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from clickhouse_driver import errors as ch
 
-from workers import indoubt
+from workers.clickhouse import indoubt
 
 
 class Fault(enum.Enum):

@@ -25,12 +25,12 @@ The package, by responsibility (as clickhouse-driver's ``columns/``):
 - ``mapper``: TableColumn, ColumnMapper, compile_mapper.
 """
 
-from workers.schema.builder import build_converter
-from workers.schema.builder import compile_type as _compile_type  # noqa: F401  (tests import it by this name)
-from workers.schema.errors import MappingError, SchemaError
-from workers.schema.features import ServerFeatures
-from workers.schema.mapper import ColumnMapper, TableColumn, compile_mapper
-from workers.schema.parser import ClickHouseType, parse_type
+from workers.clickhouse.schema.builder import build_converter
+from workers.clickhouse.schema.builder import compile_type as _compile_type  # noqa: F401  (tests import it by this name)
+from workers.clickhouse.schema.errors import MappingError, SchemaError
+from workers.clickhouse.schema.features import ServerFeatures
+from workers.clickhouse.schema.mapper import ColumnMapper, TableColumn, compile_mapper
+from workers.clickhouse.schema.parser import ClickHouseType, parse_type
 
 __all__ = [
     "ClickHouseType",

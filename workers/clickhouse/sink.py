@@ -7,8 +7,8 @@ from typing import Any, Sequence
 
 from clickhouse_driver import Client
 
-from workers import indoubt
-from workers.schema import ColumnMapper, ServerFeatures, TableColumn, compile_mapper
+from workers.clickhouse import indoubt
+from workers.clickhouse.schema import ColumnMapper, ServerFeatures, TableColumn, compile_mapper
 
 
 def quote_ident(name: str) -> str:

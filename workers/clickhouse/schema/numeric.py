@@ -7,8 +7,8 @@ import struct
 from decimal import Decimal
 from typing import Any
 
-from workers.schema.converter import CANONICAL_INT, MAX_EXACT_FLOAT_INT, Converter
-from workers.schema.errors import Rejected, show, wrong_type
+from workers.clickhouse.schema.converter import CANONICAL_INT, MAX_EXACT_FLOAT_INT, Converter
+from workers.clickhouse.schema.errors import Rejected, show, wrong_type
 
 
 def int_converter(type_name: str, bits: int, signed: bool) -> Converter:
