@@ -34,7 +34,7 @@ import psutil
 
 from bench.events import EventTemplates
 from supervisor import embedded
-from workers import topology
+from workers import message, topology
 from workers.nats import intake, wire
 
 PULL = 10_000
@@ -86,7 +86,7 @@ async def _publish(nc: Any, subjects: list[str], messages: int, payload_bytes: i
     def on_acks(msgs: list) -> None:
         nonlocal acked
         acked += len(msgs)
-        refused.extend(m[wire.DATA] for m in msgs if b'"error"' in m[wire.DATA])
+        refused.extend(m[message.DATA] for m in msgs if b'"error"' in m[message.DATA])
         room.set()
 
     sub = await nc.subscribe(inbox + ".*")
@@ -130,8 +130,8 @@ async def _drain(nc: Any, consumers: list[tuple[str, str]], expect: int) -> tupl
                     batches, got[:] = list(got), []
                     for msgs in batches:
                         for m in msgs:
-                            if m[wire.REPLY]:
-                                last = m[wire.REPLY]
+                            if m[message.REPLY]:
+                                last = m[message.REPLY]
                                 n += 1
                             else:  # a status (404/408: nothing more for this pull)
                                 done = True

@@ -272,7 +272,8 @@ class Worker:
         statement = sink.insert_statement(table, database, names)
         rows = len(columns[0]) if columns else 0
         # The telemetry's spans and timing wrap the call; with a trace, settings carry its context to the server.
-        with self._telemetry.insert(self._client, table, database, statement, rows, self._features) as settings:
+        db, name = sink.split_table(table, database)
+        with self._telemetry.insert(self._client, db, name, statement, rows, self._features) as settings:
             return sink.send_insert(self._client, statement, columns, settings)
 
     def _pending(self) -> list[tuple[str, int, int]]:

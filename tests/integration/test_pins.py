@@ -10,7 +10,8 @@ import nats
 from nats.js import api
 
 from supervisor.provision import create_consumer
-from workers.nats import intake, wire
+from workers import message
+from workers.nats import intake
 from workers.topology import PRIORITY_GROUP
 
 
@@ -83,5 +84,5 @@ def test_pinned_consumer_admits_one_puller_and_unpin_moves_it(nats_url):
 def test_a_status_reply_arrives_at_the_bulk_parser_as_headers_only():
     """The 423 reaches PartitionRunner._on_status as a message without a reply subject."""
     raw = b"NATS/1.0 423 Nats-Pin-Id mismatch\r\n\r\n"
-    headers = wire.parse_headers(raw)
+    headers = message.parse_headers(raw)
     assert headers["Status"] == intake.PIN_LOST and headers["Description"] == "Nats-Pin-Id mismatch"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from workers import message
 from workers.delivery.acks import AckTracker
-from workers.nats import intake
 
 
 class _Consumer:
@@ -30,7 +30,7 @@ class _Consumer:
         return self.deliver(self.next_sseq)
 
     def ack_all(self, reply: bytes) -> list[int]:
-        sseq = intake.parse_ack_subject(reply).stream_seq
+        sseq = message.parse_ack_subject(reply).stream_seq
         settled = [s for s in self.pending if s <= sseq]
         for s in settled:
             del self.pending[s]
@@ -67,8 +67,8 @@ def test_no_ack_ever_settles_an_unstored_message(previous_owner_left, steps):
 
     def commit():
         if received:
-            stored.update(intake.parse_ack_subject(m[1]).stream_seq for m in received)
-            redelivered = any(intake.parse_ack_subject(m[1]).delivered > 1 for m in received)
+            stored.update(message.parse_ack_subject(m[1]).stream_seq for m in received)
+            redelivered = any(message.parse_ack_subject(m[1]).delivered > 1 for m in received)
             ack(tracker.stored(list(received), redelivered))
             received.clear()
         if tracker.dirty:  # idle now: what the partition does between requests while dirty

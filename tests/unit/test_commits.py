@@ -9,14 +9,14 @@ from hypothesis import strategies as st
 from nats.js.errors import KeyWrongLastSequenceError
 
 from tests.unit.test_acks import _Consumer
+from workers import message
 from workers.delivery import commits
 from workers.delivery.acks import AckTracker
 from workers.delivery.commits import CommitLog, CommitState, Range, unstored
-from workers.nats import intake
 
 
 def _seq(m: tuple) -> int:
-    return intake.parse_ack_subject(m[1]).stream_seq
+    return message.parse_ack_subject(m[1]).stream_seq
 
 
 class _Partition:
@@ -37,14 +37,14 @@ class _Partition:
         self.skipped += u.skipped
         if exact:
             self.watermark = max(self.watermark, u.last)
-        redelivered = any(intake.parse_ack_subject(m[1]).delivered > 1 for m in batch)
+        redelivered = any(message.parse_ack_subject(m[1]).delivered > 1 for m in batch)
         self._ack(self.tracker.stored(batch, redelivered))
 
     def idle(self) -> None:
         if self.tracker.dirty:
             reply = self.tracker.reconcile(len(self.consumer.pending), self.consumer.dseq)
             if reply is not None:
-                self.watermark = max(self.watermark, intake.parse_ack_subject(reply).stream_seq)
+                self.watermark = max(self.watermark, message.parse_ack_subject(reply).stream_seq)
             self._ack(reply)
 
     def _ack(self, reply: bytes | None) -> None:
@@ -141,7 +141,7 @@ def test_unstored_sorts_and_dedups_a_batch_with_redeliveries():
     u = unstored(batch, 0)
     assert not u.ordered
     assert [_seq(m) for m in u.msgs] == [_seq(a), _seq(b), _seq(c)] and u.skipped == 1
-    assert u.first_ts_ns == intake.parse_ack_subject(a[1]).timestamp_ns
+    assert u.first_ts_ns == message.parse_ack_subject(a[1]).timestamp_ns
 
 
 def test_commit_state_round_trips():
@@ -213,7 +213,7 @@ class _Owner:
             raise _Crash
         if r is not None:
             self.log.inserted(r)
-        redelivered = any(intake.parse_ack_subject(m[1]).delivered > 1 for m in batch)
+        redelivered = any(message.parse_ack_subject(m[1]).delivered > 1 for m in batch)
         reply = self.tracker.stored(batch, redelivered)
         if reply is not None:
             self.consumer.ack_all(reply)

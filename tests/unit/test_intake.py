@@ -5,16 +5,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from workers import message
 from workers.nats import intake
 
 
 def test_ack_subject_v1_and_v2():
-    v1 = intake.parse_ack_subject("$JS.ACK.EVENTS.jetsink_events_3.2.1042.17.1764150000123456789.99")
+    v1 = message.parse_ack_subject("$JS.ACK.EVENTS.jetsink_events_3.2.1042.17.1764150000123456789.99")
     assert (v1.stream_seq, v1.delivered, v1.timestamp_ns, v1.pending) == (1042, 2, 1764150000123456789, 99)
-    v2 = intake.parse_ack_subject("$JS.ACK.hub.ACCHASH.EVENTS.c.1.7.7.1764150000000000000.0.xyz")
+    v2 = message.parse_ack_subject("$JS.ACK.hub.ACCHASH.EVENTS.c.1.7.7.1764150000000000000.0.xyz")
     assert (v2.stream_seq, v2.delivered, v2.pending) == (7, 1, 0)
     with pytest.raises(ValueError):
-        intake.parse_ack_subject("_INBOX.abc")
+        message.parse_ack_subject("_INBOX.abc")
 
 
 def test_pull_request_body():
@@ -29,5 +30,5 @@ def test_redelivered_agrees_with_the_full_decode(delivered, v2):
         f"$JS.ACK.hub.HASH.EVENTS.c.{delivered}.42.41.1764150000000000000.7.tok"
         if v2 else f"$JS.ACK.EVENTS.c.{delivered}.42.41.1764150000000000000.7"
     )
-    full = intake.parse_ack_subject(reply).delivered
-    assert intake.redelivered(reply) == (0 if full == 1 else full)
+    full = message.parse_ack_subject(reply).delivered
+    assert message.redelivered(reply) == (0 if full == 1 else full)

@@ -62,7 +62,7 @@ def test_off_builds_nothing_and_every_method_is_a_no_op():
     assert t.inject({"op": "drain"}) == {"op": "drain"}
     run = object()
     assert t.carry_context(run) is run
-    insert = t.insert(None, "t", "db", "INSERT", 0, None)
+    insert = t.insert(None, "db", "t", "INSERT", 0, None)
     with t.map(None, []) as mapped, t.map_message(None) as mapped_one, insert as settings:
         assert mapped(None) is None and mapped_one(None) is None and settings is None
     t.retry("insert", RuntimeError()), t.batch_committed(None, [], None), t.worker_restarted(1), t.shutdown()
@@ -226,9 +226,9 @@ def test_the_insert_hook_wraps_the_call_in_prepare_and_send_and_hands_the_server
     t._instruments(MeterProvider(metric_readers=[reader]).get_meter("test"))
     statement = "INSERT INTO `db`.`t` (`id`) VALUES"
     with t.span("batch") as batch:
-        with t.insert(None, "t", "db", statement, 2, ServerFeatures.from_version((23, 8))) as settings:
+        with t.insert(None, "db", "t", statement, 2, ServerFeatures.from_version((23, 8))) as settings:
             pass
-        failing = t.insert(None, "t", "db", statement, 2, ServerFeatures.from_version((18, 16)))
+        failing = t.insert(None, "db", "t", statement, 2, ServerFeatures.from_version((18, 16)))
         with pytest.raises(ConnectionError), failing as old:
             raise ConnectionError("gone")
     assert old is None  # 18.16 has no trace context in its protocol

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from workers import message
 from workers.nats import wire
 
 
@@ -164,16 +165,16 @@ def test_pubs_builds_one_command_per_subject():
 
 
 def test_parse_headers_with_and_without_inline_status():
-    assert wire.parse_headers(b"NATS/1.0\r\nNats-Msg-Id: 7\r\ntraceparent: 00-ab-cd-01\r\n\r\n") == {
+    assert message.parse_headers(b"NATS/1.0\r\nNats-Msg-Id: 7\r\ntraceparent: 00-ab-cd-01\r\n\r\n") == {
         "Nats-Msg-Id": "7",
         "traceparent": "00-ab-cd-01",
     }
-    assert wire.parse_headers(b"NATS/1.0 409 Exceeded MaxAckPending\r\n\r\n") == {
+    assert message.parse_headers(b"NATS/1.0 409 Exceeded MaxAckPending\r\n\r\n") == {
         "Status": "409",
         "Description": "Exceeded MaxAckPending",
     }
-    assert wire.parse_headers(b"NATS/1.0 408\r\n\r\n") == {"Status": "408"}
-    assert wire.parse_headers(None) == {}
+    assert message.parse_headers(b"NATS/1.0 408\r\n\r\n") == {"Status": "408"}
+    assert message.parse_headers(None) == {}
 
 
 def test_route_needs_a_client_made_for_it():

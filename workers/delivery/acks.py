@@ -33,8 +33,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from workers.nats import intake
-from workers.nats.wire import REPLY
+from workers import message
+from workers.message import REPLY
 
 ACK_ALL = "all"
 ACK_EXPLICIT = "explicit"
@@ -60,8 +60,8 @@ class AckTracker:
         it, workers/prepare.py `prepare`); without any, the highest stream sequence is
         the last message's and no subject is decoded.
         """
-        first = intake.parse_ack_subject(msgs[0][REPLY])
-        last = intake.parse_ack_subject(msgs[-1][REPLY])
+        first = message.parse_ack_subject(msgs[0][REPLY])
+        last = message.parse_ack_subject(msgs[-1][REPLY])
         contiguous = first.consumer_seq == self.last_seen + 1 and last.consumer_seq - first.consumer_seq + 1 == len(
             msgs
         )
@@ -71,7 +71,7 @@ class AckTracker:
         self.clean = False
         held = self.held
         for m in msgs:
-            held[intake.parse_ack_subject(m[REPLY]).stream_seq] = m[REPLY]
+            held[message.parse_ack_subject(m[REPLY]).stream_seq] = m[REPLY]
         return None
 
     def continues(self, msgs: Sequence[tuple]) -> bool:
@@ -79,8 +79,8 @@ class AckTracker:
         every message the consumer delivered up to the batch's last one is stored."""
         if not self.clean:
             return False
-        first = intake.parse_ack_subject(msgs[0][REPLY])
-        last = intake.parse_ack_subject(msgs[-1][REPLY])
+        first = message.parse_ack_subject(msgs[0][REPLY])
+        last = message.parse_ack_subject(msgs[-1][REPLY])
         return first.consumer_seq == self.last_seen + 1 and last.consumer_seq - first.consumer_seq + 1 == len(msgs)
 
     def _highest(self, msgs: Sequence[tuple]) -> bytes:
@@ -89,7 +89,7 @@ class AckTracker:
         New deliveries come in stream order, but a redelivery (of a message we stored
         before: the tracker is clean) may come after a higher one.
         """
-        return max((m[REPLY] for m in msgs), key=lambda r: intake.parse_ack_subject(r).stream_seq)
+        return max((m[REPLY] for m in msgs), key=lambda r: message.parse_ack_subject(r).stream_seq)
 
     def reconcile(
         self, num_ack_pending: int, delivered_consumer_seq: int, ack_floor_stream_seq: int = 0

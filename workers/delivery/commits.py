@@ -41,8 +41,8 @@ from typing import Any, Sequence
 
 import orjson
 
-from workers.nats import intake
-from workers.nats.wire import REPLY
+from workers import message
+from workers.message import REPLY
 
 BUCKET_PREFIX = "jetsink_commits_"
 # Set in a worker's environment (tests only): the worker exits after its N-th insert
@@ -183,24 +183,24 @@ def unstored(msgs: Sequence[tuple], stored: int, redelivered: bool | None = None
     whether the batch holds a redelivery, when the caller knows (the partition finds out
     at intake); None checks every ack subject.
     """
-    head, tail = intake.parse_ack_subject(msgs[0][REPLY]), intake.parse_ack_subject(msgs[-1][REPLY])
+    head, tail = message.parse_ack_subject(msgs[0][REPLY]), message.parse_ack_subject(msgs[-1][REPLY])
     if redelivered is None:
-        prefix = intake.first_delivery_prefix(msgs[0][REPLY])
+        prefix = message.first_delivery_prefix(msgs[0][REPLY])
         redelivered = not all(map(bytes.startswith, map(_reply, msgs), repeat(prefix)))
     ordered = not redelivered and tail.consumer_seq - head.consumer_seq + 1 == len(msgs)
     if ordered:
         if head.stream_seq > stored:
             return Unstored(msgs, 0, head.stream_seq, tail.stream_seq, head.timestamp_ns, True)
-        cut = bisect.bisect_right(msgs, stored, key=lambda m: intake.parse_ack_subject(m[REPLY]).stream_seq)
+        cut = bisect.bisect_right(msgs, stored, key=lambda m: message.parse_ack_subject(m[REPLY]).stream_seq)
         kept = msgs[cut:]
         if not kept:
             return Unstored(kept, len(msgs), 0, 0, 0, True)
-        first = intake.parse_ack_subject(kept[0][REPLY])
+        first = message.parse_ack_subject(kept[0][REPLY])
         return Unstored(kept, cut, first.stream_seq, tail.stream_seq, first.timestamp_ns, True)
     by_seq: dict[int, tuple] = {}
     stamps: dict[int, int] = {}
     for m in msgs:
-        d = intake.parse_ack_subject(m[REPLY])
+        d = message.parse_ack_subject(m[REPLY])
         if d.stream_seq > stored and d.stream_seq not in by_seq:
             by_seq[d.stream_seq] = m
             stamps[d.stream_seq] = d.timestamp_ns
@@ -235,7 +235,7 @@ async def read_stream(nc: Any, stream: str, pattern: str, consumer: str, first: 
             except nats_errors.TimeoutError:
                 return out  # the stream holds no more of them (deleted by its limits)
             for m in msgs:
-                d = intake.parse_ack_subject(m.reply)
+                d = message.parse_ack_subject(m.reply)
                 if d.stream_seq > last:
                     return out
                 ack = f"$JS.ACK.{stream}.{consumer}.1.{d.stream_seq}.0.{d.timestamp_ns}.0".encode()

@@ -26,15 +26,15 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
+from workers import message
 from workers.clickhouse import indoubt
 from workers.delivery import commits
 from workers.delivery.commits import CommitLog, Range
-from workers.nats import intake, wire
 from workers.topology import partition_filter
 
 log = logging.getLogger(__name__)
 
-REPLY = wire.REPLY
+REPLY = message.REPLY
 
 
 @dataclass
@@ -70,7 +70,7 @@ class Takeover:
         msgs = await self.retrying("stream read", self._read, first, last)
         for i in range(0, len(msgs), self.max_rows):
             chunk = msgs[i:i + self.max_rows]
-            head, tail = intake.parse_ack_subject(chunk[0][REPLY]), intake.parse_ack_subject(chunk[-1][REPLY])
+            head, tail = message.parse_ack_subject(chunk[0][REPLY]), message.parse_ack_subject(chunk[-1][REPLY])
             r = Range(head.stream_seq, tail.stream_seq, len(chunk), head.timestamp_ns, time.time())
             await self.retrying("commit state", c.begin, r)
             prepared = await self.store(chunk, self.identity(r), r, keep_alive=None)

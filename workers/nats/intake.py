@@ -8,8 +8,6 @@ module holds the wire details: the request, the status replies, the ack subject.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import orjson
 
 # Status codes the server sends on the pull inbox (as NATS/1.0 <code> headers) that the
@@ -50,53 +48,3 @@ def pull_request(batch: int, expires_s: float, max_bytes: int | None = None, gro
 def unpin_subject(stream: str, consumer: str) -> str:
     """Where a consumer's pin is released (the next pull without an id gets it)."""
     return f"$JS.API.CONSUMER.UNPIN.{stream}.{consumer}"
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """What the ack subject of a JetStream message tells about it."""
-
-    stream_seq: int
-    consumer_seq: int  # the consumer's delivery number: consecutive over all its deliveries
-    delivered: int  # how many times this message has been delivered, this one included
-    timestamp_ns: int  # when the stream stored it
-    pending: int  # messages left in the consumer after this one
-
-
-def first_delivery_prefix(reply: bytes) -> bytes:
-    """The start every first delivery's ack subject of this consumer has.
-
-    ``$JS.ACK.[domain.hash.]<stream>.<consumer>.1.``: a message whose ack subject
-    starts so was delivered once. The hot path checks every message with one
-    ``startswith`` instead of decoding its subject.
-    """
-    tokens = reply.split(b".")
-    if len(tokens) < 9 or tokens[0] != b"$JS" or tokens[1] != b"ACK":
-        raise ValueError(f"not a JetStream ack subject: {reply!r}")
-    base = 2 if len(tokens) == 9 else 4
-    return b".".join(tokens[: base + 2]) + b".1."
-
-
-def redelivered(reply: bytes) -> int:
-    """How many times the message was delivered, or 0 on its first delivery."""
-    d = parse_ack_subject(reply)
-    return 0 if d.delivered == 1 else d.delivered
-
-
-def parse_ack_subject(reply: bytes | str) -> Delivery:
-    """Decode `$JS.ACK.[domain.hash.]<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>[.<token>]`."""
-    if isinstance(reply, (bytes, bytearray)):
-        reply = reply.decode("ascii", "replace")
-    tokens = reply.split(".")
-    if len(tokens) < 9 or tokens[0] != "$JS" or tokens[1] != "ACK":
-        raise ValueError(f"not a JetStream ack subject: {reply!r}")
-    # The v1 form has 9 tokens; v2 inserts domain and account hash after ACK and may
-    # append a random token.
-    base = 2 if len(tokens) == 9 else 4
-    return Delivery(
-        stream_seq=int(tokens[base + 3]),
-        consumer_seq=int(tokens[base + 4]),
-        delivered=int(tokens[base + 2]),
-        timestamp_ns=int(tokens[base + 5]),
-        pending=int(tokens[base + 6]),
-    )

@@ -31,11 +31,10 @@ from nats import errors
 from nats.aio.client import Client
 from nats.protocol import parser as nats_parser
 
+from workers.message import RawMsg
+
 log = logging.getLogger(__name__)
 
-# The fields of a routed message.
-SUBJECT, REPLY, DATA, HEADERS = 0, 1, 2, 3
-RawMsg = tuple  # (subject: bytes, reply: bytes, data: bytes, headers: bytes | None)
 
 _CRLF = b"\r\n"
 
@@ -212,26 +211,3 @@ def pubs(subjects: list[bytes], payload: bytes) -> bytes:
         return b""
     tail = b" %d\r\n%b\r\n" % (len(payload), payload)
     return b"PUB " + (tail + b"PUB ").join(subjects) + tail
-
-
-def parse_headers(raw: bytes | None) -> dict[str, str]:
-    """NATS headers (``NATS/1.0[ <status>[ <description>]]\\r\\nK: V\\r\\n...``) as a dict.
-
-    An inline status becomes "Status" and "Description", as nats-py reports them.
-    """
-    if not raw:
-        return {}
-    lines = raw.decode("utf-8", "replace").split("\r\n")
-    out: dict[str, str] = {}
-    first = lines[0]
-    if first.startswith("NATS/1.0 "):
-        status, _, description = first[9:].strip().partition(" ")
-        if status.isdigit():
-            out["Status"] = status
-        if description:
-            out["Description"] = description
-    for line in lines[1:]:
-        key, sep, value = line.partition(":")
-        if sep and key.strip():
-            out[key.strip()] = value.strip()
-    return out

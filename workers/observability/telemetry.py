@@ -43,14 +43,14 @@ from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from workers.nats import wire
+from workers import message
 from workers.observability import exporters
 
 log = logging.getLogger(__name__)
 
 TRACEPARENT = "traceparent"
 TRACEPARENT_BYTES = TRACEPARENT.encode()  # header names are matched exactly, as nats-py does
-_headers, _data = itemgetter(wire.HEADERS), itemgetter(wire.DATA)
+_headers, _data = itemgetter(message.HEADERS), itemgetter(message.DATA)
 SHUTDOWN_TIMEOUT_S = 3.0
 
 # Metric and span attribute keys of our own (OTel asks custom keys to be namespaced).
@@ -144,7 +144,7 @@ class Telemetry:
         return contextlib.nullcontext(_record_nothing)
 
     def insert(
-        self, client: Any, table: str, database: str, statement: str, rows: int, features: Any,
+        self, client: Any, db: str, name: str, statement: str, rows: int, features: Any,
     ) -> ContextManager[Any]:
         """Around sink.send_insert; yields the settings to send with it (the trace context, or None)."""
         return contextlib.nullcontext()
@@ -351,7 +351,7 @@ class OtelTelemetry(Telemetry):
         # only sampled batches get here, and they stop at max_links.
         raws = list(filter(None, map(_headers, msgs)))
         for raw in compress(raws, map(contains, raws, repeat(TRACEPARENT_BYTES))):
-            sc = remote_span_context(wire.parse_headers(raw))
+            sc = remote_span_context(message.parse_headers(raw))
             if sc is None or (sc.trace_id, sc.span_id) in seen:
                 continue
             seen.add((sc.trace_id, sc.span_id))
@@ -413,7 +413,7 @@ class OtelTelemetry(Telemetry):
     @contextlib.contextmanager
     def map_message(self, msg: Any) -> Iterator[Callable[[Any], None]]:
         """The `map` span of one message's prepare() (per_message_spans)."""
-        attrs = {"messaging.message.body.size": len(msg[wire.DATA])}
+        attrs = {"messaging.message.body.size": len(msg[message.DATA])}
         with self.tracer.start_as_current_span("map", attributes=attrs) as span:
 
             def mapped(prepared: Any) -> None:
@@ -424,7 +424,7 @@ class OtelTelemetry(Telemetry):
 
     @contextlib.contextmanager
     def insert(
-        self, client: Any, table: str, database: str, statement: str, rows: int, features: Any,
+        self, client: Any, db: str, name: str, statement: str, rows: int, features: Any,
     ) -> Iterator[Any]:
         """`clickhouse.prepare` then `clickhouse.send` around the INSERT; times it; yields its settings.
 
@@ -436,9 +436,6 @@ class OtelTelemetry(Telemetry):
         """
         from opentelemetry import context
 
-        from workers.clickhouse import sink
-
-        db, name = sink.split_table(table, database)
         connection = getattr(client, "connection", None)
         attrs = {
             "db.system.name": "clickhouse", "db.namespace": db, "db.collection.name": name,
@@ -486,7 +483,6 @@ class OtelTelemetry(Telemetry):
         self._retries.add(1, {**_batch_labels(), "jetsink.operation": what, "error.type": type(exc).__name__})
 
     def batch_committed(self, target: Any, msgs: list[Any], prepared: Any) -> None:
-        from workers.nats import intake
 
         labels = _BATCH_LABELS.get() or {
             A_PIPELINE: target.pipeline.name,
@@ -512,7 +508,7 @@ class OtelTelemetry(Telemetry):
         # without a histogram observation per message.
         for msg in (msgs[0], msgs[-1]) if len(msgs) > 1 else msgs:
             self._freshness.record(
-                max(0, now_ns - intake.parse_ack_subject(msg[wire.REPLY]).timestamp_ns) / 1e9, labels
+                max(0, now_ns - message.parse_ack_subject(msg[message.REPLY]).timestamp_ns) / 1e9, labels
             )
         span.set_attribute("jetsink.rows", prepared.rows)
         span.set_attribute("jetsink.bytes", total_bytes)

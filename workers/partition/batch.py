@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from workers.nats.wire import DATA
+from workers.message import DATA
 
 _data = itemgetter(DATA)
 

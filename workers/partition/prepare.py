@@ -14,11 +14,11 @@ from typing import Any
 
 import orjson
 
+from workers import message
 from workers.clickhouse.schema import ColumnMapper
-from workers.nats import intake, wire
 from workers.nats.dlq import DeadLetter
 
-SUBJECT, REPLY, DATA, HEADERS = wire.SUBJECT, wire.REPLY, wire.DATA, wire.HEADERS
+SUBJECT, REPLY, DATA, HEADERS = message.SUBJECT, message.REPLY, message.DATA, message.HEADERS
 _reply, _data = itemgetter(REPLY), itemgetter(DATA)
 
 
@@ -57,10 +57,10 @@ def prepare(
     max_deliver = target.pipeline.max_deliver
     again: list[int] = []  # batch index of each redelivery, found in C (no frame per message)
     if msgs and not first_deliveries:
-        prefix = intake.first_delivery_prefix(msgs[0][REPLY])
+        prefix = message.first_delivery_prefix(msgs[0][REPLY])
         again = list(compress(count(), map(not_, map(bytes.startswith, map(_reply, msgs), repeat(prefix)))))
     if max_deliver > 0 and again:
-        last = {i for i in again if intake.redelivered(msgs[i][REPLY]) >= max_deliver}
+        last = {i for i in again if message.redelivered(msgs[i][REPLY]) >= max_deliver}
         if last:
             # JetStream will not deliver these again: if this attempt died too, they would
             # be stranded in the stream. Each has already been part of max_deliver - 1
@@ -111,8 +111,8 @@ def _loads_all(msgs: list[tuple]) -> list:
 
 
 def dead_letter(msg: tuple, target: PartitionTarget, reason: str, error: str) -> DeadLetter:
-    delivery = intake.parse_ack_subject(msg[REPLY])
-    headers = wire.parse_headers(msg[HEADERS]) or None
+    delivery = message.parse_ack_subject(msg[REPLY])
+    headers = message.parse_headers(msg[HEADERS]) or None
     return DeadLetter(
         data=msg[DATA],
         subject=msg[SUBJECT].decode("utf-8", "replace"),

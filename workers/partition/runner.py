@@ -30,6 +30,7 @@ from typing import Any, Awaitable, Callable, Sequence
 
 import orjson
 
+from workers import message
 from workers.clickhouse import faults, indoubt
 from workers.clickhouse.schema import ColumnMapper
 from workers.clickhouse.table_schema import TableSchema
@@ -51,7 +52,7 @@ _STOP = object()
 JETSTREAM_ELECTION_S = 30.0
 _ON_JETSTREAM = ("commit state", "stream read")
 MAX_UNANSWERED_PULLS = 3
-REPLY, HEADERS = wire.REPLY, wire.HEADERS
+REPLY, HEADERS = message.REPLY, message.HEADERS
 _reply = itemgetter(REPLY)
 
 
@@ -257,7 +258,7 @@ class PartitionRunner:
             if not deliveries:
                 return
             if prefix is None:
-                prefix = self._first_delivery = intake.first_delivery_prefix(deliveries[0][REPLY])
+                prefix = self._first_delivery = message.first_delivery_prefix(deliveries[0][REPLY])
             if not all(map(bytes.startswith, map(_reply, deliveries), repeat(prefix))):
                 self._batch.redelivered = True
         if self._pin is None:
@@ -277,7 +278,7 @@ class PartitionRunner:
 
     def _on_status(self, msg: tuple) -> None:
         """A status reply: the pull request is over (404/408/409) or a heartbeat."""
-        headers = wire.parse_headers(msg[HEADERS])
+        headers = message.parse_headers(msg[HEADERS])
         status = headers.get("Status")
         if status == intake.HEARTBEAT:
             return
@@ -310,8 +311,8 @@ class PartitionRunner:
         for m in deliveries:
             raw = m[HEADERS]
             if raw is not None and intake.PIN_HEADER in raw:
-                self._pin = wire.parse_headers(raw).get("Nats-Pin-Id") or None
-                self._pinned_from = intake.parse_ack_subject(m[REPLY]).consumer_seq
+                self._pin = message.parse_headers(raw).get("Nats-Pin-Id") or None
+                self._pinned_from = message.parse_ack_subject(m[REPLY]).consumer_seq
                 # A record per pin (tests/integration/test_instances.py reads them): two owners
                 # at once would show as overlapping consumer-sequence ranges.
                 log.info("partition %s pinned (pin %s) from consumer sequence %d", self.name, self._pin,
@@ -440,7 +441,7 @@ class PartitionRunner:
                 if self._commits is not None:
                     # Everything the consumer delivered is stored now: the held messages'
                     # highest sequence is a watermark.
-                    highest = intake.parse_ack_subject(reply).stream_seq
+                    highest = message.parse_ack_subject(reply).stream_seq
                     await self._retrying("commit state", self._commits.stored, highest)
                 await self._settle([reply], intake.ACK)
         elif time.monotonic() - self._dirty_since > 2 * self._ack_wait_s + 30:
@@ -491,7 +492,7 @@ class PartitionRunner:
                 log.warning(
                     "partition %s: deliveries missing before consumer sequence %d (a reconnect or a "
                     "previous owner); holding acks until they are redelivered and stored",
-                    self.name, intake.parse_ack_subject(msgs[-1][REPLY]).consumer_seq,
+                    self.name, message.parse_ack_subject(msgs[-1][REPLY]).consumer_seq,
                     extra=self._log_extra,
                 )
 
@@ -572,7 +573,7 @@ class PartitionRunner:
         if hook is not None and hook.point == "ack":
             await self._nc.flush()
             hook.reached("ack", r, log)
-        last = intake.parse_ack_subject(msgs[-1][REPLY])
+        last = message.parse_ack_subject(msgs[-1][REPLY])
         s = self.stats
         s.consumed += len(msgs)
         s.skipped_duplicates += skipped

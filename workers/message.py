@@ -1,0 +1,87 @@
+"""A JetStream message as the hot path holds it, and what its ack subject and headers say.
+
+Leaf module: both NATS-side and ClickHouse-side code (and the supervisor) read messages,
+so their shape lives here rather than in the protocol reader that makes them
+(workers/nats/wire.py cuts them out of socket reads).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The fields of a routed message.
+SUBJECT, REPLY, DATA, HEADERS = 0, 1, 2, 3
+RawMsg = tuple  # (subject: bytes, reply: bytes, data: bytes, headers: bytes | None)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What the ack subject of a JetStream message tells about it."""
+
+    stream_seq: int
+    consumer_seq: int  # the consumer's delivery number: consecutive over all its deliveries
+    delivered: int  # how many times this message has been delivered, this one included
+    timestamp_ns: int  # when the stream stored it
+    pending: int  # messages left in the consumer after this one
+
+
+def first_delivery_prefix(reply: bytes) -> bytes:
+    """The start every first delivery's ack subject of this consumer has.
+
+    ``$JS.ACK.[domain.hash.]<stream>.<consumer>.1.``: a message whose ack subject
+    starts so was delivered once. The hot path checks every message with one
+    ``startswith`` instead of decoding its subject.
+    """
+    tokens = reply.split(b".")
+    if len(tokens) < 9 or tokens[0] != b"$JS" or tokens[1] != b"ACK":
+        raise ValueError(f"not a JetStream ack subject: {reply!r}")
+    base = 2 if len(tokens) == 9 else 4
+    return b".".join(tokens[: base + 2]) + b".1."
+
+
+def redelivered(reply: bytes) -> int:
+    """How many times the message was delivered, or 0 on its first delivery."""
+    d = parse_ack_subject(reply)
+    return 0 if d.delivered == 1 else d.delivered
+
+
+def parse_ack_subject(reply: bytes | str) -> Delivery:
+    """Decode `$JS.ACK.[domain.hash.]<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>[.<token>]`."""
+    if isinstance(reply, (bytes, bytearray)):
+        reply = reply.decode("ascii", "replace")
+    tokens = reply.split(".")
+    if len(tokens) < 9 or tokens[0] != "$JS" or tokens[1] != "ACK":
+        raise ValueError(f"not a JetStream ack subject: {reply!r}")
+    # The v1 form has 9 tokens; v2 inserts domain and account hash after ACK and may
+    # append a random token.
+    base = 2 if len(tokens) == 9 else 4
+    return Delivery(
+        stream_seq=int(tokens[base + 3]),
+        consumer_seq=int(tokens[base + 4]),
+        delivered=int(tokens[base + 2]),
+        timestamp_ns=int(tokens[base + 5]),
+        pending=int(tokens[base + 6]),
+    )
+
+
+def parse_headers(raw: bytes | None) -> dict[str, str]:
+    """NATS headers (``NATS/1.0[ <status>[ <description>]]\\r\\nK: V\\r\\n...``) as a dict.
+
+    An inline status becomes "Status" and "Description", as nats-py reports them.
+    """
+    if not raw:
+        return {}
+    lines = raw.decode("utf-8", "replace").split("\r\n")
+    out: dict[str, str] = {}
+    first = lines[0]
+    if first.startswith("NATS/1.0 "):
+        status, _, description = first[9:].strip().partition(" ")
+        if status.isdigit():
+            out["Status"] = status
+        if description:
+            out["Description"] = description
+    for line in lines[1:]:
+        key, sep, value = line.partition(":")
+        if sep and key.strip():
+            out[key.strip()] = value.strip()
+    return out
