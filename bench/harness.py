@@ -294,7 +294,7 @@ class JetsinkSink(_ChildProcess):
 
     def poll(self) -> list[tuple[int, int]]:
         """Asks /status; returns workers that became ready since: [(slot, pid)]."""
-        from supervisor.status import admin_address, fetch_status
+        from supervisor.admin import admin_address, fetch_status
 
         for line in self.log.read():
             if line.get("level") == "error":

@@ -31,13 +31,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from supervisor import provision
+from supervisor.admin import StatusServer, address_file
 from supervisor.assignment import Partition, assign, rebalance
 from supervisor.cluster import share
 from supervisor.config import ConfigError, load_config
 from supervisor.members import Membership, Solo, instances
 from supervisor.profiler import ProfileScheduler
 from supervisor.schemas import SchemaBook
-from supervisor.status import PoolView, StatusServer, address_file, member_info, summary
+from supervisor.snapshot import PoolView, member_info
+from supervisor.status import summary
 from supervisor.systemd import Notifier
 from supervisor.worker_handle import Timings, WorkerHandle, WorkerTarget
 from workers import exitcodes

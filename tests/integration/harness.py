@@ -19,8 +19,8 @@ import yaml
 from clickhouse_driver import Client
 
 from supervisor import embedded
+from supervisor.admin import admin_address, fetch_status
 from supervisor.config import load_config
-from supervisor.status import admin_address, fetch_status
 
 REPO = Path(__file__).resolve().parents[2]
 

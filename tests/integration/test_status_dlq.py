@@ -26,8 +26,8 @@ from nats.js.errors import NotFoundError
 from prometheus_client.parser import text_string_to_metric_families
 
 from supervisor import provision
+from supervisor.admin import StatusServer, address_file
 from supervisor.config import load_config
-from supervisor.status import StatusServer, address_file
 from workers.nats.dlq import DeadLetter, publish_dead_letters
 
 REPO = Path(__file__).resolve().parents[2]

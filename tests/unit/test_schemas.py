@@ -6,8 +6,9 @@ import logging
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from supervisor.metrics import render_prometheus
 from supervisor.schemas import SchemaBook
-from supervisor.status import render_prometheus, render_status_table
+from supervisor.status import render_status_table
 
 OLD = [["id", "String", "", ""], ["payload", "String", "", ""]]
 NEW = [["id", "String", "", ""], ["note", "String", "DEFAULT", "''"]]

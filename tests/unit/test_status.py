@@ -1,4 +1,5 @@
-"""supervisor.status: snapshots from worker handles, health, Prometheus text and the status table."""
+"""supervisor.snapshot, .metrics, .admin and .status: snapshots from worker handles, health, Prometheus text
+and the status table."""
 
 from __future__ import annotations
 
@@ -10,17 +11,11 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from supervisor.admin import parse_listen
 from supervisor.assignment import Partition
-from supervisor.status import (
-    METRICS,
-    PoolView,
-    health,
-    parse_listen,
-    pool_metrics,
-    render_prometheus,
-    render_status_table,
-    summary,
-)
+from supervisor.metrics import METRICS, pool_metrics, render_prometheus
+from supervisor.snapshot import PoolView, health
+from supervisor.status import render_status_table, summary
 
 NOW = 1_700_000_000.0
 
