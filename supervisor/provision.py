@@ -19,7 +19,7 @@ from supervisor.members import BUCKET as MEMBERS_BUCKET
 from workers.clickhouse import sink
 from workers.clickhouse.connect import clickhouse_client, clickhouse_where
 from workers.clickhouse.schema import ServerFeatures
-from workers.delivery.commits import bucket_name
+from workers.delivery.commits import bucket_name, create_bucket
 from workers.nats.connect import connect_nats
 from workers.topology import PRIORITY_GROUP, consumer_name, partition_filter, transform_destination
 
@@ -178,8 +178,7 @@ async def _ensure_commits(js: Any, p: Pipeline) -> None:
             )
         return
     try:
-        cfg = api.KeyValueConfig(bucket=bucket, history=1, replicas=replicas, storage=api.StorageType.FILE)
-        await js.create_key_value(cfg)
+        await create_bucket(js, p.name, replicas)
     except Exception as exc:
         raise ProvisionError(f"pipelines {p.name}: cannot create the commit-state bucket {bucket}: {exc}") from exc
     log.info("created commit-state bucket %s (%d replicas)", bucket, replicas, extra={"pipeline": p.name})

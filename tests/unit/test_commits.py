@@ -12,7 +12,7 @@ from tests.unit.test_acks import _Consumer
 from workers import message
 from workers.delivery import commits
 from workers.delivery.acks import AckTracker
-from workers.delivery.commits import CommitLog, CommitState, Range, unstored
+from workers.delivery.commits import CommitLog, CommitState, Range, StreamIncarnation, bind, unstored
 
 
 def _seq(m: tuple) -> int:
@@ -145,8 +145,14 @@ def test_unstored_sorts_and_dedups_a_batch_with_redeliveries():
 
 
 def test_commit_state_round_trips():
-    for state in (CommitState(), CommitState(41, Range(42, 99, 17, 1_700_000_000_000_000_000, 1_700_000_000.5))):
+    for state in (
+        CommitState(),
+        CommitState(41, Range(42, 99, 17, 1_700_000_000_000_000_000, 1_700_000_000.5)),
+        CommitState(41, None, "2026-12-06T06:00:00.123456+00:00"),
+    ):
         assert CommitState.decode(state.encode()) == state
+    # An entry written before states named their stream incarnation.
+    assert CommitState.decode(b'{"stored": 7, "inflight": null}') == CommitState(7)
     assert CommitState.decode(None) == CommitState()
     assert commits.bucket_name("events-1") == "jetsink_commits_events-1"
 
@@ -297,3 +303,52 @@ def test_one_write_per_batch_and_the_ack_floor_rule_lose_nothing_and_store_nothi
     assert not lost, f"lost {lost}"
     twice = {s for s, n in world.table.items() if n > 1}
     assert twice <= world.unranged, f"stored twice: {sorted(twice - world.unranged)}"
+
+
+# -- the stream incarnation a state counts in (commits.bind) ---------------------------------
+
+NOW = StreamIncarnation("EVENTS", "2026-12-06T06:00:00.123456+00:00", 1, 1000)
+
+
+def test_a_state_of_another_stream_incarnation_is_set_aside():
+    old = CommitState(900, Range(901, 950, 50, 1, 1.0), "2026-12-01T00:00:00+00:00")
+    bound = bind(old, NOW)
+    assert bound.state == CommitState(0, None, NOW.created)
+    assert "created 2026-12-01T00:00:00+00:00" in bound.afresh and NOW.created in bound.afresh
+
+
+def test_a_state_past_the_streams_last_sequence_is_set_aside_even_without_an_identity():
+    # An entry of an earlier version (no "stream"), and the stream was created again and is shorter.
+    for old in (CommitState(1200), CommitState(700, Range(701, 1200, 500, 1, 1.0))):
+        bound = bind(old, NOW)
+        assert bound.state == CommitState(0, None, NOW.created)
+        assert "past the last sequence 1000" in bound.afresh
+
+
+def test_a_state_of_this_incarnation_or_an_earlier_version_goes_on_bound_to_it():
+    r = Range(401, 450, 50, 1, 1.0)
+    for old in (CommitState(400, r), CommitState(400, r, NOW.created), CommitState(1000, None, NOW.created)):
+        bound = bind(old, NOW)
+        assert bound.afresh is None and bound.expired == 0
+        assert bound.state == CommitState(old.stored, old.inflight, NOW.created)
+
+
+def test_sequences_the_stream_removed_before_they_were_stored_are_counted():
+    later = StreamIncarnation("EVENTS", NOW.created, 601, 1000)
+    assert bind(CommitState(400, None, NOW.created), later).expired == 200  # 401..600
+    assert bind(CommitState(600, None, NOW.created), later).expired == 0  # the next one is still there
+    # A partition that never stored anything has nothing to lose to the limits (its consumer starts at the first).
+    assert bind(CommitState(0), later).expired == 0
+
+
+def test_writes_carry_the_incarnation_they_were_bound_to():
+    kv = _KV()
+    log_ = CommitLog(kv, "0", bind(CommitState(), NOW).state, kv.revision)
+
+    async def run():
+        await log_.begin(Range(1, 10, 10, 1, 1.0))
+        log_.inserted(Range(1, 10, 10, 1, 1.0))
+        await log_.flush()
+
+    asyncio.run(run())
+    assert CommitState.decode(kv.value) == CommitState(10, None, NOW.created)

@@ -3,7 +3,7 @@
 One entry per (pipeline, partition), bucket `jetsink_commits_<pipeline>`, key the
 partition index, value JSON:
 
-    {"stored": S, "inflight": [first, last, count, first_ts_ns, began_at] | null}
+    {"stored": S, "inflight": [first, last, count, first_ts_ns, began_at] | null, "stream": CREATED}
 
 * `stored`: every message of the partition with stream sequence <= S is stored (in
   ClickHouse or the DLQ), written only when that is provably true: the batch continued a
@@ -23,6 +23,13 @@ released cleanly flushes before it lets go.  A new owner that finds a batch in f
 settles it (workers/takeover.py): when the consumer's ack floor is at or past its last
 message, its owner acked it, which it does only after the insert was confirmed, so it
 is stored; otherwise ClickHouse's query log tells (workers/indoubt.py).
+
+* `stream`: the creation time of the stream incarnation the sequences count in (STREAM.INFO's
+  `created`).  A stream deleted and created again numbers its messages from 1 again, so a
+  state of another incarnation, or one whose `stored` is past the stream's last sequence,
+  would skip every new message as "stored": `bind` finds that when the state is opened, and
+  the partition starts afresh (logged, with both identities).  An entry without `stream`
+  (written by a version before it) is adopted when its sequences fit the stream.
 
 Every write is a compare-and-set on the entry's revision, so an owner whose view is stale
 (the entry moved under it: a second owner, or a nats-server that lost the write) fails
@@ -61,6 +68,14 @@ def bucket_name(pipeline: str) -> str:
     return BUCKET_PREFIX + pipeline
 
 
+async def create_bucket(js: Any, pipeline: str, replicas: int) -> None:
+    """Create the pipeline's commit-state bucket (provision, and a worker that finds it deleted)."""
+    from nats.js import api
+
+    cfg = api.KeyValueConfig(bucket=bucket_name(pipeline), history=1, replicas=replicas, storage=api.StorageType.FILE)
+    await js.create_key_value(cfg)
+
+
 class StaleCommitState(Exception):
     """The entry moved since this owner last read or wrote it."""
 
@@ -80,6 +95,7 @@ class Range:
 class CommitState:
     stored: int = 0
     inflight: Range | None = None
+    stream: str = ""  # the stream incarnation's creation time ("" in entries of earlier versions)
 
     def encode(self) -> bytes:
         r = self.inflight
@@ -87,6 +103,7 @@ class CommitState:
             {
                 "stored": self.stored,
                 "inflight": None if r is None else [r.first, r.last, r.count, r.first_ts_ns, r.began_at],
+                "stream": self.stream,
             }
         )
 
@@ -97,8 +114,58 @@ class CommitState:
         doc = orjson.loads(data)
         r = doc.get("inflight")
         return cls(
-            int(doc.get("stored", 0)), Range(int(r[0]), int(r[1]), int(r[2]), int(r[3]), float(r[4])) if r else None
+            int(doc.get("stored", 0)),
+            Range(int(r[0]), int(r[1]), int(r[2]), int(r[3]), float(r[4])) if r else None,
+            str(doc.get("stream") or ""),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class StreamIncarnation:
+    """The stream a partition reads, as STREAM.INFO describes it when the partition opens its state."""
+
+    name: str
+    created: str  # its creation time: a stream deleted and created again has another
+    first_seq: int
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """A commit state bound to the stream incarnation it is read against (see `bind`)."""
+
+    state: CommitState
+    afresh: str | None = None  # why the entry found was set aside (another incarnation), or None
+    expired: int = 0  # stream sequences after `stored` the stream no longer holds (removed by its limits)
+
+
+def bind(state: CommitState, stream: StreamIncarnation | None) -> Bound:
+    """The commit state to go on from, given the stream as it is now.
+
+    A state of another incarnation (another creation time, or sequences past the stream's
+    last one) is set aside: its sequences count in a stream that no longer exists, and
+    going on from them would skip the new stream's messages as stored.  A state whose next
+    sequence the stream has already removed (limits: max_age, max_msgs, ...) reports how
+    many sequences were removed unread by this partition: all of them are this
+    partition's when it has a stream of its own, some of them when partitions share one.
+    """
+    if stream is None:
+        return Bound(state)
+    if state.stream and state.stream != stream.created:
+        return Bound(
+            CommitState(stream=stream.created),
+            f"it belongs to stream {stream.name} created {state.stream}, and the stream now is one created "
+            f"{stream.created}",
+        )
+    newest = max(state.stored, state.inflight.last if state.inflight is not None else 0)
+    if newest > stream.last_seq:
+        return Bound(
+            CommitState(stream=stream.created),
+            f"it names sequence {newest}, past the last sequence {stream.last_seq} of stream {stream.name} "
+            f"(created {stream.created}): the stream was created again",
+        )
+    expired = stream.first_seq - state.stored - 1 if state.stored and stream.first_seq > state.stored + 1 else 0
+    return Bound(CommitState(state.stored, state.inflight, stream.created), None, expired)
 
 
 class CommitLog:
@@ -114,9 +181,14 @@ class CommitLog:
         self.state = state
         self._revision = revision
         self.stored_through = state.stored
+        self.opened = Bound(state)  # what binding to the stream found (set by takeover.open_state)
+        self.bucket_recreated = False
 
     @classmethod
-    async def open(cls, js: Any, pipeline: str, partition: int) -> "CommitLog":
+    async def open(
+        cls, js: Any, pipeline: str, partition: int, stream: StreamIncarnation | None = None,
+    ) -> tuple["CommitLog", Bound]:
+        """The partition's entry, bound to `stream` (see `bind`): the log to go on with, and what binding found."""
         from nats.js.errors import KeyNotFoundError
 
         kv = await js.key_value(bucket_name(pipeline))
@@ -124,8 +196,11 @@ class CommitLog:
         try:
             entry = await kv.get(key)
         except KeyNotFoundError:
-            return cls(kv, key, CommitState(), 0)
-        return cls(kv, key, CommitState.decode(entry.value), entry.revision)
+            state, revision = CommitState(), 0
+        else:
+            state, revision = CommitState.decode(entry.value), entry.revision
+        bound = bind(state, stream)
+        return cls(kv, key, bound.state, revision), bound
 
     @property
     def unwritten(self) -> bool:
@@ -134,7 +209,7 @@ class CommitLog:
 
     async def begin(self, r: Range) -> None:
         """Record the batch about to be inserted, and that everything before it is stored."""
-        await self._write(CommitState(self.stored_through, r))
+        await self._write(CommitState(self.stored_through, r, self.state.stream))
 
     def inserted(self, r: Range) -> None:
         """Batch r is stored (ClickHouse and the DLQ confirmed it); written with the next begin or flush."""
@@ -143,12 +218,12 @@ class CommitLog:
     async def flush(self) -> None:
         """Write what is known: everything up to `stored_through` is stored, no batch in flight."""
         if self.unwritten:
-            await self._write(CommitState(self.stored_through, None))
+            await self._write(CommitState(self.stored_through, None, self.state.stream))
 
     async def stored(self, seq: int) -> None:
         """Everything up to `seq` is stored; no batch in flight (written now)."""
         self.stored_through = max(seq, self.stored_through)
-        await self._write(CommitState(self.stored_through, None))
+        await self._write(CommitState(self.stored_through, None, self.state.stream))
 
     async def _write(self, state: CommitState) -> None:
         from nats.js.errors import KeyWrongLastSequenceError

@@ -142,9 +142,51 @@ async def open_commits(nc: Any, pipeline: str, index: int) -> CommitLog:
     from nats.js.errors import BucketNotFoundError
 
     try:
-        return await CommitLog.open(nc.jetstream(timeout=10.0), pipeline, index)
+        return (await CommitLog.open(nc.jetstream(timeout=10.0), pipeline, index))[0]
     except BucketNotFoundError:
         raise RuntimeError(
             f"pipeline {pipeline}: KV bucket {commits.bucket_name(pipeline)} is missing (the supervisor's provision "
             "creates it for delivery: exactly_once)"
         ) from None
+
+
+async def open_state(nc: Any, pipeline: str, stream: str, index: int, log_extra: dict) -> CommitLog:
+    """The partition's commit state, bound to the stream incarnation it counts in (commits.bind).
+
+    A state of another incarnation is set aside, and sequences the stream removed before
+    they were stored are reported, each with one warning; a deleted bucket is created again
+    (the partition then goes on from its consumer's ack floor: the takeover logs the range
+    it may store twice).  `opened` on the log says what was found.
+    """
+    from nats.js.errors import BucketNotFoundError
+
+    js = nc.jetstream(timeout=10.0)
+    info = await js.stream_info(stream)
+    created = info.created.isoformat() if info.created is not None else ""
+    incarnation = commits.StreamIncarnation(stream, created, info.state.first_seq, info.state.last_seq)
+    name = f"{pipeline}/{index}"
+    try:
+        log_, bound = await CommitLog.open(js, pipeline, index, incarnation)
+    except BucketNotFoundError:
+        replicas = info.config.num_replicas or 1
+        try:
+            await commits.create_bucket(js, pipeline, replicas)
+        except Exception as exc:  # e.g. another partition created it first: opening again tells
+            log.debug("creating %s: %s", commits.bucket_name(pipeline), exc)
+        log_, bound = await CommitLog.open(js, pipeline, index, incarnation)
+        bound = commits.Bound(bound.state, f"its KV bucket {commits.bucket_name(pipeline)} was missing (deleted?) "
+                              "and was created again", bound.expired)
+        log_.bucket_recreated = True
+    log_.opened = bound
+    if bound.afresh is not None:
+        log.warning(
+            "partition %s: set aside its commit state: %s; starting afresh from what the consumer has not acked",
+            name, bound.afresh, extra={**log_extra, "stream_created": created},
+        )
+    if bound.expired:
+        log.warning(
+            "partition %s: stream %s no longer holds sequences %d..%d (removed by its limits before this partition "
+            "stored them): up to %d messages expired unread", name, stream, bound.state.stored + 1,
+            incarnation.first_seq - 1, bound.expired, extra={**log_extra, "expired_unread": bound.expired},
+        )
+    return log_
