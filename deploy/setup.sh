@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything jetsink needs on a fresh Debian machine, idempotently:
-# clickhouse-server + clickhouse-client (apt, only when no ClickHouse binary is found)
+# clickhouse-server + clickhouse-client (apt, only when no ClickHouse binary is found),
+# zookeeper (apt, only when its jar is missing: the ClickHouse cluster fixture and
+# `bench --clickhouse-cluster` run it as a plain java process, hence not zookeeperd)
 # and the project with its test extras (pip, editable). Starts no service: the
 # supervisor and the test fixtures start their own servers.
 set -euo pipefail
@@ -13,9 +15,13 @@ have_clickhouse() {
         || command -v clickhouse >/dev/null
 }
 
-if ! have_clickhouse; then
+apt_updated=0
+apt_install() {
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update
+    if [[ "$apt_updated" == 0 ]]; then
+        apt-get update
+        apt_updated=1
+    fi
     # policy-rc.d 101 keeps the package's postinst from starting the service.
     policy=/usr/sbin/policy-rc.d
     created_policy=0
@@ -24,8 +30,16 @@ if ! have_clickhouse; then
         chmod +x "$policy"
         created_policy=1
     fi
-    apt-get install -y clickhouse-server clickhouse-client
+    apt-get install -y "$@"
     if [[ "$created_policy" == 1 ]]; then rm -f "$policy"; fi
+}
+
+if ! have_clickhouse; then
+    apt_install clickhouse-server clickhouse-client
+fi
+
+if [[ ! -e /usr/share/java/zookeeper.jar ]]; then
+    apt_install --no-install-recommends zookeeper
 fi
 
 python3 -m pip install -e '.[test]'
