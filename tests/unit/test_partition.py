@@ -66,35 +66,41 @@ def test_every_message_is_a_row_or_a_dead_letter(kinds):
 
 
 class _Inboxes:
-    """All a PartitionRunner asks of its NATS client before it starts: an inbox name."""
+    """All a Fetcher asks of its NATS client before it starts: an inbox name."""
 
     def new_inbox(self) -> str:
         return "_INBOX.test"
 
 
+def _fetcher(target):
+    from workers.partition.fetcher import Fetcher
+    from workers.partition.handoff import Handoff
+    from workers.partition.stats import PartitionStats
+
+    return Fetcher(_Inboxes(), target, Handoff(), acks=None, stats=PartitionStats(), log_extra={})
+
+
 def test_intake_marks_a_batch_that_holds_a_redelivery_and_prepare_then_checks_each_message():
     """A batch is marked at intake, chunk by chunk, when any delivery is not a first one; unmarked,
-    prepare skips its own check (workers/partition.py passes first_deliveries=not batch.redelivered),
+    prepare skips its own check (workers/partition/writer.py passes first_deliveries=not batch.redelivered),
     so a mark missed here would let a message on its last delivery through undead-lettered."""
-    from workers.partition.runner import PartitionRunner
-
     config = parse_config({"pipelines": [PIPELINE]}, Path("/tmp"))
     target = PartitionTarget(pipeline=config.pipelines[0], index=0, consumer="c", worker=1)
     status = (b"_INBOX.test", b"", b"", b"NATS/1.0 100 Idle Heartbeat\r\n\r\n")
-    runner = PartitionRunner(_Inboxes(), target, None, None, None)
-    runner._on_msgs([_msg(0, "ok"), status, _msg(1, "ok")])  # a heartbeat among first deliveries
-    runner._on_msgs([_msg(2, "ok"), _msg(3, "ok")])  # the fast path: one startswith pass
-    batch = runner._batch
+    fetcher = _fetcher(target)
+    fetcher._on_msgs([_msg(0, "ok"), status, _msg(1, "ok")])  # a heartbeat among first deliveries
+    fetcher._on_msgs([_msg(2, "ok"), _msg(3, "ok")])  # the fast path: one startswith pass
+    batch = fetcher._batch
     assert len(batch) == 4 and not batch.redelivered
     p = prepare(batch.messages, MAPPER, target, first_deliveries=not batch.redelivered)
     assert p.rows == 4 and not p.dead and not p.redelivered
 
-    runner._on_msgs([_msg(4, "ok"), _msg(5, "last")])  # a third delivery (max_deliver 3) in a later chunk
+    fetcher._on_msgs([_msg(4, "ok"), _msg(5, "last")])  # a third delivery (max_deliver 3) in a later chunk
     assert batch.redelivered
     p = prepare(batch.messages, MAPPER, target, first_deliveries=not batch.redelivered)
     assert [d.reason for d in p.dead] == ["max_deliver"] and p.redelivered
 
-    # A runner whose very first chunk starts with a redelivery still learns the first-delivery prefix.
-    other = PartitionRunner(_Inboxes(), target, None, None, None)
+    # A fetcher whose very first chunk starts with a redelivery still learns the first-delivery prefix.
+    other = _fetcher(target)
     other._on_msgs([_msg(6, "last"), _msg(7, "ok")])
     assert other._batch.redelivered

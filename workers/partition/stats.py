@@ -1,0 +1,26 @@
+"""What a partition counts for the worker's stats reports (supervisor/status.py shows them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class PartitionStats:
+    """Counters a partition keeps for the worker's stats reports."""
+
+    consumed: int = 0
+    inserted: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    insert_retries: int = 0
+    last_batch_at: float = 0.0  # wall-clock time of the last committed batch
+    pending: int = 0  # consumer's messages left, from the last delivery's ack subject
+    skipped_duplicates: int = 0  # deliveries at or below the stored sequence: acked, not stored again
+    # In-doubt batches a previous owner left (workers/delivery/takeover.py), by how they were settled:
+    in_doubt_acked: int = 0  # acked by that owner (the consumer's ack floor): stored, nothing asked
+    in_doubt_landed: int = 0  # its insert had landed (ClickHouse's query log): not sent again
+    in_doubt_not_landed: int = 0  # its insert never landed (the query log): stored when redelivered
+    in_doubt_resent: int = 0  # nobody could tell: sent again under the same identity
+    taken_over: int = 0  # messages a previous owner held unacked, stored from the stream at takeover
+    pins_lost: int = 0  # 423s: the consumer's pin went to another puller (or a new consumer leader)
