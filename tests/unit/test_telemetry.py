@@ -1,4 +1,5 @@
-"""workers/telemetry.py without servers: traceparents, the off switch, links, map and insert hooks, config."""
+"""workers/observability/telemetry.py and instruments.py without servers: traceparents, the off switch, links,
+map and insert hooks, config."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from supervisor.config import ConfigError, parse_config
 from workers.observability import telemetry
+from workers.observability.instruments import Instruments
 from workers.settings import profiles_dir
 
 PIPELINE = {"name": "a", "stream": "S", "subject": "e.*", "partitions": 1, "table": "t"}
@@ -223,7 +225,7 @@ def test_the_insert_hook_wraps_the_call_in_prepare_and_send_and_hands_the_server
     provider.add_span_processor(SimpleSpanProcessor(exported))
     t = telemetry.OtelTelemetry.__new__(telemetry.OtelTelemetry)
     t.tracer = provider.get_tracer("test")
-    t._instruments(MeterProvider(metric_readers=[reader]).get_meter("test"))
+    t._metrics = Instruments(MeterProvider(metric_readers=[reader]).get_meter("test"), slot=None)
     statement = "INSERT INTO `db`.`t` (`id`) VALUES"
     with t.span("batch") as batch:
         with t.insert(None, "db", "t", statement, 2, ServerFeatures.from_version((23, 8))) as settings:

@@ -24,6 +24,7 @@ prepare, the sink's insert and the ack themselves, and these hooks wrap the call
 The insert thread sees the batch span because the partition runs its thread calls in
 a copy of its task's context (`carry_context`), so parents are explicit, not guessed.
 Traceparents are written and read by OpenTelemetry's W3C TraceContext propagator.
+The metric instruments the hooks record to are instruments.py's `Instruments`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from workers import message
 from workers.observability import exporters
+from workers.observability.attributes import A_PARTITION, A_PIPELINE, A_ROLE, A_SLOT
+from workers.observability.instruments import Instruments
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +55,6 @@ TRACEPARENT = "traceparent"
 TRACEPARENT_BYTES = TRACEPARENT.encode()  # header names are matched exactly, as nats-py does
 _headers, _data = itemgetter(message.HEADERS), itemgetter(message.DATA)
 SHUTDOWN_TIMEOUT_S = 3.0
-
-# Metric and span attribute keys of our own (OTel asks custom keys to be namespaced).
-A_PIPELINE = "jetsink.pipeline"
-A_PARTITION = "jetsink.partition"
-A_SLOT = "jetsink.worker.slot"
-A_ROLE = "jetsink.role"
 
 # The labels of the batch a thread is working for (pipeline, partition, slot), set by
 # batch() in the partition's task and carried into the insert thread with its context;
@@ -216,7 +213,7 @@ class OtelTelemetry(Telemetry):
             if os.environ.get("OTEL_TRACES_SAMPLER")
             else ParentBased(TraceIdRatioBased(observability.traces.sample_ratio))
         )
-        span_exporter, metric_exporter, log_exporter, self._export_guards = exporters.build()
+        span_exporter, metric_exporter, log_exporter, export_guards = exporters.build()
         # shutdown() is bounded; the SDK's own atexit shutdown would wait out a dead collector.
         self._tracer_provider = TracerProvider(resource=self.resource, sampler=sampler, shutdown_on_exit=False)
         self._tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
@@ -225,47 +222,11 @@ class OtelTelemetry(Telemetry):
             metric_exporter, export_interval_millis=observability.metrics.interval_s * 1000
         )
         self._meter_provider = MeterProvider(resource=self.resource, metric_readers=[reader], shutdown_on_exit=False)
-        self._instruments(self._meter_provider.get_meter("jetsink"))
+        self._metrics = Instruments(self._meter_provider.get_meter("jetsink"), slot, export_guards)
         self._logger_provider = self._log_handler = None
         self._correlate_logs(log_exporter)
         self._max_links = observability.traces.max_links
         self.per_message_spans = observability.traces.per_message_spans
-        self._pending_sources: list[Callable[[], Iterable[tuple[str, int, int]]]] = []
-
-    def _instruments(self, meter: Any) -> None:
-        self._consumed = meter.create_counter(
-            "jetsink.messages.consumed",
-            "{message}",
-            "Messages taken from JetStream and committed (inserted, dead-lettered and acked).",
-        )
-        self._rows = meter.create_counter("jetsink.rows.inserted", "{row}", "Rows ClickHouse accepted.")
-        self._bytes = meter.create_counter(
-            "jetsink.bytes.inserted", "By", "Payload bytes of the messages whose rows ClickHouse accepted."
-        )
-        self._batch_rows = meter.create_histogram("jetsink.batch.rows", "{row}", "Messages per committed batch.")
-        self._insert_duration = meter.create_histogram(
-            "jetsink.insert.duration", "s", "Duration of one ClickHouse INSERT (prepare + send)."
-        )
-        self._freshness = meter.create_histogram(
-            "jetsink.freshness", "s", "From JetStream storing a message to its batch being acked."
-        )
-        self._dlq = meter.create_counter("jetsink.dlq.messages", "{message}", "Messages dead-lettered, by reason.")
-        self._retries = meter.create_counter(
-            "jetsink.retries", "{retry}", "Failed attempts at an insert or a DLQ publish that were retried."
-        )
-        self._restarts = meter.create_counter(
-            "jetsink.worker.restarts", "{restart}", "Workers respawned by the supervisor after dying."
-        )
-        meter.create_observable_gauge(
-            "jetsink.consumer.pending",
-            [self._observe_pending],
-            "{message}",
-            "Messages left in a partition's consumer at its last delivery.",
-        )
-        meter.create_observable_counter(
-            "jetsink.telemetry.dropped", [self._observe_dropped], "{item}",
-            "Spans, metric points and log records dropped because their OTLP endpoint was unreachable.",
-        )
 
     def _correlate_logs(self, log_exporter: Any) -> None:
         # Log records get otelTraceID/otelSpanID (workers/logs.py turns them into
@@ -463,9 +424,7 @@ class OtelTelemetry(Telemetry):
                     send.set_attribute("error.type", outcome)  # before use_span ends the span
                     raise
         finally:
-            self._insert_duration.record(
-                time.perf_counter() - started, {**labels, "error.type": outcome} if outcome != "ok" else labels,
-            )
+            self._metrics.insert_done(time.perf_counter() - started, labels, outcome)
 
     @contextlib.contextmanager
     def ack(self, n: int) -> Iterator[None]:
@@ -480,36 +439,22 @@ class OtelTelemetry(Telemetry):
         span = trace.get_current_span()
         span.record_exception(exc, attributes={"jetsink.operation": what})
         span.set_attribute("error.type", type(exc).__name__)
-        self._retries.add(1, {**_batch_labels(), "jetsink.operation": what, "error.type": type(exc).__name__})
+        self._metrics.retried(_batch_labels(), what, type(exc).__name__)
 
     def batch_committed(self, target: Any, msgs: list[Any], prepared: Any) -> None:
-
         labels = _BATCH_LABELS.get() or {
             A_PIPELINE: target.pipeline.name,
             A_PARTITION: target.index,
             A_SLOT: target.worker,
         }
-        dead_bytes = 0
         span = trace.get_current_span()
         for dl in prepared.dead:
-            dead_bytes += len(dl.data)
-            self._dlq.add(1, {**labels, "jetsink.dlq.reason": dl.reason})
             span.add_event("dead_letter", {
                 "jetsink.dlq.reason": dl.reason, "jetsink.dlq.error": dl.error[:300],
                 "messaging.nats.subject": dl.subject, "jetsink.stream_seq": dl.stream_seq,
             })
         total_bytes = sum(map(len, map(_data, msgs)))
-        self._consumed.add(len(msgs), labels)
-        self._rows.add(prepared.rows, labels)
-        self._bytes.add(total_bytes - dead_bytes, labels)
-        self._batch_rows.record(len(msgs), labels)
-        now_ns = time.time_ns()
-        # The oldest and the newest message of the batch: the range of its freshness
-        # without a histogram observation per message.
-        for msg in (msgs[0], msgs[-1]) if len(msgs) > 1 else msgs:
-            self._freshness.record(
-                max(0, now_ns - message.parse_ack_subject(msg[message.REPLY]).timestamp_ns) / 1e9, labels
-            )
+        self._metrics.batch_committed(labels, msgs, prepared, total_bytes)
         span.set_attribute("jetsink.rows", prepared.rows)
         span.set_attribute("jetsink.bytes", total_bytes)
         span.set_attribute("jetsink.dead_lettered", len(prepared.dead))
@@ -517,23 +462,10 @@ class OtelTelemetry(Telemetry):
     # -- metrics ---------------------------------------------------------------
 
     def observe_pending(self, source: Callable[[], Iterable[tuple[str, int, int]]]) -> None:
-        self._pending_sources.append(source)
-
-    def _observe_pending(self, options: Any) -> Iterator[Any]:
-        from opentelemetry.metrics import Observation
-
-        for source in self._pending_sources:
-            for pipeline, partition, pending in source():
-                yield Observation(pending, {A_PIPELINE: pipeline, A_PARTITION: partition, A_SLOT: self.slot})
+        self._metrics.observe_pending(source)
 
     def worker_restarted(self, slot: int) -> None:
-        self._restarts.add(1, {A_SLOT: slot})
+        self._metrics.worker_restarted(slot)
 
     def dropped(self) -> dict[str, int]:
-        return {g.signal: g.dropped_total for g in self._export_guards}
-
-    def _observe_dropped(self, options: Any) -> Iterator[Any]:
-        from opentelemetry.metrics import Observation
-
-        for guard in self._export_guards:
-            yield Observation(guard.dropped_total, {"jetsink.telemetry.signal": guard.signal})
+        return self._metrics.dropped()
