@@ -109,3 +109,28 @@ def test_cases_cover_every_type_jetsink_builds():
     named = {orjson.dumps(t).decode().strip('"').split("(")[0] for t, _ in CASES}
     inner = " ".join(t for t, _ in CASES)
     assert {name for name in _FACTORIES if name not in named and name not in inner} == set()
+
+
+# Map values of every kind (the driver alone splits these types wrongly and raises ValueError).
+MAPS: list[tuple[str, list[tuple[str, str | None]]]] = [
+    ("Map(String, Tuple(x Int8, y Nullable(String)))",
+     [('{"k": {"x": 1, "y": null}, "l": [2, "z"]}', '{"k": {"x": 1, "y": null}, "l": {"x": 2, "y": "z"}}'),
+      ("{}", None)]),
+    ("Map(String, Map(String, Array(Int8)))", [('{"a": {"b": [1, -2], "c": []}, "d": {}}', None)]),
+    ("Map(String, Array(Tuple(Int8, Decimal(9, 2))))",
+     [('{"a": [[1, 1.5], [2, "-0.25"]]}', '{"a": [[1, 1.5], [2, -0.25]]}')]),
+    ("Map(String, Nullable(Decimal(18, 4)))", [('{"a": null, "b": "1.2345"}', '{"a": null, "b": 1.2345}')]),
+    ("Map(String, LowCardinality(Nullable(String)))", [('{"a": null, "b": "x", "c": "x"}', None)]),
+    ("Map(LowCardinality(String), Map(UInt16, Tuple(`a b` String, `c.d` Array(Nullable(UInt8)))))",
+     [('{"k": {"1": ["x", [1, null]], "65535": {"a b": "y", "c.d": []}}}',
+       '{"k": {"1": {"a b": "x", "c.d": [1, null]}, "65535": {"a b": "y", "c.d": []}}}')]),
+    ("Tuple(`a b` Int32, `c.d` String, `e,f(g)` Map(String, Tuple(Int8, Int8)))",
+     [('{"a b": 1, "c.d": "x", "e,f(g)": {"k": [1, 2]}}', None)]),
+    ("Array(Map(String, Tuple(Date, Nullable(UUID))))",
+     [('[{"a": ["2024-01-05", null]}, {}]', None)]),
+]
+
+
+@pytest.mark.parametrize("type_text, values", MAPS, ids=[t for t, _ in MAPS])
+def test_maps_and_tuples_of_any_value_type(modern, type_text, values):
+    test_stored_as_clickhouse_parses_it(modern, type_text, values)

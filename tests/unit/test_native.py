@@ -479,3 +479,40 @@ def test_errors_are_the_drivers_own_types():
     assert _write("FixedString(2)", ["DEU"], fast=True)[2][0] is errors.TooLargeStringSize
     assert _write("UUID", ["nope"], fast=True)[2][0] is errors.CannotParseUuidError
     assert _write("DateTime", [2**32], fast=True)[2][0] is errors.TypeMismatchError
+
+
+# --------------------------------------------------------------------------- Map and Tuple specs
+
+@EXAMPLES
+@given(columns(st.dictionaries(ascii_text, st.one_of(st.none(), st.integers(0, 255)), max_size=4)))
+def test_map_the_driver_splits_right_is_written_as_it_writes_it(items):
+    assert_same("Map(String, Nullable(UInt8))", items)
+    assert_same("Map(String, Array(Nullable(UInt8)))", [{k: [v] for k, v in m.items()} for m in items])
+
+
+@EXAMPLES
+@given(columns(st.tuples(st.integers(-128, 127), any_text, st.lists(st.integers(0, 255), max_size=3))))
+def test_tuple_the_driver_splits_right_is_written_as_it_writes_it(items):
+    assert_same("Tuple(a Int8, b String, c Array(UInt8))", items)
+    assert_same("Tuple(Int8, String, Array(UInt8))", items)
+
+
+def test_map_of_tuples_is_written_where_the_driver_raises():
+    spec = "Map(String, Tuple(x Int8, y Nullable(String)))"
+    items = [{"k": (1, None), "l": (2, "z")}, {}]
+    assert _write(spec, _copy(items), fast=False)[2][0] is ValueError  # the driver's naive split
+    chunks, _, error = _write(spec, _copy(items), fast=True)
+    assert error is None
+    # The same bytes as the Map's parts written by the driver's own columns, one after the other.
+    offsets = _write("UInt64", [2, 2], fast=False)[0]
+    keys = _write("String", ["k", "l"], fast=False)[0]
+    values = _write("Tuple(Int8, Nullable(String))", [(1, None), (2, "z")], fast=False)[0]
+    assert b"".join(chunks) == b"".join(offsets + keys + values)
+
+
+def test_tuple_names_with_commas_and_parentheses():
+    spec = "Tuple(`a b` Int32, `e,f(g)` Map(String, Tuple(Int8, Int8)))"
+    chunks, _, error = _write(spec, [(1, {"k": (1, 2)})], fast=True)
+    assert error is None
+    assert b"".join(chunks) == b"".join(_write("Tuple(Int32, Map(String, Tuple(Int8, Int8)))", [(1, {"k": (1, 2)})],
+                                               fast=True)[0])

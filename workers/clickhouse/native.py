@@ -27,8 +27,11 @@ Hook: :func:`install` (idempotent) makes ``clickhouse_driver.columns.service`` b
 these classes, for this process, if the driver is a 0.2.x release on a
 little-endian machine (we rely on 0.2.x internals and on native byte order being
 the wire's): it wraps the ``create_string_column``, ``create_datetime_column`` and
-``create_array_column`` names that ``service.get_column_by_spec`` calls, and
-replaces ``service.column_by_type['UUID']``.  ``uninstall`` puts them back.
+``create_array_column`` names that ``service.get_column_by_spec`` calls, replaces
+``service.column_by_type['UUID']``, and wraps ``service.get_column_by_spec`` itself so
+that Map and Tuple types are split by jetsink's parser (:func:`_containers`: the one
+change of what is written, from an error to the type's bytes).  ``uninstall`` puts
+them back.
 """
 
 from __future__ import annotations
@@ -46,8 +49,12 @@ import clickhouse_driver
 from clickhouse_driver.columns import service
 from clickhouse_driver.columns.arraycolumn import ArrayColumn
 from clickhouse_driver.columns.datetimecolumn import DateTimeColumn
+from clickhouse_driver.columns.mapcolumn import MapColumn
 from clickhouse_driver.columns.stringcolumn import FixedString
+from clickhouse_driver.columns.tuplecolumn import TupleColumn
 from clickhouse_driver.columns.uuidcolumn import UUIDColumn
+
+from workers.clickhouse.schema.parser import ClickHouseType, parse_type, type_text
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +196,37 @@ _FAST = {
     FixedString: FastFixedString,  # not ByteFixedString (strings_as_bytes)
     ArrayColumn: FastArrayColumn,
 }
+def _containers(stock):
+    """The driver's ``get_column_by_spec``, with Map and Tuple columns built from a real parse of the type.
+
+    The driver splits ``Map(K, V)`` with a regex that finds the wrong comma once V has
+    parentheses inside parentheses (``Map(String, Tuple(x Int8, y Nullable(String)))``
+    raises ValueError), and a Tuple's names at the last space (a backquoted name with a
+    comma or parenthesis breaks it).  The columns are the driver's own MapColumn and
+    TupleColumn; only the spec is split by workers.clickhouse.schema.parser.  Their
+    element columns come back through ``service.get_column_by_spec``, so nesting at any
+    depth is split the same way.
+    """
+
+    def get_column_by_spec(spec, column_options, use_numpy=None):
+        if not spec.startswith(("Map(", "Tuple(")):
+            return stock(spec, column_options, use_numpy=use_numpy)
+        t = parse_type(spec)
+
+        def element(arg: ClickHouseType):
+            return service.get_column_by_spec(type_text(arg), column_options, use_numpy=use_numpy)
+
+        if t.name == "Map":
+            key, value = t.args
+            return MapColumn(element(key), element(value), **column_options)
+        names = [a[0] if isinstance(a, tuple) else "" for a in t.args]
+        types = [a[1] if isinstance(a, tuple) else a for a in t.args]
+        return TupleColumn(names, [element(a) for a in types], **column_options)
+
+    get_column_by_spec.__wrapped__ = stock
+    return get_column_by_spec
+
+
 _FACTORIES = ("create_string_column", "create_datetime_column", "create_array_column")
 _stock: dict[str, object] = {}  # what install() replaced, for uninstall()
 _declined = False  # install() said why it left the driver alone: once is enough
@@ -238,6 +276,8 @@ def install() -> bool:
         setattr(service, name, _faster(_stock[name]))
     _stock["UUID"] = service.column_by_type["UUID"]
     service.column_by_type["UUID"] = FastUUIDColumn
+    _stock["get_column_by_spec"] = service.get_column_by_spec
+    service.get_column_by_spec = _containers(_stock["get_column_by_spec"])
     return True
 
 
@@ -246,5 +286,6 @@ def uninstall() -> None:
     if not _stock:
         return
     service.column_by_type["UUID"] = _stock.pop("UUID")
+    service.get_column_by_spec = _stock.pop("get_column_by_spec")
     for name in _FACTORIES:
         setattr(service, name, _stock.pop(name))
