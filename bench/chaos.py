@@ -45,7 +45,7 @@ class Chaos:
 
     def fire(self, now: float, sink: Any, servers: Any) -> None:
         """Kill (and, for the servers and the supervisor, start again) what `kind` names."""
-        from supervisor import embedded
+        from supervisor import embedded_clickhouse, embedded_nats
 
         self.fired_at = now
         if self.kind == "kill-worker":
@@ -68,10 +68,10 @@ class Chaos:
             server.proc.wait()
             if name == "nats":
                 extra = ["--profile", str(servers.nats_profile_port)] if servers.nats_profile_port else []
-                again = embedded.start_nats(server.data_dir, server.port, extra_args=extra)
+                again = embedded_nats.start_nats(server.data_dir, server.port, extra_args=extra)
                 servers.nats_pid = again.pid
             else:
-                again = embedded.start_clickhouse(server.data_dir, server.port)
+                again = embedded_clickhouse.start_clickhouse(server.data_dir, server.port)
                 servers.clickhouse_pid = again.pid
             servers.owned[i] = again
             self.notes.append(f"chaos: kill -9 of {server.name} (pid {server.pid}), restarted as pid {again.pid}")

@@ -25,7 +25,7 @@ import orjson
 import psutil
 import yaml
 
-from supervisor import embedded
+from supervisor import embedded, embedded_clickhouse, embedded_nats
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE = "bench"
@@ -69,7 +69,7 @@ def bring_up(base: dict[str, Any], base_dir: Path, work_dir: Path) -> Servers:
         if nats.get("embedded", False):
             # Go's profiler answers on this port only when asked (NatsProfiler); idle, it costs nothing.
             profile_port = embedded.free_port()
-            server = embedded.start_nats(
+            server = embedded_nats.start_nats(
                 work_dir / "nats", embedded.free_port(), extra_args=["--profile", str(profile_port)]
             )
             owned.append(server)
@@ -80,7 +80,7 @@ def bring_up(base: dict[str, Any], base_dir: Path, work_dir: Path) -> Servers:
             urls = nats_section.get("url", "nats://127.0.0.1:4222")
             nats_pid = local_listener(urls[0] if isinstance(urls, list) else urls, 4222)
         if ch.get("embedded", False):
-            server = embedded.start_clickhouse(work_dir / "clickhouse", embedded.free_port())
+            server = embedded_clickhouse.start_clickhouse(work_dir / "clickhouse", embedded.free_port())
             owned.append(server)
             ch_section: dict[str, Any] = {"host": server.host, "port": server.port}
             ch_pid: int | None = server.pid

@@ -33,7 +33,7 @@ from typing import Any
 import psutil
 
 from bench.events import EventTemplates
-from supervisor import embedded
+from supervisor import embedded, embedded_nats
 from workers import message, topology
 from workers.nats import intake, wire
 
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.keys < args.partitions:
         parser.error("--keys must be at least --partitions (every partition needs a key)")
     with tempfile.TemporaryDirectory(prefix="jetsink-floor-") as tmp:
-        server = embedded.start_nats(Path(tmp) / "nats", embedded.free_port())
+        server = embedded_nats.start_nats(Path(tmp) / "nats", embedded.free_port())
         try:
             results = asyncio.run(measure(args.messages, args.partitions, args.keys, args.payload_bytes, args.rounds,
                                           f"nats://{server.host}:{server.port}", server.pid))

@@ -48,7 +48,8 @@ echo "--- versions" >&2
 python3 --version
 python3 - <<'PY'
 import subprocess
-from supervisor.embedded import find_clickhouse_server, find_nats_server
+from supervisor.embedded_clickhouse import find_clickhouse_server
+from supervisor.embedded_nats import find_nats_server
 nats = find_nats_server()
 print(nats, subprocess.run([nats, "--version"], capture_output=True, text=True).stdout.strip())
 print("clickhouse:", " ".join(find_clickhouse_server()))

@@ -176,19 +176,18 @@ class Arbiter:
         self._telemetry.shutdown()
 
     def _start_servers(self) -> None:
-        from supervisor import (
-            embedded,  # only embedded mode needs it (psutil, server binaries)
-        )
+        # Only embedded mode needs them (psutil, server binaries).
+        from supervisor import embedded_clickhouse, embedded_nats
 
         cfg = self.config
         state = Path(cfg.state_dir)
         if cfg.nats.embedded:
             host, port = _host_port(cfg.nats.servers[0], 4222)
-            self._servers.append(embedded.start_nats(state / "nats", port=port, host=host))
+            self._servers.append(embedded_nats.start_nats(state / "nats", port=port, host=host))
             log.info("started embedded nats-server on %s:%d (store %s)", host, port, state / "nats")
         if cfg.clickhouse.embedded:
             ch = cfg.clickhouse
-            self._servers.append(embedded.start_clickhouse(state / "clickhouse", port=ch.port, host=ch.host))
+            self._servers.append(embedded_clickhouse.start_clickhouse(state / "clickhouse", port=ch.port, host=ch.host))
             log.info("started embedded clickhouse-server on %s:%d (data %s)", ch.host, ch.port, state / "clickhouse")
 
     def _start_status_server(self) -> None:

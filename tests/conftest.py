@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import embedded
+from supervisor import embedded, embedded_clickhouse, embedded_nats
 
 _INTEGRATION_DIR = Path(__file__).parent / "integration"
 
@@ -36,16 +36,16 @@ def _fail_if_missing(find) -> None:
 
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory):
-    _fail_if_missing(embedded.find_nats_server)
-    server = embedded.start_nats(tmp_path_factory.mktemp("nats"), embedded.free_port())
+    _fail_if_missing(embedded_nats.find_nats_server)
+    server = embedded_nats.start_nats(tmp_path_factory.mktemp("nats"), embedded.free_port())
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
 def clickhouse_server(tmp_path_factory):
-    _fail_if_missing(embedded.find_clickhouse_server)
-    server = embedded.start_clickhouse(tmp_path_factory.mktemp("clickhouse"), embedded.free_port())
+    _fail_if_missing(embedded_clickhouse.find_clickhouse_server)
+    server = embedded_clickhouse.start_clickhouse(tmp_path_factory.mktemp("clickhouse"), embedded.free_port())
     yield server
     server.stop()
 

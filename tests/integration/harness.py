@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 import yaml
 from clickhouse_driver import Client
 
-from supervisor import embedded
+from supervisor import embedded, embedded_clickhouse, embedded_nats
 from supervisor.admin import admin_address, fetch_status
 from supervisor.config import load_config
 
@@ -259,7 +259,7 @@ class OwnNats(_OwnServer):
     """A nats-server (JetStream on) of the test's own; `url` to connect to it."""
 
     def __init__(self, tmp_path: Path) -> None:
-        super().__init__(embedded.start_nats, tmp_path / "nats")
+        super().__init__(embedded_nats.start_nats, tmp_path / "nats")
         self.url = f"nats://127.0.0.1:{self.port}"
 
 
@@ -267,7 +267,7 @@ class OwnClickHouse(_OwnServer):
     """A clickhouse-server of the test's own, with `database` created; `client` talks to it."""
 
     def __init__(self, tmp_path: Path, database: str) -> None:
-        super().__init__(embedded.start_clickhouse, tmp_path / "ch")
+        super().__init__(embedded_clickhouse.start_clickhouse, tmp_path / "ch")
         self.client = Client(host="127.0.0.1", port=self.port)
         try:
             self.client.execute(f"CREATE DATABASE {database}")

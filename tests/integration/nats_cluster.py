@@ -8,7 +8,7 @@ from pathlib import Path
 
 import nats
 
-from supervisor import embedded
+from supervisor import embedded, embedded_nats
 from tests.integration.harness import wait_until
 
 
@@ -35,7 +35,7 @@ class NatsCluster:
 
     def start(self, node: Node) -> None:
         routes = ",".join(f"nats://127.0.0.1:{n.cluster_port}" for n in self.nodes if n is not node)
-        node.server = embedded.start_nats(node.data_dir, node.port, extra_args=[
+        node.server = embedded_nats.start_nats(node.data_dir, node.port, extra_args=[
             "--server_name", node.name, "--cluster_name", "jetsink-test",
             "--cluster", f"nats://127.0.0.1:{node.cluster_port}", "--routes", routes])
 

@@ -9,7 +9,7 @@ import sys
 import psutil
 import pytest
 
-from supervisor import embedded
+from supervisor import embedded, embedded_clickhouse, embedded_nats
 from tests.integration.harness import DEMO_TABLE, REPO, Load, Supervisor, pipeline_names, sink_config, wait_until
 
 
@@ -102,7 +102,7 @@ def test_nats_user_password_and_token_from_env(
         (["--auth", "t0ken-xyz"], {"NATS_TOKEN": "t0ken-xyz"}, {"token_env": "NATS_TOKEN"}),
     ):
         port = embedded.free_port()
-        server = embedded.start_nats(tmp_path / f"nats{port}", port, extra_args=auth)
+        server = embedded_nats.start_nats(tmp_path / f"nats{port}", port, extra_args=auth)
         try:
             names, prefix = pipeline_names("au")
             url = f"nats://127.0.0.1:{port}"
@@ -147,7 +147,7 @@ def test_nats_user_password_and_token_from_env(
 
 def test_wrong_nats_password_is_a_clear_boot_error(tmp_path, clickhouse_server, ch_database, monkeypatch):
     port = embedded.free_port()
-    server = embedded.start_nats(tmp_path / "nats", port, extra_args=["--user", "sink", "--pass", "right"])
+    server = embedded_nats.start_nats(tmp_path / "nats", port, extra_args=["--user", "sink", "--pass", "right"])
     try:
         names, _ = pipeline_names("au")
         cfg = sink_config(
@@ -236,13 +236,13 @@ def test_nats_tls_with_client_certificate_and_clickhouse_password(tmp_path, clic
 
     certs = _make_certs(tmp_path / "certs")
     port = embedded.free_port()
-    server = embedded.start_nats(
+    server = embedded_nats.start_nats(
         tmp_path / "nats", port,
         extra_args=["--tls", "--tlscert", str(certs / "server.pem"), "--tlskey", str(certs / "server-key.pem"),
                     "--tlsverify", "--tlscacert", str(certs / "ca.pem")],
     )
     ch_dir, ch_port = tmp_path / "ch", embedded.free_port()
-    ch = embedded.start_clickhouse(ch_dir, ch_port, users={"sink": "ch-s3cret"})
+    ch = embedded_clickhouse.start_clickhouse(ch_dir, ch_port, users={"sink": "ch-s3cret"})
 
     admin = Client(host="127.0.0.1", port=ch_port)
     try:

