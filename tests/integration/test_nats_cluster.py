@@ -8,9 +8,9 @@ import time
 import nats
 import pytest
 
+from bench.nats_cluster import start_cluster
 from supervisor.members import BUCKET
 from tests.integration.harness import Load, Supervisor, pipeline_names, run, sink_config
-from tests.integration.nats_cluster import start_cluster
 from workers.topology import consumer_name
 
 PARTITIONS = 4

