@@ -2,9 +2,9 @@
 
 For the tests and `python -m bench`: every process is a child of the caller, on free
 loopback ports, with its own directory under `base_dir`, stopped by pid. The servers
-are started the way supervisor/embedded.py starts one (its config, its readiness, its
+are started the way supervisor/embedded_clickhouse.py starts one (its config, its readiness, its
 PDEATHSIG tie to the starting thread); this module adds ZooKeeper and the cluster's
-part of the config as a config.d file beside embedded's config.xml.
+part of the config as a config.d file beside embedded_clickhouse's config.xml.
 
     with ClickHouseCluster.start(tmp_path, shards=2, replicas=2) as cluster:
         replica = cluster.shards[0].replicas[1]
@@ -147,7 +147,7 @@ class Replica:
         """Start it on its data and ports; ready once /ping answers and ZooKeeper is readable.
 
         The cluster config (config.d/cluster.xml) was written by ClickHouseCluster.start;
-        embedded rewrites only config.xml and users.xml.
+        embedded_clickhouse rewrites only config.xml and users.xml.
         """
         self.server = embedded_clickhouse.start_clickhouse(self.data_dir, self.port, self.host, self.http_port,
                                                 ready_timeout=ready_timeout)
@@ -266,7 +266,7 @@ class ClickHouseCluster:
         return f"<remote_servers><{self.cluster_name}>{shards}</{self.cluster_name}></remote_servers>"
 
     def _write_config(self, replica: Replica, session_timeout_ms: int) -> None:
-        # config.d is merged into embedded's config.xml by the server itself.
+        # config.d is merged into embedded_clickhouse's config.xml by the server itself.
         config_d = replica.data_dir / "etc" / "config.d"
         config_d.mkdir(parents=True, exist_ok=True)
         zk = self.zookeeper
