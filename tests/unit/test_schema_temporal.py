@@ -248,3 +248,12 @@ def test_server_time_zone_reaches_the_columns_through_compile_mapper():
     columns, failures = mapper.map_rows([{"a": "2024-01-05 11:20:30", "b": "2024-01-05 11:20:30.5"}])
     assert failures == []
     assert columns == [[conv("DateTime")("2024-01-05T10:20:30Z")], [conv("DateTime64(3)")("2024-01-05T10:20:30.5Z")]]
+
+
+def test_datetime64_range_is_the_servers_calendar_in_the_columns_zone():
+    # 1900-01-01 00:00:00.001 in Berlin is 1899-12-31 23:00:00.001 UTC: storable, as the server stores it.
+    berlin = conv("DateTime64(3, 'Europe/Berlin')")
+    assert berlin("1900-01-01 00:00:00.001") == -2208992399999
+    assert rejects("DateTime64(3, 'Europe/Berlin')", "1899-12-31 23:59:59.999", "out_of_range")
+    assert conv("DateTime64(3, 'Asia/Tokyo')")("2299-12-31 23:59:59.999") == 10413759599999
+    assert rejects("DateTime64(3)", "1899-12-31 23:59:59.999", "out_of_range", server_timezone="UTC")

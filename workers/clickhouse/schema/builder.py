@@ -29,7 +29,12 @@ from workers.clickhouse.schema.numeric import (
     int_converter,
 )
 from workers.clickhouse.schema.parser import ClickHouseType, parse_type
-from workers.clickhouse.schema.temporal import date_converter, datetime64_converter, datetime_converter
+from workers.clickhouse.schema.temporal import (
+    date_converter,
+    datetime64_converter,
+    datetime_converter,
+    local_bounds,
+)
 from workers.clickhouse.schema.text import (
     convert_string,
     enum_converter,
@@ -144,7 +149,8 @@ def _datetime64(b: Builder, t: ClickHouseType) -> Converter:
     column_zone = b.zone(args[1] if len(args) == 2 else None)
     zone = b.naive_zone(column_zone)
     type_name = f"DateTime64({args[0]})"
-    return datetime64_converter(type_name, args[0], zone, b.features.datetime64_range, b.epoch_unit)
+    bounds = local_bounds(b.features.datetime64_range, column_zone or b.zone(b.server_timezone))
+    return datetime64_converter(type_name, args[0], zone, bounds, b.epoch_unit)
 
 
 def _uuid(b: Builder, t: ClickHouseType) -> Converter:

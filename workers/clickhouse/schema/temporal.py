@@ -7,7 +7,7 @@ epoch seconds for DateTime, int ticks of 10**-P s for DateTime64.
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from operator import add, itemgetter
 from typing import Any, Callable
@@ -273,3 +273,21 @@ def datetime64_converter(
 
     return Converter(convert, 0, dedupe_strings=True, column=_utc_column(parse, lo, hi, scale))
 
+
+def local_bounds(bounds: tuple[int, int], zone_name: str | None) -> tuple[int, int]:
+    """DateTime64's range in epoch seconds for a column stored in `zone_name`.
+
+    The server's calendar covers its range of dates in the column's own zone (1900-01-01
+    00:00:00 in Berlin is 23:00 of the day before in UTC, and storable): `bounds`, the
+    range in UTC, moved by the zone's offset at each end.  No zone: UTC.
+    """
+    if zone_name is None:
+        return bounds
+    zone = ZoneInfo(zone_name)
+    lo, hi = bounds
+
+    def offset(epoch: int) -> int:
+        wall = datetime.fromtimestamp(epoch, timezone.utc).replace(tzinfo=None)
+        return int(zone.utcoffset(wall).total_seconds())
+
+    return lo - offset(lo), hi - offset(hi)
