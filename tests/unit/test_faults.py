@@ -90,3 +90,46 @@ def test_retryable_errors_while_bisecting_propagate():
     else:
         raise AssertionError("a retryable error must reach the caller")
 
+
+
+def test_a_column_the_client_cannot_write_pauses_instead_of_dead_lettering():
+    from workers.clickhouse.faults import ColumnUnwritable
+
+    calls = []
+
+    def insert(columns):
+        calls.append(len(columns[0]))
+        raise ValueError("too many values to unpack (expected 2)")  # the driver, on every row
+
+    def writable(part):
+        raise ColumnUnwritable("column m of type Map(...) cannot be written")
+
+    with pytest.raises(ColumnUnwritable):
+        isolate_bad_rows(insert, [[1, 2, 3, 4]], 4, writable=writable)
+    assert calls == [4]  # no bisection: nothing was dead-lettered
+    assert classify(ColumnUnwritable("x")) is Fault.PIPELINE
+
+
+def test_a_client_side_row_problem_is_still_bisected_when_every_column_can_be_written():
+    table = Table(bad={2})
+
+    def insert(columns):
+        if any(v in table.bad for v in columns[0]):
+            raise TypeError("bad value")
+        table.rows.extend(columns[0])
+
+    seen = []
+    bad = isolate_bad_rows(insert, [[0, 1, 2, 3]], 4, writable=seen.append)
+    assert [i for i, _ in bad] == [2] and sorted(table.rows) == [0, 1, 3]
+    assert len(seen) == 1  # asked once, for the whole batch
+
+
+def test_server_refusals_are_not_asked_about_the_client():
+    def insert(columns):
+        if 2 in columns[0]:
+            raise server_error(53)
+
+    def writable(part):
+        raise AssertionError("a server refusal is about rows")
+
+    assert [i for i, _ in isolate_bad_rows(insert, [[0, 1, 2]], 3, writable=writable)] == [2]

@@ -80,6 +80,10 @@ def _write(spec: str, items: list, fast: bool, types_check: bool = False, **cont
 def assert_same(spec: str, items: list, **options) -> None:
     stock = _write(spec, _copy(items), fast=False, **options)
     fast = _write(spec, _copy(items), fast=True, **options)
+    if not items and stock[2] == (IndexError, "list index out of range") and spec.startswith("Tuple("):
+        # The one error the stock writer has that ours has not: a Tuple of no rows (TupleColumnOfAnySize).
+        assert fast[2] is None and b"".join(fast[0]) == b""  # no rows: no bytes
+        return
     assert fast[2] == stock[2]
     assert fast[0] == stock[0]
     assert fast[1] == stock[1]

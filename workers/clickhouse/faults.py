@@ -55,6 +55,10 @@ class TableUnusable(Exception):
     """The table is gone, or changed so that it can no longer be mapped: pause the pipeline, dead-letter nothing."""
 
 
+class ColumnUnwritable(TableUnusable):
+    """The client library cannot write a column at all (every row of it fails): not a row problem."""
+
+
 # Codes are stable across ClickHouse versions (src/Common/ErrorCodes.cpp).
 _SCHEMA_CODES = {
     8,    # THERE_IS_NO_COLUMN
@@ -118,6 +122,7 @@ def isolate_bad_rows(
     columns: list[list],
     rows: int,
     check: Callable[[BaseException], None] | None = None,
+    writable: Callable[[list[list]], None] | None = None,
 ) -> list[tuple[int, BaseException]]:
     """Insert `columns` (rows x len(columns)), bisecting around rows the server refuses.
 
@@ -125,7 +130,9 @@ def isolate_bad_rows(
     A retryable or pipeline fault while bisecting is raised: the caller retries the
     whole batch, and rows already inserted by then may be inserted twice (at-least-once).
     `check(exc)` sees every failure first; a TableChanged it raises leaves with the
-    rows inserted so far in its ``stored``.
+    rows inserted so far in its ``stored``.  `writable(part)` sees a failure of the
+    client library first, before any bisecting: a ColumnUnwritable it raises (a column
+    no row of which can be written) pauses the pipeline instead of dead-lettering every row.
     """
     bad: list[tuple[int, BaseException]] = []
     ident = indoubt.current.get()
@@ -155,6 +162,8 @@ def isolate_bad_rows(
                     raise
             if classify(exc) is not Fault.ROWS:
                 raise
+            if writable is not None and not isinstance(exc, ch.ServerException) and (lo, hi) == (0, rows):
+                writable(part)  # raises ColumnUnwritable when a whole column cannot be written
             if hi - lo == 1:
                 bad.append((lo, exc.with_traceback(None)))
                 continue

@@ -46,6 +46,8 @@ from operator import attrgetter, is_, not_
 from uuid import UUID
 
 import clickhouse_driver
+from clickhouse_driver import defines
+from clickhouse_driver.bufferedwriter import BufferedSocketWriter
 from clickhouse_driver.columns import service
 from clickhouse_driver.columns.arraycolumn import ArrayColumn
 from clickhouse_driver.columns.datetimecolumn import DateTimeColumn
@@ -53,6 +55,8 @@ from clickhouse_driver.columns.mapcolumn import MapColumn
 from clickhouse_driver.columns.stringcolumn import FixedString
 from clickhouse_driver.columns.tuplecolumn import TupleColumn
 from clickhouse_driver.columns.uuidcolumn import UUIDColumn
+from clickhouse_driver.connection import ServerInfo
+from clickhouse_driver.context import Context
 
 from workers.clickhouse.schema.parser import ClickHouseType, parse_type, type_text
 
@@ -196,6 +200,18 @@ _FAST = {
     FixedString: FastFixedString,  # not ByteFixedString (strings_as_bytes)
     ArrayColumn: FastArrayColumn,
 }
+class TupleColumnOfAnySize(TupleColumn):
+    """The driver's TupleColumn, which indexes ``zip(*items)`` and so fails on no items at all
+    (IndexError: a Map(K, Tuple(...)) whose maps are all empty in a block)."""
+
+    def write_data(self, items, buf):
+        if not items:
+            for column in self.nested_columns:
+                column.write_data([], buf)
+            return
+        super().write_data(items, buf)
+
+
 def _containers(stock):
     """The driver's ``get_column_by_spec``, with Map and Tuple columns built from a real parse of the type.
 
@@ -221,7 +237,7 @@ def _containers(stock):
             return MapColumn(element(key), element(value), **column_options)
         names = [a[0] if isinstance(a, tuple) else "" for a in t.args]
         types = [a[1] if isinstance(a, tuple) else a for a in t.args]
-        return TupleColumn(names, [element(a) for a in types], **column_options)
+        return TupleColumnOfAnySize(names, [element(a) for a in types], **column_options)
 
     get_column_by_spec.__wrapped__ = stock
     return get_column_by_spec
@@ -289,3 +305,40 @@ def uninstall() -> None:
     service.get_column_by_spec = _stock.pop("get_column_by_spec")
     for name in _FACTORIES:
         setattr(service, name, _stock.pop(name))
+
+
+class _Discard:
+    """A socket for BufferedSocketWriter that keeps nothing (the byte count only)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def sendall(self, data: bytes) -> None:
+        self.sent += len(data)
+
+
+def _context() -> Context:
+    revision = defines.CLIENT_REVISION
+    context = Context()
+    # A server in UTC: DateTime values are int epochs, written as they are in any zone.
+    context.server_info = ServerInfo("ClickHouse", 0, 0, 0, revision, "UTC", "jetsink", revision)
+    context.settings = {}
+    context.client_settings = {
+        "insert_block_size": defines.DEFAULT_INSERT_BLOCK_SIZE,
+        "strings_as_bytes": False,
+        "strings_encoding": defines.STRINGS_ENCODING,
+        "use_numpy": False,
+        "input_format_null_as_default": False,
+    }
+    return context
+
+
+def write_problem(type_text: str, values: list) -> str | None:
+    """Why the driver (with the writers installed in this process) cannot write `values` as a
+    column of `type_text`, or None when it can.  Nothing is sent anywhere; `values` is left as it was."""
+    buf = BufferedSocketWriter(_Discard(), defines.BUFFER_SIZE)
+    try:
+        service.write_column(_context(), "c", type_text, list(values), buf, types_check=False)
+    except Exception as exc:  # whatever the driver raises: it is the answer
+        return f"{type(exc).__name__}: {exc}"
+    return None

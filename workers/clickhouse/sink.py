@@ -7,8 +7,10 @@ from typing import Any, Sequence
 
 from clickhouse_driver import Client
 
-from workers.clickhouse import indoubt
+from workers.clickhouse import indoubt, native
 from workers.clickhouse.schema import ColumnMapper, ServerFeatures, TableColumn, compile_mapper
+from workers.clickhouse.schema.mapper import DefaultText
+from workers.clickhouse.schema.parser import ClickHouseType, parse_type
 
 
 def quote_ident(name: str) -> str:
@@ -47,7 +49,7 @@ def table_columns(client: Client, table: str, database: str) -> list[TableColumn
 
 # Functions whose value does not depend on when or where they are evaluated; a DEFAULT
 # built only from these and literals can be evaluated once and sent with each row.
-_PURE_CALL = re.compile(r"^(CAST|(?!today$)to[A-Za-z0-9]+|array|tuple|map)$")
+_PURE_CALL = re.compile(r"^(CAST|(?!today$)to[A-Za-z0-9]+|array|tuple|map|defaultValueOfTypeName)$")
 _IDENT = re.compile(r"\b[A-Za-z_][A-Za-z0-9_]*\b")
 
 
@@ -66,15 +68,51 @@ def _is_constant_expression(expr: str) -> bool:
     return True
 
 
+# Types whose value the server's toString() spells exactly as their converter reads it,
+# and that the driver reads back inexactly (DateTime64 through a float of seconds) or
+# in a form of its own: their constant DEFAULTs are read as that text.
+_AS_TEXT = frozenset({"DateTime64", "Decimal", "Decimal32", "Decimal64", "Decimal128", "Decimal256", "Date32",
+                      "UUID", "IPv6", "Enum8", "Enum16"})
+
+
+def _as_text(t: ClickHouseType, x: str, depth: int = 0) -> str | None:
+    """SQL turning `x` of type `t` into its text (arrays of it: arrays of text), or None for the driver's value."""
+    if t.name in _AS_TEXT:
+        return f"toString({x})"
+    if t.name in ("Nullable", "LowCardinality") and len(t.args) == 1 and isinstance(t.args[0], ClickHouseType):
+        return _as_text(t.args[0], x, depth)
+    if t.name == "Array" and len(t.args) == 1 and isinstance(t.args[0], ClickHouseType):
+        inner = _as_text(t.args[0], f"x{depth}", depth + 1)
+        return None if inner is None else f"arrayMap(x{depth} -> {inner}, {x})"
+    return None
+
+
 def constant_defaults(client: Client, columns: Sequence[TableColumn]) -> dict[str, Any]:
-    """Evaluate, once, the DEFAULT expressions that are constants; keyed by column name."""
+    """Evaluate, once, the DEFAULT (and EPHEMERAL) expressions that are constants; keyed by column name.
+
+    A value is as the driver reads it, or a DefaultText (the server's own text of it,
+    which the column's converter reads) for the types in _AS_TEXT.  An expression the
+    server cannot evaluate this way is left out (the column is then filled as one with a
+    non-constant DEFAULT).
+    """
     out: dict[str, Any] = {}
     for col in columns:
-        if col.default_kind != "DEFAULT" or not col.default_expression:
+        if col.default_kind not in ("DEFAULT", "EPHEMERAL") or not col.default_expression:
             continue
         if not _is_constant_expression(col.default_expression):
             continue
-        out[col.name] = client.execute(f"SELECT CAST(({col.default_expression}) AS {col.type})")[0][0]
+        value = f"CAST(({col.default_expression}) AS {col.type})"
+        try:
+            text = _as_text(parse_type(col.type), value)
+        except ValueError:
+            text = None
+        try:
+            if text is not None:
+                out[col.name] = DefaultText(client.execute(f"SELECT {text}")[0][0])
+            else:
+                out[col.name] = client.execute(f"SELECT {value}")[0][0]
+        except Exception:  # noqa: BLE001  (e.g. a type the driver cannot read: the server fills it)
+            continue
     return out
 
 
@@ -110,9 +148,15 @@ def compile_columns(
     features: ServerFeatures,
     unknown_keys: str = "ignore",
 ) -> ColumnMapper:
-    """The ColumnMapper of `columns` as read from the table (evaluates its constant DEFAULTs; raises SchemaError)."""
+    """The ColumnMapper of `columns` as read from the table (evaluates its constant DEFAULTs; raises SchemaError).
+
+    Each column is also tried on the driver, with the column writers a worker uses
+    (workers.clickhouse.native): a type it cannot write is found here, not at the first insert.
+    """
+    native.install()
     return compile_mapper(
-        table, columns, overrides, features, constant_defaults(client, columns), unknown_keys, server_timezone(client)
+        table, columns, overrides, features, constant_defaults(client, columns), unknown_keys, server_timezone(client),
+        writable=native.write_problem,
     )
 
 

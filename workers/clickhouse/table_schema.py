@@ -35,7 +35,7 @@ from functools import partial
 from itertools import count
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
-from workers.clickhouse import faults, indoubt, sink
+from workers.clickhouse import faults, indoubt, native, sink
 from workers.clickhouse.schema import ColumnMapper, SchemaError, ServerFeatures, TableColumn
 
 log = logging.getLogger(__name__)
@@ -167,6 +167,12 @@ class TableSchema:
         old = self.current
         self.current = SchemaVersion(columns, mapper, digest)
         self._unmappable = None
+        for col in mapper.unsupported:  # once per version: a version is compiled once
+            log.warning(
+                "pipeline %s: table %s (schema %s) column %s %s is left to the server: %s; "
+                "messages carrying it are dead-lettered (unsupported_type)",
+                self.pipeline, self.table, digest, col.name, col.type, col.why, extra={"pipeline": self.pipeline},
+            )
         log.debug(
             "pipeline %s: table %s read (%s): schema %s", self.pipeline, self.table, why, digest,
             extra={"pipeline": self.pipeline},
@@ -242,7 +248,8 @@ class TableSchema:
         while True:
             try:
                 refused = faults.isolate_bad_rows(
-                    partial(insert, mapper.column_names), columns, len(row_msgs), partial(self._check, mapper)
+                    partial(insert, mapper.column_names), columns, len(row_msgs), partial(self._check, mapper),
+                    partial(self._writable, mapper),
                 )
                 break
             except faults.TableChanged as change:
@@ -278,6 +285,23 @@ class TableSchema:
             return  # the server cannot be read now: the insert's own error decides
         if self.mapper is not mapper:
             raise faults.TableChanged()
+
+
+    def _writable(self, mapper: ColumnMapper, columns: list[list]) -> None:
+        """After the client library failed to write a batch: is there a column no row of which it can write?
+
+        Raises ColumnUnwritable naming it (the pipeline pauses; nothing is dead-lettered).
+        A column only some rows of which fail is left to the bisection (those rows' problem).
+        """
+        for name, type_text, values in zip(mapper.column_names, mapper.column_types, columns, strict=True):
+            if not values or native.write_problem(type_text, values) is None:
+                continue
+            first = native.write_problem(type_text, values[:1])
+            if first is not None and all(native.write_problem(type_text, [v]) for v in values[1:]):
+                raise faults.ColumnUnwritable(
+                    f"table {self.table}: the client library cannot write column {name} of type {type_text} "
+                    f"({first}); no row is dead-lettered"
+                )
 
 
 class SchemaWatch:

@@ -35,6 +35,32 @@ if TYPE_CHECKING:  # only its attributes are read
 
 
 @dataclass(frozen=True)
+class DefaultText:
+    """A constant DEFAULT as the server's text of it (a string, or lists of strings, or None),
+    which the column's converter reads: exact where the driver's own reading of the value is not."""
+
+    value: Any
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """A column the mapper does not insert, and what a document that carries its field is told."""
+
+    name: str
+    reason: str  # the dead-letter reason for such a document
+    detail: str
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    """A column whose type jetsink cannot insert: the server fills it (its DEFAULT, or NULL)."""
+
+    name: str
+    type: str
+    why: str
+
+
+@dataclass(frozen=True)
 class TableColumn:
     """One row of ``system.columns`` for the target table."""
 
@@ -54,6 +80,7 @@ class _Plan:
     """How one inserted column is filled from a document."""
 
     name: str
+    type: str
     path: tuple[str, ...]
     convert: Callable[[Any], Any]
     fast: tuple | None
@@ -83,15 +110,19 @@ class ColumnMapper:
         self,
         table: str,
         plans: Sequence[_Plan],
-        server_filled: Sequence[tuple[str, str]],
+        left_out: Sequence[LeftOut],
         unknown_keys: "_UnknownKeys | None" = None,
+        unsupported: Sequence[Unsupported] = (),
     ):
         self.table = table
         self._plans = tuple(plans)
-        # Columns left to the server's DEFAULT; a document carrying one is refused.
-        self._server_filled = tuple(server_filled)
+        # Columns left to the server (a non-constant DEFAULT, a type jetsink cannot insert);
+        # a document carrying one is refused rather than silently losing the value.
+        self._left_out = tuple(left_out)
         self._unknown_keys = unknown_keys  # None: keys that match no column are ignored
+        self.unsupported = tuple(unsupported)
         self.column_names: tuple[str, ...] = tuple(p.name for p in self._plans)
+        self.column_types: tuple[str, ...] = tuple(p.type for p in self._plans)
         # The top-level keys the columns read, fetched together in one pass over the
         # documents (one itemgetter call per document, not one dict.get per column).
         self._top_keys = tuple(dict.fromkeys(p.path[0] for p in self._plans))
@@ -121,15 +152,11 @@ class ColumnMapper:
             return [[] for _ in self._plans], failures
 
         bad: dict[int, MappingError] = {}  # position in objs -> first error, in column order
-        for name, expression in self._server_filled:
-            if any(map(dict.__contains__, objs, repeat(name))):
+        for out in self._left_out:
+            if any(map(dict.__contains__, objs, repeat(out.name))):
                 for i, d in enumerate(objs):
-                    if name in d and i not in bad:
-                        bad[i] = MappingError(
-                            "invalid_value",
-                            f"column {name}: the field is sent but the column is filled by the server "
-                            f"(DEFAULT {expression}); add a columns override for {name} to insert it",
-                        )
+                    if out.name in d and i not in bad:
+                        bad[i] = MappingError(out.reason, out.detail)
         # Only exact dicts (all of orjson's) go through itemgetter: it would honour a
         # subclass's __getitem__ (a defaultdict's, say), which dict.get never calls.
         top = self._top_fields(objs) if origin is None else None
@@ -277,6 +304,7 @@ def compile_mapper(
     constant_defaults: Mapping[str, Any] = MappingProxyType({}),
     unknown_keys: str = "ignore",
     server_timezone: str | None = None,
+    writable: Callable[[str, list], str | None] | None = None,
 ) -> ColumnMapper:
     """Compile the strict mapping of JSON documents onto ``table`` (raises SchemaError listing every problem).
 
@@ -286,6 +314,12 @@ def compile_mapper(
     DEFAULT is a constant to its value as clickhouse-driver returns it.  ``unknown_keys``
     is the pipeline's "ignore" | "dead_letter"; ``server_timezone`` reads date-times
     without offset in columns that declare no zone, as the server itself does.
+
+    A column whose type cannot be inserted (jetsink has no converter for it, or
+    ``writable(type, values)``, the client library's answer, says why it cannot write it)
+    is left to the server when it has a DEFAULT or is Nullable (listed in the mapper's
+    ``unsupported``; a document carrying its field is refused as ``unsupported_type``),
+    and is a problem otherwise.  An override naming it is always a problem.
     """
     problems: list[str] = []
     if unknown_keys not in ("ignore", "dead_letter"):
@@ -310,7 +344,8 @@ def compile_mapper(
             override_of[name] = o
 
     plans: list[_Plan] = []
-    server_filled: list[tuple[str, str]] = []
+    left_out: list[LeftOut] = []
+    unsupported: list[Unsupported] = []
     for col in columns:
         where = f"table {table} column {col.name}"
         kind = col.default_kind or ""
@@ -320,13 +355,6 @@ def compile_mapper(
             problems.append(f"{where}: unknown default kind {kind!r}")
             continue
         o = override_of.get(col.name)
-        server_default = kind in ("DEFAULT", "EPHEMERAL") and bool(col.default_expression) and (
-            col.name not in constant_defaults
-        )
-        if server_default and o is None:
-            server_filled.append((col.name, col.default_expression))
-            continue
-
         epoch_unit = getattr(o, "epoch_unit", "s") if o is not None else "s"
         if epoch_unit not in ("s", "ms"):
             problems.append(f"{where}: epoch_unit must be 's' or 'ms', got {epoch_unit!r}")
@@ -334,8 +362,35 @@ def compile_mapper(
         try:
             timezone = getattr(o, "timezone", None) if o is not None else None
             conv = compile_type(col.type, features, epoch_unit, where, timezone, server_timezone)
+            why = None if writable is None else writable(col.type, [conv.zero])
+            if why is not None:
+                raise SchemaError(f"{where}: type {col.type}: the client library cannot write it ({why})")
         except SchemaError as e:
-            problems.extend(e.problems)
+            if o is not None:  # the column was asked for by name: it must work
+                problems.extend(e.problems)
+                continue
+            why = "; ".join(p.removeprefix(f"{where}: ") for p in e.problems)
+            if kind in ("DEFAULT", "EPHEMERAL") or _nullable(col.type):
+                unsupported.append(Unsupported(col.name, col.type, why))
+                left_out.append(LeftOut(
+                    col.name, "unsupported_type",
+                    f"column {col.name}: the field is sent, but jetsink cannot insert {col.type} ({why}); "
+                    "the column is left to the server",
+                ))
+            else:
+                problems.append(
+                    f"{where}: {why}; it has no DEFAULT and is not Nullable, so no row can be inserted without it"
+                )
+            continue
+        # EPHEMERAL columns exist to be inserted into (other columns' DEFAULTs read them):
+        # they always take the message's value; only a plain DEFAULT is left to the server.
+        server_default = bool(col.default_expression) and col.name not in constant_defaults
+        if kind == "DEFAULT" and server_default and o is None:
+            left_out.append(LeftOut(
+                col.name, "invalid_value",
+                f"column {col.name}: the field is sent but the column is filled by the server "
+                f"(DEFAULT {col.default_expression}); add a columns override for {col.name} to insert it",
+            ))
             continue
 
         path = tuple(getattr(o, "path", None) or ()) if o is not None else ()
@@ -353,10 +408,16 @@ def compile_mapper(
                 problems.append(f"{where}: default {show(getattr(o, 'default', None))}{e.where}: {e.message}")
         elif kind in ("DEFAULT", "EPHEMERAL") and col.name in constant_defaults:
             missing_value = constant_defaults[col.name]
+            if type(missing_value) is DefaultText:
+                try:
+                    missing_value = conv.convert(missing_value.value)
+                except Rejected as e:
+                    problems.append(f"{where}: DEFAULT {col.default_expression} ({show(missing_value.value)})"
+                                    f"{e.where}: {e.message}")
         elif server_default:
             missing_error = (
                 "missing_required",
-                f"column {col.name}: field {shown_path!r} is missing and the server DEFAULT "
+                f"column {col.name}: field {shown_path!r} is missing and the server {kind} "
                 f"{col.default_expression} cannot be applied per row; send it or give the override a default",
             )
         else:
@@ -365,6 +426,7 @@ def compile_mapper(
         plans.append(
             _Plan(
                 name=col.name,
+                type=col.type,
                 path=path,
                 convert=conv.convert,
                 fast=conv.fast,
@@ -376,11 +438,17 @@ def compile_mapper(
         )
 
     if not plans and not problems:
-        problems.append(f"table {table}: has no column that can be inserted")
+        why = "".join(f"; column {u.name} {u.why}" for u in unsupported)
+        problems.append(f"table {table}: has no column that can be inserted{why}")
     if problems:
         raise SchemaError(problems)
     checker = None
     if unknown_keys == "dead_letter":
-        paths = [p.path for p in plans] + [(name,) for name, _ in server_filled]
+        paths = [p.path for p in plans] + [(out.name,) for out in left_out]
         checker = _UnknownKeys(table, _key_tree(paths))
-    return ColumnMapper(table, plans, server_filled, checker)
+    return ColumnMapper(table, plans, left_out, checker, unsupported)
+
+
+def _nullable(type_text: str) -> bool:
+    """Whether an omitted column of this type holds "no value" (NULL, an empty object), not a made-up one."""
+    return type_text.startswith(("Nullable(", "LowCardinality(Nullable(", "Variant(", "Dynamic", "JSON", "Object("))
