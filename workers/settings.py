@@ -220,6 +220,10 @@ class Pipeline:
     unknown_keys: str = key(
         Choice("ignore", "dead_letter"), "JSON keys that match no column: `ignore` them, or dead-letter the message "
         "(reason `unknown_key`, naming the key).", "ignore")
+    objects_as_strings: bool = key(
+        Bool(), "A JSON object or array sent for a `String` column (also inside Array, Map, Tuple, Nullable) is "
+        "stored as its compact JSON text, as ClickHouse's own `input_format_json_read_objects_as_strings` does; "
+        "`false` dead-letters it (`wrong_type`).", True)
     delivery: str = key(
         Choice("exactly_once", "at_least_once"), "What a crash may leave behind: nothing twice (a per-partition "
         "commit state in a KV bucket), or duplicates of what was inserted but not acked. See [delivery](#delivery).",

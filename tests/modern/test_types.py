@@ -134,3 +134,32 @@ MAPS: list[tuple[str, list[tuple[str, str | None]]]] = [
 @pytest.mark.parametrize("type_text, values", MAPS, ids=[t for t, _ in MAPS])
 def test_maps_and_tuples_of_any_value_type(modern, type_text, values):
     test_stored_as_clickhouse_parses_it(modern, type_text, values)
+
+
+def test_objects_as_strings_hold_the_json_value_clickhouse_stores(modern):
+    ddl = "id UInt32, s String, a Array(String), n Nullable(String)"
+    ours, theirs = modern.create("ours", ddl), modern.create("theirs", ddl)
+    texts = [
+        '{"id": 0, "s": {"b": [1, 2.5, null, true, "x"], "a": {"é": "\\u00e9"}}, "a": ["x", {"k": []}], "n": [1]}',
+        '{"id": 1, "s": [], "a": [[]], "n": {}}',
+        '{"id": 2, "s": "plain", "a": [], "n": null}',
+    ]
+    assert modern.store(ours, texts) == {}
+    modern.parse(theirs, texts)
+    for a, b in zip(modern.rows(ours), modern.rows(theirs), strict=True):
+        # The same JSON value; ClickHouse keeps the bytes sent, jetsink orjson's compact spelling.
+        for column in ("s", "n"):
+            assert (a[column] is None and b[column] is None) or (
+                a[column] == b[column] or orjson.loads(a[column]) == orjson.loads(b[column])
+            )
+        assert [orjson.loads(x) if x[:1] in "[{" else x for x in a["a"]] == [
+            orjson.loads(x) if x[:1] in "[{" else x for x in b["a"]
+        ]
+    assert modern.rows(ours)[0]["s"] == '{"b":[1,2.5,null,true,"x"],"a":{"é":"é"}}'
+
+
+def test_objects_as_strings_false_dead_letters_them(modern):
+    table = modern.create("t", "id UInt32, s String")
+    failures = modern.store(table, ['{"id": 0, "s": {"a": 1}}', '{"id": 1, "s": "x"}'], objects_as_strings=False)
+    assert [r for r, _ in failures.values()] == ["wrong_type"]
+    assert modern.rows(table) == [{"id": 1, "s": "x"}]

@@ -7,6 +7,7 @@ from uuid import UUID
 from hypothesis import given
 from hypothesis import strategies as st
 from schema_cases import (
+    MODERN,
     assert_column_as_per_value,
     by_map_rows,
     conv,
@@ -137,3 +138,27 @@ def test_fixed_string_column_fast_path_is_the_per_value_converter():
     assert_column_as_per_value("LowCardinality(FixedString(2))", good, bad)
     for b in ["abc", "é", 5, None]:
         assert fast_column("FixedString(2)", ["DE", b]) is None  # non-ASCII text is measured value by value
+
+
+def test_objects_as_strings_store_the_compact_json_text():
+    from workers.clickhouse.schema import TableColumn, compile_mapper
+
+    columns = [TableColumn("s", "String"), TableColumn("a", "Array(String)"), TableColumn("n", "Nullable(String)"),
+               TableColumn("m", "Map(String, String)")]
+    mapper = compile_mapper("t", columns, [], MODERN, objects_as_strings=True)
+    doc = {"s": {"b": [1, 2.5, None, True], "a": "é"}, "a": ["x", {"k": []}, [1]], "n": [], "m": {"k": {"z": 1}}}
+    cols, failures = mapper.map_rows([doc, {"s": "plain", "a": [], "n": None, "m": {}}])
+    assert failures == []
+    assert cols == [
+        ['{"b":[1,2.5,null,true],"a":"é"}', "plain"],
+        [["x", '{"k":[]}', "[1]"], []],
+        ["[]", None],
+        [{"k": '{"z":1}'}, {}],
+    ]
+    _, failures = mapper.map_rows([{"s": 5}, {"s": None}, {"s": True}])
+    assert [e.reason for _, e in failures] == ["wrong_type"] * 3  # numbers and booleans are not text
+
+
+def test_without_objects_as_strings_an_object_is_wrong_type():
+    assert "got JSON object" in rejects("String", {"a": 1}, "wrong_type")
+    assert "got JSON array" in rejects("Array(String)", [["x"]], "wrong_type")

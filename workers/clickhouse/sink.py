@@ -128,16 +128,18 @@ def build_mapper(
     overrides: Sequence[Any],
     features: ServerFeatures,
     unknown_keys: str = "ignore",
+    objects_as_strings: bool = True,
 ) -> ColumnMapper:
     """Read the table's schema and compile its ColumnMapper (raises SchemaError / LookupError).
 
-    ``unknown_keys`` is the pipeline's setting: "ignore" or "dead_letter" documents with keys no column reads.
+    ``unknown_keys`` is the pipeline's setting: "ignore" or "dead_letter" documents with keys no column reads;
+    ``objects_as_strings`` the pipeline's too (String columns store JSON objects and arrays as their text).
     """
     columns = table_columns(client, table, database)
     if not columns:
         db, name = split_table(table, database)
         raise LookupError(f"table {db}.{name} does not exist")
-    return compile_columns(client, table, columns, overrides, features, unknown_keys)
+    return compile_columns(client, table, columns, overrides, features, unknown_keys, objects_as_strings)
 
 
 def compile_columns(
@@ -147,6 +149,7 @@ def compile_columns(
     overrides: Sequence[Any],
     features: ServerFeatures,
     unknown_keys: str = "ignore",
+    objects_as_strings: bool = True,
 ) -> ColumnMapper:
     """The ColumnMapper of `columns` as read from the table (evaluates its constant DEFAULTs; raises SchemaError).
 
@@ -156,7 +159,7 @@ def compile_columns(
     native.install()
     return compile_mapper(
         table, columns, overrides, features, constant_defaults(client, columns), unknown_keys, server_timezone(client),
-        writable=native.write_problem,
+        writable=native.write_problem, objects_as_strings=objects_as_strings,
     )
 
 

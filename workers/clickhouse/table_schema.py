@@ -119,6 +119,7 @@ class TableSchema:
             partial(
                 sink.compile_columns, client, pipeline.table,
                 overrides=pipeline.columns, features=features, unknown_keys=pipeline.unknown_keys,
+                objects_as_strings=pipeline.objects_as_strings,
             ),
             report,
         )

@@ -37,6 +37,7 @@ from workers.clickhouse.schema.temporal import (
 )
 from workers.clickhouse.schema.text import (
     convert_string,
+    convert_string_or_json,
     enum_converter,
     fixed_string_converter,
     ipv4_converter,
@@ -49,9 +50,15 @@ class Builder:
     """Builds a converter for one column, collecting every problem instead of stopping at the first."""
 
     def __init__(
-        self, features: ServerFeatures, epoch_unit: str, timezone: str | None = None, server_timezone: str | None = None
+        self,
+        features: ServerFeatures,
+        epoch_unit: str,
+        timezone: str | None = None,
+        server_timezone: str | None = None,
+        objects_as_strings: bool = False,
     ):
         self.features = features
+        self.objects_as_strings = objects_as_strings
         self.epoch_unit = epoch_unit
         self.timezone = timezone  # the column override's, for strings without offset
         self.server_timezone = server_timezone
@@ -118,7 +125,9 @@ def _bool(b: Builder, t: ClickHouseType) -> Converter:
 
 
 def _string(b: Builder, t: ClickHouseType) -> Converter:
-    return b.plain(t, Converter(convert_string, "", fast=(frozenset({str}), None, None)))
+    # An all-string column keeps the fast path either way; objects and arrays go value by value.
+    convert = convert_string_or_json if b.objects_as_strings else convert_string
+    return b.plain(t, Converter(convert, "", fast=(frozenset({str}), None, None)))
 
 
 def _fixed_string(b: Builder, t: ClickHouseType) -> Converter:
@@ -257,13 +266,16 @@ def build_converter(
     epoch_unit: str = "s",
     timezone: str | None = None,
     server_timezone: str | None = None,
+    objects_as_strings: bool = False,
 ) -> Callable[[Any], Any]:
     """A strict JSON-value -> driver-value function for one ClickHouse type.
 
     Raises SchemaError if the type is unsupported (by us or by the server); the
     returned function raises MappingError(reason, detail) for values it refuses.
     """
-    converter = compile_type(type_text, features, epoch_unit, f"type {type_text}", timezone, server_timezone)
+    converter = compile_type(
+        type_text, features, epoch_unit, f"type {type_text}", timezone, server_timezone, objects_as_strings
+    )
     inner = converter.convert
 
     def convert(value: Any) -> Any:
@@ -282,17 +294,19 @@ def compile_type(
     where: str,
     timezone: str | None = None,
     server_timezone: str | None = None,
+    objects_as_strings: bool = False,
 ) -> Converter:
     """The converter of one column's type; SchemaError listing every problem found in it.
 
     ``timezone`` (a column override) reads date-times without offset, before the
     column's own zone and ``server_timezone``; it is an error on a type without date-times.
+    ``objects_as_strings``: String takes a JSON object or array as its compact JSON text.
     """
     try:
         node = parse_type(type_text)
     except ValueError as e:
         raise SchemaError(f"{where}: cannot parse type {type_text!r}: {e}") from None
-    builder = Builder(features, epoch_unit, timezone, server_timezone)
+    builder = Builder(features, epoch_unit, timezone, server_timezone, objects_as_strings)
     converter = builder.build(node)
     if timezone is not None and not builder.timezone_used:
         builder.problems.append(f"the timezone override applies to DateTime and DateTime64 only, not {node.name}")

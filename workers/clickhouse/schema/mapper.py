@@ -305,6 +305,7 @@ def compile_mapper(
     unknown_keys: str = "ignore",
     server_timezone: str | None = None,
     writable: Callable[[str, list], str | None] | None = None,
+    objects_as_strings: bool = False,
 ) -> ColumnMapper:
     """Compile the strict mapping of JSON documents onto ``table`` (raises SchemaError listing every problem).
 
@@ -320,6 +321,7 @@ def compile_mapper(
     is left to the server when it has a DEFAULT or is Nullable (listed in the mapper's
     ``unsupported``; a document carrying its field is refused as ``unsupported_type``),
     and is a problem otherwise.  An override naming it is always a problem.
+    ``objects_as_strings`` is the pipeline's: String columns take JSON objects and arrays as their text.
     """
     problems: list[str] = []
     if unknown_keys not in ("ignore", "dead_letter"):
@@ -361,7 +363,7 @@ def compile_mapper(
             epoch_unit = "s"
         try:
             timezone = getattr(o, "timezone", None) if o is not None else None
-            conv = compile_type(col.type, features, epoch_unit, where, timezone, server_timezone)
+            conv = compile_type(col.type, features, epoch_unit, where, timezone, server_timezone, objects_as_strings)
             why = None if writable is None else writable(col.type, [conv.zero])
             if why is not None:
                 raise SchemaError(f"{where}: type {col.type}: the client library cannot write it ({why})")

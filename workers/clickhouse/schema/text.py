@@ -10,6 +10,8 @@ from operator import lshift, or_
 from typing import Any, Sequence
 from uuid import UUID, SafeUUID
 
+import orjson
+
 from workers.clickhouse.schema.converter import ONLY_STR, Converter
 from workers.clickhouse.schema.errors import Rejected, show, wrong_type
 
@@ -18,6 +20,16 @@ def convert_string(v: Any) -> str:
     if type(v) is str:
         return v
     raise wrong_type("a string", v)
+
+
+def convert_string_or_json(v: Any) -> str:
+    """A string, or a JSON object or array as its compact JSON text (the same JSON value, orjson's spelling)."""
+    t = type(v)
+    if t is str:
+        return v
+    if t is dict or t is list:
+        return orjson.dumps(v).decode()
+    raise wrong_type("a string, object or array", v)
 
 
 def fixed_string_converter(n: int) -> Converter:
