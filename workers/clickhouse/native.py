@@ -50,13 +50,16 @@ from clickhouse_driver import defines
 from clickhouse_driver.bufferedwriter import BufferedSocketWriter
 from clickhouse_driver.columns import service
 from clickhouse_driver.columns.arraycolumn import ArrayColumn
+from clickhouse_driver.columns.base import Column
 from clickhouse_driver.columns.datetimecolumn import DateTimeColumn
+from clickhouse_driver.columns.intcolumn import Int32Column, Int64Column, UInt16Column
 from clickhouse_driver.columns.mapcolumn import MapColumn
 from clickhouse_driver.columns.stringcolumn import FixedString
 from clickhouse_driver.columns.tuplecolumn import TupleColumn
 from clickhouse_driver.columns.uuidcolumn import UUIDColumn
 from clickhouse_driver.connection import ServerInfo
 from clickhouse_driver.context import Context
+from clickhouse_driver.writer import write_binary_uint64
 
 from workers.clickhouse.schema.parser import ClickHouseType, parse_type, type_text
 
@@ -212,6 +215,27 @@ class TupleColumnOfAnySize(TupleColumn):
         super().write_data(items, buf)
 
 
+# BFloat16: the upper half of a Float32's bits; Time: Int32 seconds; Time64(P): Int64 ticks.
+_AS_INTEGERS = {"BFloat16": UInt16Column, "Time": Int32Column, "Time64": Int64Column}
+
+
+class JsonAsStringColumn(Column):
+    """JSON(...) written as one JSON document per row: the serialization version 1 (``STRING``)
+    the server also writes under ``output_format_native_write_json_as_string``.  The server
+    parses each document with its own JSON parser, so the column's parameters (typed paths,
+    SKIP, max_dynamic_paths) apply as to the same document sent as text.  The driver's own
+    JSON writer infers the paths' types itself and ignores typed paths and limits."""
+
+    py_types = (bytes,)
+    null_value = b"{}"
+
+    def write_state_prefix(self, buf, items=None):
+        write_binary_uint64(1, buf)  # ObjectSerializationVersion::STRING
+
+    def write_items(self, items, buf):
+        buf.write_strings(items)  # bytes: orjson's text of each object
+
+
 def _containers(stock):
     """The driver's ``get_column_by_spec``, with Map and Tuple columns built from a real parse of the type.
 
@@ -225,6 +249,11 @@ def _containers(stock):
     """
 
     def get_column_by_spec(spec, column_options, use_numpy=None):
+        if spec.startswith("JSON"):
+            return JsonAsStringColumn(**column_options)
+        plain = _AS_INTEGERS.get(spec.split("(", 1)[0])
+        if plain is not None:  # types the driver lacks, written as the integers they are stored as
+            return plain(**column_options)
         if not spec.startswith(("Map(", "Tuple(")):
             return stock(spec, column_options, use_numpy=use_numpy)
         t = parse_type(spec)

@@ -20,6 +20,7 @@ from workers.clickhouse.schema.containers import (
 from workers.clickhouse.schema.converter import Converter
 from workers.clickhouse.schema.errors import MappingError, Rejected, SchemaError
 from workers.clickhouse.schema.features import ServerFeatures, version_text
+from workers.clickhouse.schema.modern import bfloat16_converter, json_object_converter, time_converter
 from workers.clickhouse.schema.numeric import (
     DECIMAL_SIZES,
     INT_TYPES,
@@ -234,6 +235,37 @@ def _tuple(b: Builder, t: ClickHouseType) -> Converter:
     return tuple_converter(elements)
 
 
+def _json(b: Builder, t: ClickHouseType) -> Converter:
+    # Its parameters (settings, typed paths, SKIP) are the server's to apply: the text is parsed there.
+    return json_object_converter()
+
+
+def _bfloat16(b: Builder, t: ClickHouseType) -> Converter:
+    return b.plain(t, bfloat16_converter())
+
+
+def _time(b: Builder, t: ClickHouseType) -> Converter:
+    if t.name == "Time":
+        return b.plain(t, time_converter(None))
+    if len(t.args) != 1 or not isinstance(t.args[0], int) or not 0 <= t.args[0] <= 9:
+        return b.unsupported(t, "needs a precision 0..9")
+    return time_converter(t.args[0])
+
+
+def _nested(b: Builder, t: ClickHouseType) -> Converter:
+    # A Nested column the server keeps whole (flatten_nested = 0) is Array(Tuple(...)) of its fields.
+    if not t.args or not all(isinstance(a, tuple) and isinstance(a[1], ClickHouseType) for a in t.args):
+        return b.unsupported(t, "needs named fields")
+    return array_converter(_tuple(b, ClickHouseType("Tuple", t.args)))
+
+
+def _simple_aggregate_function(b: Builder, t: ClickHouseType) -> Converter:
+    # Inserted as its value type T: the server aggregates when it merges.
+    if len(t.args) != 2 or not isinstance(t.args[1], ClickHouseType):
+        return b.unsupported(t, "needs a function and a type")
+    return b.build(t.args[1])
+
+
 _FACTORIES: Mapping[str, _Factory] = {
     **{name: _int for name in INT_TYPES},
     "Float32": _float,
@@ -257,6 +289,12 @@ _FACTORIES: Mapping[str, _Factory] = {
     "Array": _array,
     "Map": _map,
     "Tuple": _tuple,
+    "JSON": _json,
+    "BFloat16": _bfloat16,
+    "Time": _time,
+    "Time64": _time,
+    "Nested": _nested,
+    "SimpleAggregateFunction": _simple_aggregate_function,
 }
 
 

@@ -60,6 +60,23 @@ VERSION_TABLE: tuple[VersionRow, ...] = (
     ),
     VersionRow("DateTime64 1925..2283", (21, 4), "before: 1970..2105"),
     VersionRow("DateTime64 / Date32 1900..2299", (22, 8), "before: 1925..2283", key="widest_dates"),
+    # The rows below are tested on 26.9 only (its engine in process, tests/modern/); the
+    # versions are the first releases that have them without experimental settings.
+    VersionRow("EPHEMERAL columns", (22, 4), "take the message's value", key="ephemeral"),
+    VersionRow("Nested(...) kept whole (flatten_nested = 0), SimpleAggregateFunction(f, T)", None,
+               "an array of objects; inserted as T"),
+    VersionRow(
+        "JSON, JSON(max_dynamic_paths=N, path Type, SKIP path, ...)", (25, 3),
+        "an object, sent as its JSON text for the server's own parser (typed paths, SKIP and limits applied there)",
+        types=("JSON",),
+    ),
+    VersionRow("BFloat16", (24, 12), "numbers it holds exactly", types=("BFloat16",)),
+    VersionRow("Time, Time64(P)", (25, 6), "`\"[-]h:mm:ss[.f]\"`", types=("Time", "Time64")),
+    VersionRow(
+        "Variant(T1, ...), Dynamic", (25, 3),
+        "not inserted: left to the server (NULL or its DEFAULT); a message carrying one is `unsupported_type`",
+        types=("Variant", "Dynamic"),
+    ),
 )
 
 _TYPE_SINCE = {t: row.since for row in VERSION_TABLE if row.since is not None for t in row.types}
