@@ -72,7 +72,8 @@ DEFAULT_REPEATS = 15
 
 
 def demo_mapper() -> ColumnMapper:
-    return compile_mapper("events", DEMO_COLUMNS, DEMO_OVERRIDES, DEMO_FEATURES)
+    # objects_as_strings as a pipeline's default (workers/settings.py) compiles it.
+    return compile_mapper("events", DEMO_COLUMNS, DEMO_OVERRIDES, DEMO_FEATURES, objects_as_strings=True)
 
 
 def demo_block(rows: int, payload_bytes: int = DEFAULT_PAYLOAD_BYTES) -> tuple[tuple[str, ...], list[str], list[list]]:
