@@ -1,8 +1,8 @@
 """The map step of a partition's batch: parse the messages' JSON, map them to columns, and
 the dead letters for what cannot be stored (invalid JSON, a refused document, a message on
 its last delivery).  Pure functions of the batch, run in the insert thread
-(workers/partition.py calls them under the telemetry's map hook; workers/table_schema.py
-with the table's current mapper).
+(workers/partition/writer.py calls them under the telemetry's map hook;
+workers/clickhouse/table_schema.py with the table's current mapper).
 """
 
 from __future__ import annotations
