@@ -138,3 +138,21 @@ def test_unknown_keys_dead_letter(clickhouse_client, store):
     assert select(clickhouse_client, f"SELECT id, a FROM {table} ORDER BY id") == [(0, "x"), (2, "w")]  # last wins
     assert failures[1][0] == "unknown_key"
     assert "'typo'" in failures[1][1]
+
+
+def test_constant_defaults_are_stored_as_the_server_stores_them(clickhouse_client, store):
+    # A message without the fields, and a row the server fills itself: the same values
+    # (tests/modern/test_defaults.py does the same on 26.9 with DateTime64 and the newer types).
+    ddl = (
+        "id UInt32, d Decimal(18, 4) DEFAULT 1.5, "
+        "dec38 Decimal(38, 10) DEFAULT '-1234567890123456789012345678.0123456789', "
+        "u UUID DEFAULT '6f9619ff-8b86-d011-b42d-00c04fc964ff', e Enum8('a' = 1, 'b' = -2) DEFAULT 'b', "
+        "ad Array(Decimal(9, 2)) DEFAULT [1.5, -0.01], aa Array(Array(Enum8('x' = 1, 'y' = 2))) DEFAULT [['y'], []], "
+        "dt DateTime DEFAULT '2105-12-31 23:59:59', s String DEFAULT 'it''s', n Nullable(UInt8) DEFAULT 7, "
+        "dflt String DEFAULT concat(s, '!')"
+    )
+    table, failures = store(ddl, ['{"id": 0}'])
+    assert failures == {}
+    clickhouse_client.execute(f"INSERT INTO {table} (id) VALUES", [(1,)])
+    ours, theirs = select(clickhouse_client, f"SELECT * FROM {table} ORDER BY id")
+    assert ours[1:] == theirs[1:]
