@@ -86,3 +86,27 @@ def test_a_column_jetsink_cannot_insert_is_left_to_the_server(modern):
     assert {i: r for i, (r, _) in failures.items()} == {1: "unsupported_type"}
     assert "column v" in failures[1][1]
     assert modern.rows(table) == [{"id": 0, "v": None, "d": "x"}]
+
+
+def _datetime64_ends(precision: int) -> list[str]:
+    """The first and last instants of DateTime64(P) on 22.8+ (P = 9 ends where Int64 nanoseconds end)."""
+    tick = "0" * (precision - 1) + "1" if precision else ""
+    last = "9" * precision
+    first = f"1900-01-01 00:00:00{'.' + tick if precision else ''}"
+    end = "2262-04-11 23:47:16.854775807" if precision == 9 else f"2299-12-31 23:59:59{'.' + last if precision else ''}"
+    return [first, end]
+
+
+ENDS = [(p, text) for p in range(10) for text in _datetime64_ends(p)]
+
+
+@pytest.mark.parametrize("precision, text", ENDS, ids=[f"DateTime64({p}) {t}" for p, t in ENDS])
+def test_datetime64_defaults_of_every_precision_at_both_ends(modern, precision, text):
+    test_a_constant_default_is_stored_as_the_server_stores_it(modern, f"DateTime64({precision})", f"'{text}'")
+
+
+@pytest.mark.parametrize("precision, text", ENDS, ids=[f"DateTime64({p}) {t}" for p, t in ENDS])
+def test_datetime64_values_of_every_precision_at_both_ends(modern, precision, text):
+    from tests.modern.test_types import test_stored_as_clickhouse_parses_it
+
+    test_stored_as_clickhouse_parses_it(modern, f"DateTime64({precision})", [(f'"{text}"', None)])
