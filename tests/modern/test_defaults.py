@@ -50,6 +50,8 @@ DEFAULTS = [
     ("Map(String, UInt8)", "map('a', 1)"),
     ("Tuple(a Int8, b String)", "tuple(1, 'x')"),
     ("Array(Nullable(Int8))", "[1, NULL]"),
+    ("JSON", "'{\"a\": {\"b\": [1, 2]}, \"c\": \"x\"}'"),
+    ("JSON(a UInt8)", "'{}'"),
 ]
 
 

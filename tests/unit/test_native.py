@@ -520,3 +520,21 @@ def test_tuple_names_with_commas_and_parentheses():
     assert error is None
     assert b"".join(chunks) == b"".join(_write("Tuple(Int32, Map(String, Tuple(Int8, Int8)))", [(1, {"k": (1, 2)})],
                                                fast=True)[0])
+
+
+def test_json_is_written_as_one_document_per_row():
+    chunks, _, error = _write("JSON(a UInt8, SKIP b)", [b'{"a":1}', {}], fast=True)
+    assert error is None
+    assert b"".join(chunks) == (1).to_bytes(8, "little") + b'\x07{"a":1}' + b"\x02{}"
+    options = {"context": _context(), "types_check": False}
+    assert type(service.get_column_by_spec("JSON", options)) is native.JsonAsStringColumn
+
+
+@pytest.mark.parametrize("spec, items, raw", [
+    ("BFloat16", [0x3FC0], b"\xc0\x3f"),
+    ("Time", [-1], b"\xff\xff\xff\xff"),
+    ("Time64(3)", [1], (1).to_bytes(8, "little")),
+])
+def test_types_the_driver_lacks_are_their_integers(spec, items, raw):
+    chunks, _, error = _write(spec, items, fast=True)
+    assert error is None and b"".join(chunks) == raw

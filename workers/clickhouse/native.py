@@ -46,14 +46,15 @@ from operator import attrgetter, is_, not_
 from uuid import UUID
 
 import clickhouse_driver
+import orjson
 from clickhouse_driver import defines
 from clickhouse_driver.bufferedwriter import BufferedSocketWriter
 from clickhouse_driver.columns import service
 from clickhouse_driver.columns.arraycolumn import ArrayColumn
-from clickhouse_driver.columns.base import Column
 from clickhouse_driver.columns.datetimecolumn import DateTimeColumn
 from clickhouse_driver.columns.intcolumn import Int32Column, Int64Column, UInt16Column
 from clickhouse_driver.columns.mapcolumn import MapColumn
+from clickhouse_driver.columns.newjsoncolumn import NewJsonColumn
 from clickhouse_driver.columns.stringcolumn import FixedString
 from clickhouse_driver.columns.tuplecolumn import TupleColumn
 from clickhouse_driver.columns.uuidcolumn import UUIDColumn
@@ -219,21 +220,26 @@ class TupleColumnOfAnySize(TupleColumn):
 _AS_INTEGERS = {"BFloat16": UInt16Column, "Time": Int32Column, "Time64": Int64Column}
 
 
-class JsonAsStringColumn(Column):
-    """JSON(...) written as one JSON document per row: the serialization version 1 (``STRING``)
-    the server also writes under ``output_format_native_write_json_as_string``.  The server
-    parses each document with its own JSON parser, so the column's parameters (typed paths,
-    SKIP, max_dynamic_paths) apply as to the same document sent as text.  The driver's own
-    JSON writer infers the paths' types itself and ignores typed paths and limits."""
+class JsonAsStringColumn(NewJsonColumn):
+    """The driver's JSON column, written as one JSON document per row: the serialization
+    version 1 (``STRING``) the server also writes under ``output_format_native_write_json_as_string``.
 
-    py_types = (bytes,)
-    null_value = b"{}"
+    The server parses each document with its own JSON parser, so the column's parameters
+    (typed paths, SKIP, max_dynamic_paths) apply as to the same document sent as text;
+    the driver's own writer infers the paths' types itself and ignores typed paths and
+    limits.  Reading is the driver's.
+    """
+
+    prefix_needs_items = False  # the prefix is the version alone
 
     def write_state_prefix(self, buf, items=None):
         write_binary_uint64(1, buf)  # ObjectSerializationVersion::STRING
 
     def write_items(self, items, buf):
-        buf.write_strings(items)  # bytes: orjson's text of each object
+        # The converter's JSON texts (bytes); a NULL row's placeholder or a DEFAULT as the driver read it is an object.
+        if not set(map(type, items)) <= {bytes}:
+            items = [x if type(x) is bytes else orjson.dumps(x) for x in items]
+        buf.write_strings(items)
 
 
 def _containers(stock):
@@ -250,7 +256,9 @@ def _containers(stock):
 
     def get_column_by_spec(spec, column_options, use_numpy=None):
         if spec.startswith("JSON"):
-            return JsonAsStringColumn(**column_options)
+            return JsonAsStringColumn(
+                lambda inner: service.get_column_by_spec(inner, column_options, use_numpy=use_numpy), **column_options
+            )
         plain = _AS_INTEGERS.get(spec.split("(", 1)[0])
         if plain is not None:  # types the driver lacks, written as the integers they are stored as
             return plain(**column_options)
