@@ -18,6 +18,7 @@ from io import BytesIO
 from typing import Any, Sequence
 
 from clickhouse_driver import defines
+from clickhouse_driver import errors as ch
 from clickhouse_driver.block import ColumnOrientedBlock
 from clickhouse_driver.bufferedwriter import BufferedSocketWriter
 from clickhouse_driver.connection import ServerInfo
@@ -28,6 +29,7 @@ from clickhouse_driver.util.escape import escape_params
 from clickhouse_driver.util.helpers import column_chunks
 from clickhouse_driver.varint import read_varint
 
+_CODE = re.compile(r"Code: (\d+)\.")
 _INSERT = re.compile(r"INSERT INTO (?P<table>\S+) \((?P<columns>.*)\) VALUES\Z", re.S)
 _IDENT = re.compile(r"`((?:[^`\\]|\\.)*)`")
 
@@ -111,6 +113,12 @@ def read_native(ctx: Context, data: bytes) -> list[tuple]:
     return rows
 
 
+def _server_error(exc: Exception) -> Exception:
+    """chdb's error as the driver raises a server's: ServerException with its code (what faults.classify reads)."""
+    m = _CODE.search(str(exc))
+    return ch.ServerException(str(exc), code=int(m.group(1))) if m else exc
+
+
 class ChdbClient:
     """``execute`` as clickhouse_driver.Client's, on a chdb session (the calls jetsink's sink makes)."""
 
@@ -132,7 +140,10 @@ class ChdbClient:
             return self._insert(ctx, insert.group("table"), _IDENT.findall(insert.group("columns")), params, columnar)
         if params:
             query = query % escape_params(params, ctx)
-        data = self.session.query(query, "Native").bytes()
+        try:
+            data = self.session.query(query, "Native").bytes()
+        except Exception as exc:
+            raise _server_error(exc) from None
         return read_native(ctx, data)
 
     def _insert(self, ctx: Context, table: str, names: list[str], data: list, columnar: bool) -> int:
@@ -147,8 +158,11 @@ class ChdbClient:
             block = native_block(ctx, with_types, chunk)
             self.inserts.append(block)
             cols = ", ".join(f"`{n}`" for n in names)
-            inserter = self.session.send_insert(f"INSERT INTO {table} ({cols})", "Native")
-            inserter.append(block)
-            inserter.finish()
+            try:
+                inserter = self.session.send_insert(f"INSERT INTO {table} ({cols})", "Native")
+                inserter.append(block)
+                inserter.finish()
+            except Exception as exc:
+                raise _server_error(exc) from None
             inserted += len(chunk[0]) if chunk else 0
         return inserted

@@ -230,3 +230,21 @@ def test_cases_cover_every_type_jetsink_builds():
 
     covered = {n for t, _ in CASES + MAPS + NEWER for n in names(parse_type(t))}
     assert set(_FACTORIES) - covered == set()
+
+
+def test_a_value_a_json_typed_path_refuses_is_a_row_the_server_refuses(modern):
+    from workers.clickhouse import faults, sink
+
+    table = modern.create("t", "id UInt32, j JSON(a UInt8)")
+    mapper = modern.mapper(table)
+    texts = ['{"id": 0, "j": {"a": 1}}', '{"id": 1, "j": {"a": 300}}', '{"id": 2, "j": {"a": "x"}}',
+             '{"id": 3, "j": {}}']
+    columns, failures = mapper.map_rows([orjson.loads(t) for t in texts])
+    assert failures == []  # the typed path is the server's to apply
+
+    def insert(part):
+        sink.insert(modern.client, table, modern.database, mapper.column_names, part)
+
+    refused = faults.isolate_bad_rows(insert, columns, len(texts))
+    assert [(i, getattr(e, "code", None)) for i, e in refused] == [(1, 117), (2, 117)]  # INCORRECT_DATA: dead letters
+    assert modern.rows(table) == [{"id": 0, "j": {"a": 1}}, {"id": 3, "j": {"a": 0}}]
