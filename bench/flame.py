@@ -48,15 +48,15 @@ def top_functions(raw_text: str, limit: int = 15) -> list[dict]:
 # stack: a frame is "function (file:line)" as py-spy writes it.  The serialisation runs
 # inside the insert call and the batching inside the protocol read, so those come first.
 WORKER_PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("serialise (clickhouse-driver, workers/native.py)", ("BlockOutputStream.write (", "write_column (")),
+    ("serialise (clickhouse-driver, workers/clickhouse/native.py)", ("BlockOutputStream.write (", "write_column (")),
     ("insert: send and wait for ClickHouse", ("Client.execute (", "send_insert (")),
     ("map (ColumnMapper)", ("ColumnMapper.map_rows (",)),
     ("parse JSON (orjson.loads)", ("_loads_all (",)),
-    ("prepare, other (redelivery scan, dead letters)", ("prepare (workers/partition.py",)),
-    ("batching", ("PartitionRunner._on_msgs (", "Batch.extend (")),
-    ("intake: NATS protocol read (workers/wire.py)", ("BulkParser.parse (",)),
+    ("prepare, other (redelivery scan, dead letters)", ("prepare (workers/partition/prepare.py",)),
+    ("batching", ("Fetcher._on_msgs (", "Batch.extend (")),
+    ("intake: NATS protocol read (workers/nats/wire.py)", ("BulkParser.parse (",)),
     ("intake: socket reads", ("_read_ready (", "_read_ready__data_received (", "StreamReader.read (")),
-    ("ack", ("PartitionRunner._ack (", "PartitionRunner._settle (")),
+    ("ack", ("Storer._ack (", "Storer._settle (")),
     # On loopback the kernel delivers what a send() carries, and may process arriving
     # packets, in the sender's time slice: this grows with the bytes received, not sent.
     (
@@ -64,7 +64,7 @@ WORKER_PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("_SelectorSocketTransport.write (", "WriteTransport.writelines ("),
     ),
     ("epoll (waking up for sockets and the insert thread)", ("EpollSelector.select (",)),
-    ("telemetry", ("(workers/telemetry.py:",)),
+    ("telemetry", ("(workers/observability/telemetry.py:",)),
     # What is left in the insert thread: taking work, handing results back, freeing batches.
     ("insert thread: hand-offs, freeing batches", ("_WorkItem.run (", "_worker (", "call_soon_threadsafe (")),
     ("event loop, other", ("BaseEventLoop._run_once (",)),

@@ -1,6 +1,6 @@
 """The tables' schema versions as the workers read them: each change logged once, counted, shown by `status`.
 
-Every worker reads its pipelines' tables on its own (workers/table_schema.py) and
+Every worker reads its pipelines' tables on its own (workers/clickhouse/table_schema.py) and
 reports each read: {"op": "schema", "pipeline", "table", "digest", "read_at", "problem",
 and "columns" the first time it reports a digest}. Several workers see the same change,
 at slightly different times; the book keeps one version per pipeline and logs a

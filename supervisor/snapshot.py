@@ -35,7 +35,7 @@ Snapshot schema (plain JSON-friendly data):
             "events/0": {"consumed": int, "inserted": int, "dead_lettered": int,
                          "batches": int, "insert_retries": int,
                          "last_batch_at": float, "pending": int, "skipped_duplicates": int,
-                         "in_doubt_acked": int, "in_doubt_landed": int,   # workers/partition.py
+                         "in_doubt_acked": int, "in_doubt_landed": int,   # workers/partition/stats.py
                          "in_doubt_not_landed": int, "in_doubt_resent": int, ...},  # PartitionStats
           },
           "telemetry_dropped": {"traces": int, "metrics": int, "logs": int},  # OTLP endpoint down

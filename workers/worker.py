@@ -7,7 +7,7 @@ and talks to it over a pipe with small dict messages:
                            {"op": "drain"}, {"op": "refresh_schema"} (read every table again now)
     worker -> supervisor   {"op": "ready"}, {"op": "assigned"|"released", "partitions": [...]},
                            {"op": "stats", ...}, {"op": "drained"},
-                           {"op": "schema", ...} after each read of a table (workers/table_schema.py)
+                           {"op": "schema", ...} after each read of a table (workers/clickhouse/table_schema.py)
 
 Every control message may carry "traceparent": the supervisor span that caused it.
 Liveness is a heartbeat the event loop writes into shared memory: if the loop is
@@ -39,7 +39,8 @@ from workers.observability.logs import setup_logging
 from workers.observability.profiling import memory_profile
 from workers.observability.telemetry import Telemetry
 from workers.observability.telemetry import setup as setup_telemetry
-from workers.partition.runner import PartitionRunner, PartitionTarget
+from workers.partition.prepare import PartitionTarget
+from workers.partition.runner import PartitionRunner
 from workers.settings import Config, profiles_dir
 from workers.topology import consumer_name
 
@@ -312,7 +313,7 @@ def main(slot: int, config: Config, conn: Any, heartbeat: Any) -> None:
     # clickhouse-driver's column writers without their per-row Python loops (same bytes).
     native.install()
     try:
-        # With profiling.memory, the whole worker runs under memray (workers/profiling.py).
+        # With profiling.memory, the whole worker runs under memray (workers/observability/profiling.py).
         with memory_profile(profiles_dir(config), slot, config.observability.profiling.memory):
             code = asyncio.run(Worker(slot, config, conn, heartbeat, telemetry).run())
     except Exception:

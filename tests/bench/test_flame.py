@@ -35,21 +35,22 @@ def test_top_functions_rank_by_self_time():
 
 WORKER_RAW = (
     "thread (1): MainThread;BaseEventLoop._run_once (asyncio/base_events.py:1);"
-    "_SelectorSocketTransport._read_ready (asyncio/selector_events.py:2);BulkParser.parse (workers/wire.py:81) 40\n"
+    "_SelectorSocketTransport._read_ready (asyncio/selector_events.py:2);"
+    "BulkParser.parse (workers/nats/wire.py:81) 40\n"
     "thread (1): MainThread;BaseEventLoop._run_once (asyncio/base_events.py:1);"
-    "BulkParser.parse (workers/wire.py:112);BulkParser._dispatch (workers/wire.py:150);"
-    "PartitionRunner._on_msgs (workers/partition.py:261) 5\n"
+    "BulkParser.parse (workers/nats/wire.py:112);BulkParser._dispatch (workers/nats/wire.py:150);"
+    "Fetcher._on_msgs (workers/partition/fetcher.py:261) 5\n"
     "thread (1): MainThread;BaseEventLoop._run_once (asyncio/base_events.py:1);"
     "_SelectorSocketTransport._read_ready (asyncio/selector_events.py:2) 5\n"
-    "thread (2): insert-0;_WorkItem.run (concurrent/futures/thread.py:58);prepare (workers/partition.py:98);"
-    "_loads_all (workers/partition.py:120) 20\n"
-    "thread (2): insert-0;_WorkItem.run (concurrent/futures/thread.py:58);prepare (workers/partition.py:120);"
-    "ColumnMapper.map_rows (workers/schema.py:1309) 15\n"
+    "thread (2): insert-0;_WorkItem.run (concurrent/futures/thread.py:58);prepare (workers/partition/prepare.py:98);"
+    "_loads_all (workers/partition/prepare.py:120) 20\n"
+    "thread (2): insert-0;_WorkItem.run (concurrent/futures/thread.py:58);prepare (workers/partition/prepare.py:120);"
+    "ColumnMapper.map_rows (workers/clickhouse/schema/mapper.py:1309) 15\n"
     "thread (2): insert-0;_WorkItem.run (concurrent/futures/thread.py:58);"
-    "Telemetry.insert (workers/telemetry.py:300);Client.execute (clickhouse_driver/client.py:1);"
+    "Telemetry.insert (workers/observability/telemetry.py:300);Client.execute (clickhouse_driver/client.py:1);"
     "BlockOutputStream.write (clickhouse_driver/streams/native.py:1) 10\n"
     "thread (2): insert-0;_WorkItem.run (concurrent/futures/thread.py:58);"
-    "Telemetry.insert (workers/telemetry.py:300);Client.execute (clickhouse_driver/client.py:1) 4\n"
+    "Telemetry.insert (workers/observability/telemetry.py:300);Client.execute (clickhouse_driver/client.py:1) 4\n"
     "thread (2): insert-0;_WorkItem.run (concurrent/futures/thread.py:58) 1\n"
 )
 
@@ -57,10 +58,10 @@ WORKER_RAW = (
 def test_worker_parts_take_the_first_rule_on_the_stack():
     parts = {p["part"]: p["pct"] for p in flame.worker_parts(WORKER_RAW)}
     assert parts == {
-        "intake: NATS protocol read (workers/wire.py)": 40.0,  # the parser inside a socket read
+        "intake: NATS protocol read (workers/nats/wire.py)": 40.0,  # the parser inside a socket read
         "parse JSON (orjson.loads)": 20.0,
         "map (ColumnMapper)": 15.0,
-        "serialise (clickhouse-driver, workers/native.py)": 10.0,  # inside the insert call
+        "serialise (clickhouse-driver, workers/clickhouse/native.py)": 10.0,  # inside the insert call
         "batching": 5.0,  # inside the parser's dispatch
         "intake: socket reads": 5.0,
         "insert: send and wait for ClickHouse": 4.0,

@@ -1,5 +1,5 @@
 """What ClickHouse's query log says about an insert whose client died, on the real server
-(18.16 here): the facts workers/indoubt.py builds its answer on."""
+(18.16 here): the facts workers/clickhouse/indoubt.py builds its answer on."""
 
 from __future__ import annotations
 

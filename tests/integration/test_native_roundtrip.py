@@ -1,4 +1,4 @@
-"""workers/native.py against a real server: what the fast column writers send reads back equal."""
+"""workers/clickhouse/native.py against a real server: what the fast column writers send reads back equal."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def test_fast_writers_round_trip(clickhouse_client, ch_database):
             "nested Array(Array(UInt8)), cc FixedString(2), nu Nullable(UUID)) ENGINE = Memory"
         )
         columns = [ids, uuids, epochs, list(epochs), tags, nested, countries, maybe]
-        # As workers/sink.py inserts; copies, since the driver rewrites UUID lists in place.
+        # As workers/clickhouse/sink.py inserts; copies, since the driver rewrites UUID lists in place.
         clickhouse_client.execute(
             f"INSERT INTO {table} VALUES", [list(c) for c in columns], columnar=True, types_check=False
         )

@@ -82,7 +82,7 @@ def test_pinned_consumer_admits_one_puller_and_unpin_moves_it(nats_url):
 
 
 def test_a_status_reply_arrives_at_the_bulk_parser_as_headers_only():
-    """The 423 reaches PartitionRunner._on_status as a message without a reply subject."""
+    """The 423 reaches Fetcher._on_status as a message without a reply subject."""
     raw = b"NATS/1.0 423 Nats-Pin-Id mismatch\r\n\r\n"
     headers = message.parse_headers(raw)
     assert headers["Status"] == intake.PIN_LOST and headers["Description"] == "Nats-Pin-Id mismatch"

@@ -50,7 +50,7 @@ def _serve(slot: int, config: Config, conn: Any, heartbeat: Any, hold_releases: 
                 owned = [p for p in owned if p not in parts]
                 conn.send({"op": "released", "partitions": parts})
             held = [] if op == "finish_releases" else held
-        elif op == "refresh_schema":  # as workers/table_schema.py reports a read of the table
+        elif op == "refresh_schema":  # as workers/clickhouse/table_schema.py reports a read of the table
             conn.send({"op": "schema", "pipeline": "events", "table": "default.events", "digest": "d1",
                        "read_at": time.time(), "problem": None, "columns": [["id", "String", "", ""]]})
         elif op == "drain":

@@ -1,4 +1,4 @@
-"""workers/batch.py: a batch closes on rows, bytes or age."""
+"""workers/partition/batch.py: a batch closes on rows, bytes or age."""
 
 import pytest
 
@@ -6,7 +6,7 @@ from workers.partition.batch import Batch
 
 
 def _msg(data):
-    """A delivery as workers/wire.py hands it over: (subject, reply, data, headers)."""
+    """A delivery as workers/nats/wire.py hands it over: (subject, reply, data, headers)."""
     return (b"events.0.k", b"$JS.ACK.EVENTS.c.1.1.1.1.0", data, None)
 
 

@@ -20,7 +20,8 @@ def _seq(m: tuple) -> int:
 
 
 class _Partition:
-    """What workers/partition.py does per batch, on the model consumer: skip, store, move the watermark, ack."""
+    """What the partition's storer (workers/partition/storer.py) does per batch, on the model consumer: skip,
+    store, move the watermark, ack."""
 
     def __init__(self, consumer: _Consumer) -> None:
         self.consumer = consumer
@@ -176,8 +177,8 @@ class _Crash(Exception):
 
 
 class _Owner:
-    """One owner of the partition: what workers/takeover.py does when it starts, then what
-    workers/partition.py's _commit does per batch, with the real CommitLog on the model KV
+    """One owner of the partition: what workers/delivery/takeover.py does when it starts, then what
+    Storer._commit (workers/partition/storer.py) does per batch, with the real CommitLog on the model KV
     and consumer; `crash_at` stops it after the range is written, after the insert, or after
     the ack (the three moments the entry may name a batch in flight)."""
 

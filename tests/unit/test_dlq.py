@@ -1,4 +1,4 @@
-"""workers/dlq.py: dead-letter headers keep the originals and flatten errors."""
+"""workers/nats/dlq.py: dead-letter headers keep the originals and flatten errors."""
 
 from workers.nats.dlq import DeadLetter
 

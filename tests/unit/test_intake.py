@@ -1,4 +1,4 @@
-"""workers/intake.py: ack subjects, pull request bodies and the redelivery count."""
+"""workers/nats/intake.py: ack subjects, pull request bodies and the redelivery count."""
 
 import orjson
 import pytest

@@ -1,4 +1,4 @@
-"""workers/logs.py: JSON log lines carry trace and span ids, and nothing of OTel's internals."""
+"""workers/observability/logs.py: JSON log lines carry trace and span ids, and nothing of OTel's internals."""
 
 from __future__ import annotations
 

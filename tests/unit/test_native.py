@@ -1,4 +1,4 @@
-"""workers/native.py: the fast column writers write exactly the driver's bytes, and raise its errors.
+"""workers/clickhouse/native.py: the fast column writers write exactly the driver's bytes, and raise its errors.
 
 Every comparison serialises the same column twice, once with the driver's own
 classes (``native.uninstall()``) and once with ours, through the driver's

@@ -61,7 +61,7 @@ def test_every_message_is_a_row_or_a_dead_letter(kinds):
         i = d.stream_seq - 100
         assert d.data == msgs[i][2] and d.subject == f"events.0.k{i}" and d.worker == 1
         assert (d.traceparent is not None) == bool(i % 2)
-    # The ack decision is told whether any message was a redelivery (workers/acks.py).
+    # The ack decision is told whether any message was a redelivery (workers/delivery/acks.py).
     assert p.redelivered == ("last" in kinds)
 
 

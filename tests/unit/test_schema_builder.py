@@ -87,7 +87,7 @@ class _ServerInfo:
 def _driver_roundtrip(type_text: str, values: list) -> tuple:
     """Serialise with clickhouse-driver's own column writer and read it back (no server).
 
-    types_check=False as in workers/sink.py (the driver's int type check even breaks Enum).
+    types_check=False as in workers/clickhouse/sink.py (the driver's int type check even breaks Enum).
     """
     from clickhouse_driver.bufferedreader import BufferedSocketReader
     from clickhouse_driver.bufferedwriter import BufferedSocketWriter

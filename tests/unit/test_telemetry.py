@@ -86,7 +86,7 @@ def test_resource_names_the_process_and_respects_otel_service_name(monkeypatch):
 def test_batch_links_are_deduplicated_and_capped():
     t = telemetry.OtelTelemetry.__new__(telemetry.OtelTelemetry)  # only the link logic, no providers
     t._max_links = 3
-    def raw(headers):  # a delivery as workers/wire.py hands it over: raw NATS headers
+    def raw(headers):  # a delivery as workers/nats/wire.py hands it over: raw NATS headers
         lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         return (b"events.0.k", b"$JS.ACK.EVENTS.c.1.1.1.1.0", b"{}", f"NATS/1.0\r\n{lines}\r\n".encode())
 
@@ -180,21 +180,22 @@ def test_the_partition_prepares_under_map_spans(per_message):
     )
 
     from workers.clickhouse.schema import ServerFeatures, TableColumn, compile_mapper
-    from workers.partition.runner import PartitionRunner, PartitionTarget, prepare
+    from workers.partition.prepare import PartitionTarget, prepare
+    from workers.partition.writer import TableWriter
 
     exported = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exported))
     t = telemetry.OtelTelemetry.__new__(telemetry.OtelTelemetry)  # its span hooks on an in-memory tracer
     t.tracer, t.per_message_spans = provider.get_tracer("test"), per_message
-    runner = PartitionRunner.__new__(PartitionRunner)  # only _prepare: no connection needed
-    runner._telemetry = t
+    writer = TableWriter.__new__(TableWriter)  # only _prepare: no connection needed
+    writer._telemetry = t
     mapper = compile_mapper("t", [TableColumn("id", "String")], (), ServerFeatures.from_version((18, 16)))
     target = PartitionTarget(pipeline=_config().pipelines[0], index=0, consumer="c", worker=0)
     bodies = [b'{"id": "a"}', b"nope", b'{"id": "c"}']
     msgs = [(b"e.0.k", f"$JS.ACK.S.c.1.{i + 1}.{i + 1}.1700000000000000000.0".encode(), b, None)
             for i, b in enumerate(bodies)]
-    prepared = runner._prepare(msgs, mapper, target)
+    prepared = writer._prepare(msgs, mapper, target)
     whole = prepare(msgs, mapper, target)
     assert (prepared.columns, prepared.row_msgs, len(prepared.dead)) == (whole.columns, whole.row_msgs, 1)
     assert (whole.columns, whole.row_msgs) == ([["a", "c"]], [0, 2])

@@ -17,7 +17,7 @@ A table can change under a batch (ALTER TABLE, a table dropped and created again
 then the batch's failure says nothing about its rows: a dropped column is an unknown
 column, a retyped one shows as values the driver cannot write (a row fault), a dropped
 table as a pipeline fault. So before any of those is acted on, `isolate_bad_rows` lets
-the caller read the table again (its `check`, workers/table_schema.py), which raises
+the caller read the table again (its `check`, workers/clickhouse/table_schema.py), which raises
 TableChanged (map the rows again and insert them) or TableUnusable (pause).
 """
 

@@ -1,6 +1,6 @@
 """The in-doubt insert: whether a batch whose insert was sent before its owner died is in ClickHouse.
 
-Every batch with a recorded range (workers/commits.py) is inserted under an identity derived
+Every batch with a recorded range (workers/delivery/commits.py) is inserted under an identity derived
 from (pipeline, partition, first, last): a `query_id` and, on servers that have it (22.2+),
 an `insert_deduplication_token`.  The next owner of the partition asks the server's
 query log what became of that query_id (`landed`), which ClickHouse 18.16 already answers:
@@ -58,7 +58,7 @@ class InsertIdentity:
         """The identity of the batch's rows mapped again (the n-th time) after its table changed
         under it: other rows than the first mapping's, so never the same names or tokens (a
         token the server saw would make it drop them).  A next owner that finds any of them
-        logged with rows cannot tell what landed and resends the batch (workers/takeover.py)."""
+        logged with rows cannot tell what landed and resends the batch (workers/delivery/takeover.py)."""
         return InsertIdentity(f"{self.query_id}-r{n}", self.token and f"{self.token}:r{n}")
 
     def settings(self) -> dict[str, Any]:
@@ -81,7 +81,7 @@ def identity(pipeline: str, partition: int, first: int, last: int, first_ts_ns: 
     return InsertIdentity(query_id, f"jetsink:{name}" if tokens else None)
 
 
-# The identity of the insert the current thread is sending (see send_insert in workers/sink.py).
+# The identity of the insert the current thread is sending (see send_insert in workers/clickhouse/sink.py).
 current: contextvars.ContextVar[InsertIdentity | None] = contextvars.ContextVar("jetsink_insert_identity", default=None)
 
 

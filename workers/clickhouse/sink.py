@@ -193,7 +193,7 @@ def send_insert(client: Client, statement: str, columns: list[list], settings: d
     if ident is None:
         return client.execute(statement, columns, columnar=True, types_check=False, settings=settings)
     # A batch with a recorded range: the same query_id (and token) every time it is sent,
-    # so that its next owner can tell whether it landed (workers/indoubt.py).
+    # so that its next owner can tell whether it landed (workers/clickhouse/indoubt.py).
     settings = {**(settings or {}), **ident.settings()}
     return client.execute(
         statement, columns, columnar=True, types_check=False, settings=settings, query_id=ident.query_id

@@ -10,7 +10,7 @@ a new read uses the new mapper. The table is read again:
 - at once when the supervisor asks ({"op": "refresh_schema"}, sent on SIGHUP);
 - when the mapper refuses documents of a batch: a widened column takes values the old
   mapper refused, an added column makes a key known that was unknown;
-- when an insert fails in a way a change of the table explains (workers/faults.py):
+- when an insert fails in a way a change of the table explains (workers/clickhouse/faults.py):
   :meth:`TableSchema.store` then maps the rows not yet stored again and inserts them.
   A dropped column's key becomes an unknown key (the pipeline's ``unknown_keys`` rule);
   a value the new type cannot hold is dead-lettered with that type in its reason.
@@ -40,7 +40,7 @@ from workers.clickhouse.schema import ColumnMapper, SchemaError, ServerFeatures,
 
 log = logging.getLogger(__name__)
 
-# Dead-letter reasons that no table change can explain (see workers/prepare.py's prepare).
+# Dead-letter reasons that no table change can explain (see workers/partition/prepare.py's prepare).
 _NOT_MAPPING = ("invalid_json", "max_deliver")
 
 
@@ -267,7 +267,7 @@ class TableSchema:
                 remapped += again.dead
                 columns, row_msgs = again.columns, [todo[i] for i in again.row_msgs]
                 if ident is not None:
-                    # Inserted under run_as (workers/indoubt.py), which restores the batch's identity after.
+                    # Inserted under run_as (workers/clickhouse/indoubt.py), which restores the batch's identity after.
                     indoubt.current.set(ident.remapped(next(passes)))
         prepared.row_msgs = stored + row_msgs
         prepared.rows = len(prepared.row_msgs) + len(remapped)

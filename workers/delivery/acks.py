@@ -57,7 +57,7 @@ class AckTracker:
         """A batch (in delivery order) is stored: the ack subject to AckAll, or None to hold it.
 
         `redelivered`: the batch may hold redeliveries (the partition knows from parsing
-        it, workers/prepare.py `prepare`); without any, the highest stream sequence is
+        it, workers/partition/prepare.py `prepare`); without any, the highest stream sequence is
         the last message's and no subject is decoded.
         """
         first = message.parse_ack_subject(msgs[0][REPLY])

@@ -11,7 +11,7 @@ The exporters are configured by the standard environment variables
 OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER[_ARG]); see
 docs/observability.md.
 
-Telemetry owns no step of the data path: workers/partition.py and workers/worker.py call
+Telemetry owns no step of the data path: workers/partition/ and workers/worker.py call
 prepare, the sink's insert and the ack themselves, and these hooks wrap the calls
 (context managers around them, like dramatiq's emit_before/emit_after). A batch's span tree:
 
@@ -229,7 +229,7 @@ class OtelTelemetry(Telemetry):
         self.per_message_spans = observability.traces.per_message_spans
 
     def _correlate_logs(self, log_exporter: Any) -> None:
-        # Log records get otelTraceID/otelSpanID (workers/logs.py turns them into
+        # Log records get otelTraceID/otelSpanID (workers/observability/logs.py turns them into
         # trace_id/span_id); the records are also exported over OTLP when the SDK can.
         from opentelemetry.instrumentation.logging import LoggingInstrumentor
 
@@ -308,7 +308,7 @@ class OtelTelemetry(Telemetry):
         seen: set[tuple[int, int]] = set()
         if self._max_links <= 0:
             return links
-        # Raw NATS headers (workers/wire.py), picked in C, parsed only when they hold one;
+        # Raw NATS headers (workers/nats/wire.py), picked in C, parsed only when they hold one;
         # only sampled batches get here, and they stop at max_links.
         raws = list(filter(None, map(_headers, msgs)))
         for raw in compress(raws, map(contains, raws, repeat(TRACEPARENT_BYTES))):

@@ -27,7 +27,7 @@ class Batch:
     redelivered: bool = False  # holds a delivery that is not a first one (found at intake)
 
     def extend(self, msgs: list[tuple]) -> None:
-        """Add deliveries (raw tuples, workers/wire.py)."""
+        """Add deliveries (raw tuples, workers/nats/wire.py)."""
         if not self.messages:
             self.opened_at = time.monotonic()
         self.messages.extend(msgs)

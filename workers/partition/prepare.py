@@ -41,7 +41,7 @@ class Prepared:
     row_msgs: list[int]  # for each row, the index of its message in the batch
     dead: list[DeadLetter] = field(default_factory=list)
     redelivered: bool = False  # the batch holds redeliveries (its ack then needs the highest sequence)
-    mapper: Any = None  # the ColumnMapper that mapped it (set by workers/table_schema.py)
+    mapper: Any = None  # the ColumnMapper that mapped it (set by workers/clickhouse/table_schema.py)
 
 
 def prepare(

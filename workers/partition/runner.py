@@ -24,10 +24,9 @@ from workers.delivery import commits
 from workers.observability.telemetry import Telemetry
 from workers.partition.fetcher import Fetcher
 from workers.partition.handoff import Handoff
-from workers.partition.prepare import PartitionTarget, prepare  # noqa: F401 - worker.py and tests import them here
+from workers.partition.prepare import PartitionTarget
 from workers.partition.stats import PartitionStats
 from workers.partition.storer import Storer
-from workers.partition.writer import TableWriter
 
 
 class PartitionRunner:
@@ -112,7 +111,3 @@ class PartitionRunner:
             if t.done() and not t.cancelled() and t.exception() is not None:
                 return t.exception()
         return None
-
-    # tests/unit/test_telemetry.py maps a batch through a bare runner (its `_telemetry` set by hand);
-    # the map step is the storer's TableWriter's now.
-    _prepare = TableWriter._prepare
