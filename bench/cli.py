@@ -5,9 +5,10 @@
                     --payload-bytes B --preload --baseline --sink naive
                     --sweep workers=1,2,4 --compare OLD/results.json --out DIR
                     --chaos kill-worker|kill-supervisor|kill-nats|kill-clickhouse [--chaos-at 0.3]
+                    --cluster 3 --chaos kill-stream-leader,kill-consumer-leader|kill-kv-leader --repeat 5
 
 Exit codes: 0 ok, 1 the bench itself failed, 2 bad usage or config, 3 the sink could not
-boot, 4 messages were lost.
+boot, 4 messages were lost (with --repeat: lost or stored twice in any run).
 """
 
 from __future__ import annotations
@@ -82,10 +83,15 @@ def _parser() -> argparse.ArgumentParser:
         help="give up when nothing moved for this many seconds (default 60)",
     )
     p.add_argument("--quiet", action="store_true", help="no live progress lines")
-    p.add_argument("--chaos", choices=chaos.KINDS, default=None,
-                   help="kill -9 this once during the drain (bench/chaos.py)")
+    p.add_argument("--chaos", default=None, metavar="KIND[,KIND...]",
+                   help=f"kill -9 this during the drain; a comma list is a schedule (bench/chaos.py). "
+                        f"KIND in {', '.join(chaos.KINDS)}")
     p.add_argument("--chaos-at", type=float, default=0.3,
                    help="fraction of the messages stored when --chaos fires (default 0.3)")
+    p.add_argument("--cluster", type=int, default=0, metavar="N",
+                   help="run on a NATS cluster of N nodes the bench starts itself (R3 stream, KV and consumers)")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="the whole run N times, each on a fresh stream (and fresh cluster); a summary at the end")
     return p
 
 
@@ -146,10 +152,13 @@ def main(argv: list[str]) -> int:
         progress=not args.quiet,
         chaos=args.chaos,
         chaos_at=args.chaos_at,
+        cluster=args.cluster,
     )
     if args.sweep:
         param, values = _parse_sweep(args.sweep)
         series = [(v, _replace(opts, **{_field(param): v})) for v in values]
+    elif args.repeat > 1:
+        param, series = "run", [(k, opts) for k in range(1, args.repeat + 1)]
     else:
         param, series = None, [(None, opts)]
     return _run_series(base, config_path.parent, param, series, out, Path(args.compare) if args.compare else None)
@@ -181,6 +190,23 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
             _parse_sweep(args.sweep)
         except ValueError as exc:
             return str(exc)
+    if args.cluster and args.cluster < 3:
+        return "--cluster N: a NATS cluster needs at least 3 nodes (R3 needs a quorum of 2 after a kill)"
+    if args.repeat < 1:
+        return "--repeat must be >= 1"
+    if args.repeat > 1 and (args.sweep or args.baseline):
+        return "--repeat runs one drain N times: drop --sweep and --baseline"
+    if args.chaos:
+        try:
+            kinds = chaos.parse_kinds(args.chaos)
+        except ValueError as exc:
+            return str(exc)
+        leader = [k for k in kinds if k in chaos.LEADER_KINDS]
+        if leader and not args.cluster:
+            return f"--chaos {leader[0]} kills a NATS cluster node: it needs --cluster 3 (the bench's own cluster)"
+        if args.cluster and "kill-nats" in kinds:
+            return "--chaos kill-nats kills the bench's one nats-server; on --cluster use kill-stream-leader, " \
+                   "kill-consumer-leader or kill-kv-leader"
     if args.chaos and args.messages is None:
         return "--chaos needs --messages N (it fires at a fraction of them)"
     if args.chaos and (args.sink == "naive" or args.baseline or args.sweep):
@@ -233,10 +259,14 @@ def _run_series(
     done: list[tuple[Any, dict[str, Any]]] = []
     try:
         print(f"bench: starting servers (data under {work_dir})", file=sys.stderr)
-        servers = harness.bring_up(base, base_dir, work_dir)
+        cluster = series[0][1].cluster
+        servers = harness.bring_up(base, base_dir, work_dir, cluster=cluster)
         try:
-            for value, opts in series:
+            for i, (value, opts) in enumerate(series):
                 run_dir = out if param is None else out / f"{param}-{value}"
+                if i and cluster:
+                    print(f"bench: a fresh {cluster}-node NATS cluster for {param} {value}", file=sys.stderr)
+                    servers.fresh_cluster(work_dir / f"nats-cluster-{i + 1}")
                 try:
                     results = run_once(base, base_dir, servers, opts, run_dir, work_dir)
                 except SinkFailed as exc:
@@ -261,6 +291,10 @@ def _run_series(
                 if lost:
                     print(f"bench: {lost} message(s) LOST (neither in ClickHouse nor dead-lettered)", file=sys.stderr)
                     code = exitcodes.LOST
+                if results.get("duplicates"):
+                    print(f"bench: {results['duplicates']} row(s) stored twice", file=sys.stderr)
+                    if param == "run":
+                        code = exitcodes.LOST
                 done.append((value, results))
         finally:
             servers.stop()
@@ -269,7 +303,13 @@ def _run_series(
         return 130
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
-    if param is not None:
+    if param == "run":
+        rows = report.repeat_rows(done)
+        (out / "repeat.json").write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
+        print()
+        print(report.repeat_table(rows))
+        print(f"repeat: {out / 'repeat.json'}")
+    elif param is not None:
         (out / "sweep.json").write_bytes(
             orjson.dumps(
                 [

@@ -25,6 +25,7 @@ import orjson
 import psutil
 import yaml
 
+from bench.nats_cluster import NatsCluster, start_cluster
 from supervisor import embedded, embedded_clickhouse, embedded_nats
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,13 +51,48 @@ class Servers:
     clickhouse_pid: int | None
     owned: list[embedded.ServerProcess] = field(default_factory=list)
     nats_profile_port: int | None = None  # Go's pprof endpoint of a nats-server the bench started
+    cluster: NatsCluster | None = None  # --cluster N: the bench's own NATS cluster, in place of one server
+    starts: dict[str, int] = field(default_factory=dict)  # cluster node -> times started again
 
     def stop(self) -> None:
-        embedded.stop_all(*self.owned)
+        try:
+            if self.cluster is not None:
+                self.cluster.stop()
+        finally:
+            embedded.stop_all(*self.owned)
+
+    def nats_processes(self) -> dict[str, int]:
+        """The nats-server processes to measure: watched name -> pid. A cluster node started again
+        is watched under a name of its own (nats-n1.1), so the CPU of each run of it adds up."""
+        if self.cluster is None:
+            return {"nats": self.nats_pid} if self.nats_pid else {}
+        out = {}
+        for n in self.cluster.nodes:
+            if n.server is not None and n.server.alive():
+                again = self.starts.get(n.name, 0)
+                out[f"nats-{n.name}" + (f".{again}" if again else "")] = n.server.pid
+        return out
+
+    def restart_node(self, name: str) -> None:
+        """Start a killed cluster node again on its store."""
+        assert self.cluster is not None
+        self.cluster.start(self.cluster.node(name))
+        self.starts[name] = self.starts.get(name, 0) + 1
+
+    def fresh_cluster(self, base: Path) -> None:
+        """Stop the cluster (its stores go) and start a new one of the same size under `base`."""
+        assert self.cluster is not None
+        size, old = len(self.cluster.nodes), self.cluster
+        old.stop()
+        shutil.rmtree(old.nodes[0].data_dir.parent, ignore_errors=True)
+        self.cluster = start_cluster(base, size)
+        self.starts = {}
+        self.nats_section = {"url": self.cluster.urls}
 
 
-def bring_up(base: dict[str, Any], base_dir: Path, work_dir: Path) -> Servers:
+def bring_up(base: dict[str, Any], base_dir: Path, work_dir: Path, cluster: int = 0) -> Servers:
     """Start nats-server / clickhouse-server for sections marked embedded; else use the given ones.
+    With `cluster` > 0, a NATS cluster of that many nodes in place of the nats section's server.
 
     Servers the bench starts listen on free ports and keep their data under work_dir, so a
     bench never touches the data of `python -m supervisor` on the same machine.
@@ -65,16 +101,21 @@ def bring_up(base: dict[str, Any], base_dir: Path, work_dir: Path) -> Servers:
     nats = dict(base.get("nats") or {})
     ch = dict(base.get("clickhouse") or {})
     profile_port: int | None = None
+    nats_cluster: NatsCluster | None = None
     try:
-        if nats.get("embedded", False):
+        if cluster:
+            nats_cluster = start_cluster(work_dir / "nats-cluster-1", cluster)
+            nats_section: dict[str, Any] = {"url": nats_cluster.urls}
+            nats_pid: int | None = None
+        elif nats.get("embedded", False):
             # Go's profiler answers on this port only when asked (NatsProfiler); idle, it costs nothing.
             profile_port = embedded.free_port()
             server = embedded_nats.start_nats(
                 work_dir / "nats", embedded.free_port(), extra_args=["--profile", str(profile_port)]
             )
             owned.append(server)
-            nats_section: dict[str, Any] = {"url": f"nats://{server.host}:{server.port}"}
-            nats_pid: int | None = server.pid
+            nats_section = {"url": f"nats://{server.host}:{server.port}"}
+            nats_pid = server.pid
         else:
             nats_section = _absolute_files({k: v for k, v in nats.items() if k != "embedded"}, base_dir)
             urls = nats_section.get("url", "nats://127.0.0.1:4222")
@@ -88,9 +129,11 @@ def bring_up(base: dict[str, Any], base_dir: Path, work_dir: Path) -> Servers:
             ch_section = _absolute_files({k: v for k, v in ch.items() if k not in ("embedded", "database")}, base_dir)
             ch_pid = local_listener(f"tcp://{ch_section.get('host', '127.0.0.1')}:{ch_section.get('port', 9000)}", 9000)
     except BaseException:
+        if nats_cluster is not None:
+            nats_cluster.stop()
         embedded.stop_all(*owned)
         raise
-    return Servers(nats_section, ch_section, nats_pid, ch_pid, owned, profile_port)
+    return Servers(nats_section, ch_section, nats_pid, ch_pid, owned, profile_port, nats_cluster)
 
 
 def _absolute_files(section: dict[str, Any], base_dir: Path) -> dict[str, Any]:

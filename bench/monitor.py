@@ -16,12 +16,15 @@ Every poll is kept as a `Sample`; the run picks its measured window from them.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
+
+NATS_POLL_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -52,37 +55,57 @@ class NatsThread:
 
         return await nats.connect(url, name="jetsink-bench", max_reconnect_attempts=3)
 
+    def submit(self, coro: Any) -> concurrent.futures.Future:
+        """Start `coro` on the loop; its answer is the future's, read when done."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
     def call(self, coro: Any, timeout: float = 30.0) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()  # not left waiting in the loop for an answer nobody reads
+            raise
 
-    def stream_messages(self, stream: str) -> int:
-        async def q() -> int:
-            from nats.js.errors import NotFoundError
+    def stream_messages(self, stream: str, timeout: float = 30.0) -> int:
+        return self.call(self._stream_messages(stream), timeout)
 
-            try:
-                return (await self.js.stream_info(stream)).state.messages
-            except NotFoundError:
-                return 0
+    async def _stream_messages(self, stream: str) -> int:
+        from nats.js.errors import NotFoundError
 
-        return self.call(q())
+        try:
+            return (await self.js.stream_info(stream)).state.messages
+        except NotFoundError:
+            return 0
 
-    def consumer_states(self, stream: str, consumers: list[str]) -> tuple[dict[str, int], int]:
+    def consumer_states(self, stream: str, consumers: list[str], timeout: float = 30.0) -> tuple[dict[str, int], int]:
         """(consumer -> ack floor stream seq, total lag) for the given durables."""
-        async def q() -> tuple[dict[str, int], int]:
-            infos = await asyncio.gather(*(self.js.consumer_info(stream, c) for c in consumers), return_exceptions=True)
-            floors, lag = {}, 0
-            for name, info in zip(consumers, infos, strict=False):
-                if isinstance(info, BaseException):
-                    continue
-                floors[name] = info.ack_floor.stream_seq if info.ack_floor else 0
-                lag += (info.num_pending or 0) + (info.num_ack_pending or 0)
-            return floors, lag
+        return self.call(self._consumer_states(stream, consumers), timeout)
 
-        return self.call(q())
+    @staticmethod
+    async def _cancel_questions() -> None:
+        """Questions still unanswered at the end (a background poll's) are cancelled, not left pending."""
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                task.cancel()
+
+    async def _consumer_states(self, stream: str, consumers: list[str]) -> tuple[dict[str, int], int]:
+        infos = await asyncio.gather(*(self.js.consumer_info(stream, c) for c in consumers), return_exceptions=True)
+        floors, lag = {}, 0
+        for name, info in zip(consumers, infos, strict=False):
+            if isinstance(info, BaseException):
+                continue
+            floors[name] = info.ack_floor.stream_seq if info.ack_floor else 0
+            lag += (info.num_pending or 0) + (info.num_ack_pending or 0)
+        return floors, lag
 
     def close(self) -> None:
         try:
             self.call(self.nc.close(), timeout=5.0)
+        except Exception:
+            pass
+        try:
+            self.call(self._cancel_questions(), timeout=5.0)
         except Exception:
             pass
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -135,6 +158,7 @@ class Probe:
         watched: Watched,
         interval: float = 0.1,
         consumers_every: float = 0.0,
+        nats_in_background: bool = False,
     ) -> None:
         self.nats = nats
         self.client = client
@@ -151,6 +175,10 @@ class Probe:
         self._consumers_at = 0.0
         self._dlq = 0
         self._dlq_at = 0.0
+        # On a cluster whose nodes --chaos kills, a NATS answer can take seconds (an election): the
+        # questions then run in the background and a poll takes the last answers, never waiting.
+        self.nats_in_background = nats_in_background
+        self._asking: dict[str, concurrent.futures.Future] = {}
 
     def rows(self) -> int:
         (n,), = self.client.execute(
@@ -161,17 +189,43 @@ class Probe:
 
     def poll(self) -> Sample:
         now = time.time()
-        if self.dlq_stream and now - self._dlq_at >= 1.0:
-            self._dlq = self.nats.stream_messages(self.dlq_stream)
+        # A NATS answer that does not come (a leader election, a server killed by --chaos) keeps the
+        # last one: the rows still come from ClickHouse.
+        if self.nats_in_background:
+            self._take_answers()
+        if self.dlq_stream and now - self._dlq_at >= 1.0 and "dlq" not in self._asking:
             self._dlq_at = now
-        if self.consumers and now - self._consumers_at >= self.consumers_every:
-            self._consumers = self.nats.consumer_states(self.stream, self.consumers)
+            self._ask("dlq", self.nats._stream_messages(self.dlq_stream))
+        if self.consumers and now - self._consumers_at >= self.consumers_every and "consumers" not in self._asking:
             self._consumers_at = now
+            self._ask("consumers", self.nats._consumer_states(self.stream, self.consumers))
         floors, lag = self._consumers
         cpu, rss = self.watched.sample()
         sample = Sample(t=now, rows=self.rows(), dlq=self._dlq, ack_floors=floors, lag=lag, cpu=cpu, rss=rss)
         self.samples.append(sample)
         return sample
+
+    def _ask(self, what: str, question: Any) -> None:
+        if self.nats_in_background:
+            self._asking[what] = self.nats.submit(question)
+            return
+        try:
+            self._keep(what, self.nats.call(question, timeout=NATS_POLL_TIMEOUT_S))
+        except Exception:
+            pass
+
+    def _take_answers(self) -> None:
+        for what, future in list(self._asking.items()):
+            if future.done():
+                del self._asking[what]
+                if not future.cancelled() and future.exception() is None:
+                    self._keep(what, future.result())
+
+    def _keep(self, what: str, answer: Any) -> None:
+        if what == "dlq":
+            self._dlq = answer
+        else:
+            self._consumers = answer
 
     def sleep_until_next(self, last: float) -> None:
         delay = last + self.interval - time.time()

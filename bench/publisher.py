@@ -4,7 +4,10 @@ Publishes demo events (bench.events.EventTemplates) to JetStream at a target rat
 token bucket) or as fast as the server acks, for a number of messages or a duration.
 A message counts as published only once JetStream acked it. Acks come back on one
 wildcard inbox subscription (cheaper than a future per request), and at most `window`
-publishes are unacknowledged at any time.
+publishes are unacknowledged at any time.  A publish whose ack does not come within
+`ack_timeout_s` (its server was killed, an election lost it) stops holding the window: it
+counts as unconfirmed unless its ack comes later, and is never sent again (the bench
+counts a message as published only once JetStream acked it).
 
 Every `sample_every`-th event's send time is recorded for the publish-to-insert
 latency; every `traceparent_every`-th event carries a W3C traceparent header.
@@ -39,6 +42,7 @@ class PublishPlan:
     traceparent_every: int  # 0 = no traceparent headers
     result_path: str
     window: int = 4000
+    ack_timeout_s: float = 5.0
 
 
 @dataclass
@@ -75,24 +79,38 @@ async def publish(plan: PublishPlan, counter: Any = None) -> PublishOutcome:
     room.set()
     all_answered = asyncio.Event()
     done_sending = False
+    waiting: dict[int, float] = {}  # index -> monotonic send time of each publish not yet answered
 
     async def on_ack(msg: Any) -> None:
         data = msg.data
-        sample = samples.get(msg.subject.rpartition(".")[2])
-        if sample is not None and b'"error"' not in data:
+        index = msg.subject.rpartition(".")[2]
+        waiting.pop(int(index), None)
+        sample = samples.get(index)
+        # A PubAck names the sequence; anything else is a refusal: an {"error": ...} answer, or a
+        # header-only status (503 "no responders" while a stream has no leader) with no data at all.
+        acked = b'"seq"' in data and b'"error"' not in data
+        if sample is not None and acked:
             sample.append(orjson.loads(data)["seq"])
-        if b'"error"' in data:
+        if not acked:
             out.refused += 1
             if out.first_error is None:
-                out.first_error = data.decode(errors="replace")
+                status = (msg.headers or {}).get("Status") if data == b"" else None
+                out.first_error = f"status {status} {(msg.headers or {}).get('Description', '')}".strip() \
+                    if status else data.decode(errors="replace")
         else:
             out.published += 1
             if counter is not None:
                 counter.value = out.published
-        if out.sent - out.published - out.refused <= plan.window // 2:
+        if len(waiting) <= plan.window // 2:
             room.set()
-        if done_sending and out.published + out.refused == out.sent:
+        if done_sending and not waiting:
             all_answered.set()
+
+    def give_up_unanswered() -> None:
+        """Publishes unanswered for ack_timeout_s no longer hold the window."""
+        old = time.monotonic() - plan.ack_timeout_s
+        for i in [i for i, t in waiting.items() if t < old]:
+            del waiting[i]
 
     nc = await connect_nats(
         load_config(plan.config_path).nats, name="jetsink-bench-publisher", pending_size=64 * 1024 * 1024
@@ -110,24 +128,29 @@ async def publish(plan: PublishPlan, counter: Any = None) -> PublishOutcome:
             ahead = start + i / plan.rate - time.monotonic()
             if ahead > 0.002:
                 await asyncio.sleep(ahead)
-        if out.sent - out.published - out.refused >= plan.window:
+        while len(waiting) >= plan.window:
             room.clear()
-            await room.wait()
+            try:
+                await asyncio.wait_for(room.wait(), timeout=plan.ack_timeout_s)
+            except asyncio.TimeoutError:
+                give_up_unanswered()
         headers = None
         if plan.traceparent_every and i % plan.traceparent_every == 0:
             headers = {"traceparent": traceparent_for(i)}
         if i % plan.sample_every == 0:
             samples[str(i)] = [time.time()]
+        waiting[i] = time.monotonic()
         await nc.publish(subjects[i % plan.keys], body(i), reply=f"{inbox}.{i}", headers=headers)
         out.sent += 1
         i += 1
     done_sending = True
     await nc.flush()
-    if out.published + out.refused < out.sent:
+    give_up_unanswered()
+    while waiting:  # the last answers, as long as some keep coming within ack_timeout_s
         try:
-            await asyncio.wait_for(all_answered.wait(), timeout=30.0)
+            await asyncio.wait_for(all_answered.wait(), timeout=plan.ack_timeout_s)
         except asyncio.TimeoutError:
-            pass
+            give_up_unanswered()
     out.unconfirmed = out.sent - out.published - out.refused
     out.samples = {k: v for k, v in samples.items() if len(v) == 2}  # only acked ones
     out.ended_at = time.time()

@@ -58,9 +58,17 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(("naive cpu / rss peak", "", f"{w['cpu_s']:.1f} s / {w['rss_peak_mb']:.0f} MB"))
     if results.get("chaos"):
         c = results["chaos"]
-        rows.append(("chaos", f"{c['kind']} at {c['at']:.0%} (t={fmt(c.get('fired_at_s'))} s)", ""))
+        kills = c.get("kills") or [c]
+        for k in kills:
+            node = f" of {k['node']}" if k.get("node") else ""
+            rows.append(("chaos", f"{k['kind']}{node} at {k['at']:.0%} (t={fmt(k.get('fired_at_s'))} s)", ""))
+            if "stall_s" in k:
+                rows.append(("  longest stall / recovery", f"{fmt(k['stall_s'], ' s')} / {fmt(k['recovery_s'], ' s')}",
+                             ""))
         rows.append(("recovery (rate back to 80%)", fmt(results.get("recovery_s"), " s"), ""))
         rows.append(("skipped as already stored", fmt(results.get("skipped_duplicates")), ""))
+    if "worker_deaths" in results:
+        rows.append(("worker deaths", fmt(results["worker_deaths"]), ""))
     if results.get("speedup") is not None:
         rows.append(("speedup (jetsink / naive)", f"{results['speedup']:.2f}x", ""))
     return rows
@@ -106,6 +114,33 @@ def where_cpu_went(figures: dict[str, Any], top: int = 5) -> list[str]:
         )
         lines.append(f"{label}" + (f" ({us:.1f} us/msg)" if us else "") + f": {text}")
     return lines
+
+
+def repeat_rows(done: list[tuple[Any, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """repeat.json: per run of `--repeat`, what it lost and stored twice, its worker deaths and each kill."""
+    return [{
+        "run": run,
+        "lost": r.get("lost"),
+        "duplicates": r.get("duplicates"),
+        "worker_deaths": r.get("worker_deaths"),
+        "throughput_msgs_per_s": r.get("throughput_msgs_per_s"),
+        "kills": [{key: k.get(key) for key in ("kind", "node", "fired_at_s", "stall_s", "recovery_s")}
+                  for k in (r.get("chaos") or {}).get("kills") or []],
+        "results": f"run-{run}/results.json",
+    } for run, r in done]
+
+
+def repeat_table(rows: list[dict[str, Any]]) -> str:
+    """The summary of a `--repeat` series, one line per run."""
+    lines = [f"{'run':>3} {'lost':>6} {'dup':>8} {'deaths':>6} {'msg/s':>9}  kills (node: longest stall, recovery)"]
+    for r in rows:
+        kills = "; ".join(f"{k['kind']} {k['node'] or '?'}: {_num(k['stall_s'])} s, {_num(k['recovery_s'])} s"
+                          if k["fired_at_s"] is not None else f"{k['kind']}: did not fire" for k in r["kills"])
+        lines.append(f"{r['run']:>3} {_num(r['lost']):>6} {_num(r['duplicates']):>8} {_num(r['worker_deaths']):>6} "
+                     f"{_num(r['throughput_msgs_per_s']):>9}  {kills or '-'}")
+    bad = [r["run"] for r in rows if r["lost"] or r["duplicates"]]
+    lines.append(f"{len(rows)} runs: " + (f"runs {bad} lost or stored twice" if bad else "nothing lost, nothing twice"))
+    return "\n".join(lines)
 
 
 def compare_table(ratios: dict[str, float | None], new: dict[str, Any], old: dict[str, Any]) -> str:
@@ -241,11 +276,13 @@ def _short(v: float) -> str:
 def _chaos_events(figures: dict[str, Any]) -> list[tuple[float, str]]:
     """The fault of a --chaos run and when throughput was back, as chart marks."""
     c = figures.get("chaos") or {}
-    if c.get("fired_at_s") is None:
-        return []
-    events = [(c["fired_at_s"], c["kind"])]
-    if c.get("recovery_s") is not None:
-        events.append((c["fired_at_s"] + c["recovery_s"], f"back in {c['recovery_s']:.1f} s"))
+    events = []
+    for k in c.get("kills") or [c]:
+        if k.get("fired_at_s") is None:
+            continue
+        events.append((k["fired_at_s"], k["kind"]))
+        if k.get("recovery_s") is not None:
+            events.append((k["fired_at_s"] + k["recovery_s"], f"back in {k['recovery_s']:.1f} s"))
     return events
 
 

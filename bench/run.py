@@ -19,6 +19,7 @@ import importlib.metadata
 import multiprocessing
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -57,8 +58,9 @@ class RunOptions:
     stall_timeout_s: float = 60.0
     trace: bool = False
     progress: bool = True
-    chaos: str | None = None  # bench/chaos.py KINDS
+    chaos: str | None = None  # bench/chaos.py KINDS, or a comma list of them
     chaos_at: float = 0.3
+    cluster: int = 0  # nodes of the bench's own NATS cluster (0: one nats-server, or the config's)
 
 
 class Console:
@@ -119,8 +121,8 @@ def run_once(
     nats.call(provision.provision_streams(config))
 
     watched = Watched()
-    if servers.nats_pid:
-        watched.add("nats", servers.nats_pid)
+    for name, pid in servers.nats_processes().items():
+        watched.add(name, pid)
     if servers.clickhouse_pid:
         watched.add("clickhouse", servers.clickhouse_pid)
 
@@ -163,16 +165,29 @@ def run_once(
             watched,
             # Ack floors time each sampled message's latency; --preload measures none.
             consumers_every=1.0 if opts.preload else 0.0,
+            nats_in_background=servers.cluster is not None,
         )
         nats_profile_port = servers.nats_profile_port if opts.profiles else None
-        fault = chaos.Chaos(opts.chaos, opts.chaos_at, opts.messages or 0) if opts.chaos else None
+        fault = None if not opts.chaos else chaos.Chaos(
+            opts.chaos, opts.chaos_at, opts.messages or 0, stream=names.stream, pipeline=harness.PIPELINE,
+            partitions=pipeline.partitions, nats=nats)
         figures = _drive(opts, sink, probe, pub, watched, py_spy, profiles_dir, state_dir, console, notes,
                          nats_profile_port=nats_profile_port, fault=fault, servers=servers)
+        log_lines: list[dict] = []
+        if opts.sink != "naive":
+            log_lines = [line for path in sorted(out_dir.glob("supervisor*.log"))
+                         for line in harness.LogTail(path).read()]
+            figures["worker_deaths"] = chaos.worker_deaths(log_lines)
         if fault is not None:
-            figures["chaos"] = fault.figures(figures["timeline"], figures.pop("t_start"))
             figures["recovery_s"] = figures["chaos"]["recovery_s"]
-            figures["skipped_duplicates"] = chaos.skipped_duplicates(harness.LogTail(out_dir / "supervisor.log").read())
+            figures["skipped_duplicates"] = chaos.skipped_duplicates(log_lines)
             notes.extend(fault.notes)
+        if servers.cluster is not None:
+            figures["servers"]["nats_nodes"] = _node_figures(figures, servers)
+            for node in servers.cluster.nodes:  # the node's store goes with the cluster; its log stays
+                log = node.data_dir / "nats-server.log"
+                if log.exists():
+                    shutil.copyfile(log, out_dir / f"nats-{node.name}.log")
         pub_outcome = pub.outcome
         figures.update(_latency(opts, pub_outcome, probe, nats, names, sink.name, pipeline.subject))
         if opts.baseline and opts.sink != "naive":
@@ -207,6 +222,7 @@ def run_once(
             base_figures.update(_latency(opts, pub_outcome, base_probe, nats, names, "naive", pipeline.subject))
         else:
             base_figures = None
+        cluster_facts = {"nats_cluster": _cluster_facts(nats, servers, names, pipeline)} if servers.cluster else {}
     finally:
         pub.terminate()
         nats.close()
@@ -218,7 +234,7 @@ def run_once(
         **figures,
         "publisher": _publisher_summary(pub.outcome, plan, pub.cpu_s),
         "config": redacted(config),
-        "versions": versions(client, nats_version=getattr(nats, "server_version", None)),
+        "versions": versions(client, nats_version=getattr(nats, "server_version", None)) | cluster_facts,
         "machine": machine(),
         "settings": {k: v for k, v in asdict(opts).items() if k != "progress"},
         "notes": notes,
@@ -252,6 +268,42 @@ def _jetsink(data: dict[str, Any], config_path: Path, out_dir: Path, state_dir: 
         sinks.append(harness.JetsinkSink(path, out_dir / f"supervisor-instance{k}.log", partitions,
                                          slot_base=k * 1000))
     return harness.JetsinkInstances(sinks, partitions)
+
+
+def _node_figures(figures: dict[str, Any], servers: harness.Servers) -> list[dict[str, Any]]:
+    """results.json's servers.nats_nodes: each cluster node's CPU (every run of it) and RSS peak."""
+    procs = figures["servers"].pop("nats_processes", {})
+    out = []
+    for node in servers.cluster.nodes:
+        mine = [v for n, v in procs.items() if n.split(".")[0] == f"nats-{node.name}"]
+        out.append({
+            "name": node.name,
+            "url": node.url,
+            "cpu_s": round(sum(v["cpu_s"] or 0.0 for v in mine), 3),
+            "rss_peak_mb": max((v["rss_peak_mb"] or 0.0 for v in mine), default=None),
+            "restarts": servers.starts.get(node.name, 0),
+        })
+    return out
+
+
+def _cluster_facts(nats: NatsThread, servers: harness.Servers, names: harness.RunNames,
+                   pipeline: Any) -> dict[str, Any]:
+    """versions.nats_cluster: the cluster's size and the replicas provision gave the run's objects."""
+    from workers.delivery.commits import bucket_name
+
+    async def q() -> dict[str, Any]:
+        stream = await nats.js.stream_info(names.stream)
+        kv = await nats.js.stream_info(f"KV_{bucket_name(harness.PIPELINE)}")
+        consumer = await nats.js.consumer_info(names.stream, consumer_name(harness.PIPELINE, 0))
+        return {"stream": stream.config.num_replicas, "kv": kv.config.num_replicas,
+                "consumers": 1 + len((consumer.cluster.replicas if consumer.cluster else None) or ())}
+
+    try:
+        replicas: dict[str, Any] | None = nats.call(q())
+    except Exception as exc:
+        replicas = {"error": repr(exc)}
+    return {"size": len(servers.cluster.nodes), "nodes": [n.name for n in servers.cluster.nodes],
+            "replicas": replicas}
 
 
 def _per_instance(sink: Any, figures: dict[str, Any]) -> list[dict[str, Any]]:
@@ -368,6 +420,12 @@ class _Publisher:
                 raise RuntimeError(f"the publisher exited with code {self.proc.exitcode} and reported nothing")
         return True
 
+    def stop_early(self) -> None:
+        """End a publisher that cannot go on (the run stalled); its acked count so far is the outcome."""
+        self.terminate()
+        self.outcome = {"published": self.published, "refused": 0, "unconfirmed": 0,
+                        "first_error": "stopped by the bench: the run stalled", "samples": {}}
+
     def terminate(self) -> None:
         if self.proc.pid is not None and self.proc.is_alive():
             self.proc.terminate()
@@ -445,9 +503,7 @@ def _drive(opts: RunOptions, sink: Any, probe: Probe, pub: _Publisher, watched: 
         publishing = live and not pub.done()
         published = pub.outcome["published"] if pub.outcome else pub.published
         s = tick(published)
-        if fault is not None and fault.due(s.rows + s.dlq):
-            console.say(f"chaos: {fault.kind} at {s.rows + s.dlq:,} stored")
-            fault.fire(time.time(), sink, servers)
+        if fault is not None and fault.step(time.time(), s.rows + s.dlq, sink, servers, console.say):
             _rewatch(watched, servers, sink)
         if s.rows + s.dlq != seen:
             seen, moved_at = s.rows + s.dlq, time.time()
@@ -459,10 +515,15 @@ def _drive(opts: RunOptions, sink: Any, probe: Probe, pub: _Publisher, watched: 
                 break
         if time.time() - moved_at > opts.stall_timeout_s:
             notes.append(f"{label}: nothing moved for {opts.stall_timeout_s:.0f} s; stopped waiting")
+            if not pub.done():
+                pub.stop_early()
+                notes.append(f"the publisher was still publishing; stopped at {pub.outcome['published']:,} acked")
             break
         probe.sleep_until_next(last)
         last = time.time()
     printer.show(probe, published, final=True)
+    if fault is not None:
+        fault.finish(servers, console.say)  # a node still down comes back for the accounting
     # The window ends at the first poll that saw the final count (after a stall, not at
     # the end of the wait, which would dilute the throughput with idle time).
     final = probe.samples[-1].rows + probe.samples[-1].dlq
@@ -487,14 +548,15 @@ def _drive(opts: RunOptions, sink: Any, probe: Probe, pub: _Publisher, watched: 
     )
     figures["servers"]["nats_profile"] = nats_profiler.write_views() if nats_profiler is not None else None
     if fault is not None:
-        figures["t_start"] = t_start
+        polls = [(x.t - t_start, x.rows + x.dlq) for x in probe.samples]
+        figures["chaos"] = fault.figures(figures["timeline"], polls, t_start, probe.samples[t1_index].t - t_start)
     return figures
 
 
 def _rewatch(watched: Watched, servers: Any, sink: Any) -> None:
-    """After a chaos kill: watch the restarted processes under the same names."""
-    if servers.nats_pid:
-        watched.add("nats", servers.nats_pid)
+    """After a chaos kill: watch the restarted processes (a cluster node under a new name, bench.harness)."""
+    for name, pid in servers.nats_processes().items():
+        watched.add(name, pid)
     if servers.clickhouse_pid:
         watched.add("clickhouse", servers.clickhouse_pid)
     if sink.name == "jetsink":
@@ -573,16 +635,19 @@ def _window_figures(samples: list[Sample], i0: int, i1: int, sink: Any, prefix: 
         })
     workers_cpu = sum(w["cpu_s"] for w in workers)
     sup_cpu = cpu("supervisor") if prefix == "worker" else 0.0
-    nats_cpu, ch_cpu = cpu("nats"), cpu("clickhouse")
+    nats_names = [n for n in s1.cpu if n == "nats" or n.startswith("nats-")]
+    nats_cpu = round(sum(cpu(n) or 0.0 for n in nats_names), 3) if nats_names else None
+    ch_cpu = cpu("clickhouse")
     sink_cpu = workers_cpu + (sup_cpu or 0.0)
     total = None if nats_cpu is None or ch_cpu is None else sink_cpu + nats_cpu + ch_cpu
-    return {
+    figures: dict[str, Any] = {
         "throughput_msgs_per_s": round(moved / window, 1) if window > 0 and moved > 0 else None,
         "window_s": round(window, 3),
         "workers": workers,
         "supervisor": {"cpu_s": sup_cpu, "rss_peak_mb": rss_peak("supervisor") if prefix == "worker" else None},
         "servers": {"nats_cpu_s": nats_cpu, "clickhouse_cpu_s": ch_cpu,
-                    "nats_rss_peak_mb": rss_peak("nats"), "clickhouse_rss_peak_mb": rss_peak("clickhouse")},
+                    "nats_rss_peak_mb": max((rss_peak(n) or 0.0 for n in nats_names), default=None),
+                    "clickhouse_rss_peak_mb": rss_peak("clickhouse")},
         "cpu_us_per_msg": {
             "sink": stats.us_per_msg(sink_cpu, moved),
             "workers": stats.us_per_msg(workers_cpu, moved),
@@ -593,6 +658,9 @@ def _window_figures(samples: list[Sample], i0: int, i1: int, sink: Any, prefix: 
         },
         "timeline": _timeline(samples, t_start, i0, i1),
     }
+    if nats_names != ["nats"] and nats_names:  # a cluster's nodes, for servers.nats_nodes
+        figures["servers"]["nats_processes"] = {n: {"cpu_s": cpu(n), "rss_peak_mb": rss_peak(n)} for n in nats_names}
+    return figures
 
 
 def _timeline(samples: list[Sample], t_start: float, i0: int, i1: int) -> list[dict[str, Any]]:

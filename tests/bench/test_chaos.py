@@ -27,8 +27,43 @@ def _timeline(rates, published=None):
 def test_fires_once_at_its_share_of_the_messages():
     c = chaos.Chaos("kill-worker", 0.3, 1000)
     assert not c.due(299) and c.due(300)
-    c.fired_at = 1.0
+    c.kills[0].fired_at = 1.0
     assert not c.due(900)
+
+
+def test_a_schedule_spreads_its_kills_and_waits_for_the_cluster_to_be_whole_again():
+    c = chaos.Chaos("kill-stream-leader,kill-consumer-leader", 0.3, 1000)
+    assert [(k.kind, k.at) for k in c.kills] == [("kill-stream-leader", 0.3), ("kill-consumer-leader", 0.65)]
+    first = c.kills[0]
+    first.fired_at = 1.0
+    assert not c.due(649) and not c.due(700)  # the killed node is not back and caught up yet
+    first.restarted_at, first.caught_up_at = 3.0, 4.0
+    assert c.due(650)
+    assert chaos.parse_kinds("kill-worker, kill-kv-leader") == ["kill-worker", "kill-kv-leader"]
+    for bad in ("kill-everything", "", "kill-worker,,nope"):
+        try:
+            chaos.parse_kinds(bad)
+        except ValueError:
+            continue
+        raise AssertionError(bad)
+
+
+def test_the_longest_stall_is_the_longest_run_of_polls_without_a_new_row():
+    polls = [(0.0, 0), (1.0, 10), (1.5, 10), (2.0, 10), (2.5, 20), (3.0, 20), (4.5, 20), (5.0, 30), (6.0, 40)]
+    assert chaos.longest_stall(polls, 1.2, 2.2) == 1.0  # from the poll at 1.0 (before the kill) to 2.0
+    assert chaos.longest_stall(polls, 2.2, None) == 2.0  # 2.5 .. 4.5
+    assert chaos.longest_stall(polls, 2.2, 3.0) == 0.5  # ends at the next kill
+    assert chaos.longest_stall(polls, 5.0, 6.0) == 0.0  # every poll saw new rows
+
+
+def test_worker_deaths_from_the_supervisors_log():
+    lines = [
+        {"msg": "worker 0 died (exit 1); restarting in 1.0s"},
+        {"msg": "worker 1 died 5 times before it was ready (exit 3); stopping"},
+        {"msg": "partition bench/0: the worker died mid-batch"},
+        {"msg": "worker 1 died (exit -9); restarting in 1.0s"},
+    ]
+    assert chaos.worker_deaths(lines) == 3
 
 
 def test_recovery_is_the_first_second_back_at_80_percent_of_the_rate_before():
@@ -49,6 +84,36 @@ def test_skipped_duplicates_from_the_workers_release_lines():
         {"msg": "acquired partition bench/0"},
     ]
     assert chaos.skipped_duplicates(lines) == 5
+
+
+def test_figures_name_each_kill_its_node_stall_and_recovery():
+    c = chaos.Chaos("kill-stream-leader,kill-kv-leader", 0.3, 10_000)
+    a, b = c.kills
+    a.fired_at, a.node, a.led, a.elected_at, a.restarted_at, a.caught_up_at = 105.5, "n1", ["stream"], 107.0, 107.0, 109
+    b.fired_at, b.node = 108.5, "n2"
+    tl = _timeline([1000] * 6 + [0, 0, 1000, 1000, 1000])
+    polls = [(float(p["t"]), p["inserted"]) for p in tl]
+    f = c.figures(tl, polls, 100.0, 10.0)
+    assert f["kind"] == "kill-stream-leader,kill-kv-leader" and f["node"] == "n1" and f["fired_at_s"] == 5.5
+    first, second = f["kills"]
+    assert (first["node"], first["elected_s"], first["restarted_s"], first["caught_up_s"]) == ("n1", 1.5, 1.5, 3.5)
+    assert first["stall_s"] == 2.0 and first["recovery_s"] == 2.5  # rows stood still from t=5 to t=7
+    assert second["fired_at_s"] == 8.5 and second["stall_s"] == 0.0
+    assert f["recovery_s"] == max(first["recovery_s"], second["recovery_s"])
+
+
+def test_a_repeat_summary_flags_the_runs_that_lost_or_duplicated():
+    runs = [(1, {"lost": 0, "duplicates": 0, "worker_deaths": 0, "throughput_msgs_per_s": 100.0,
+                 "chaos": {"kills": [{"kind": "kill-kv-leader", "node": "n0", "fired_at_s": 2.0, "stall_s": 1.5,
+                                      "recovery_s": 3.0}]}}),
+            (2, {"lost": 0, "duplicates": 12, "worker_deaths": 2, "throughput_msgs_per_s": 90.0,
+                 "chaos": {"kills": [{"kind": "kill-kv-leader", "node": None, "fired_at_s": None, "stall_s": None,
+                                      "recovery_s": None}]}})]
+    rows = report.repeat_rows(runs)
+    assert rows[1]["duplicates"] == 12 and rows[0]["kills"][0]["node"] == "n0"
+    table = report.repeat_table(rows)
+    assert "kill-kv-leader n0: 1.50 s, 3.00 s" in table and "did not fire" in table
+    assert table.endswith("runs [2] lost or stored twice")
 
 
 def test_the_report_marks_the_fault_and_the_recovery_on_its_charts():

@@ -129,3 +129,43 @@ def test_chaos_kills_then_accounts_for_every_message(tmp_path, kind):
     assert isinstance(r["skipped_duplicates"], int) and "recovery_s" in r
     assert any(n.startswith("chaos: kill -9 of") for n in r["notes"])
     assert f">{kind}</text>" in (tmp_path / "report.html").read_text()
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--chaos", "kill-stream-leader"], "needs --cluster 3"),
+    (["--chaos", "kill-worker,kill-kv-leader"], "needs --cluster 3"),
+    (["--cluster", "3", "--chaos", "kill-nats"], "kill-nats kills the bench's one nats-server"),
+    (["--cluster", "3", "--chaos", "kill-stream-leader,kill-leaders"], "unknown kind 'kill-leaders'"),
+    (["--cluster", "2"], "at least 3 nodes"),
+    (["--repeat", "0"], "--repeat must be >= 1"),
+])
+def test_cluster_chaos_usage_errors_exit_2(argv, says):
+    proc = subprocess.run([sys.executable, "-m", "bench", "--messages", "1000", *argv],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and says in proc.stderr, proc.stderr
+
+
+def test_cluster_chaos_kills_the_stream_leader_and_accounts(tmp_path):
+    # A fixed publish rate spreads the 20,000 events over ~10 s, so the kill comes mid-drain.
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--cluster", "3", "--chaos", "kill-stream-leader", "--messages", "20000",
+         "--rate", "2000", "--workers", "2", "--no-profiles", "--quiet", "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = orjson.loads((tmp_path / "results.json").read_bytes())
+    assert stats.schema_problems(r) == []
+    assert r["lost"] == 0
+    # The lead is closing the causes of duplicates after elections (issue 22): reported, not yet asserted.
+    assert isinstance(r["duplicates"], int) and isinstance(r["worker_deaths"], int)
+    print(f"cluster kill-stream-leader: duplicates {r['duplicates']}, worker deaths {r['worker_deaths']}, "
+          f"chaos {r['chaos']['kills']}")
+    kill = r["chaos"]["kills"][0]
+    assert kill["kind"] == "kill-stream-leader" and kill["node"] in {"n0", "n1", "n2"} and "stream" in kill["led"]
+    assert kill["fired_at_s"] is not None and kill["restarted_s"] is not None and isinstance(kill["stall_s"], float)
+    assert "recovery_s" in r and isinstance(r["skipped_duplicates"], int)
+    assert r["versions"]["nats_cluster"]["replicas"] == {"stream": 3, "kv": 3, "consumers": 3}
+    nodes = r["servers"]["nats_nodes"]
+    assert [n["name"] for n in nodes] == ["n0", "n1", "n2"] and sum(n["restarts"] for n in nodes) == 1
+    assert r["servers"]["nats_cpu_s"] == pytest.approx(sum(n["cpu_s"] for n in nodes), abs=0.01)
+    assert len(r["config"]["nats"]["servers"]) == 3
