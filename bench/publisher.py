@@ -7,7 +7,9 @@ wildcard inbox subscription (cheaper than a future per request), and at most `wi
 publishes are unacknowledged at any time.  A publish whose ack does not come within
 `ack_timeout_s` (its server was killed, an election lost it) stops holding the window: it
 counts as unconfirmed unless its ack comes later, and is never sent again (the bench
-counts a message as published only once JetStream acked it).
+counts a message as published only once JetStream acked it).  A refused publish (an error
+answer, or a 503 "no responders" status while the stream has no leader) was not stored: it
+is sent again with backoff, before any new message, for up to `retry_for_s`.
 
 Every `sample_every`-th event's send time is recorded for the publish-to-insert
 latency; every `traceparent_every`-th event carries a W3C traceparent header.
@@ -16,6 +18,7 @@ latency; every `traceparent_every`-th event carries a W3C traceparent header.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -25,6 +28,9 @@ from typing import Any
 import orjson
 
 from bench.events import EventTemplates, traceparent_for
+
+RETRY_FIRST_S = 0.1  # a refused publish is sent again after this, doubling up to RETRY_MAX_S
+RETRY_MAX_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,7 @@ class PublishPlan:
     result_path: str
     window: int = 4000
     ack_timeout_s: float = 5.0
+    retry_for_s: float = 60.0  # a refused publish is sent again for this long
 
 
 @dataclass
@@ -50,9 +57,10 @@ class PublishOutcome:
     """What the publisher reports when done (written as JSON to plan.result_path)."""
 
     published: int = 0  # acked by JetStream
-    refused: int = 0  # answered with an error
+    refused: int = 0  # answered with an error every time for retry_for_s
     unconfirmed: int = 0  # sent, no answer within the timeout
     sent: int = 0
+    resent: int = 0  # refused publishes sent again
     started_at: float = 0.0  # wall clock (time.time())
     ended_at: float = 0.0
     # event index -> [wall-clock send time, stream sequence] of the sampled events
@@ -75,42 +83,74 @@ async def publish(plan: PublishPlan, counter: Any = None) -> PublishOutcome:
     subjects = [f"{plan.subject_prefix}.k{k}" for k in range(plan.keys)]
     out = PublishOutcome(samples={})
     samples = out.samples
-    room = asyncio.Event()
-    room.set()
-    all_answered = asyncio.Event()
-    done_sending = False
+    answered = asyncio.Event()  # set on every answer: the window may have room again
     waiting: dict[int, float] = {}  # index -> monotonic send time of each publish not yet answered
+    refused: dict[int, tuple[float, int]] = {}  # index -> (first refusal, refusals) of a publish to send again
+    again: list[tuple[float, int]] = []  # heap of (when, index) of refused publishes to send again
 
     async def on_ack(msg: Any) -> None:
         data = msg.data
         index = msg.subject.rpartition(".")[2]
-        waiting.pop(int(index), None)
-        sample = samples.get(index)
+        i = int(index)
+        waiting.pop(i, None)
+        answered.set()
         # A PubAck names the sequence; anything else is a refusal: an {"error": ...} answer, or a
         # header-only status (503 "no responders" while a stream has no leader) with no data at all.
-        acked = b'"seq"' in data and b'"error"' not in data
-        if sample is not None and acked:
-            sample.append(orjson.loads(data)["seq"])
-        if not acked:
-            out.refused += 1
-            if out.first_error is None:
-                status = (msg.headers or {}).get("Status") if data == b"" else None
-                out.first_error = f"status {status} {(msg.headers or {}).get('Description', '')}".strip() \
-                    if status else data.decode(errors="replace")
-        else:
+        # A refused message was not stored: it is sent again, as a producer would.
+        if b'"seq"' in data and b'"error"' not in data:
+            refused.pop(i, None)
+            sample = samples.get(index)
+            if sample is not None:
+                sample.append(orjson.loads(data)["seq"])
             out.published += 1
             if counter is not None:
                 counter.value = out.published
-        if len(waiting) <= plan.window // 2:
-            room.set()
-        if done_sending and not waiting:
-            all_answered.set()
+            return
+        if out.first_error is None:
+            status = (msg.headers or {}).get("Status") if data == b"" else None
+            out.first_error = f"status {status} {(msg.headers or {}).get('Description', '')}".strip() \
+                if status else data.decode(errors="replace")
+        now = time.monotonic()
+        first, times = refused.get(i, (now, 0))
+        if now - first >= plan.retry_for_s:
+            refused.pop(i, None)
+            out.refused += 1
+            return
+        refused[i] = (first, times + 1)
+        heapq.heappush(again, (now + min(RETRY_MAX_S, RETRY_FIRST_S * 2**times), i))
 
     def give_up_unanswered() -> None:
         """Publishes unanswered for ack_timeout_s no longer hold the window."""
         old = time.monotonic() - plan.ack_timeout_s
         for i in [i for i, t in waiting.items() if t < old]:
             del waiting[i]
+
+    async def room() -> None:
+        while len(waiting) >= plan.window:
+            answered.clear()
+            try:
+                await asyncio.wait_for(answered.wait(), timeout=plan.ack_timeout_s)
+            except asyncio.TimeoutError:
+                give_up_unanswered()
+
+    async def send(i: int) -> None:
+        headers = None
+        if plan.traceparent_every and i % plan.traceparent_every == 0:
+            headers = {"traceparent": traceparent_for(i)}
+        if i % plan.sample_every == 0:
+            samples[str(i)] = [time.time()]
+        waiting[i] = time.monotonic()
+        await nc.publish(subjects[i % plan.keys], body(i), reply=f"{inbox}.{i}", headers=headers)
+
+    async def send_again() -> None:
+        """Refused publishes whose backoff is over, before any new one; waits for the first one due."""
+        if again[0][0] > time.monotonic():
+            await asyncio.sleep(min(0.05, again[0][0] - time.monotonic()))
+        while again and again[0][0] <= time.monotonic():
+            _, i = heapq.heappop(again)
+            await room()
+            await send(i)
+            out.resent += 1
 
     nc = await connect_nats(
         load_config(plan.config_path).nats, name="jetsink-bench-publisher", pending_size=64 * 1024 * 1024
@@ -124,31 +164,25 @@ async def publish(plan: PublishPlan, counter: Any = None) -> PublishOutcome:
     out.started_at = time.time()
     i = 0
     while (limit is None or i < limit) and (deadline is None or time.monotonic() < deadline):
+        if again:
+            await send_again()
+            continue
         if plan.rate:
             ahead = start + i / plan.rate - time.monotonic()
             if ahead > 0.002:
                 await asyncio.sleep(ahead)
-        while len(waiting) >= plan.window:
-            room.clear()
-            try:
-                await asyncio.wait_for(room.wait(), timeout=plan.ack_timeout_s)
-            except asyncio.TimeoutError:
-                give_up_unanswered()
-        headers = None
-        if plan.traceparent_every and i % plan.traceparent_every == 0:
-            headers = {"traceparent": traceparent_for(i)}
-        if i % plan.sample_every == 0:
-            samples[str(i)] = [time.time()]
-        waiting[i] = time.monotonic()
-        await nc.publish(subjects[i % plan.keys], body(i), reply=f"{inbox}.{i}", headers=headers)
+        await room()
+        await send(i)
         out.sent += 1
         i += 1
-    done_sending = True
     await nc.flush()
-    give_up_unanswered()
-    while waiting:  # the last answers, as long as some keep coming within ack_timeout_s
+    while waiting or again:  # the last answers, as long as some keep coming within ack_timeout_s
+        if again:
+            await send_again()
+            continue
+        answered.clear()
         try:
-            await asyncio.wait_for(all_answered.wait(), timeout=plan.ack_timeout_s)
+            await asyncio.wait_for(answered.wait(), timeout=plan.ack_timeout_s)
         except asyncio.TimeoutError:
             give_up_unanswered()
     out.unconfirmed = out.sent - out.published - out.refused

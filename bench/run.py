@@ -146,9 +146,10 @@ def run_once(
     if opts.profiles and not py_spy:
         notes.append("CPU profiles skipped: py-spy not found")
 
+    sink: Any = None
     try:
         if opts.sink == "naive":
-            sink: Any = _naive_sink(config, names, out_dir / "naive.log")
+            sink = _naive_sink(config, names, out_dir / "naive.log")
             _ensure_naive_table(client, names)
             table, consumers = names.table + NAIVE_TABLE_SUFFIX, [NAIVE_DURABLE]
         else:
@@ -226,6 +227,8 @@ def run_once(
     finally:
         pub.terminate()
         nats.close()
+        if sink is not None and sink.exit_code() is None:
+            sink.stop(timeout=10.0)  # the run failed or was interrupted: no sink left running
 
     results: dict[str, Any] = {
         "results_version": stats.RESULTS_VERSION,
@@ -755,6 +758,7 @@ def _publisher_summary(outcome: dict[str, Any], plan: publisher.PublishPlan, cpu
     return {
         "published": outcome.get("published", 0),
         "refused": outcome.get("refused", 0),
+        "resent": outcome.get("resent", 0),
         "unconfirmed": outcome.get("unconfirmed", 0),
         "first_error": outcome.get("first_error"),
         "duration_s": round(span, 3) if span else None,
