@@ -24,8 +24,9 @@ entry per kill) and, at top level, `recovery_s`, `skipped_duplicates` and `worke
 `duplicates` and `lost` are counted as in every run, from ClickHouse directly.  recovery_s:
 from the kill to the end of the dip it caused: the first second whose insert rate is back to
 RECOVERED of the rate in the WINDOW_S before the kill.  stall_s: the longest time the
-bench's polls of the table (100 ms apart) saw no new row, from the kill to the next kill or
-the end of the drain.
+bench's polls of the table (100 ms apart) saw no new row while published messages waited to
+be stored, from the kill to the next kill or the end of the drain; no_rows_s the same
+without the condition.
 """
 
 from __future__ import annotations
@@ -302,16 +303,18 @@ class Chaos:
 
     # ---------------------------------------------------------------------- figures
 
-    def figures(self, timeline: list[dict[str, Any]], polls: list[tuple[float, int]], t_start: float,
+    def figures(self, timeline: list[dict[str, Any]], polls: list[tuple[float, int, int]], t_start: float,
                 t_end: float | None) -> dict[str, Any]:
         """The chaos section of results.json: from the run's one-second timeline (recovery) and the
-        polls behind it (t since the start, rows + dead letters; stalls), ending at `t_end` (the
+        polls behind it (t since the start, rows + dead letters, published; stalls), ending at `t_end` (the
         drain's last row), times in seconds since `t_start`."""
         rel = [None if k.fired_at is None else k.fired_at - t_start for k in self.kills]
         kills = []
         for i, k in enumerate(self.kills):
             fired = rel[i]
             until = next((r for r in rel[i + 1:] if r is not None), t_end)
+
+            stall = None if fired is None else longest_stall(polls, fired, until)
 
             def since(t: float | None, fired: float | None = fired) -> float | None:
                 return None if t is None or fired is None else round(t - t_start - fired, 2)
@@ -328,7 +331,8 @@ class Chaos:
                 "restarted_s": since(k.restarted_at),
                 "caught_up_s": since(k.caught_up_at),
                 "recovery_s": None if fired is None else recovery_s(timeline, fired),
-                "stall_s": None if fired is None else longest_stall(polls, fired, until),
+                "stall_s": stall[0] if stall else None,
+                "no_rows_s": stall[1] if stall else None,
             })
         fired = [x for x in kills if x["fired_at_s"] is not None]
         recoveries = [x["recovery_s"] for x in fired]
@@ -371,17 +375,24 @@ def recovery_s(timeline: list[dict[str, Any]], fired: float) -> float | None:
     return None
 
 
-def longest_stall(polls: list[tuple[float, int]], start: float, end: float | None) -> float:
-    """The longest time consecutive polls (t, stored) saw the same count, between the last poll at or
-    before `start` and `end` (the next kill, or the drain's last row; None: the last poll)."""
+def longest_stall(polls: list[tuple[float, int, int]], start: float, end: float | None) -> tuple[float, float]:
+    """From polls (t, stored, published) between the last one at or before `start` and `end` (the next
+    kill, or the drain's last row; None: the last poll): the longest time no new row was stored while
+    published messages waited to be (the sink's own stall), and the longest time no new row was stored
+    at all (in a live run this includes waiting for the publisher, itself waiting for a new leader)."""
     window = [p for p in polls if p[0] <= start][-1:] + [p for p in polls if start < p[0]
                                                          and (end is None or p[0] <= end)]
-    longest, since, count = 0.0, None, None
-    for t, n in window:
+    stalled, no_rows = 0.0, 0.0
+    count, since, waited_since = None, 0.0, None
+    for t, n, published in window:
         if n != count:
-            since, count = t, n
-        longest = max(longest, t - since)
-    return round(longest, 2)
+            count, since, waited_since = n, t, None
+        if waited_since is None and published > n:
+            waited_since = t
+        no_rows = max(no_rows, t - since)
+        if waited_since is not None:
+            stalled = max(stalled, t - waited_since)
+    return round(stalled, 2), round(no_rows, 2)
 
 
 def skipped_duplicates(log_lines: list[dict]) -> int:

@@ -124,7 +124,7 @@ def repeat_rows(done: list[tuple[Any, dict[str, Any]]]) -> list[dict[str, Any]]:
         "duplicates": r.get("duplicates"),
         "worker_deaths": r.get("worker_deaths"),
         "throughput_msgs_per_s": r.get("throughput_msgs_per_s"),
-        "kills": [{key: k.get(key) for key in ("kind", "node", "fired_at_s", "stall_s", "recovery_s")}
+        "kills": [{key: k.get(key) for key in ("kind", "node", "fired_at_s", "stall_s", "no_rows_s", "recovery_s")}
                   for k in (r.get("chaos") or {}).get("kills") or []],
         "results": f"run-{run}/results.json",
     } for run, r in done]

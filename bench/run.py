@@ -551,7 +551,7 @@ def _drive(opts: RunOptions, sink: Any, probe: Probe, pub: _Publisher, watched: 
     )
     figures["servers"]["nats_profile"] = nats_profiler.write_views() if nats_profiler is not None else None
     if fault is not None:
-        polls = [(x.t - t_start, x.rows + x.dlq) for x in probe.samples]
+        polls = [(x.t - t_start, x.rows + x.dlq, x.published) for x in probe.samples]
         figures["chaos"] = fault.figures(figures["timeline"], polls, t_start, probe.samples[t1_index].t - t_start)
     return figures
 

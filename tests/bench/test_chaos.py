@@ -49,11 +49,15 @@ def test_a_schedule_spreads_its_kills_and_waits_for_the_cluster_to_be_whole_agai
 
 
 def test_the_longest_stall_is_the_longest_run_of_polls_without_a_new_row():
-    polls = [(0.0, 0), (1.0, 10), (1.5, 10), (2.0, 10), (2.5, 20), (3.0, 20), (4.5, 20), (5.0, 30), (6.0, 40)]
-    assert chaos.longest_stall(polls, 1.2, 2.2) == 1.0  # from the poll at 1.0 (before the kill) to 2.0
-    assert chaos.longest_stall(polls, 2.2, None) == 2.0  # 2.5 .. 4.5
-    assert chaos.longest_stall(polls, 2.2, 3.0) == 0.5  # ends at the next kill
-    assert chaos.longest_stall(polls, 5.0, 6.0) == 0.0  # every poll saw new rows
+    polls = [(0.0, 0, 0), (1.0, 10, 10), (1.5, 10, 10), (2.0, 10, 10), (2.5, 20, 25), (3.0, 20, 30), (4.5, 20, 40),
+             (5.0, 30, 40), (6.0, 40, 40), (7.0, 40, 40), (7.5, 40, 45), (8.0, 40, 45), (9.0, 50, 50)]
+    # The sink stalled 0.5 s (7.5 .. 8.0) with 5 waiting; no row came for 2.0 s (6.0 .. 8.0).
+    assert chaos.longest_stall(polls, 6.5, None) == (0.5, 2.0)
+    # From the poll at 1.0 (before the kill) to 2.0 no row came, but nothing waited to be stored either.
+    assert chaos.longest_stall(polls, 1.2, 2.2) == (0.0, 1.0)
+    assert chaos.longest_stall(polls, 2.2, None) == (2.0, 2.0)  # 2.5 .. 4.5, while 5 to 20 waited
+    assert chaos.longest_stall(polls, 2.2, 3.0) == (0.5, 0.5)  # ends at the next kill
+    assert chaos.longest_stall(polls, 5.0, 6.0) == (0.0, 0.0)  # every poll saw new rows
 
 
 def test_worker_deaths_from_the_supervisors_log():
@@ -92,7 +96,7 @@ def test_figures_name_each_kill_its_node_stall_and_recovery():
     a.fired_at, a.node, a.led, a.elected_at, a.restarted_at, a.caught_up_at = 105.5, "n1", ["stream"], 107.0, 107.0, 109
     b.fired_at, b.node = 108.5, "n2"
     tl = _timeline([1000] * 6 + [0, 0, 1000, 1000, 1000])
-    polls = [(float(p["t"]), p["inserted"]) for p in tl]
+    polls = [(float(p["t"]), p["inserted"], p["published"]) for p in tl]
     f = c.figures(tl, polls, 100.0, 10.0)
     assert f["kind"] == "kill-stream-leader,kill-kv-leader" and f["node"] == "n1" and f["fired_at_s"] == 5.5
     first, second = f["kills"]
