@@ -42,6 +42,15 @@ METRICS = (
      "Batches a dead previous owner left in flight, settled by the current worker process: acked (from the "
      "consumer's ack floor), landed or not_landed (from ClickHouse's query log), resent (nobody could tell).",
      ("slot", "pipeline", "partition", "settled")),
+    ("jetsink_expired_unread_total", "counter",
+     "Stream sequences after the partition's stored one that the stream had removed (max_age, max_msgs, ...) when a "
+     "worker opened its commit state: its messages among them expired unread.", ("slot", "pipeline", "partition")),
+    ("jetsink_commit_state_resets_total", "counter",
+     "Commit states set aside (the stream was created again, or the bucket was deleted).",
+     ("slot", "pipeline", "partition")),
+    ("jetsink_consumers_created_total", "counter",
+     "Times the partition's consumer (or stream) was found missing and created again.",
+     ("slot", "pipeline", "partition")),
     ("jetsink_last_batch_timestamp_seconds", "gauge", "When the partition's last batch was committed (unix seconds).",
      ("slot", "pipeline", "partition")),
     ("jetsink_consumer_pending", "gauge", "Messages left in the partition's consumer (lag), as of the last delivery.",
@@ -59,6 +68,9 @@ _COUNTERS = {
     "jetsink_batches_total": "batches",
     "jetsink_insert_retries_total": "insert_retries",
     "jetsink_skipped_duplicates_total": "skipped_duplicates",
+    "jetsink_expired_unread_total": "expired_unread",
+    "jetsink_commit_state_resets_total": "state_resets",
+    "jetsink_consumers_created_total": "consumers_created",
 }
 
 _IN_DOUBT = {"acked": "in_doubt_acked", "landed": "in_doubt_landed", "not_landed": "in_doubt_not_landed",

@@ -102,10 +102,27 @@ def render_status_table(snapshot: Mapping | None, now: float | None = None) -> s
     if any(dropped.values()):
         counts = ", ".join(f"{signal} {n}" for signal, n in dropped.items())
         lines += ["", f"telemetry dropped while its OTLP endpoint was unreachable: {counts}"]
+    lines += _stream_notes(workers)
     problems = health(snapshot, now=now)
     if problems and not snapshot.get("draining"):
         lines += ["", "unhealthy:"] + [f"  {p}" for p in problems]
     return "\n".join(lines) + "\n"
+
+
+def _stream_notes(workers: list) -> list[str]:
+    """What the partitions found changed in JetStream under them, each a line; nothing when nothing did."""
+    notes = []
+    for w in workers:
+        for name, s in sorted((w.get("stats") or {}).items()):
+            if s.get("expired_unread"):
+                notes.append(f"  {name}: {s['expired_unread']} stream sequences expired unread (the stream's limits "
+                             "removed them before they were stored)")
+            if s.get("state_resets"):
+                notes.append(f"  {name}: commit state set aside {s['state_resets']} time(s) (stream created again "
+                             "or bucket deleted)")
+            if s.get("consumers_created"):
+                notes.append(f"  {name}: consumer created again {s['consumers_created']} time(s) (it was missing)")
+    return ["", "JetStream changes found:", *notes] if notes else []
 
 
 def _schema_table(schemas: Mapping, now: float) -> list[str]:

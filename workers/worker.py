@@ -30,16 +30,18 @@ from typing import Any
 
 from workers import exitcodes
 from workers.clickhouse import faults, indoubt, native, sink
-from workers.clickhouse.connect import clickhouse_client, clickhouse_where
+from workers.clickhouse.connect import clickhouse_answers, clickhouse_client, clickhouse_where
 from workers.clickhouse.schema import ServerFeatures
 from workers.clickhouse.table_schema import SchemaWatch, TableSchema
 from workers.delivery import commits
-from workers.nats.connect import connect_nats
+from workers.nats import streams
+from workers.nats.connect import connect_nats, nats_answers
 from workers.observability.logs import setup_logging
 from workers.observability.profiling import memory_profile
 from workers.observability.telemetry import Telemetry
 from workers.observability.telemetry import setup as setup_telemetry
 from workers.partition.prepare import PartitionTarget
+from workers.partition.retry import ServerProbes
 from workers.partition.runner import PartitionRunner
 from workers.settings import Config, profiles_dir
 from workers.topology import consumer_name
@@ -47,9 +49,13 @@ from workers.topology import consumer_name
 log = logging.getLogger("jetsink.worker")
 
 # A partition's loops turn at least every few seconds (pull requests expire within 5 s,
-# retries back off at most 30 s, an insert times out after send_receive_timeout_s).
+# retries back off at most 30 s and probe a server that is away every 0.5 s, an insert
+# times out after send_receive_timeout_s).
 STALL_TIMEOUT_S = 180.0
-NATS_DOWN_RESTART_S = 30.0
+# A NATS outage is waited out in the process, however long: nats-py reconnects every
+# reconnect_time_wait.  Only a client still not connected this long after a server
+# accepts connections again is given up (a fresh process connects cleanly).
+NATS_STUCK_RESTART_S = 20.0
 # The cyclic GC (see main()): young collections only after this many net allocations,
 # and a full collection every GC_INTERVAL_S from the beat loop.
 GC_GEN0_THRESHOLD = 1_000_000
@@ -80,6 +86,7 @@ class Worker:
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"insert-{slot}")
         self._parent = os.getppid()
         self._nats_down_since: float | None = None
+        self._nats_answers_since: float | None = None  # while not connected: since when a server accepts
         self._gc_at = time.monotonic()
         self._exit_hook = commits.ExitHook.from_env()  # tests only: the in-doubt batch on demand
 
@@ -149,7 +156,8 @@ class Worker:
         delay = 0.5
         while True:
             try:
-                self._nc = await connect_nats(cfg.nats, name=f"jetsink-worker-{self.slot}")
+                self._nc = await connect_nats(cfg.nats, name=f"jetsink-worker-{self.slot}",
+                                              reconnected=self._reconnected)
                 break
             except ConnectionError as exc:  # an outage is waited out, beating meanwhile
                 log.warning("waiting for nats: %s", exc)
@@ -181,21 +189,28 @@ class Worker:
                 self._control.put_nowait({"op": "drain", "why": "supervisor gone"})
             now = time.monotonic()
             if self._nc.is_connected:
-                self._nats_down_since = None
-            elif self._nats_down_since is None:
-                self._nats_down_since = now
-            elif now - self._nats_down_since > NATS_DOWN_RESTART_S:
-                # nats-py can stay "reconnecting" for good after a server restart even
-                # when the server is back (seen in the chaos tests). A fresh process
-                # connects cleanly; its boot waits for NATS if it really is down, and
-                # JetStream redelivers whatever this one had not acked.
-                log.error(
-                    "nats %s: not connected for %.0fs; restarting the worker",
-                    ",".join(self.config.nats.servers),
-                    now - self._nats_down_since,
-                )
-                sys.stdout.flush()
-                os._exit(1)
+                self._nats_down_since = self._nats_answers_since = None
+            else:
+                # An outage is waited out here (the partitions pause, nothing is lost): a
+                # restart would cost a boot and a takeover per partition when NATS is back.
+                self._nats_down_since = self._nats_down_since or now
+                if not await nats_answers(self.config.nats):
+                    self._nats_answers_since = None
+                elif self._nats_answers_since is None:
+                    self._nats_answers_since = now
+                elif now - self._nats_answers_since > NATS_STUCK_RESTART_S:
+                    # nats-py can stay "reconnecting" for good after a server restart even
+                    # when the server is back (seen in the chaos tests). A fresh process
+                    # connects cleanly, and JetStream redelivers whatever this one had not acked.
+                    log.error(
+                        "nats %s: not connected for %.0fs, %.0fs of them while the server accepts connections; "
+                        "restarting the worker",
+                        ",".join(self.config.nats.servers),
+                        now - self._nats_down_since,
+                        now - self._nats_answers_since,
+                    )
+                    sys.stdout.flush()
+                    os._exit(1)
             for runner in list(self._runners.values()):
                 stalled = runner.stalled_for(now)
                 if stalled > STALL_TIMEOUT_S:
@@ -259,15 +274,24 @@ class Worker:
         p = self._pipelines[pipeline]
         db = self.config.clickhouse.database
         insert = partial(self._insert_columns, p.table, db)
-        target = PartitionTarget(pipeline=p, index=index, consumer=consumer_name(pipeline, index), worker=self.slot)
+        target = PartitionTarget(
+            pipeline=p, index=index, consumer=consumer_name(pipeline, index), worker=self.slot,
+            replicas=streams.replicas_of(self.config.nats.replicas, self._nc._server_info),
+        )
         runner = PartitionRunner(
             self._nc, target, self._schemas[pipeline], self._in_thread, insert, self._telemetry,
             clickhouse=indoubt.QueryLog(self._client), tokens=self._features.insert_deduplication_token,
             exit_hook=self._exit_hook,
+            probes=ServerProbes(self._nc, partial(clickhouse_answers, self.config.clickhouse)),
         )
         await runner.start()
         self._runners[key] = runner
         log.info("acquired partition %s", runner.name, extra={"pipeline": pipeline, "partition": index})
+
+    async def _reconnected(self) -> None:
+        """NATS is back (nats-py reconnected): the partitions' pull requests went with the old connection."""
+        for runner in list(self._runners.values()):
+            runner.reconnected()
 
     def _insert_columns(self, table: str, database: str, names: tuple[str, ...], columns: list[list]) -> int:
         statement = sink.insert_statement(table, database, names)

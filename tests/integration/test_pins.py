@@ -9,9 +9,9 @@ import uuid
 import nats
 from nats.js import api
 
-from supervisor.provision import create_consumer
 from workers import message
 from workers.nats import intake
+from workers.nats.streams import create_consumer
 from workers.topology import PRIORITY_GROUP
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import orjson
 import pytest
@@ -256,7 +257,6 @@ def test_status_replies_end_the_request_and_only_unexpected_conflicts_are_logged
             (_status(409, "Leadership Change"), False, True),
             (_status(409, "Exceeded MaxAckPending"), True, True),  # expected while acks are held
             (_status(409, "Exceeded MaxAckPending"), False, True),  # logged
-            (_status(409, "Consumer Deleted"), False, True),  # logged
         ]:
             f._outstanding, acks.dirty = 5, dirty
             f._on_msgs([status])
@@ -266,7 +266,7 @@ def test_status_replies_end_the_request_and_only_unexpected_conflicts_are_logged
         f._on_msgs([_status(423, "Nats-Pin-Id mismatch")])
     assert f._outstanding == 0 and f._pin is None and stats.pins_lost == 1
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert warnings == ["pull on events/0 ended: Exceeded MaxAckPending", "pull on events/0 ended: Consumer Deleted"]
+    assert warnings == ["pull on events/0 ended: Exceeded MaxAckPending"]
     (unpinned,) = [r for r in caplog.records if "unpinned" in r.getMessage()]
     assert unpinned.getMessage() == (
         "partition events/0 unpinned (pin p-1, lost (Nats-Pin-Id mismatch)) after consumer sequence 7"
@@ -379,3 +379,57 @@ def test_acks_held_in_the_middle_of_a_request_keep_its_batch_open_until_the_requ
         assert await _finish(f, h, task) == []
 
     asyncio.run(go())
+
+
+def test_a_deleted_consumer_ends_the_pull_with_what_it_delivered_sealed_for_the_storer(caplog):
+    f, h, _, _, _, events = _setup(max_rows=10)
+
+    async def go():
+        f._on_msgs([_msg(1), _msg(2)])
+        with caplog.at_level(logging.WARNING, logger="workers.partition.fetcher"):
+            f._outstanding = 8
+            f._on_msgs([_status(409, "Consumer Deleted")])
+        # The storer's side takes what is sealed; run() returns by itself, pulling nothing more.
+        storer = asyncio.ensure_future(asyncio.gather(h.sealed.get(), h.sealed.get()))
+        await f.run()
+        await storer
+
+    asyncio.run(go())
+    assert f.gone == "its consumer was deleted (409 Consumer Deleted)"
+    sealed = [item for kind, item in events if kind == "seal"]
+    assert len(sealed) == 2 and sealed[-1] is STOP and len(sealed[0].messages) == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        "partition events/0: its consumer was deleted (409 Consumer Deleted); storing what it delivered, then "
+        "creating it again"
+    ]
+
+
+def test_repeated_503s_ask_whether_the_consumer_still_exists_and_an_election_is_not_a_deletion():
+    from nats.js.errors import NotFoundError
+
+    answers = []
+
+    def jetstream(timeout):
+        async def consumer_info(stream, consumer):
+            answer = answers.pop(0)
+            if isinstance(answer, BaseException):
+                raise answer
+            return answer
+
+        return SimpleNamespace(consumer_info=consumer_info)
+
+    for answer, gone in [
+        (asyncio.TimeoutError(), None),  # no leader yet: an election, pulls go on
+        (NotFoundError(code=404, err_code=10014, description="consumer not found"), "consumer"),
+        (NotFoundError(code=404, err_code=10059, description="stream not found"), "stream"),
+    ]:
+        f, _, nc, _, _, _ = _setup()
+        nc.jetstream = jetstream
+        answers.append(answer)
+        for _ in range(3):
+            f._on_msgs([_status(503)])
+        assert f._unavailable == 3
+        asyncio.run(f._check_consumer(1.0))
+        assert (f.gone is not None and gone in f.gone) if gone else f.gone is None
+        f._on_msgs([_msg(1)])  # a delivery: the consumer answers again
+        assert f._unavailable == 0

@@ -176,7 +176,7 @@ def test_prometheus_of_nothing_declares_every_metric_without_samples():
     text = render_prometheus(None)
     types, values = scrape(text)
     assert values == {}
-    assert len(types) == len([line for line in text.splitlines() if line.startswith("# TYPE ")]) == len(METRICS) == 21
+    assert len(types) == len([line for line in text.splitlines() if line.startswith("# TYPE ")]) == len(METRICS) == 24
 
 
 def test_status_table():
@@ -208,6 +208,22 @@ def test_status_shows_what_telemetry_dropped_while_its_endpoint_was_down():
     )
     quiet = PoolView(wall=lambda: NOW).snapshot([Handle(0, stats={"op": "stats", "partitions": {}})], draining=False)
     assert "telemetry" not in render_status_table(quiet, now=NOW)
+
+
+def test_status_and_metrics_show_what_partitions_found_changed_in_jetstream():
+    snap = snapshot()
+    snap["workers"][0]["stats"]["events/0"].update(expired_unread=400, state_resets=1, consumers_created=2)
+    table = render_status_table(snap, now=NOW)
+    assert "JetStream changes found:" in table
+    assert "events/0: 400 stream sequences expired unread" in table
+    assert "events/0: commit state set aside 1 time(s)" in table
+    assert "events/0: consumer created again 2 time(s)" in table
+    _, values = scrape(render_prometheus(snap))
+    part0 = (("partition", "0"), ("pipeline", "events"), ("slot", "0"))
+    assert values[("jetsink_expired_unread_total", part0)] == 400
+    assert values[("jetsink_commit_state_resets_total", part0)] == 1
+    assert values[("jetsink_consumers_created_total", part0)] == 2
+    assert "JetStream changes" not in render_status_table(snapshot(), now=NOW)
 
 
 def test_parse_listen():

@@ -10,6 +10,7 @@ retry loop's backoff is recorded instead of slept.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import re
 import time
@@ -75,6 +76,9 @@ class _Table:
         return len(rows)
 
 
+STREAM_CREATED = datetime.datetime(2026, 12, 6, 6, 0, 0, 123456, tzinfo=datetime.timezone.utc)
+
+
 class _KV:
     """The commit state's KV entry: compare-and-set updates, each recorded decoded."""
 
@@ -114,7 +118,12 @@ class _Nats:
             assert bucket == commits.bucket_name("events")
             return self.kv
 
-        return SimpleNamespace(consumer_info=consumer_info, key_value=key_value)
+        async def stream_info(stream: str):
+            assert stream in ("EVENTS", "KV_" + commits.bucket_name("events"))
+            return SimpleNamespace(created=STREAM_CREATED, state=SimpleNamespace(first_seq=1, last_seq=10**6),
+                                   config=SimpleNamespace(num_replicas=1))
+
+        return SimpleNamespace(consumer_info=consumer_info, key_value=key_value, stream_info=stream_info)
 
     async def _send_command(self, commands: bytes) -> None:
         subjects, verbs = [], set()
@@ -378,6 +387,10 @@ def test_exactly_once_records_each_range_before_its_insert_with_the_previous_bat
         assert p.kinds() == ["commit state", "insert", "ack", "commit state", "insert", "ack", "commit state"]
         # One write per batch: its range, with the previous one's `stored`; the release writes the last.
         assert _states(p) == [(0, (2, 6, 3)), (6, (8, 10, 2)), (10, None)]
+        # Each write names the stream incarnation its sequences count in (read when the state was opened).
+        assert {s.stream for kind, *rest in p.events if kind == "commit state" for s in rest} == {
+            STREAM_CREATED.isoformat()
+        }
 
     asyncio.run(go())
 

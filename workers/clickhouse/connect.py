@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from clickhouse_driver import Client
@@ -35,3 +36,14 @@ def clickhouse_client(cfg: Any, **settings: Any) -> Client:
 def clickhouse_where(cfg: Any) -> str:
     """How to name the ClickHouse server in an error message."""
     return f"clickhouse {cfg.host}:{cfg.port}/{cfg.database}"
+
+
+async def clickhouse_answers(cfg: Any, timeout: float = 1.0) -> bool:
+    """Whether the ClickHouse server of `cfg` accepts a TCP connection now (a cheap probe while an
+    outage lasts: no query, no thread; clickhouse-server listens only once it can serve)."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(cfg.host, cfg.port), timeout)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    return True

@@ -111,6 +111,14 @@ def classify(exc: BaseException) -> Fault:
     return Fault.RETRYABLE
 
 
+def unreachable(exc: BaseException) -> bool:
+    """Whether a failure is about reaching the server (refused, reset, timed out), not about what
+    it answered: such a step is worth trying again the moment the server answers again."""
+    if isinstance(exc, ch.ServerException):
+        return False
+    return isinstance(exc, (ch.NetworkError, ch.SocketTimeoutError, ConnectionError, socket.timeout, EOFError, OSError))
+
+
 def table_in_question(exc: BaseException) -> bool:
     """Whether a failed insert may come from a change of the table (read it again before acting)."""
     fault = classify(exc)

@@ -7,7 +7,7 @@ partition index, value JSON:
 
 * `stored`: every message of the partition with stream sequence <= S is stored (in
   ClickHouse or the DLQ), written only when that is provably true: the batch continued a
-  clean AckAll consumer (workers/acks.py), so every delivery below it was ours and
+  clean AckAll consumer (workers/delivery/acks.py), so every delivery below it was ours and
   stored, or a dirty partition's held messages were reconciled.  A delivery at or below S
   is acked without being stored again: redeliveries after a worker crash, and messages a
   hard-killed nats-server redelivers because it forgot their acks.
@@ -20,9 +20,9 @@ letters are confirmed, with no write of its own (`inserted` only notes it here).
 batches follow each other the state therefore always names the last one as in flight;
 when none follows within STORED_FLUSH_S, `flush` writes `stored` alone, and a partition
 released cleanly flushes before it lets go.  A new owner that finds a batch in flight
-settles it (workers/takeover.py): when the consumer's ack floor is at or past its last
+settles it (workers/delivery/takeover.py): when the consumer's ack floor is at or past its last
 message, its owner acked it, which it does only after the insert was confirmed, so it
-is stored; otherwise ClickHouse's query log tells (workers/indoubt.py).
+is stored; otherwise ClickHouse's query log tells (workers/clickhouse/indoubt.py).
 
 * `stream`: the creation time of the stream incarnation the sequences count in (STREAM.INFO's
   `created`).  A stream deleted and created again numbers its messages from 1 again, so a
@@ -44,7 +44,7 @@ import os
 from dataclasses import dataclass
 from itertools import repeat
 from operator import itemgetter
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import orjson
 
@@ -130,6 +130,13 @@ class StreamIncarnation:
     last_seq: int
 
 
+async def incarnation(js: Any, stream: str) -> StreamIncarnation:
+    """The stream as it is now (one STREAM.INFO)."""
+    info = await js.stream_info(stream)
+    created = info.created.isoformat() if info.created is not None else ""
+    return StreamIncarnation(stream, created, info.state.first_seq, info.state.last_seq)
+
+
 @dataclass(frozen=True, slots=True)
 class Bound:
     """A commit state bound to the stream incarnation it is read against (see `bind`)."""
@@ -181,8 +188,11 @@ class CommitLog:
         self.state = state
         self._revision = revision
         self.stored_through = state.stored
+        self.found = revision != 0  # the entry existed when this owner opened it
         self.opened = Bound(state)  # what binding to the stream found (set by takeover.open_state)
         self.bucket_recreated = False
+        # Makes the bucket again when it is missing (True), or says it exists (False); set by open_state.
+        self.recreate_bucket: Callable[[], Awaitable[bool]] | None = None
 
     @classmethod
     async def open(
@@ -226,13 +236,20 @@ class CommitLog:
         await self._write(CommitState(self.stored_through, None, self.state.stream))
 
     async def _write(self, state: CommitState) -> None:
-        from nats.js.errors import KeyWrongLastSequenceError
+        from nats.js.errors import KeyWrongLastSequenceError, NoStreamResponseError
 
         try:
             # Revision 0 = the key must not exist yet (KV create semantics).
             self._revision = await self._kv.update(self._key, state.encode(), last=self._revision)
         except KeyWrongLastSequenceError as exc:
             raise StaleCommitState(f"commit state {self._key} moved under this owner: {exc}") from exc
+        except NoStreamResponseError:
+            # Nobody took the write: a leader election (retried by the caller), or the bucket
+            # was deleted under us. Then what this owner holds is the whole truth about its
+            # partition: the bucket is made again and the state written into it as it is.
+            if self.recreate_bucket is None or not await self.recreate_bucket():
+                raise
+            self._revision = await self._kv.update(self._key, state.encode(), last=0)
         self.state = state
 
 
@@ -288,7 +305,7 @@ def unstored(msgs: Sequence[tuple], stored: int, redelivered: bool | None = None
 
 async def read_stream(nc: Any, stream: str, pattern: str, consumer: str, first: int, last: int) -> list[tuple]:
     """The partition's messages (subject `pattern`) with stream sequences first..last, read back from
-    the stream (an ephemeral consumer), in stream order, as deliveries (workers/wire.py tuples)
+    the stream (an ephemeral consumer), in stream order, as deliveries (workers/nats/wire.py tuples)
     whose stand-in ack subject carries their stream sequence and stream timestamp: they rebuild
     what a previous owner held and are never acked."""
     from nats import errors as nats_errors

@@ -1,21 +1,21 @@
 """Exactly once when a partition changes hands (issue 14): what its new owner does before its first pull.
 
 A previous owner that died leaves two things behind in the partition's commit state
-(workers/commits.py) and consumer:
+(workers/delivery/commits.py) and consumer:
 
 - an in-doubt batch: a range it recorded as in flight and never recorded as stored.  When
   the consumer's ack floor is at or past its last message, the owner acked it, which it
   does only once ClickHouse and the DLQ confirmed the batch: it is stored, and nobody need
   be asked (the common case: an owner writes `stored` with the next batch's range, so
   between a batch's ack and that write the state names it in flight).  Otherwise its
-  insert may or may not have landed; ClickHouse's query log tells (workers/indoubt.py),
+  insert may or may not have landed; ClickHouse's query log tells (workers/clickhouse/indoubt.py),
   and when it cannot, the same batch is sent again under the same identity (query_id,
   dedup token).
 - deliveries it held unacked. Rather than waiting ack_wait for their redelivery, the new
   owner reads them back from the stream and stores them, so that every message up to the
   consumer's last delivery is stored and acks flow per batch at once.
 
-The steps that store a batch are the partition's own (workers/partition.py, `_store`):
+The steps that store a batch are the partition's own (`TableWriter.store`, workers/partition/writer.py):
 this module only decides which batches, in which order, and what the commit state says.
 """
 
@@ -30,7 +30,7 @@ from workers import message
 from workers.clickhouse import indoubt
 from workers.delivery import commits
 from workers.delivery.commits import CommitLog, Range
-from workers.topology import partition_filter
+from workers.topology import consumer_name, partition_filter
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,8 @@ REPLY = message.REPLY
 
 @dataclass
 class Takeover:
-    """A partition's new owner settling what its previous owner left (built by its PartitionRunner)."""
+    """A partition's new owner settling what its previous owner left (built by its Storer,
+    workers/partition/storer.py)."""
 
     name: str  # pipeline/partition, for logs
     target: Any  # workers.partition.prepare.PartitionTarget
@@ -137,19 +138,6 @@ class Takeover:
         return await commits.read_stream(self.nc, p.stream, pattern, t.consumer, first, last)
 
 
-async def open_commits(nc: Any, pipeline: str, index: int) -> CommitLog:
-    """The partition's commit state; a missing bucket says who should have made it."""
-    from nats.js.errors import BucketNotFoundError
-
-    try:
-        return (await CommitLog.open(nc.jetstream(timeout=10.0), pipeline, index))[0]
-    except BucketNotFoundError:
-        raise RuntimeError(
-            f"pipeline {pipeline}: KV bucket {commits.bucket_name(pipeline)} is missing (the supervisor's provision "
-            "creates it for delivery: exactly_once)"
-        ) from None
-
-
 async def open_state(nc: Any, pipeline: str, stream: str, index: int, log_extra: dict) -> CommitLog:
     """The partition's commit state, bound to the stream incarnation it counts in (commits.bind).
 
@@ -161,14 +149,13 @@ async def open_state(nc: Any, pipeline: str, stream: str, index: int, log_extra:
     from nats.js.errors import BucketNotFoundError
 
     js = nc.jetstream(timeout=10.0)
-    info = await js.stream_info(stream)
-    created = info.created.isoformat() if info.created is not None else ""
-    incarnation = commits.StreamIncarnation(stream, created, info.state.first_seq, info.state.last_seq)
+    incarnation = await commits.incarnation(js, stream)
+    created = incarnation.created
     name = f"{pipeline}/{index}"
     try:
         log_, bound = await CommitLog.open(js, pipeline, index, incarnation)
     except BucketNotFoundError:
-        replicas = info.config.num_replicas or 1
+        replicas = (await js.stream_info(stream)).config.num_replicas or 1
         try:
             await commits.create_bucket(js, pipeline, replicas)
         except Exception as exc:  # e.g. another partition created it first: opening again tells
@@ -178,6 +165,31 @@ async def open_state(nc: Any, pipeline: str, stream: str, index: int, log_extra:
                               "and was created again", bound.expired)
         log_.bucket_recreated = True
     log_.opened = bound
+
+    bucket_stream = f"KV_{commits.bucket_name(pipeline)}"
+    opened_bucket = (await js.stream_info(bucket_stream)).created
+
+    async def recreate_bucket() -> bool:
+        """After a write nobody took: True when the bucket is not the one opened (deleted, and made
+        again now or by another partition), False when it is (the write met an election)."""
+        from nats.js.errors import NotFoundError
+
+        try:
+            if (await js.stream_info(bucket_stream)).created == opened_bucket:
+                return False
+        except NotFoundError:
+            try:
+                await commits.create_bucket(js, pipeline, (await js.stream_info(stream)).config.num_replicas or 1)
+            except Exception as exc:  # another partition may have made it first
+                log.debug("creating %s: %s", commits.bucket_name(pipeline), exc)
+        log.warning(
+            "partition %s: commit-state bucket %s was deleted under it; it exists again, and this partition's "
+            "state goes into it as this owner holds it (stored %d): nothing is stored twice", name,
+            commits.bucket_name(pipeline), log_.stored_through, extra=log_extra,
+        )
+        return True
+
+    log_.recreate_bucket = recreate_bucket
     if bound.afresh is not None:
         log.warning(
             "partition %s: set aside its commit state: %s; starting afresh from what the consumer has not acked",
@@ -190,3 +202,27 @@ async def open_state(nc: Any, pipeline: str, stream: str, index: int, log_extra:
             incarnation.first_seq - 1, bound.expired, extra={**log_extra, "expired_unread": bound.expired},
         )
     return log_
+
+
+async def restart_position(js: Any, pipeline: str, stream: str, index: int, log_extra: dict) -> int | None:
+    """Where a missing consumer of an exactly_once partition starts: after what its commit state says is stored.
+
+    A consumer deleted by an operator would otherwise start again at the stream's first
+    message, and every message up to `stored` would be delivered again (and skipped as
+    stored, at a cost). None: from the first message (no state, or one of another stream
+    incarnation, which opening the state then reports).
+    """
+    from nats.js.errors import BucketNotFoundError
+
+    try:
+        _, bound = await CommitLog.open(js, pipeline, index, await commits.incarnation(js, stream))
+    except BucketNotFoundError:
+        return None
+    if bound.afresh is not None or bound.state.stored == 0:
+        return None
+    log.warning(
+        "partition %s/%d: consumer %s on stream %s was missing; created again from its commit state, delivering "
+        "from stream sequence %d (everything up to %d is stored)", pipeline, index, consumer_name(pipeline, index),
+        stream, bound.state.stored + 1, bound.state.stored, extra=log_extra,
+    )
+    return bound.state.stored + 1

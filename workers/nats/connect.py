@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
-from typing import Any
+from typing import Any, Awaitable, Callable
+from urllib.parse import urlsplit
 
 import nats
 
@@ -22,11 +24,15 @@ def _ssl_context(tls: Any) -> ssl.SSLContext | None:
     return ctx
 
 
-async def connect_nats(cfg: Any, name: str, initial_attempts: int = 2, **overrides: Any) -> nats.NATS:
+async def connect_nats(
+    cfg: Any, name: str, initial_attempts: int = 2, reconnected: Callable[[], Awaitable[None]] | None = None,
+    **overrides: Any,
+) -> nats.NATS:
     """Connect to the NATS servers of `cfg` (a NatsConfig); errors name the servers.
 
     The first connection gives up after `initial_attempts` tries per server (the caller
-    decides whether to wait longer); once connected, it reconnects forever.
+    decides whether to wait longer); once connected, it reconnects forever, every
+    reconnect_time_wait, and `reconnected()` is awaited after each reconnect.
     """
 
     connected = False
@@ -48,6 +54,8 @@ async def connect_nats(cfg: Any, name: str, initial_attempts: int = 2, **overrid
 
     async def on_reconnect() -> None:
         log.info("reconnected to nats %s", ",".join(cfg.servers))
+        if reconnected is not None:
+            await reconnected()
 
     opts: dict[str, Any] = dict(
         servers=list(cfg.servers),
@@ -88,3 +96,16 @@ async def connect_nats(cfg: Any, name: str, initial_attempts: int = 2, **overrid
     connected = True
     nc.options["max_reconnect_attempts"] = -1
     return nc
+
+
+async def nats_answers(cfg: Any, timeout: float = 1.0) -> bool:
+    """Whether some NATS server of `cfg` accepts a TCP connection now (no protocol spoken)."""
+    for url in cfg.servers:
+        parts = urlsplit(url if "://" in url else f"nats://{url}")
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, parts.port or 4222), timeout)
+        except (OSError, asyncio.TimeoutError, ValueError):
+            continue
+        writer.close()
+        return True
+    return False

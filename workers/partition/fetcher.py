@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from workers import message
-from workers.nats import intake, wire
+from workers.nats import intake, streams, wire
 from workers.partition.batch import Batch
 from workers.partition.handoff import STOP, Handoff, HeldAcks
 from workers.partition.prepare import PartitionTarget
@@ -33,6 +33,9 @@ from workers.topology import PRIORITY_GROUP
 log = logging.getLogger(__name__)
 
 MAX_UNANSWERED_PULLS = 3
+# After this many 503s in a row, and at most this often, ask whether the consumer still exists.
+UNAVAILABLE_CHECK_AFTER = 3
+UNAVAILABLE_CHECK_S = 5.0
 REPLY, HEADERS = message.REPLY, message.HEADERS
 _reply = itemgetter(REPLY)
 
@@ -82,6 +85,11 @@ class Fetcher:
         self._pin: str | None = None
         self._pinned_from = 0  # consumer sequence of the first delivery under the pin
         self._first_delivery: bytes | None = None  # how this consumer's first deliveries' ack subjects start
+        # Why the consumer is gone (deleted, or its stream), once the fetcher found out; the
+        # runner then creates it again and goes on (workers/partition/runner.py).
+        self.gone: str | None = None
+        self._unavailable = 0  # 503s (no responders: no consumer leader, or no consumer) since the last delivery
+        self._checked_at = 0.0  # when the consumer's existence was last asked after 503s
 
     def _new_batch(self) -> Batch:
         return Batch(*self._limits)
@@ -98,6 +106,12 @@ class Fetcher:
     def stop(self) -> None:
         """Pull no more; ``run`` seals what it holds once the open request is over, then returns."""
         self._stopping = True
+        self._wake.set()
+
+    def reconnected(self) -> None:
+        """The connection was made again: the open request's deliveries went with the old one (a
+        restarted server forgot it), so ask again now instead of at its deadline."""
+        self._outstanding = self._unanswered = 0
         self._wake.set()
 
     async def release_pin(self) -> None:
@@ -135,6 +149,7 @@ class Fetcher:
                 self._batch.redelivered = True
         if self._pin is None:
             self._pinned(deliveries)
+        self._unavailable = 0
         self._delivered += len(deliveries)
         if not self._batch:
             # Its messages left the server after this request was sent: JetStream's ack_wait for
@@ -155,6 +170,13 @@ class Fetcher:
         if status == intake.HEARTBEAT:
             return
         description = headers.get("Description")
+        if status == intake.UNAVAILABLE:
+            # No responders: during a leader election for a few seconds, for good when the
+            # consumer is gone (`run` asks which after a few).
+            self._unavailable += 1
+        elif status == intake.CONFLICT and "Consumer Deleted" in (description or ""):
+            self._consumer_gone("its consumer was deleted (409 Consumer Deleted)")
+            return
         if status == intake.PIN_LOST:
             # Another puller holds the pin (an instance that took the partition while views
             # differed), or a new consumer leader forgot it: pull no more with this id. The
@@ -177,6 +199,27 @@ class Fetcher:
             log.warning("pull on %s ended: %s", self.name, description)
         self._outstanding = 0
         self._wake.set()
+
+    def _consumer_gone(self, why: str) -> None:
+        """Pull no more from this consumer: seal what is held, so that the storer stores it, and end."""
+        if self.gone is None:
+            self.gone = why
+            log.warning("partition %s: %s; storing what it delivered, then creating it again", self.name, why,
+                        extra=self._log_extra)
+        self._stopping = True
+        self._outstanding = 0
+        self._wake.set()
+
+    async def _check_consumer(self, now: float) -> None:
+        """After repeated 503s: is the consumer (or its stream) gone, or is a leader being elected?"""
+        self._checked_at = now
+        try:
+            await self._nc.jetstream(timeout=5.0).consumer_info(self.target.pipeline.stream, self.target.consumer)
+        except Exception as exc:
+            what = streams.missing(exc)
+            if what is not None:
+                self._consumer_gone(f"its {what} is gone ({exc})")
+            # Anything else (a timeout: no leader yet) is an election: pulls go on being retried.
 
     # -- the pin ----------------------------------------------------------------
 
@@ -244,6 +287,8 @@ class Fetcher:
                     raise ConnectionError(
                         f"partition {self.name}: {self._unanswered} pull requests unanswered on a connected NATS client"
                     )
+            if self._unavailable >= UNAVAILABLE_CHECK_AFTER and now - self._checked_at > UNAVAILABLE_CHECK_S:
+                await self._check_consumer(now)
             dirty = self._acks.dirty
             if dirty:
                 await self._acks.keep_held_alive(now)
@@ -277,6 +322,12 @@ class Fetcher:
                             await self._wait(min(1.0, self._acks.ack_wait_s / 10))
                     continue
             elif self._outstanding == 0 and batch.room() > 0:
+                if self._unavailable:
+                    # No consumer leader (an election): ask again after a short, growing pause,
+                    # not in a tight loop of 503s.
+                    await self._wait(min(1.0, 0.05 * 2 ** min(self._unavailable, 5)))
+                    if self._stopping:
+                        continue
                 await self._request(batch.room(), batch.max_bytes - batch.nbytes)
             waits = [self._request_deadline - now] if self._outstanding > 0 else []
             if deadline is not None:

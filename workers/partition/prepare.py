@@ -30,6 +30,7 @@ class PartitionTarget:
     index: int
     consumer: str
     worker: int
+    replicas: int = 1  # of the pipeline's stream, should the partition have to create it again
 
 
 @dataclass

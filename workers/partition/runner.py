@@ -16,6 +16,7 @@ the health checks (failed, stalled_for, stacks).
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, Awaitable, Callable, Sequence
 
 from workers.clickhouse import indoubt
@@ -25,8 +26,11 @@ from workers.observability.telemetry import Telemetry
 from workers.partition.fetcher import Fetcher
 from workers.partition.handoff import Handoff
 from workers.partition.prepare import PartitionTarget
+from workers.partition.retry import ServerProbes
 from workers.partition.stats import PartitionStats
 from workers.partition.storer import Storer
+
+log = logging.getLogger(__name__)
 
 
 class PartitionRunner:
@@ -43,16 +47,25 @@ class PartitionRunner:
         clickhouse: indoubt.QueryLog | None = None,
         tokens: bool = False,
         exit_hook: commits.ExitHook | None = None,
+        probes: ServerProbes | None = None,
     ) -> None:
         self.target = target
         self.stats = PartitionStats()
         log_extra = {"pipeline": target.pipeline.name, "partition": target.index}  # on every log line
-        self._handoff = Handoff()
-        self._storer = Storer(
-            nc, target, schema, run_in_thread, insert, telemetry or Telemetry(), self._handoff, self.stats, log_extra,
-            clickhouse, tokens, exit_hook,
-        )
-        self._fetcher = Fetcher(nc, target, self._handoff, self._storer, self.stats, log_extra)
+        self._log_extra = log_extra
+
+        def sides() -> tuple[Handoff, Storer, Fetcher]:
+            handoff = Handoff()
+            storer = Storer(
+                nc, target, schema, run_in_thread, insert, telemetry or Telemetry(), handoff, self.stats, log_extra,
+                clickhouse, tokens, exit_hook, probes,
+            )
+            return handoff, storer, Fetcher(nc, target, handoff, storer, self.stats, log_extra)
+
+        # Both sides are made again when the consumer is found gone (see _pull).
+        self._sides = sides
+        self._handoff, self._storer, self._fetcher = sides()
+        self._stopping = False
         self._tasks: list[asyncio.Task] = []
         self._keepalive: asyncio.Task | None = None
 
@@ -66,9 +79,31 @@ class PartitionRunner:
         self._keepalive = asyncio.create_task(self._storer.keep_in_hand_alive(), name=f"keepalive {self.name}")
 
     async def _pull(self) -> None:
-        # A partition taken from a dead owner is settled before its first pull (exactly_once).
-        await self._storer.take_over()
-        await self._fetcher.run()
+        while True:
+            # A partition taken from a dead owner is settled before its first pull (exactly_once).
+            await self._storer.take_over()
+            await self._fetcher.run()
+            if self._fetcher.gone is None or self._stopping:
+                return
+            # The consumer (or its stream) was deleted under us: once the storer has stored what
+            # it delivered (its acks go nowhere; the commit state holds what is stored), both
+            # sides start again on a consumer created again (Storer.start).
+            await self._tasks[1]
+            await self._renew()
+
+    async def _renew(self) -> None:
+        old = self._fetcher
+        await old.close()
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+        self._handoff, self._storer, self._fetcher = self._sides()
+        await self._storer.start()
+        await self._fetcher.start()
+        self._tasks[1] = asyncio.create_task(self._storer.run(), name=f"commit {self.name}")
+        self._keepalive = asyncio.create_task(self._storer.keep_in_hand_alive(), name=f"keepalive {self.name}")
+        if self._stopping:
+            self._fetcher.stop()
+        log.info("partition %s: pulling again after %s", self.name, old.gone, extra=self._log_extra)
 
     @property
     def name(self) -> str:
@@ -79,8 +114,13 @@ class PartitionRunner:
         """Holding stored messages unacked until the consumer's counts prove nothing is missing."""
         return self._storer.dirty
 
+    def reconnected(self) -> None:
+        """The worker's NATS connection was made again: pull at once (the open request went with the old one)."""
+        self._fetcher.reconnected()
+
     async def stop(self) -> None:
         """Stop pulling, flush and ack what was received, then return."""
+        self._stopping = True
         self._fetcher.stop()
         try:
             await asyncio.gather(*self._tasks)

@@ -23,4 +23,9 @@ class PartitionStats:
     in_doubt_not_landed: int = 0  # its insert never landed (the query log): stored when redelivered
     in_doubt_resent: int = 0  # nobody could tell: sent again under the same identity
     taken_over: int = 0  # messages a previous owner held unacked, stored from the stream at takeover
+    # Stream sequences after `stored` the stream had removed (its limits) when this owner opened the state:
+    # this partition's messages among them expired unread (all of them, with a stream per partition).
+    expired_unread: int = 0
+    state_resets: int = 0  # commit states set aside: another stream incarnation, or the bucket was deleted
+    consumers_created: int = 0  # the partition's consumer (or stream) was missing and was created again
     pins_lost: int = 0  # 423s: the consumer's pin went to another puller (or a new consumer leader)

@@ -25,12 +25,12 @@ from workers.clickhouse.table_schema import TableSchema
 from workers.delivery import commits, takeover
 from workers.delivery.acks import ACK_ALL, ACK_EXPLICIT, AckTracker
 from workers.delivery.commits import CommitLog, Range
-from workers.nats import intake, wire
+from workers.nats import intake, streams, wire
 from workers.observability.telemetry import Telemetry
 from workers.partition.batch import Batch
 from workers.partition.handoff import STOP, Handoff
 from workers.partition.prepare import PartitionTarget, Prepared
-from workers.partition.retry import Retrying
+from workers.partition.retry import Retrying, ServerProbes
 from workers.partition.stats import PartitionStats
 from workers.partition.writer import TableWriter
 
@@ -61,6 +61,7 @@ class Storer:
         clickhouse: indoubt.QueryLog | None = None,
         tokens: bool = False,
         exit_hook: commits.ExitHook | None = None,
+        probes: ServerProbes | None = None,
     ) -> None:
         self._nc = nc
         self.target = target
@@ -86,7 +87,7 @@ class Storer:
         self._keepalive_at = 0.0  # when held messages last got an in-progress ack
         self._dirty_since = 0.0
         self._retrying = Retrying(
-            self.name, target.pipeline.name, stats, telemetry, handoff, self._while_failing, log_extra
+            self.name, target.pipeline.name, stats, telemetry, handoff, self._while_failing, log_extra, probes
         )
         self._writer = TableWriter(
             nc, target, schema, self._run_in_thread, insert, telemetry, self._retrying, log_extra, clickhouse
@@ -95,7 +96,7 @@ class Storer:
 
     async def start(self) -> None:
         """Read the consumer's ack policy, ack_wait and unacked deliveries; open the commit state."""
-        info = await self._consumer_info()
+        info = await self._retrying("consumer info", self._consumer_or_again)
         policy = getattr(info.config.ack_policy, "value", info.config.ack_policy)
         self._ack_policy = ACK_EXPLICIT if policy == ACK_EXPLICIT else ACK_ALL
         self.ack_wait_s = float(info.config.ack_wait or 30.0)
@@ -103,7 +104,24 @@ class Storer:
         self._ack_floor = (info.ack_floor.stream_seq or 0) if info.ack_floor is not None else 0
         if self.target.pipeline.delivery == "exactly_once":
             if self._ack_policy == ACK_ALL:
-                self._commits = await takeover.open_commits(self._nc, self.target.pipeline.name, self.target.index)
+                p = self.target.pipeline
+                self._commits = c = await self._retrying(
+                    "commit state", takeover.open_state, self._nc, p.name, p.stream, self.target.index, self._log_extra
+                )
+                self.stats.expired_unread += c.opened.expired
+                self.stats.state_resets += c.opened.afresh is not None
+                if not c.found and self._ack_floor and self._tracker.dirty:
+                    # No state although the consumer acked messages: the bucket was deleted (and made
+                    # again by provision). What the consumer holds unacked is read back and stored,
+                    # not knowing whether the last owner had stored it.
+                    d = info.delivered
+                    log.warning(
+                        "partition %s: no commit state, although consumer %s acked up to stream sequence %d (its "
+                        "bucket was deleted?): the %d messages it delivered and has not acked (%d..%d) are stored "
+                        "again, twice where the previous owner had stored them", self.name, self.target.consumer,
+                        self._ack_floor, info.num_ack_pending, self._ack_floor + 1, d.stream_seq or 0,
+                        extra={**self._log_extra, "first_seq": self._ack_floor + 1, "last_seq": d.stream_seq or 0},
+                    )
                 if self._tracker.dirty:
                     # A previous owner died holding deliveries: read them back from the stream
                     # (take_over) instead of waiting ack_wait for their redelivery.
@@ -125,6 +143,35 @@ class Storer:
     async def _consumer_info(self) -> Any:
         js = self._nc.jetstream(timeout=10.0)
         return await js.consumer_info(self.target.pipeline.stream, self.target.consumer)
+
+    async def _consumer_or_again(self) -> Any:
+        """The consumer's info; a consumer (or stream) deleted under jetsink is created again first.
+
+        An exactly_once partition's new consumer delivers from after what its commit state says
+        is stored (workers/delivery/takeover.py, restart_position); a stream created again is
+        another incarnation, so the state is set aside when it is opened and the consumer
+        starts at the new stream's first message.
+        """
+        try:
+            return await self._consumer_info()
+        except Exception as exc:
+            gone = streams.missing(exc)
+            if gone is None:
+                raise
+        p, index = self.target.pipeline, self.target.index
+        js = self._nc.jetstream(timeout=10.0)
+        if gone == "stream" and await streams.ensure_stream(js, p, self.target.replicas):
+            log.warning("partition %s: stream %s was missing; created it again", self.name, p.stream,
+                        extra=self._log_extra)
+        start = None
+        if p.delivery == "exactly_once":
+            start = await takeover.restart_position(js, p.name, p.stream, index, self._log_extra)
+        if start is None:
+            log.warning("partition %s: consumer %s was missing; created it again, delivering from the stream's "
+                        "first message", self.name, self.target.consumer, extra=self._log_extra)
+        await streams.ensure_consumer(self._nc, p, index, None, start)
+        self.stats.consumers_created += 1
+        return await self._consumer_info()
 
     @property
     def dirty(self) -> bool:
@@ -155,7 +202,7 @@ class Storer:
     async def reconcile(self) -> None:
         """Dirty and idle: ask the consumer whether every unacked message is one we hold;
         if so, one AckAll settles them all and acks flow per batch again."""
-        info = await self._consumer_info()
+        info = await self._retrying("consumer info", self._consumer_info)
         floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
         reply = self._tracker.reconcile(info.num_ack_pending or 0, info.delivered.consumer_seq or 0, floor or 0)
         if not self._tracker.dirty:
