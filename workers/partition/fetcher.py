@@ -20,10 +20,9 @@ from itertools import repeat
 from operator import itemgetter
 from typing import Any
 
-import orjson
-
 from workers import message
-from workers.nats import intake, streams, wire
+from workers.nats import intake, wire
+from workers.partition import consumer
 from workers.partition.batch import Batch
 from workers.partition.handoff import STOP, Handoff, HeldAcks
 from workers.partition.prepare import PartitionTarget
@@ -213,13 +212,9 @@ class Fetcher:
     async def _check_consumer(self, now: float) -> None:
         """After repeated 503s: is the consumer (or its stream) gone, or is a leader being elected?"""
         self._checked_at = now
-        try:
-            await self._nc.jetstream(timeout=5.0).consumer_info(self.target.pipeline.stream, self.target.consumer)
-        except Exception as exc:
-            what = streams.missing(exc)
-            if what is not None:
-                self._consumer_gone(f"its {what} is gone ({exc})")
-            # Anything else (a timeout: no leader yet) is an election: pulls go on being retried.
+        why = await consumer.gone(self._nc, self.target)
+        if why is not None:
+            self._consumer_gone(why)
 
     # -- the pin ----------------------------------------------------------------
 
@@ -246,12 +241,7 @@ class Fetcher:
         self._pin = None
 
     async def _unpin(self) -> None:
-        """Release the consumer's pin (whoever holds it); an answer that it had none is fine."""
-        subject = intake.unpin_subject(self.target.pipeline.stream, self.target.consumer)
-        try:
-            await self._nc.request(subject, orjson.dumps({"group": PRIORITY_GROUP}), timeout=5.0)
-        except Exception as exc:  # noqa: BLE001 - the pin then times out on the server by itself
-            log.warning("partition %s: unpin failed: %s", self.name, exc or type(exc).__name__, extra=self._log_extra)
+        await consumer.unpin(self._nc, self.target, self._log_extra)
 
     # -- pulling ----------------------------------------------------------------
 

@@ -25,8 +25,9 @@ from workers.clickhouse.table_schema import TableSchema
 from workers.delivery import commits, takeover
 from workers.delivery.acks import ACK_ALL, ACK_EXPLICIT, AckTracker
 from workers.delivery.commits import CommitLog, Range
-from workers.nats import intake, streams, wire
+from workers.nats import intake, wire
 from workers.observability.telemetry import Telemetry
+from workers.partition import consumer
 from workers.partition.batch import Batch
 from workers.partition.handoff import STOP, Handoff
 from workers.partition.prepare import PartitionTarget, Prepared
@@ -141,37 +142,10 @@ class Storer:
             )
 
     async def _consumer_info(self) -> Any:
-        js = self._nc.jetstream(timeout=10.0)
-        return await js.consumer_info(self.target.pipeline.stream, self.target.consumer)
+        return await consumer.info(self._nc, self.target)
 
     async def _consumer_or_again(self) -> Any:
-        """The consumer's info; a consumer (or stream) deleted under jetsink is created again first.
-
-        An exactly_once partition's new consumer delivers from after what its commit state says
-        is stored (workers/delivery/takeover.py, restart_position); a stream created again is
-        another incarnation, so the state is set aside when it is opened and the consumer
-        starts at the new stream's first message.
-        """
-        try:
-            return await self._consumer_info()
-        except Exception as exc:
-            gone = streams.missing(exc)
-            if gone is None:
-                raise
-        p, index = self.target.pipeline, self.target.index
-        js = self._nc.jetstream(timeout=10.0)
-        if gone == "stream" and await streams.ensure_stream(js, p, self.target.replicas):
-            log.warning("partition %s: stream %s was missing; created it again", self.name, p.stream,
-                        extra=self._log_extra)
-        start = None
-        if p.delivery == "exactly_once":
-            start = await takeover.restart_position(js, p.name, p.stream, index, self._log_extra)
-        if start is None:
-            log.warning("partition %s: consumer %s was missing; created it again, delivering from the stream's "
-                        "first message", self.name, self.target.consumer, extra=self._log_extra)
-        await streams.ensure_consumer(self._nc, p, index, None, start)
-        self.stats.consumers_created += 1
-        return await self._consumer_info()
+        return await consumer.info_or_again(self._nc, self.target, self.stats, self._log_extra)
 
     @property
     def dirty(self) -> bool:
