@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.js.errors import KeyWrongLastSequenceError
@@ -152,6 +153,10 @@ def test_commit_state_round_trips():
         CommitState(41, None, "2026-12-06T06:00:00.123456+00:00"),
     ):
         assert CommitState.decode(state.encode()) == state
+    # A batch stored while acks were held names its exact sequences; what such batches stored is `held`.
+    scattered = CommitState(41, Range(45, 60, 3, 7, 1.5, (45, 46, 60)), "s", (43, 44, 50))
+    assert CommitState.decode(scattered.encode()) == scattered
+    assert orjson.loads(scattered.encode())["held"] == [[43, 44], [50, 50]]
     # An entry written before states named their stream incarnation.
     assert CommitState.decode(b'{"stored": 7, "inflight": null}') == CommitState(7)
     assert CommitState.decode(None) == CommitState()
@@ -188,34 +193,38 @@ class _Owner:
         self.tracker = AckTracker(consumer.dseq, len(consumer.pending))
         r = self.log.state.inflight
         if r is not None:
-            batch = [s for s in world.produced if r.first <= s <= r.last]
+            batch = list(r.seqs) if r.seqs else [s for s in world.produced if r.first <= s <= r.last]
             if consumer.floor >= r.last:
                 # The rule under test: acked means stored, without asking ClickHouse.
                 assert all(world.table.get(s) for s in batch), f"acked in-doubt batch {r} is not stored"
                 asyncio.run(self.log.stored(r.last))
             elif all(world.table.get(s) for s in batch):  # the query log: its insert landed
-                asyncio.run(self.log.stored(r.last))
+                asyncio.run(self.log.settled(r))
             else:  # never landed: stored when redelivered or read back below
                 asyncio.run(self.log.stored(self.log.state.stored))
         if consumer.pending:
-            # What the previous owner held unacked, read back from the stream and stored.
+            # What the previous owner held unacked, read back from the stream and stored, but for
+            # what it had stored while holding acks (recorded in the state).
             first = max(self.log.state.stored, consumer.floor) + 1
             last = max(consumer.pending)
-            for s in (s for s in world.produced if first <= s <= last):
-                world.store(s, ranged=True)
+            for s in (s for s in world.produced if first <= s <= last and s not in self.log.held):
+                world.store(s)
             asyncio.run(self.log.stored(last))
             self.tracker = AckTracker(consumer.dseq, 0)
 
     def commit(self, batch: list[tuple], crash_at: str | None) -> None:
-        u = unstored(batch, self.log.stored_through)
+        u = unstored(batch, self.log.stored_through, None, self.log.held)
         r = None
-        if u.msgs and u.ordered and self.tracker.continues(batch):
-            r = Range(u.first, u.last, len(u.msgs), u.first_ts_ns, 0.0)
+        if u.msgs:
+            if u.ordered and self.tracker.continues(batch):
+                r = Range(u.first, u.last, len(u.msgs), u.first_ts_ns, 0.0)
+            else:
+                r = commits.scattered(u.msgs, 0.0)
             asyncio.run(self.log.begin(r))
         if crash_at == "begin":
             raise _Crash
         for m in u.msgs:
-            self.world.store(_seq(m), ranged=r is not None)
+            self.world.store(_seq(m))
         if crash_at == "insert":
             raise _Crash
         if r is not None:
@@ -232,12 +241,9 @@ class _World:
     def __init__(self) -> None:
         self.produced: list[int] = []
         self.table: dict[int, int] = {}  # sseq -> times stored
-        self.unranged: set[int] = set()  # stored in a batch without a recorded range (acks held)
 
-    def store(self, s: int, ranged: bool) -> None:
+    def store(self, s: int) -> None:
         self.table[s] = self.table.get(s, 0) + 1
-        if not ranged:
-            self.unranged.add(s)
 
 
 _crash_step = st.one_of(
@@ -256,9 +262,9 @@ _crash_step = st.one_of(
 @settings(max_examples=1000, deadline=None)
 @given(st.lists(_crash_step, max_size=50))
 def test_one_write_per_batch_and_the_ack_floor_rule_lose_nothing_and_store_nothing_twice(steps):
-    """Crashes at every moment a batch can be in flight, and forgotten acks:
-    nothing is lost, a batch found acked is always stored, and nothing is stored twice but
-    what a batch without a recorded range stored (acks held after lost deliveries; documented)."""
+    """Crashes at every moment a batch can be in flight, and forgotten acks: nothing is lost, a
+    batch found acked is always stored, and nothing is stored twice, batches stored while acks
+    were held (after lost deliveries) included: each has a recorded range of its exact sequences."""
     consumer, kv, world = _Consumer(), _KV(), _World()
     owner = _Owner(consumer, kv, world)
     received: list[tuple] = []
@@ -303,7 +309,7 @@ def test_one_write_per_batch_and_the_ack_floor_rule_lose_nothing_and_store_nothi
     lost = [s for s in world.produced if not world.table.get(s)]
     assert not lost, f"lost {lost}"
     twice = {s for s, n in world.table.items() if n > 1}
-    assert twice <= world.unranged, f"stored twice: {sorted(twice - world.unranged)}"
+    assert not twice, f"stored twice: {sorted(twice)}"
 
 
 # -- the stream incarnation a state counts in (commits.bind) ---------------------------------
@@ -353,3 +359,57 @@ def test_writes_carry_the_incarnation_they_were_bound_to():
 
     asyncio.run(run())
     assert CommitState.decode(kv.value) == CommitState(10, None, NOW.created)
+
+
+class _LosingKV(_KV):
+    """A KV whose next update lands but whose answer is lost (a leader election, a dropped connection)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lose_next = False
+
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        revision = await super().update(key, value, last)
+        if self.lose_next:
+            self.lose_next = False
+            raise asyncio.TimeoutError
+        return revision
+
+    async def get(self, key: str):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(value=self.value, revision=self.revision)
+
+
+def test_a_retried_write_whose_answer_was_lost_finds_its_own_write_and_goes_on():
+    kv = _LosingKV()
+    log_ = CommitLog(kv, "0", CommitState(), kv.revision)
+
+    async def run():
+        await log_.begin(Range(1, 10, 10, 1, 1.0))
+        kv.lose_next = True
+        r = Range(11, 20, 10, 11, 2.0)
+        log_.inserted(Range(1, 10, 10, 1, 1.0))
+        try:
+            await log_.begin(r)
+        except asyncio.TimeoutError:
+            await log_.begin(r)  # the caller's retry: the entry already holds exactly this
+        log_.inserted(r)
+        await log_.flush()
+
+    asyncio.run(run())
+    assert CommitState.decode(kv.value) == CommitState(20, None)
+    assert kv.revision == 3
+
+
+def test_a_write_that_finds_another_writers_entry_is_stale():
+    kv = _LosingKV()
+    log_ = CommitLog(kv, "0", CommitState(), kv.revision)
+    asyncio.run(log_.begin(Range(1, 10, 10, 1, 1.0)))
+    asyncio.run(kv.update("0", CommitState(99).encode(), kv.revision))  # another owner's write
+    try:
+        asyncio.run(log_.stored(10))
+    except commits.StaleCommitState:
+        pass
+    else:
+        raise AssertionError("a write over another owner's entry must stop this owner")

@@ -408,9 +408,11 @@ def test_exactly_once_acks_and_counts_deliveries_at_or_below_the_stored_sequence
         assert p.table.ids == ["a", "b", "c"]
         assert (p.stats.skipped_duplicates, p.stats.inserted, p.stats.consumed) == (1, 3, 4)
         assert p.events[-2] == ("ack", [_msg(4, "c", sseq=6)[1]])
-        # A batch holding a redelivery is no run of first deliveries: no range is recorded for it, and
-        # `stored` moves on with the next batch that is one (the release writes what is known).
-        assert _states(p) == [(0, (2, 4, 2)), (4, None)]
+        # A batch holding a redelivery is no run of first deliveries: its range names its exact sequences,
+        # which are then stored above `stored` (held); the release writes what is known.
+        assert _states(p) == [(0, (2, 4, 2)), (4, (6, 6, 1)), (4, None)]
+        final = [s for kind, *rest in p.events if kind == "commit state" for s in rest][-1]
+        assert final.held == (6,)
 
     asyncio.run(go())
 
@@ -454,7 +456,7 @@ def test_batches_held_longer_than_a_third_of_ack_wait_get_in_progress_acks():
     asyncio.run(go())
 
 
-def test_exactly_once_records_no_range_for_a_batch_after_a_gap_in_the_deliveries(monkeypatch):
+def test_exactly_once_records_the_exact_sequences_of_a_batch_after_a_gap_in_the_deliveries(monkeypatch):
     monkeypatch.setattr(commits, "STORED_FLUSH_S", 3600.0)
 
     async def go():
@@ -463,10 +465,13 @@ def test_exactly_once_records_no_range_for_a_batch_after_a_gap_in_the_deliveries
         await p.store(_batch(_msg(1, "a"), _msg(2, "b")))
         await p.store(_batch(_msg(4, "d"), _msg(5, "e")))  # consumer sequence 3 never arrived
         await p.release()
-        # Stored, but not provably everything up to its end: no range (a next owner could not
-        # settle it by its range), no ack, and `stored` stays where the last proven batch ended.
+        # Stored, but not provably everything up to its end: no ack, and `stored` stays where the last
+        # proven batch ended; the batch's range names its exact sequences (a next owner settles it by
+        # them), and once in they are `held`: a next owner reading the unacked back skips them.
         assert p.table.ids == ["a", "b", "d", "e"]
-        assert _states(p) == [(0, (2, 4, 2)), (4, None)]
+        assert _states(p) == [(0, (2, 4, 2)), (4, (8, 10, 2)), (4, None)]
+        states = [s for kind, *rest in p.events if kind == "commit state" for s in rest]
+        assert states[1].inflight.seqs == (8, 10) and states[-1].held == (8, 10)
         assert [e for e in p.events if e[0] == "ack"] == [("ack", [_msg(2, "b")[1]])]
 
     asyncio.run(go())

@@ -32,7 +32,7 @@ import hashlib
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from clickhouse_driver.errors import ServerException
 
@@ -69,13 +69,17 @@ class InsertIdentity:
         return out
 
 
-def identity(pipeline: str, partition: int, first: int, last: int, first_ts_ns: int, tokens: bool) -> InsertIdentity:
-    """The identity of the batch of stream sequences first..last of a partition.
+def identity(
+    pipeline: str, partition: int, first: int, last: int, first_ts_ns: int, tokens: bool, seqs: Sequence[int] = (),
+) -> InsertIdentity:
+    """The identity of the batch of stream sequences first..last of a partition (exactly `seqs`, when given).
 
     The first message's stream timestamp is part of it so that a stream deleted and
     recreated (sequences start over) never reuses an identity the query log knows.
     """
     name = f"{pipeline}/{partition}/{first}-{last}/{first_ts_ns}"
+    if seqs:
+        name += "/" + hashlib.sha1(",".join(map(str, seqs)).encode()).hexdigest()[:12]
     digest = hashlib.sha1(name.encode()).hexdigest()[:16]
     query_id = f"jetsink-{digest}-{first}-{last}"
     return InsertIdentity(query_id, f"jetsink:{name}" if tokens else None)

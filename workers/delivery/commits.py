@@ -82,13 +82,37 @@ class StaleCommitState(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Range:
-    """A batch being inserted: the partition's messages first..last, `count` of them."""
+    """A batch being inserted: the partition's messages first..last, `count` of them; or, when the
+    batch is not one run of them (stored while acks are held), exactly the stream sequences `seqs`."""
 
     first: int
     last: int
     count: int
     first_ts_ns: int  # the first message's stream timestamp (part of the insert's identity)
     began_at: float  # wall-clock time just before the insert was sent
+    seqs: tuple[int, ...] = ()  # the batch's stream sequences when it is not first..last whole
+
+
+def scattered(msgs: Sequence[tuple], began_at: float) -> Range:
+    """The Range of a batch (in stream order) that is not one run of the partition's messages."""
+    deliveries = [message.parse_ack_subject(m[REPLY]) for m in msgs]
+    seqs = tuple(d.stream_seq for d in deliveries)
+    return Range(seqs[0], seqs[-1], len(seqs), deliveries[0].timestamp_ns, began_at, seqs)
+
+
+def _runs(seqs: Sequence[int]) -> list[list[int]]:
+    """Sorted sequences as [first, last] runs of consecutive numbers (compact in the KV entry)."""
+    runs: list[list[int]] = []
+    for s in seqs:
+        if runs and s == runs[-1][1] + 1:
+            runs[-1][1] = s
+        else:
+            runs.append([s, s])
+    return runs
+
+
+def _unruns(runs: Sequence[Sequence[int]]) -> tuple[int, ...]:
+    return tuple(s for a, b in runs for s in range(int(a), int(b) + 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,16 +120,17 @@ class CommitState:
     stored: int = 0
     inflight: Range | None = None
     stream: str = ""  # the stream incarnation's creation time ("" in entries of earlier versions)
+    held: tuple[int, ...] = ()  # stream sequences above `stored` that are stored (while acks were held)
 
     def encode(self) -> bytes:
         r = self.inflight
-        return orjson.dumps(
-            {
-                "stored": self.stored,
-                "inflight": None if r is None else [r.first, r.last, r.count, r.first_ts_ns, r.began_at],
-                "stream": self.stream,
-            }
-        )
+        inflight = None if r is None else [r.first, r.last, r.count, r.first_ts_ns, r.began_at]
+        if r is not None and r.seqs:
+            inflight.append(_runs(r.seqs))
+        doc = {"stored": self.stored, "inflight": inflight, "stream": self.stream}
+        if self.held:
+            doc["held"] = _runs(self.held)
+        return orjson.dumps(doc)
 
     @classmethod
     def decode(cls, data: bytes | None) -> "CommitState":
@@ -115,8 +140,10 @@ class CommitState:
         r = doc.get("inflight")
         return cls(
             int(doc.get("stored", 0)),
-            Range(int(r[0]), int(r[1]), int(r[2]), int(r[3]), float(r[4])) if r else None,
+            Range(int(r[0]), int(r[1]), int(r[2]), int(r[3]), float(r[4]), _unruns(r[5]) if len(r) > 5 else ())
+            if r else None,
             str(doc.get("stream") or ""),
+            _unruns(doc.get("held") or ()),
         )
 
 
@@ -164,7 +191,7 @@ def bind(state: CommitState, stream: StreamIncarnation | None) -> Bound:
             f"it belongs to stream {stream.name} created {state.stream}, and the stream now is one created "
             f"{stream.created}",
         )
-    newest = max(state.stored, state.inflight.last if state.inflight is not None else 0)
+    newest = max(state.stored, state.inflight.last if state.inflight is not None else 0, *state.held)
     if newest > stream.last_seq:
         return Bound(
             CommitState(stream=stream.created),
@@ -172,7 +199,7 @@ def bind(state: CommitState, stream: StreamIncarnation | None) -> Bound:
             f"(created {stream.created}): the stream was created again",
         )
     expired = stream.first_seq - state.stored - 1 if state.stored and stream.first_seq > state.stored + 1 else 0
-    return Bound(CommitState(state.stored, state.inflight, stream.created), None, expired)
+    return Bound(CommitState(state.stored, state.inflight, stream.created, state.held), None, expired)
 
 
 class CommitLog:
@@ -188,6 +215,8 @@ class CommitLog:
         self.state = state
         self._revision = revision
         self.stored_through = state.stored
+        # Stored above `stored_through`: batches stored while acks were held (not one run after it).
+        self.held: set[int] = set(state.held)
         self.found = revision != 0  # the entry existed when this owner opened it
         self.opened = Bound(state)  # what binding to the stream found (set by takeover.open_state)
         self.bucket_recreated = False
@@ -215,42 +244,75 @@ class CommitLog:
     @property
     def unwritten(self) -> bool:
         """The entry lags behind what is known: a batch it names in flight is stored, or `stored` moved on."""
-        return self.state.inflight is not None or self.state.stored < self.stored_through
+        return (
+            self.state.inflight is not None
+            or self.state.stored < self.stored_through
+            or len(self.state.held) != len(self.held)
+        )
+
+    def _known(self, inflight: Range | None) -> CommitState:
+        self.held = {s for s in self.held if s > self.stored_through}
+        return CommitState(self.stored_through, inflight, self.state.stream, tuple(sorted(self.held)))
 
     async def begin(self, r: Range) -> None:
-        """Record the batch about to be inserted, and that everything before it is stored."""
-        await self._write(CommitState(self.stored_through, r, self.state.stream))
+        """Record the batch about to be inserted, and what is stored before it."""
+        await self._write(self._known(r))
 
     def inserted(self, r: Range) -> None:
         """Batch r is stored (ClickHouse and the DLQ confirmed it); written with the next begin or flush."""
-        self.stored_through = max(self.stored_through, r.last)
+        if r.seqs:
+            self.held.update(r.seqs)
+        else:
+            self.stored_through = max(self.stored_through, r.last)
+
+    async def settled(self, r: Range) -> None:
+        """In-doubt batch r turned out stored: written now, nothing in flight."""
+        self.inserted(r)
+        await self._write(self._known(None))
 
     async def flush(self) -> None:
-        """Write what is known: everything up to `stored_through` is stored, no batch in flight."""
+        """Write what is known: what is stored, no batch in flight."""
         if self.unwritten:
-            await self._write(CommitState(self.stored_through, None, self.state.stream))
+            await self._write(self._known(None))
 
     async def stored(self, seq: int) -> None:
         """Everything up to `seq` is stored; no batch in flight (written now)."""
         self.stored_through = max(seq, self.stored_through)
-        await self._write(CommitState(self.stored_through, None, self.state.stream))
+        await self._write(self._known(None))
 
     async def _write(self, state: CommitState) -> None:
         from nats.js.errors import KeyWrongLastSequenceError, NoStreamResponseError
 
+        value = state.encode()
         try:
             # Revision 0 = the key must not exist yet (KV create semantics).
-            self._revision = await self._kv.update(self._key, state.encode(), last=self._revision)
+            self._revision = await self._kv.update(self._key, value, last=self._revision)
         except KeyWrongLastSequenceError as exc:
-            raise StaleCommitState(f"commit state {self._key} moved under this owner: {exc}") from exc
+            # A retry of a write whose answer was lost (a leader election, a dropped connection)
+            # finds the entry moved by that very write: then it is ours, and the log goes on.
+            revision = await self._landed(value)
+            if revision is None:
+                raise StaleCommitState(f"commit state {self._key} moved under this owner: {exc}") from exc
+            self._revision = revision
         except NoStreamResponseError:
             # Nobody took the write: a leader election (retried by the caller), or the bucket
             # was deleted under us. Then what this owner holds is the whole truth about its
             # partition: the bucket is made again and the state written into it as it is.
             if self.recreate_bucket is None or not await self.recreate_bucket():
                 raise
-            self._revision = await self._kv.update(self._key, state.encode(), last=0)
+            self._revision = await self._kv.update(self._key, value, last=0)
         self.state = state
+
+    async def _landed(self, value: bytes) -> int | None:
+        """The entry's revision when it holds exactly `value` (an unanswered write of ours that landed),
+        else None (another owner wrote it, or the server lost our writes)."""
+        from nats.js.errors import KeyNotFoundError
+
+        try:
+            entry = await self._kv.get(self._key)
+        except KeyNotFoundError:
+            return None
+        return entry.revision if entry.value == value and entry.revision > self._revision else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,7 +327,9 @@ class Unstored:
     ordered: bool  # the batch was one run of first deliveries: `msgs` is a slice of it
 
 
-def unstored(msgs: Sequence[tuple], stored: int, redelivered: bool | None = None) -> Unstored:
+def unstored(
+    msgs: Sequence[tuple], stored: int, redelivered: bool | None = None, held: set[int] | frozenset = frozenset()
+) -> Unstored:
     """The messages of a batch (in delivery order) above the stored sequence, in stream order.
 
     First deliveries of one consumer come in stream order; when the batch is one run of
@@ -273,14 +337,15 @@ def unstored(msgs: Sequence[tuple], stored: int, redelivered: bool | None = None
     are decoded and a bisection finds the cut.  Otherwise (after a crash or a server
     restart) every ack subject is decoded and the messages are sorted.  `redelivered`:
     whether the batch holds a redelivery, when the caller knows (the partition finds out
-    at intake); None checks every ack subject.
+    at intake); None checks every ack subject.  `held`: sequences above `stored` that are
+    stored too (while acks were held); they are skipped like those at or below it.
     """
     head, tail = message.parse_ack_subject(msgs[0][REPLY]), message.parse_ack_subject(msgs[-1][REPLY])
     if redelivered is None:
         prefix = message.first_delivery_prefix(msgs[0][REPLY])
         redelivered = not all(map(bytes.startswith, map(_reply, msgs), repeat(prefix)))
     ordered = not redelivered and tail.consumer_seq - head.consumer_seq + 1 == len(msgs)
-    if ordered:
+    if ordered and not held:
         if head.stream_seq > stored:
             return Unstored(msgs, 0, head.stream_seq, tail.stream_seq, head.timestamp_ns, True)
         cut = bisect.bisect_right(msgs, stored, key=lambda m: message.parse_ack_subject(m[REPLY]).stream_seq)
@@ -293,14 +358,14 @@ def unstored(msgs: Sequence[tuple], stored: int, redelivered: bool | None = None
     stamps: dict[int, int] = {}
     for m in msgs:
         d = message.parse_ack_subject(m[REPLY])
-        if d.stream_seq > stored and d.stream_seq not in by_seq:
+        if d.stream_seq > stored and d.stream_seq not in by_seq and d.stream_seq not in held:
             by_seq[d.stream_seq] = m
             stamps[d.stream_seq] = d.timestamp_ns
     seqs = sorted(by_seq)
     kept = [by_seq[s] for s in seqs]
     if not kept:
-        return Unstored(kept, len(msgs), 0, 0, 0, False)
-    return Unstored(kept, len(msgs) - len(kept), seqs[0], seqs[-1], stamps[seqs[0]], False)
+        return Unstored(kept, len(msgs), 0, 0, 0, ordered)
+    return Unstored(kept, len(msgs) - len(kept), seqs[0], seqs[-1], stamps[seqs[0]], ordered and len(kept) == len(msgs))
 
 
 async def read_stream(nc: Any, stream: str, pattern: str, consumer: str, first: int, last: int) -> list[tuple]:

@@ -69,10 +69,18 @@ class Takeover:
         floor, last, last_cseq = unacked
         first = max(c.state.stored, floor) + 1
         msgs = await self.retrying("stream read", self._read, first, last)
+        held = len(msgs)
+        if c.held:
+            # Stored by that owner while it held acks (recorded): not stored again.
+            msgs = [m for m in msgs if message.parse_ack_subject(m[REPLY]).stream_seq not in c.held]
+        held -= len(msgs)
         for i in range(0, len(msgs), self.max_rows):
             chunk = msgs[i:i + self.max_rows]
-            head, tail = message.parse_ack_subject(chunk[0][REPLY]), message.parse_ack_subject(chunk[-1][REPLY])
-            r = Range(head.stream_seq, tail.stream_seq, len(chunk), head.timestamp_ns, time.time())
+            if held:
+                r = commits.scattered(chunk, time.time())
+            else:
+                head, tail = message.parse_ack_subject(chunk[0][REPLY]), message.parse_ack_subject(chunk[-1][REPLY])
+                r = Range(head.stream_seq, tail.stream_seq, len(chunk), head.timestamp_ns, time.time())
             await self.retrying("commit state", c.begin, r)
             prepared = await self.store(chunk, self.identity(r), r, keep_alive=None)
             await self.retrying("commit state", c.stored, r.last)
@@ -82,7 +90,8 @@ class Takeover:
         self.stats.taken_over += len(msgs)
         log.info(
             "partition %s: stored the %d messages up to %d a previous owner held unacked (read from the stream, "
-            "%d..%d); acking per batch", self.name, len(msgs), last, first, last, extra=self.log_extra,
+            "%d..%d; %d it had stored while holding acks were not stored again); acking per batch", self.name,
+            len(msgs), last, first, last, held, extra=self.log_extra,
         )
         return last_cseq
 
@@ -103,7 +112,7 @@ class Takeover:
         if verdict is True:
             log.info("%s: its insert had landed; not stored again", where, extra=self.log_extra)
             self.stats.in_doubt_landed += 1
-            await self.retrying("commit state", c.stored, r.last)
+            await self.retrying("commit state", c.settled, r)
             return
         if verdict is False:
             self.stats.in_doubt_not_landed += 1
@@ -111,6 +120,9 @@ class Takeover:
             await self.retrying("commit state", c.stored, c.state.stored)
             return
         msgs = await self.retrying("stream read", self._read, r.first, r.last)
+        if r.seqs:
+            members = set(r.seqs)
+            msgs = [m for m in msgs if message.parse_ack_subject(m[REPLY]).stream_seq in members]
         if len(msgs) != r.count:
             log.warning(
                 "%s: cannot tell whether its insert landed, and the stream now holds %d of its messages: stored "
@@ -129,7 +141,7 @@ class Takeover:
             "(%d rows, %s)", where, prepared.rows, dedup,
             extra={**self.log_extra, "first_seq": r.first, "last_seq": r.last, "rows": prepared.rows},
         )
-        await self.retrying("commit state", c.stored, r.last)
+        await self.retrying("commit state", c.settled, r)
 
     async def _read(self, first: int, last: int) -> list[tuple]:
         """The partition's messages first..last (stream sequences), read back from the stream."""

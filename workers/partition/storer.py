@@ -309,13 +309,18 @@ class Storer:
         skipped = 0
         c = self._commits
         if c is not None:
-            u = commits.unstored(msgs, c.stored_through, batch.redelivered)
+            u = commits.unstored(msgs, c.stored_through, batch.redelivered, c.held)
             todo, skipped, redelivered = u.msgs, u.skipped, not u.ordered
-            if todo and u.ordered and self._tracker.continues(msgs):
-                # The batch is exactly the partition's messages first..last and all below are
-                # stored: record it (with the previous batch's `stored`), so that a next owner
-                # can settle it if we die before the next write.
-                r = Range(u.first, u.last, len(todo), u.first_ts_ns, time.time())
+            if todo:
+                if u.ordered and self._tracker.continues(msgs):
+                    # The batch is exactly the partition's messages first..last and all below are stored.
+                    r = Range(u.first, u.last, len(todo), u.first_ts_ns, time.time())
+                else:
+                    # Not one run after what is stored (acks are held after missing deliveries):
+                    # its exact sequences, stored above `stored` once it is in.
+                    r = commits.scattered(todo, time.time())
+                # Recorded (with what the previous batch stored) before the insert, so that a next
+                # owner can settle it if we die before the next write.
                 await self._retrying("commit state", c.begin, r)
         ident = self._identity(r) if r is not None else None
         if todo:
@@ -344,4 +349,4 @@ class Storer:
 
     def _identity(self, r: Range) -> indoubt.InsertIdentity:
         t = self.target
-        return indoubt.identity(t.pipeline.name, t.index, r.first, r.last, r.first_ts_ns, self._tokens)
+        return indoubt.identity(t.pipeline.name, t.index, r.first, r.last, r.first_ts_ns, self._tokens, r.seqs)
