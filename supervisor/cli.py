@@ -92,5 +92,8 @@ def _check(config: Config, connect: bool) -> int:
         return exitcodes.BOOT
     for name, mapper in mappers.items():
         print(f"pipeline {name}: inserts columns {', '.join(mapper.column_names)}")
+        for u in mapper.unsupported:
+            # Left to the server (its DEFAULT or NULL); a message carrying the field is dead-lettered.
+            print(f"pipeline {name}: column {u.name} ({u.type}) is left to the server: {u.why}")
     print(f"{config.source}: ok, servers answer and tables match")
     return exitcodes.OK

@@ -143,7 +143,8 @@ def check_tables(config: Config, create: bool = True) -> dict[str, Any]:
                 log.info("created table %s", p.table, extra={"pipeline": p.name})
             try:
                 mappers[p.name] = sink.build_mapper(
-                    client, p.table, config.clickhouse.database, p.columns, features, p.unknown_keys
+                    client, p.table, config.clickhouse.database, p.columns, features, p.unknown_keys,
+                    p.objects_as_strings,
                 )
             except LookupError as exc:
                 raise ProvisionError(f"pipelines[{i}].table: {exc} on {where}") from exc
