@@ -24,9 +24,10 @@ from workers.clickhouse.sharding import key_function, shard_of, slots_for
 
 WEIGHTS = [1, 2]
 COLUMNS = "(event_date Date, user_id String, uid UInt64, small Int8, seq UInt32)"
-# ZooKeeper gone: 999 (Keeper exception, e.g. connection loss) until the table notices,
-# then 242 (the table is read-only).
-ZOOKEEPER_DOWN_CODES = {999, 242}
+# ZooKeeper gone: 999 (Keeper exception, e.g. connection loss) or 225 (NO_ZOOKEEPER: the
+# server has no session at all yet, seen under load) until the table notices, then 242 (the
+# table is read-only).
+ZOOKEEPER_DOWN_CODES = {999, 225, 242}
 
 
 @pytest.fixture(scope="module")

@@ -159,9 +159,11 @@ class ChdbClient:
             self.inserts.append(block)
             cols = ", ".join(f"`{n}`" for n in names)
             try:
-                inserter = self.session.send_insert(f"INSERT INTO {table} ({cols})", "Native")
-                inserter.append(block)
-                inserter.finish()
+                # Leaving the with block without finish() (the server refused the block) cancels the
+                # insert; otherwise the session would refuse every later query.
+                with self.session.send_insert(f"INSERT INTO {table} ({cols})", "Native") as inserter:
+                    inserter.append(block)
+                    inserter.finish()
             except Exception as exc:
                 raise _server_error(exc) from None
             inserted += len(chunk[0]) if chunk else 0
