@@ -188,6 +188,7 @@ class _Partition:
     async def start(self) -> None:
         await self.storer.start()
         self.task = asyncio.create_task(self.storer.run())
+        await self.storer.take_over()  # as the runner's pull task does before its first pull
 
     async def store(self, batch: Batch) -> None:
         """Seal `batch` as the fetcher does, and return once the storer reports it done (wake)."""
@@ -473,5 +474,25 @@ def test_exactly_once_records_the_exact_sequences_of_a_batch_after_a_gap_in_the_
         states = [s for kind, *rest in p.events if kind == "commit state" for s in rest]
         assert states[1].inflight.seqs == (8, 10) and states[-1].held == (8, 10)
         assert [e for e in p.events if e[0] == "ack"] == [("ack", [_msg(2, "b")[1]])]
+
+    asyncio.run(go())
+
+
+def test_the_commit_loop_writes_nothing_until_the_takeover_is_done(monkeypatch):
+    """A takeover writes the commit state batch by batch; an idle commit loop's flush beside it
+    would race those writes (two compare-and-sets on one revision: StaleCommitState)."""
+    monkeypatch.setattr(commits, "STORED_FLUSH_S", 0.0)
+
+    async def go():
+        p = _Partition(delivery="exactly_once")
+        await p.storer.start()
+        p.storer._commits.state = commits.CommitState(0, commits.Range(1, 2, 2, 1, 1.0))  # names a batch in flight
+        task = asyncio.create_task(p.storer.run())
+        for _ in range(20):
+            await asyncio.sleep(0)  # the loop gets every chance to run
+        assert [e for e in p.events if e[0] == "commit state"] == []
+        p.storer._taken_over.set()
+        await asyncio.wait_for(p.nc.kv.written.get(), 10)  # now the idle partition's state is written
+        task.cancel()
 
     asyncio.run(go())

@@ -79,6 +79,7 @@ class Storer:
         # At a takeover: the consumer's ack floor and last delivery (stream and consumer sequence).
         self._takeover: tuple[int, int, int] | None = None
         self._ack_floor = 0  # the consumer's ack floor (stream sequence) when this owner started
+        self._taken_over = asyncio.Event()  # take_over is done: the commit loop may write the state
         self._query_log = clickhouse
         self._tokens = tokens
         self._exit_hook = exit_hook
@@ -160,16 +161,21 @@ class Storer:
         """Before the first pull (exactly_once only): settle what a previous owner left
         (workers/delivery/takeover.py); once the messages it held unacked are stored from the
         stream, acks flow per batch at once."""
-        if self._commits is None:
-            return
-        landed = None if self._query_log is None else partial(self._run_in_thread, self._query_log.landed)
-        t = takeover.Takeover(
-            self.name, self.target, self._nc, self._commits, self.stats, self._retrying, self._store, self._identity,
-            landed, self.target.pipeline.batch.max_rows, self._log_extra,
-        )
-        last_cseq = await t.run(self._ack_floor, self._takeover)
-        if last_cseq is not None:
-            self._tracker = AckTracker(last_cseq, 0)
+        try:
+            if self._commits is None:
+                return
+            landed = None if self._query_log is None else partial(self._run_in_thread, self._query_log.landed)
+            t = takeover.Takeover(
+                self.name, self.target, self._nc, self._commits, self.stats, self._retrying, self._store,
+                self._identity, landed, self.target.pipeline.batch.max_rows, self._log_extra,
+            )
+            last_cseq = await t.run(self._ack_floor, self._takeover)
+            if last_cseq is not None:
+                self._tracker = AckTracker(last_cseq, 0)
+        finally:
+            # Only now may the commit loop write the state (its flush of an idle partition would
+            # race the takeover's writes: two compare-and-sets on one revision, one of them stale).
+            self._taken_over.set()
 
     # -- acks -------------------------------------------------------------------
 
@@ -256,6 +262,7 @@ class Storer:
     async def run(self) -> None:
         """Store each sealed batch; at ``STOP``, settle what is held if the consumer agrees, and return."""
         h = self._handoff
+        await self._taken_over.wait()
         while True:
             item = await self._next_sealed()
             if item is STOP:
