@@ -433,3 +433,24 @@ def test_repeated_503s_ask_whether_the_consumer_still_exists_and_an_election_is_
         assert (f.gone is not None and gone in f.gone) if gone else f.gone is None
         f._on_msgs([_msg(1)])  # a delivery: the consumer answers again
         assert f._unavailable == 0
+
+
+def test_a_reconnect_ends_the_pull_at_once_with_what_came_sealed_for_the_storer():
+    """The open request went with the old connection: no waiting for its deadline; the runner
+    starts both sides again (the storer reads what the consumer holds unacked back from the stream)."""
+    f, h, nc, _, _, events = _setup(max_rows=10)
+
+    async def go():
+        task = asyncio.create_task(f.run())
+        await _next(nc.pulls)  # a request open, its deadline seconds away
+        f._on_msgs([_msg(1), _msg(2)])
+        f.reconnected()
+        storer = asyncio.ensure_future(asyncio.gather(h.sealed.get(), h.sealed.get()))
+        await asyncio.wait_for(task, 10)
+        await storer
+
+    asyncio.run(go())
+    assert f.gone == "a reconnect to NATS"
+    sealed = [item for kind, item in events if kind == "seal"]
+    assert len(sealed) == 2 and sealed[-1] is STOP and len(sealed[0].messages) == 2
+    assert _kinds(events).count("pull") == 1

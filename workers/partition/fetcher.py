@@ -108,8 +108,13 @@ class Fetcher:
         self._wake.set()
 
     def reconnected(self) -> None:
-        """The connection was made again: the open request's deliveries went with the old one (a
-        restarted server forgot it), so ask again now instead of at its deadline."""
+        """The connection was made again.  The open request and the deliveries in flight went with
+        the old one, and the consumer would send those again only after ack_wait: end this run now,
+        as for a consumer found gone, so that the runner starts both sides again and the new storer
+        reads what the consumer holds unacked back from the stream (a takeover, exactly_once)."""
+        if self.gone is None:
+            self.gone = "a reconnect to NATS"
+        self._stopping = True
         self._outstanding = self._unanswered = 0
         self._wake.set()
 

@@ -183,7 +183,7 @@ class Retrying:
         back_at = 0.0
         try:
             while True:
-                done, _ = await asyncio.wait((attempt,), timeout=PROBE_S)
+                done, _ = await asyncio.wait((attempt,), timeout=NATS_PROBE_S)
                 if done:
                     return attempt.result()
                 if probes.reconnects() != reconnects and probes.nats.is_connected:

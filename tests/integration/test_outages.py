@@ -1,0 +1,144 @@
+"""A server down mid-drain for a while, then started again on its data: every event stored once,
+and the sink back at work as soon as the server answers (issue 22, item 7).
+
+Each test drains a backlog, kills nats-server or clickhouse-server (kill -9) once part of it is
+stored, keeps it down for the outage's length (the scenario itself), starts it again on the same
+data and port, and prints how long after the server answered again the last event was stored,
+beside what the rest of the drain alone takes at the rate measured before the kill.  Asserted:
+counts (0 lost, 0 duplicates), no worker restarted, and how much work the outage cost (insert
+attempts while ClickHouse was down), never wall-clock time.  The 120 s outages are marked
+`slow` (run them with `-m slow`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from tests.integration.harness import (
+    OwnClickHouse,
+    OwnNats,
+    Supervisor,
+    event_counts,
+    pipeline_names,
+    publish_events,
+    sink_config,
+    wait_until,
+)
+
+TOTAL = 150_000
+PARTITIONS = 4
+WORKERS = 2
+KILL_AT = 0.3
+
+
+@dataclass
+class Outage:
+    """What one run measured."""
+
+    kind: str
+    outage_s: float
+    recovery_s: float  # from the server answering again to the last event stored
+    drain_left_s: float  # what the events left at the kill take at the rate before it
+    insert_retries: int  # failed insert / DLQ / commit-state attempts the workers counted
+    worker_restarts: int
+
+    def report(self) -> str:
+        return (
+            f"{self.kind} down {self.outage_s:.0f}s: last event stored {self.recovery_s:.1f}s after it answered "
+            f"again (the rest of the drain alone: {self.drain_left_s:.1f}s); {self.insert_retries} retried steps, "
+            f"{self.worker_restarts} worker restarts"
+        )
+
+
+def _events(prefix: str, count: int):
+    import orjson
+
+    from bench.events import make_event
+
+    for i in range(count):
+        yield f"{prefix}.k{i % 16}", orjson.dumps(make_event(i)), None
+
+
+def _drain_through(tmp_path, kind: str, outage_s: float, nats_url: str, ch_port: int, client, db: str,
+                   server) -> Outage:
+    """Drain TOTAL events; at KILL_AT of them stored, kill -9 `server`, wait `outage_s`, start it again."""
+    names, prefix = pipeline_names("out")
+    # The default ack_wait (30 s): deliveries lost with a connection must not wait for it.
+    cfg = sink_config(tmp_path, nats_url, ch_port, db, partitions=PARTITIONS, workers=WORKERS, ack_wait_s=None,
+                      **names)
+    # A backlog, as after a stop: the stream and consumers made by a first run, the events
+    # published while no sink runs, then the sink that drains them.
+    first = Supervisor(cfg, tmp_path / "provision.log")
+    try:
+        first.wait_acquired(PARTITIONS)
+        assert first.terminate() == 0
+    finally:
+        first.close()
+    publish_events(nats_url, _events(prefix, TOTAL), names["stream"])
+    sup = Supervisor(cfg, tmp_path / "sink.log")
+    try:
+        stored = lambda: event_counts(client, db)[1]  # noqa: E731
+        sup.wait(lambda: stored() > 1000, 60, "rows flowing")
+        t0, n0 = time.monotonic(), stored()
+        at_kill = sup.wait(lambda: (n := stored()) >= KILL_AT * TOTAL and n, 120, f"{KILL_AT:.0%} stored")
+        rate = (at_kill - n0) / (time.monotonic() - t0)
+        server.kill()
+        time.sleep(outage_s)  # the outage itself: the server stays down this long
+        server.start()  # returns once the server answers on its port
+        up = time.monotonic()
+        wait_until(lambda: sup._check_alive() and stored() >= TOTAL, 600, f"all {TOTAL} events stored")
+        recovery = time.monotonic() - up
+        rows, distinct = event_counts(client, db)
+        assert (TOTAL - distinct, rows - distinct) == (0, 0)  # lost, duplicates
+        restarts = len(sup.logged("spawned worker")) - WORKERS
+        # The workers report their counters every second: wait for the report of the last rows.
+        sup.wait(lambda: restarts or _stat_sum(sup, "inserted") >= TOTAL - at_kill, 30, "the workers' last report")
+        result = Outage(kind, outage_s, recovery, (TOTAL - at_kill) / rate, _stat_sum(sup, "insert_retries"), restarts)
+        print(result.report())
+        assert sup.terminate() == 0
+        return result
+    finally:
+        sup.close()
+
+
+def _stat_sum(sup: Supervisor, key: str) -> int:
+    return sum(p.get(key, 0) for w in sup.workers() for p in w["stats"].values())
+
+
+def _nats_outage(tmp_path, outage_s, clickhouse_server, clickhouse_client, ch_database) -> Outage:
+    with OwnNats(tmp_path) as nats_server:
+        return _drain_through(tmp_path, "nats-server", outage_s, nats_server.url, clickhouse_server.port,
+                              clickhouse_client, ch_database, nats_server)
+
+
+def _clickhouse_outage(tmp_path, outage_s, nats_url) -> Outage:
+    with OwnClickHouse(tmp_path, "outage") as ch:
+        return _drain_through(tmp_path, "clickhouse-server", outage_s, nats_url, ch.port, ch.client, "outage", ch)
+
+
+def _assert_waited_out(result: Outage) -> None:
+    """No worker restarted, and the outage cost about one failed step per partition, however long
+    it was (before the probes: 19 failed inserts for 3 s of ClickHouse down, 44 for 120 s)."""
+    assert result.worker_restarts == 0
+    assert result.insert_retries <= 2 * PARTITIONS
+
+
+def test_nats_server_down_3s(tmp_path, clickhouse_server, clickhouse_client, ch_database):
+    _assert_waited_out(_nats_outage(tmp_path, 3.0, clickhouse_server, clickhouse_client, ch_database))
+
+
+def test_clickhouse_server_down_3s(tmp_path, nats_url):
+    _assert_waited_out(_clickhouse_outage(tmp_path, 3.0, nats_url))
+
+
+@pytest.mark.slow
+def test_nats_server_down_120s(tmp_path, clickhouse_server, clickhouse_client, ch_database):
+    _assert_waited_out(_nats_outage(tmp_path, 120.0, clickhouse_server, clickhouse_client, ch_database))
+
+
+@pytest.mark.slow
+def test_clickhouse_server_down_120s(tmp_path, nats_url):
+    _assert_waited_out(_clickhouse_outage(tmp_path, 120.0, nats_url))
