@@ -361,3 +361,34 @@ class Load(threading.Thread):
         if self.error is not None:
             raise self.error
         return self.published
+
+
+@contextmanager
+def fed(
+    cfg: Path, log_path: Path, nats_url: str, stream: str, msgs: Any, partitions: int = 1
+) -> Iterator["Supervisor"]:
+    """A supervisor with its `partitions` acquired and `msgs` published to its stream (closed on the way out)."""
+    sup = Supervisor(cfg, log_path)
+    try:
+        sup.wait_acquired(partitions)
+        publish_events(nats_url, msgs, stream)
+        yield sup
+    finally:
+        sup.close()
+
+
+def demo_events(prefix: str, start: int, count: int) -> Iterator[tuple[str, bytes, None]]:
+    """(subject, body, headers) of bench.events' events start..start+count-1 over 16 keys."""
+    import orjson
+
+    from bench.events import make_event
+
+    for i in range(start, start + count):
+        yield f"{prefix}.k{i % 16}", orjson.dumps(make_event(i)), None
+
+
+def skipped_as_stored(sup: "Supervisor") -> int:
+    """Deliveries the workers acked as already stored, from their release lines (after terminate)."""
+    return sum(
+        int(line["msg"].rsplit("skipped as stored ", 1)[1].rstrip(")")) for line in sup.logged("released partition")
+    )

@@ -6,10 +6,8 @@ from __future__ import annotations
 import os
 import signal
 import uuid
-from contextlib import contextmanager
 
 import nats
-import orjson
 import pytest
 
 from tests.integration.harness import (
@@ -18,29 +16,19 @@ from tests.integration.harness import (
     OwnNats,
     Supervisor,
     all_once,
+    demo_events,
+    fed,
     pipeline_names,
-    publish_events,
     rows_flowing,
     run,
     sink_config,
+    skipped_as_stored,
     under_load,
 )
 from workers.delivery import commits
 from workers.nats import dlq
 
 RATE = 3000.0
-
-
-@contextmanager
-def _fed(cfg, log_path, nats_url, stream, msgs):
-    """A supervisor with its one partition acquired and `msgs` published to its stream (closed on the way out)."""
-    sup = Supervisor(cfg, log_path)
-    try:
-        sup.wait_acquired(1)
-        publish_events(nats_url, msgs, stream)
-        yield sup
-    finally:
-        sup.close()
 
 
 def _kill_group(sup):
@@ -83,7 +71,8 @@ def test_kill_9_of_nats_server_restarted_on_its_store(tmp_path, clickhouse_serve
             assert load.join_checked(180) == total
             assert all_once(sup, clickhouse_client, ch_database, total) == (0, 0)
             assert sup.terminate() == 0
-            print(f"nats kill -9: {total} events, 0 duplicates, {_skipped(sup)} redeliveries skipped as stored")
+            skipped = skipped_as_stored(sup)
+            print(f"nats kill -9: {total} events, 0 duplicates, {skipped} redeliveries skipped as stored")
 
 
 def test_kill_9_of_the_supervisor_group_then_a_new_supervisor(
@@ -155,7 +144,7 @@ def test_a_batch_stored_before_its_owner_died_is_not_stored_again(
         tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=1, workers=1, max_rows=1000, **names
     )
     total = 10_000
-    with _fed(cfg, tmp_path / "sink.log", nats_url, names["stream"], _events(prefix, 0, total)) as sup:
+    with fed(cfg, tmp_path / "sink.log", nats_url, names["stream"], demo_events(prefix, 0, total)) as sup:
         first, last = _hook_range(sup)
         assert all_once(sup, clickhouse_client, ch_database, total) == (0, 0)
         line = sup.wait(lambda: sup.logged(f"in-doubt batch {first}..{last}"), 60, "the in-doubt batch settled")[0]
@@ -183,7 +172,7 @@ def test_one_commit_state_write_per_batch_while_batches_follow_each_other(
         max_wait_ms=5000, ack_wait_s=30.0, **names,
     )
     total = 20_000
-    with _fed(cfg, tmp_path / "sink.log", nats_url, names["stream"], _events(prefix, 0, total)) as sup:
+    with fed(cfg, tmp_path / "sink.log", nats_url, names["stream"], demo_events(prefix, 0, total)) as sup:
         assert all_once(sup, clickhouse_client, ch_database, total) == (0, 0)
         # Idle now: the last batch's `stored` is written alone.
         state = sup.wait(lambda: (s := run(_commit_state(nats_url, names["name"])))[0].inflight is None and s, 30,
@@ -222,7 +211,7 @@ def test_an_in_doubt_insert_after_a_clickhouse_restart_is_resent_once_and_report
         names, prefix = pipeline_names("xo")
         cfg = sink_config(tmp_path, nats_url, ch.port, "xo", partitions=1, workers=1, max_rows=1000, **names)
         total = 5000
-        with _fed(cfg, tmp_path / "sink.log", nats_url, names["stream"], _events(prefix, 0, total)) as sup:
+        with fed(cfg, tmp_path / "sink.log", nats_url, names["stream"], demo_events(prefix, 0, total)) as sup:
             first, last = _hook_range(sup)
             ch.kill()
             ch.start()
@@ -253,9 +242,9 @@ def test_a_poison_message_redelivered_after_a_crash_gives_one_dead_letter(
     cfg = sink_config(
         tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=1, workers=1, max_rows=1000, **names
     )
-    good = list(_events(prefix, 0, 500))
+    good = list(demo_events(prefix, 0, 500))
     msgs = good[:250] + [(f"{prefix}.k0", b"{not json", None)] + good[250:]
-    with _fed(cfg, tmp_path / "sink.log", nats_url, names["stream"], msgs) as sup:
+    with fed(cfg, tmp_path / "sink.log", nats_url, names["stream"], msgs) as sup:
         _hook_range(sup)
         assert all_once(sup, clickhouse_client, ch_database, 500) == (0, 0)
         sup.wait(lambda: sup.logged("in-doubt batch"), 60, "the in-doubt batch settled")
@@ -279,21 +268,6 @@ def test_the_dlq_stream_drops_a_second_copy_of_a_dead_letter(nats_url):
             await nc.close()
 
     assert run(go()) == 1
-
-
-def _events(prefix, start, count):
-    from bench.events import make_event
-
-    for i in range(start, start + count):
-        ev = make_event(i)
-        yield f"{prefix}.k{i % 16}", orjson.dumps(ev), None
-
-
-def _skipped(sup):
-    """Deliveries the workers acked as already stored, from their release lines (after terminate)."""
-    return sum(
-        int(line["msg"].rsplit("skipped as stored ", 1)[1].rstrip(")")) for line in sup.logged("released partition")
-    )
 
 
 async def _dlq_count(url, stream):
@@ -320,6 +294,6 @@ def test_inserts_slower_than_ack_wait_are_kept_alive_not_redelivered(
         pipeline={"create_table": table, "delivery": "at_least_once"}, **names,
     )
     total = 2000
-    with _fed(cfg, tmp_path / "sink.log", nats_url, names["stream"], _events(prefix, 0, total)) as sup:
+    with fed(cfg, tmp_path / "sink.log", nats_url, names["stream"], demo_events(prefix, 0, total)) as sup:
         assert all_once(sup, clickhouse_client, ch_database, total) == (0, 0)
         assert sup.terminate() == 0

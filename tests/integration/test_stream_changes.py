@@ -5,50 +5,24 @@ ClickHouse directly."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import nats
-import orjson
 
 from tests.integration.harness import (
     Supervisor,
     all_once,
+    demo_events,
     event_counts,
+    fed,
     pipeline_names,
     publish_events,
     run,
     sink_config,
+    skipped_as_stored,
 )
 from workers.delivery import commits
 from workers.topology import consumer_name
 
 PARTITIONS = 2
-
-
-@contextmanager
-def _fed(cfg, log_path, nats_url, stream, msgs):
-    """A supervisor owning every partition, with `msgs` published once it does (closed on the way out)."""
-    sup = Supervisor(cfg, log_path)
-    try:
-        sup.wait_acquired(PARTITIONS)
-        publish_events(nats_url, msgs, stream)
-        yield sup
-    finally:
-        sup.close()
-
-
-def _events(prefix, start, count):
-    from bench.events import make_event
-
-    for i in range(start, start + count):
-        yield f"{prefix}.k{i % 16}", orjson.dumps(make_event(i)), None
-
-
-def _skipped(sup):
-    """Deliveries the workers acked as already stored, from their release lines (after terminate)."""
-    return sum(
-        int(line["msg"].rsplit("skipped as stored ", 1)[1].rstrip(")")) for line in sup.logged("released partition")
-    )
 
 
 async def _js(url, fn):
@@ -66,7 +40,7 @@ def _first_run(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_data
         tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=PARTITIONS, workers=1, max_rows=300,
         pipeline=pipeline or None, **names,
     )
-    with _fed(cfg, tmp_path / "sink1.log", nats_url, names["stream"], _events(prefix, 0, 1000)) as sup:
+    with fed(cfg, tmp_path / "sink1.log", nats_url, names["stream"], demo_events(prefix, 0, 1000), PARTITIONS) as sup:
         assert all_once(sup, clickhouse_client, ch_database, 1000) == (0, 0)
         assert sup.terminate() == 0
     return cfg, names, prefix
@@ -77,14 +51,15 @@ def test_a_stream_created_again_while_stopped_has_its_new_events_stored_once(
 ):
     cfg, names, prefix = _first_run(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database)
     run(_js(nats_url, lambda js: js.delete_stream(names["stream"])))
-    with _fed(cfg, tmp_path / "sink2.log", nats_url, names["stream"], _events(prefix, 1000, 1000)) as sup:
+    new_events = demo_events(prefix, 1000, 1000)
+    with fed(cfg, tmp_path / "sink2.log", nats_url, names["stream"], new_events, PARTITIONS) as sup:
         # The new stream numbers its messages from 1 again; the old states said 1..~500 were stored.
         assert all_once(sup, clickhouse_client, ch_database, 2000) == (0, 0)
         set_aside = sup.logged("set aside its commit state")
         assert len(set_aside) == PARTITIONS
         assert all(f"stream {names['stream']} created" in line["msg"] for line in set_aside)
         assert sup.terminate() == 0
-    assert _skipped(sup) == 0
+    assert skipped_as_stored(sup) == 0
 
 
 def test_a_consumer_deleted_while_stopped_is_created_again_after_what_is_stored(
@@ -97,12 +72,13 @@ def test_a_consumer_deleted_while_stopped_is_created_again_after_what_is_stored(
             await js.delete_consumer(names["stream"], consumer_name(names["name"], index))
 
     run(_js(nats_url, delete))
-    with _fed(cfg, tmp_path / "sink2.log", nats_url, names["stream"], _events(prefix, 1000, 1000)) as sup:
+    new_events = demo_events(prefix, 1000, 1000)
+    with fed(cfg, tmp_path / "sink2.log", nats_url, names["stream"], new_events, PARTITIONS) as sup:
         assert all_once(sup, clickhouse_client, ch_database, 2000) == (0, 0)
         assert len(sup.logged("created again from its commit state")) == PARTITIONS
         assert sup.terminate() == 0
     # Created from the state, not from the stream's first message: nothing was delivered twice.
-    assert _skipped(sup) == 0
+    assert skipped_as_stored(sup) == 0
 
 
 def test_the_commit_state_bucket_deleted_while_stopped_is_created_again(
@@ -110,7 +86,8 @@ def test_the_commit_state_bucket_deleted_while_stopped_is_created_again(
 ):
     cfg, names, prefix = _first_run(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database)
     run(_js(nats_url, lambda js: js.delete_key_value(commits.bucket_name(names["name"]))))
-    with _fed(cfg, tmp_path / "sink2.log", nats_url, names["stream"], _events(prefix, 1000, 1000)) as sup:
+    new_events = demo_events(prefix, 1000, 1000)
+    with fed(cfg, tmp_path / "sink2.log", nats_url, names["stream"], new_events, PARTITIONS) as sup:
         assert all_once(sup, clickhouse_client, ch_database, 2000) == (0, 0)
         assert sup.logged(f"commit-state bucket {commits.bucket_name(names['name'])} was missing")
         assert sup.terminate() == 0
@@ -132,8 +109,8 @@ def test_messages_the_streams_limits_removed_before_they_were_read_are_reported(
     run(_js(nats_url, limit))
     stored = run(_js(nats_url, stored))
     # Published while jetsink is down: the stream keeps the last 600 (sequences 1401..2000).
-    publish_events(nats_url, _events(prefix, 1000, 1000), names["stream"])
-    with _fed(cfg, tmp_path / "sink2.log", nats_url, names["stream"], []) as sup:
+    publish_events(nats_url, demo_events(prefix, 1000, 1000), names["stream"])
+    with fed(cfg, tmp_path / "sink2.log", nats_url, names["stream"], [], PARTITIONS) as sup:
         sup.wait(lambda: event_counts(clickhouse_client, ch_database)[1] >= 1600, 60, "the 600 the stream kept")
         warned = {line["partition"]: line for line in sup.logged("expired unread")}
         # Each partition names the sequences after its own `stored` the stream no longer holds (the
@@ -155,7 +132,7 @@ def _running(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_databa
     )
     sup = Supervisor(cfg, tmp_path / "sink.log")
     sup.wait_acquired(PARTITIONS)
-    publish_events(nats_url, _events(prefix, 0, 1000), names["stream"])
+    publish_events(nats_url, demo_events(prefix, 0, 1000), names["stream"])
     assert all_once(sup, clickhouse_client, ch_database, 1000) == (0, 0)
     return sup, names, prefix
 
@@ -176,14 +153,14 @@ def test_a_consumer_deleted_while_running_is_created_again_from_its_commit_state
 
         run(_js(nats_url, delete))
         sup.wait(lambda: len(sup.logged("pulling again after")) == PARTITIONS, 60, "both partitions pulling again")
-        publish_events(nats_url, _events(prefix, 1000, 1000), names["stream"])
+        publish_events(nats_url, demo_events(prefix, 1000, 1000), names["stream"])
         assert all_once(sup, clickhouse_client, ch_database, 2000) == (0, 0)
         assert len(sup.logged("created again from its commit state")) == PARTITIONS
         _no_worker_died(sup)
         assert sup.terminate() == 0
     finally:
         sup.close()
-    assert _skipped(sup) == 0  # the new consumers started after what was stored
+    assert skipped_as_stored(sup) == 0  # the new consumers started after what was stored
 
 
 def test_a_stream_deleted_and_created_again_while_running_has_every_new_event_stored_once(
@@ -196,7 +173,7 @@ def test_a_stream_deleted_and_created_again_while_running_has_every_new_event_st
         # set their commit states aside (another incarnation).
         sup.wait(lambda: len(sup.logged("set aside its commit state")) == PARTITIONS, 60, "both states set aside")
         sup.wait(lambda: len(sup.logged("pulling again after")) == PARTITIONS, 60, "both partitions pulling again")
-        publish_events(nats_url, _events(prefix, 1000, 1000), names["stream"])
+        publish_events(nats_url, demo_events(prefix, 1000, 1000), names["stream"])
         assert all_once(sup, clickhouse_client, ch_database, 2000) == (0, 0)
         _no_worker_died(sup)
         assert sup.terminate() == 0
@@ -210,7 +187,7 @@ def test_the_commit_state_bucket_deleted_while_running_is_made_again_with_the_pa
     sup, names, prefix = _running(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database)
     try:
         run(_js(nats_url, lambda js: js.delete_key_value(commits.bucket_name(names["name"]))))
-        publish_events(nats_url, _events(prefix, 1000, 1000), names["stream"])
+        publish_events(nats_url, demo_events(prefix, 1000, 1000), names["stream"])
         assert all_once(sup, clickhouse_client, ch_database, 2000) == (0, 0)
         sup.wait(lambda: len(sup.logged("was deleted under it")) == PARTITIONS, 60, "both states written again")
 
