@@ -124,6 +124,10 @@ class PartitionRunner:
         self._fetcher.stop()
         try:
             await asyncio.gather(*self._tasks)
+            if not self._tasks[1].done():
+                # The pull task renewed both sides during the stop (a consumer found gone, a
+                # reconnect): the new storer stores what its fetcher sealed, then returns.
+                await self._tasks[1]
             await self._fetcher.release_pin()
         finally:
             if self._keepalive is not None:
