@@ -23,7 +23,6 @@ from workers.delivery.takeover import restart_position
 from workers.nats import streams
 from workers.nats.connect import connect_nats
 from workers.nats.streams import ProvisionError
-from workers.topology import consumer_name
 
 log = logging.getLogger("jetsink.provision")
 
@@ -89,11 +88,7 @@ async def _ensure_commits(js: Any, p: Pipeline) -> None:
         await create_bucket(js, p.name, replicas)
     except Exception as exc:
         raise ProvisionError(f"pipelines {p.name}: cannot create the commit-state bucket {bucket}: {exc}") from exc
-    try:
-        ran_before = await js.consumer_info(p.stream, consumer_name(p.name, 0))
-    except NotFoundError:
-        ran_before = None
-    if ran_before is not None:
+    if await streams.consumer_exists(js, p, 0):
         # The bucket is made with the consumers: they exist, it does not, so it was deleted.
         log.warning(
             "commit-state bucket %s was missing although the consumers of stream %s exist (deleted?); created "

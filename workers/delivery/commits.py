@@ -219,7 +219,6 @@ class CommitLog:
         self.held: set[int] = set(state.held)
         self.found = revision != 0  # the entry existed when this owner opened it
         self.opened = Bound(state)  # what binding to the stream found (set by takeover.open_state)
-        self.bucket_recreated = False
         # Makes the bucket again when it is missing (True), or says it exists (False); set by open_state.
         self.recreate_bucket: Callable[[], Awaitable[bool]] | None = None
 

@@ -167,15 +167,10 @@ async def open_state(nc: Any, pipeline: str, stream: str, index: int, log_extra:
     try:
         log_, bound = await CommitLog.open(js, pipeline, index, incarnation)
     except BucketNotFoundError:
-        replicas = (await js.stream_info(stream)).config.num_replicas or 1
-        try:
-            await commits.create_bucket(js, pipeline, replicas)
-        except Exception as exc:  # e.g. another partition created it first: opening again tells
-            log.debug("creating %s: %s", commits.bucket_name(pipeline), exc)
+        await _make_bucket(js, pipeline, stream)
         log_, bound = await CommitLog.open(js, pipeline, index, incarnation)
         bound = commits.Bound(bound.state, f"its KV bucket {commits.bucket_name(pipeline)} was missing (deleted?) "
                               "and was created again", bound.expired)
-        log_.bucket_recreated = True
     log_.opened = bound
 
     bucket_stream = f"KV_{commits.bucket_name(pipeline)}"
@@ -190,10 +185,7 @@ async def open_state(nc: Any, pipeline: str, stream: str, index: int, log_extra:
             if (await js.stream_info(bucket_stream)).created == opened_bucket:
                 return False
         except NotFoundError:
-            try:
-                await commits.create_bucket(js, pipeline, (await js.stream_info(stream)).config.num_replicas or 1)
-            except Exception as exc:  # another partition may have made it first
-                log.debug("creating %s: %s", commits.bucket_name(pipeline), exc)
+            await _make_bucket(js, pipeline, stream)
         log.warning(
             "partition %s: commit-state bucket %s was deleted under it; it exists again, and this partition's "
             "state goes into it as this owner holds it (stored %d): nothing is stored twice", name,
@@ -214,6 +206,15 @@ async def open_state(nc: Any, pipeline: str, stream: str, index: int, log_extra:
             incarnation.first_seq - 1, bound.expired, extra={**log_extra, "expired_unread": bound.expired},
         )
     return log_
+
+
+async def _make_bucket(js: Any, pipeline: str, stream: str) -> None:
+    """Create the commit-state bucket again, replicated like its stream; one that another partition
+    made first is fine (whoever opens or writes it next finds it)."""
+    try:
+        await commits.create_bucket(js, pipeline, (await js.stream_info(stream)).config.num_replicas or 1)
+    except Exception as exc:
+        log.debug("creating %s: %s", commits.bucket_name(pipeline), exc)
 
 
 async def restart_position(js: Any, pipeline: str, stream: str, index: int, log_extra: dict) -> int | None:
