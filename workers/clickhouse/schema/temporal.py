@@ -156,16 +156,24 @@ def _zone(name: str | None) -> ZoneInfo | None:
     return None if name is None else ZoneInfo(name)
 
 
+def _range_check(type_name: str, lo: int, hi: int) -> Callable[[int, Any], int]:
+    """check(value, shown): the value when it lies in lo..hi, else out_of_range naming `shown` and the type."""
+
+    def check(value: int, shown: Any) -> int:
+        if lo <= value <= hi:
+            return value
+        raise Rejected("out_of_range", f"{show(shown)} is outside the {type_name} range")
+
+    return check
+
+
 def datetime_converter(type_name: str, naive_zone: str | None, bounds: tuple[int, int], epoch_unit: str) -> Converter:
     """DateTime; strings without offset are read in ``naive_zone`` (refused when it is None)."""
     lo, hi = bounds
     zone = _zone(naive_zone)
     per_unit = 1000 if epoch_unit == "ms" else 1
 
-    def check(seconds: int, shown: Any) -> int:
-        if lo <= seconds <= hi:
-            return seconds
-        raise Rejected("out_of_range", f"{show(shown)} is outside the {type_name} range")
+    check = _range_check(type_name, lo, hi)
 
     instant = _instant_parser(zone)
 
@@ -218,10 +226,7 @@ def datetime64_converter(
     zone = _zone(naive_zone)
     unit_digits = 3 if epoch_unit == "ms" else 0
 
-    def check(ticks: int, shown: Any) -> int:
-        if lo <= ticks <= hi:
-            return ticks
-        raise Rejected("out_of_range", f"{show(shown)} is outside the {type_name} range")
+    check = _range_check(type_name, lo, hi)
 
     def too_precise(shown: Any) -> Rejected:
         return Rejected("lost_precision", f"{show(shown)} has more fraction digits than {type_name} stores")
