@@ -228,7 +228,10 @@ def test_cases_cover_every_type_jetsink_builds():
             if isinstance(a, ClickHouseType):
                 yield from names(a)
 
+    from tests.modern.test_variant import DYNAMICS, VARIANTS
+
     covered = {n for t, _ in CASES + MAPS + NEWER for n in names(parse_type(t))}
+    covered |= {n for t, _, _ in VARIANTS + DYNAMICS for n in names(parse_type(t))}
     assert set(_FACTORIES) - covered == set()
 
 

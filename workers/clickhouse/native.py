@@ -62,6 +62,8 @@ from clickhouse_driver.connection import ServerInfo
 from clickhouse_driver.context import Context
 from clickhouse_driver.writer import write_binary_uint64
 
+from workers.clickhouse.native_variant import DynamicColumn, VariantColumn
+from workers.clickhouse.schema.dynamic import max_types
 from workers.clickhouse.schema.parser import ClickHouseType, parse_type, type_text
 
 log = logging.getLogger(__name__)
@@ -262,13 +264,17 @@ def _containers(stock):
         plain = _AS_INTEGERS.get(spec.split("(", 1)[0])
         if plain is not None:  # types the driver lacks, written as the integers they are stored as
             return plain(**column_options)
-        if not spec.startswith(("Map(", "Tuple(")):
+        if not spec.startswith(("Map(", "Tuple(", "Variant(", "Dynamic")):
             return stock(spec, column_options, use_numpy=use_numpy)
         t = parse_type(spec)
 
         def element(arg: ClickHouseType):
             return service.get_column_by_spec(type_text(arg), column_options, use_numpy=use_numpy)
 
+        if t.name == "Variant":  # the driver has no writer for it (native_variant.py)
+            return VariantColumn([element(a) for a in t.args], **column_options)
+        if t.name == "Dynamic":
+            return DynamicColumn(max_types(t), lambda name: element(parse_type(name)), **column_options)
         if t.name == "Map":
             key, value = t.args
             return MapColumn(element(key), element(value), **column_options)

@@ -18,6 +18,7 @@ from workers.clickhouse.schema.containers import (
     tuple_converter,
 )
 from workers.clickhouse.schema.converter import Converter
+from workers.clickhouse.schema.dynamic import dynamic_converter
 from workers.clickhouse.schema.errors import MappingError, Rejected, SchemaError
 from workers.clickhouse.schema.features import ServerFeatures, version_text
 from workers.clickhouse.schema.modern import bfloat16_converter, json_object_converter, time_converter
@@ -45,6 +46,7 @@ from workers.clickhouse.schema.text import (
     ipv6_converter,
     uuid_converter,
 )
+from workers.clickhouse.schema.variant import variant_converter
 
 
 class Builder:
@@ -266,6 +268,16 @@ def _simple_aggregate_function(b: Builder, t: ClickHouseType) -> Converter:
     return b.build(t.args[1])
 
 
+def _variant(b: Builder, t: ClickHouseType) -> Converter:
+    # Which variant a value becomes is ClickHouse's parser's choice, followed where it is certain (variant.py).
+    return variant_converter(b, t)
+
+
+def _dynamic(b: Builder, t: ClickHouseType) -> Converter:
+    # The type ClickHouse's JSON inference gives the value, where it does not depend on settings (dynamic.py).
+    return dynamic_converter(b, t)
+
+
 _FACTORIES: Mapping[str, _Factory] = {
     **{name: _int for name in INT_TYPES},
     "Float32": _float,
@@ -295,6 +307,8 @@ _FACTORIES: Mapping[str, _Factory] = {
     "Time64": _time,
     "Nested": _nested,
     "SimpleAggregateFunction": _simple_aggregate_function,
+    "Variant": _variant,
+    "Dynamic": _dynamic,
 }
 
 
