@@ -53,6 +53,13 @@ def _clickhouse_rules(v: dict[str, Any], at: At, raw: Any) -> None:
         (at / "host").fail(f"embedded: true needs host 127.0.0.1 or localhost, got {v['host']!r}")
     if v["tls"] is not None and v["secure"] is False:
         (at / "tls").fail("only used with secure: true")
+    given = raw if isinstance(raw, dict) else {}
+    if "hosts" in given:
+        for single in ("host", "port"):
+            if single in given:
+                (at / single).fail("give either hosts or host/port, not both (host/port is a one-host hosts list)")
+        if v["embedded"] is True:
+            (at / "hosts").fail("embedded: true starts one local server on host:port; hosts lists servers you run")
 
 
 def _column_rules(v: dict[str, Any], at: At, raw: Any) -> None:

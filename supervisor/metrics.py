@@ -55,6 +55,15 @@ METRICS = (
      ("slot", "pipeline", "partition")),
     ("jetsink_consumer_pending", "gauge", "Messages left in the partition's consumer (lag), as of the last delivery.",
      ("pipeline", "partition")),
+    ("jetsink_clickhouse_replica_in_use", "gauge",
+     "1 for the ClickHouse replica (host:port of clickhouse.hosts) the worker slot inserts into, 0 for the others.",
+     ("slot", "replica")),
+    ("jetsink_clickhouse_replica_up", "gauge",
+     "0 while the worker slot holds the replica down (its last insert or look failed: unreachable, read-only, "
+     "ZooKeeper trouble), else 1.", ("slot", "replica")),
+    ("jetsink_clickhouse_replica_switches_total", "counter",
+     "Times the worker slot moved to another ClickHouse replica (failovers and returns to its preferred one).",
+     ("slot",)),
     ("jetsink_schema_changes_total", "counter",
      "Changes of the pipeline's table (columns added, dropped or retyped) the workers found.", ("pipeline", "table")),
     ("jetsink_schema_read_timestamp_seconds", "gauge",
@@ -107,6 +116,12 @@ def pool_metrics(snapshot: Mapping | None) -> list[Metric]:
         if w.get("heartbeat_age_s") is not None:
             add("jetsink_worker_heartbeat_age_seconds", slot, w["heartbeat_age_s"])
         add("jetsink_rows_per_second", slot, w.get("rows_per_s", 0.0))
+        ch = w.get("clickhouse") or {}
+        if ch:
+            add("jetsink_clickhouse_replica_switches_total", slot, ch.get("switches", 0))
+        for r in ch.get("replicas") or ():
+            add("jetsink_clickhouse_replica_in_use", (w["slot"], r["address"]), r["address"] == ch.get("in_use"))
+            add("jetsink_clickhouse_replica_up", (w["slot"], r["address"]), r.get("state") != "down")
         for name, stats in sorted((w.get("stats") or {}).items()):
             pipeline, _, index = name.rpartition("/")
             labels = (w["slot"], pipeline, index)

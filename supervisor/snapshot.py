@@ -39,6 +39,11 @@ Snapshot schema (plain JSON-friendly data):
                          "in_doubt_not_landed": int, "in_doubt_resent": int, ...},  # PartitionStats
           },
           "telemetry_dropped": {"traces": int, "metrics": int, "logs": int},  # OTLP endpoint down
+          "clickhouse": {         # the replicas it inserts into (workers/clickhouse/replicas.py); {} before a report
+            "in_use": "host:port", "preferred": "host:port", "switches": int,
+            "replicas": [{"address": "host:port", "state": "healthy" | "down" | "unknown", "error": str,
+                          "down_s": float, "inserts": int}, ...],
+          },
         },
       ],
       "instance_id": str,         # this supervisor's (config instance_id)
@@ -112,6 +117,7 @@ class PoolView:
             "heartbeat_age_s": max(0.0, now - heartbeat.value) if pid is not None and heartbeat is not None else None,
             "stats": stats,
             "telemetry_dropped": {k: int(v) for k, v in (report.get("telemetry_dropped") or {}).items()},
+            "clickhouse": dict(report.get("clickhouse") or {}),
         }
 
     def _rate(self, slot: int, pid: int | None, inserted: int, now: float) -> float:

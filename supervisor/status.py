@@ -95,6 +95,7 @@ def render_status_table(snapshot: Mapping | None, now: float | None = None) -> s
             ))
         lines += _aligned(table)
     lines += _schema_table(snapshot.get("schemas") or {}, now)
+    lines += _replica_table(workers)
     dropped: dict[str, int] = {}
     for w in workers:
         for signal, n in (w.get("telemetry_dropped") or {}).items():
@@ -123,6 +124,26 @@ def _stream_notes(workers: list) -> list[str]:
             if s.get("consumers_created"):
                 notes.append(f"  {name}: consumer created again {s['consumers_created']} time(s) (it was missing)")
     return ["", "JetStream changes found:", *notes] if notes else []
+
+
+def _replica_table(workers: list) -> list[str]:
+    """Per worker slot and ClickHouse replica: in use, health, inserts; only with more than one replica."""
+    rows = [("SLOT", "CLICKHOUSE", "IN USE", "STATE", "INSERTS", "SWITCHES", "LAST ERROR")]
+    for w in workers:
+        ch = w.get("clickhouse") or {}
+        replicas = ch.get("replicas") or []
+        if len(replicas) < 2:
+            continue
+        for r in replicas:
+            state = r.get("state", "unknown")
+            if state == "down":
+                state = f"down {_age(float(r.get('down_s', 0.0)))}"
+            mark = "yes" if r["address"] == ch.get("in_use") else ""
+            if r["address"] == ch.get("preferred"):
+                mark += " (preferred)" if mark else "(preferred)"
+            rows.append((str(w.get("slot")), r["address"], mark, state, str(r.get("inserts", 0)),
+                         str(ch.get("switches", 0)), (r.get("error") or "")[:80]))
+    return ["", *_aligned(rows)] if len(rows) > 1 else []
 
 
 def _schema_table(schemas: Mapping, now: float) -> list[str]:

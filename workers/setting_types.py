@@ -370,6 +370,34 @@ def _nats_url_problem(url: Any) -> str | None:
 
 
 @dataclass(frozen=True)
+class HostPorts(Check):
+    """`host:port` addresses (ClickHouse's native protocol); a single string is a list of one."""
+
+    doc = "`host:port` or list of them"
+
+    def __call__(self, value: Any, base_dir: Path) -> tuple[str, ...]:
+        hosts = [value] if isinstance(value, str) else value
+        if not isinstance(hosts, list) or not hosts:
+            raise Invalid(f"expected host:port or a non-empty list of them, got {show(value)}")
+        out: list[str] = []
+        found: list[tuple[str, str]] = []
+        for i, item in enumerate(hosts):
+            where = f"[{i}]" if isinstance(value, list) else ""
+            text = item if isinstance(item, str) else ""
+            host, sep, port = text.strip().rpartition(":")
+            if not sep or not host or any(c.isspace() or c in "/@[]" for c in host) or not port.isdigit() \
+                    or not 0 < int(port) < 65536:
+                found.append((where, f"expected host:port (e.g. ch-1:9000), got {show(item)}"))
+            elif f"{host}:{int(port)}" in out:
+                found.append((where, f"{host}:{int(port)} is listed twice"))
+            else:
+                out.append(f"{host}:{int(port)}")
+        if found:
+            raise Invalid(problems=found)
+        return tuple(out)
+
+
+@dataclass(frozen=True)
 class InsertSettings(Check):
     """ClickHouse settings by name; the value is a tuple of pairs, which pickles and cannot change."""
 

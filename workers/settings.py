@@ -28,6 +28,7 @@ from workers.setting_types import (
     Choice,
     DottedPath,
     FilePath,
+    HostPorts,
     InsertSettings,
     Int,
     JsonValue,
@@ -127,8 +128,16 @@ class NatsConfig:
 
 @dataclass(frozen=True, slots=True)
 class ClickHouseConfig:
-    host: str = key(HOSTNAME, "Server host (native protocol).", "127.0.0.1")
-    port: int = key(Int(1, 65535), "Native-protocol port (usually 9440 with `secure: true`).", 9000)
+    host: str = key(HOSTNAME, "Server host (native protocol). A one-host `hosts` list; not with `hosts`.",
+                    "127.0.0.1")
+    port: int = key(Int(1, 65535), "Native-protocol port (usually 9440 with `secure: true`); not with `hosts`.",
+                    9000)
+    hosts_items: tuple[str, ...] = key(
+        HostPorts(), "The replicas of one shard, as `host:port`, in order of preference. Each worker inserts into "
+        "one (the worker's slot picks which, so the workers spread over them) and moves to the next on connection "
+        "errors and replica-local errors (read-only table, ZooKeeper/Keeper session lost, unknown quorum status), "
+        "going back once its own answers healthily again. See [ClickHouse clusters]"
+        "(operations.md#clickhouse-clusters).", (), name="hosts", default_doc="`[host:port]`")
     database: str = key(IDENTIFIER, "Database for table names given without a database.", "default")
     user: str = key(Text(), "User name.", "default")
     password: Secret | None = key(Text(), "See [secrets](#secrets).", None, secret=True,
@@ -149,6 +158,13 @@ class ClickHouseConfig:
     def settings(self) -> Mapping[str, str | int | float]:
         """The insert settings as a read-only mapping."""
         return MappingProxyType(dict(self.settings_items))
+
+    @property
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        """The servers to insert into, as (host, port): `hosts`, else `host` and `port`."""
+        if not self.hosts_items:
+            return ((self.host, self.port),)
+        return tuple((h, int(p)) for h, _, p in (a.rpartition(":") for a in self.hosts_items))
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,8 +29,9 @@ from functools import partial
 from typing import Any
 
 from workers import exitcodes
-from workers.clickhouse import faults, indoubt, native, sink
-from workers.clickhouse.connect import clickhouse_answers, clickhouse_client, clickhouse_where
+from workers.clickhouse import faults, native, sink
+from workers.clickhouse.connect import clickhouse_answers, clickhouse_where
+from workers.clickhouse.replicas import ReplicaSet
 from workers.clickhouse.schema import ServerFeatures
 from workers.clickhouse.table_schema import SchemaWatch, TableSchema
 from workers.delivery import commits
@@ -88,6 +89,7 @@ class Worker:
         self._nats_down_since: float | None = None
         self._nats_answers_since: float | None = None  # while not connected: since when a server accepts
         self._gc_at = time.monotonic()
+        self._tending: asyncio.Future | None = None  # the replica set's look at its preferred replica
         self._exit_hook = commits.ExitHook.from_env()  # tests only: the in-doubt batch on demand
 
     async def _in_thread(self, fn: Any, *args: Any) -> Any:
@@ -125,7 +127,11 @@ class Worker:
 
     async def _boot(self) -> None:
         cfg = self.config
-        self._client = clickhouse_client(cfg.clickhouse)
+        # One client per replica of `clickhouse.hosts`, this slot's preferred first; the schema reads
+        # (through its `execute`) and the inserts follow its failovers (workers/clickhouse/replicas.py).
+        self._replicas = ReplicaSet(cfg.clickhouse, preferred=self.slot, who=f"worker {self.slot}",
+                                    log_extra={"slot": self.slot})
+        self._client = self._replicas
         where = clickhouse_where(cfg.clickhouse)
         # The servers may still be coming up (embedded mode, a restart): keep trying,
         # beating meanwhile, and only a schema problem is fatal.
@@ -232,6 +238,9 @@ class Worker:
                     # redelivers what was not acked.
                     log.error("partition %s failed: %r", runner.name, exc, exc_info=exc)
                     os._exit(1)
+            if self._replicas.return_due() and (self._tending is None or self._tending.done()):
+                # Back to the preferred ClickHouse replica once it is healthy, with or without traffic.
+                self._tending = asyncio.ensure_future(self._in_thread(self._replicas.tend))
             if now - self._gc_at > GC_INTERVAL_S:
                 # The only cyclic garbage left on the hot path is clickhouse-driver's
                 # (each column object and its serializer refer to each other: ~30 small
@@ -241,6 +250,7 @@ class Worker:
             self._send({
                 "op": "stats", "partitions": {f"{k[0]}/{k[1]}": vars(r.stats) for k, r in self._runners.items()},
                 "telemetry_dropped": self._telemetry.dropped(),
+                "clickhouse": self._replicas.view(),
             })
             await asyncio.sleep(1.0)
 
@@ -280,7 +290,7 @@ class Worker:
         )
         runner = PartitionRunner(
             self._nc, target, self._schemas[pipeline], self._in_thread, insert, self._telemetry,
-            clickhouse=indoubt.QueryLog(self._client), tokens=self._features.insert_deduplication_token,
+            clickhouse=self._replicas.query_log(p.table, db), tokens=self._features.insert_deduplication_token,
             exit_hook=self._exit_hook,
             probes=ServerProbes(self._nc, partial(clickhouse_answers, self.config.clickhouse)),
         )
@@ -298,8 +308,12 @@ class Worker:
         rows = len(columns[0]) if columns else 0
         # The telemetry's spans and timing wrap the call; with a trace, settings carry its context to the server.
         db, name = sink.split_table(table, database)
-        with self._telemetry.insert(self._client, db, name, statement, rows, self._features) as settings:
-            return sink.send_insert(self._client, statement, columns, settings)
+
+        def send(client: Any) -> int:  # on the replica in use; a replica-local failure moves to another
+            with self._telemetry.insert(client, db, name, statement, rows, self._features) as settings:
+                return sink.send_insert(client, statement, columns, settings)
+
+        return self._replicas.insert(send)
 
     def _pending(self) -> list[tuple[str, int, int]]:
         """(pipeline, partition, pending) per owned partition, for the consumer.pending gauge."""

@@ -109,6 +109,8 @@ def snapshot(**worker: Any) -> dict:
         "last_batch_at": NOW - 1,
         "heartbeat_age_s": 0.5,
         "stats": {"events/0": stats(5, pending=3, last_batch_at=NOW - 1)},
+        "clickhouse": {"in_use": "ch1:9000", "preferred": "ch1:9000", "switches": 0, "replicas": [
+            {"address": "ch1:9000", "state": "healthy", "error": "", "down_s": 0.0, "inserts": 7}]},
     }
     w.update(worker)
     return {"started_at": NOW - 3700, "taken_at": NOW, "draining": False, "workers": [w], "instance_id": "a",
@@ -176,7 +178,7 @@ def test_prometheus_of_nothing_declares_every_metric_without_samples():
     text = render_prometheus(None)
     types, values = scrape(text)
     assert values == {}
-    assert len(types) == len([line for line in text.splitlines() if line.startswith("# TYPE ")]) == len(METRICS) == 24
+    assert len(types) == len([line for line in text.splitlines() if line.startswith("# TYPE ")]) == len(METRICS) == 27
 
 
 def test_status_table():
@@ -329,3 +331,21 @@ def test_status_table_lists_every_instance():
     assert "instances (2 live, this one is a)" in table
     assert any(line.startswith("a *") for line in table.splitlines())
     assert any(line.startswith("b ") and "events:1" in line for line in table.splitlines())
+
+
+def test_status_and_metrics_show_the_replica_each_worker_uses_and_each_replicas_health():
+    ch = {"in_use": "ch2:9000", "preferred": "ch1:9000", "switches": 1, "replicas": [
+        {"address": "ch1:9000", "state": "down", "error": "EOFError: Unexpected EOF", "down_s": 12.0, "inserts": 3},
+        {"address": "ch2:9000", "state": "healthy", "error": "", "down_s": 0.0, "inserts": 9}]}
+    table = render_status_table(snapshot(clickhouse=ch), now=NOW)
+    lines = table.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("SLOT  CLICKHOUSE"))
+    assert lines[at + 1].split()[:5] == ["0", "ch1:9000", "(preferred)", "down", "12.0s"]
+    assert lines[at + 2].split()[:5] == ["0", "ch2:9000", "yes", "healthy", "9"]
+    _, samples = scrape(render_prometheus(snapshot(clickhouse=ch)))
+    assert samples[("jetsink_clickhouse_replica_in_use", (("replica", "ch2:9000"), ("slot", "0")))] == 1
+    assert samples[("jetsink_clickhouse_replica_in_use", (("replica", "ch1:9000"), ("slot", "0")))] == 0
+    assert samples[("jetsink_clickhouse_replica_up", (("replica", "ch1:9000"), ("slot", "0")))] == 0
+    assert samples[("jetsink_clickhouse_replica_switches_total", (("slot", "0"),))] == 1
+    # One replica: no replica table (nothing to choose between).
+    assert "CLICKHOUSE" not in render_status_table(snapshot(), now=NOW)

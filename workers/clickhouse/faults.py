@@ -111,6 +111,23 @@ def classify(exc: BaseException) -> Fault:
     return Fault.RETRYABLE
 
 
+# Failures of one replica rather than of the shard or of the data: another replica of the shard
+# takes the insert (workers/clickhouse/replicas.py).  Quorum failures that concern the whole
+# shard (285 too few live replicas, 286 another quorum insert running) are not among them.
+_REPLICA_CODES = {
+    225,  # NO_ZOOKEEPER: the server has no ZooKeeper session (yet)
+    242,  # TABLE_IS_READ_ONLY: a Replicated table whose ZooKeeper session is lost
+    319,  # UNKNOWN_STATUS_OF_INSERT: a quorum insert whose outcome this replica cannot tell
+    999,  # KEEPER_EXCEPTION: ZooKeeper connection loss, session expired
+}
+
+
+def replica_local(exc: BaseException) -> bool:
+    """Whether a failure is this replica's (unreachable, or a ZooKeeper/quorum trouble of its own):
+    another replica of the shard is worth trying."""
+    return unreachable(exc) or (isinstance(exc, ch.ServerException) and exc.code in _REPLICA_CODES)
+
+
 def unreachable(exc: BaseException) -> bool:
     """Whether a failure is about reaching the server (refused, reset, timed out), not about what
     it answered: such a step is worth trying again the moment the server answers again."""

@@ -23,6 +23,11 @@ query log what became of that query_id (`landed`), which ClickHouse 18.16 alread
   is "unknown" and the caller resends the exact batch under the same identity (a
   duplicate only where the server can neither deduplicate by token nor by block hash:
   plain MergeTree before 22.2).
+
+All of this is about one server.  With several replicas (`clickhouse.hosts`), a server that
+never saw the insert would answer "never landed" as truthfully as the one that lost it did
+not: workers/clickhouse/replicas.py decides which replicas are asked and what their answers
+together mean.
 """
 
 from __future__ import annotations
@@ -162,5 +167,7 @@ class QueryLog:
     def __init__(self, client: Any) -> None:
         self._client = client
 
-    def landed(self, query_id: str, began_at: float, wait_s: float = 60.0) -> bool | None:
+    def landed(self, query_id: str, began_at: float, wait_s: float = 60.0, recorded: str | None = None) -> bool | None:
+        """`recorded` (the replica a batch's range names) does not matter with one server; with
+        several, workers/clickhouse/replicas.py asks the right ones."""
         return landed(self._client, query_id, began_at, wait_s)

@@ -3,7 +3,8 @@
 One entry per (pipeline, partition), bucket `jetsink_commits_<pipeline>`, key the
 partition index, value JSON:
 
-    {"stored": S, "inflight": [first, last, count, first_ts_ns, began_at] | null, "stream": CREATED}
+    {"stored": S, "inflight": [first, last, count, first_ts_ns, began_at] | null, "stream": CREATED,
+     "inflight_host": "host:port" (the ClickHouse replica in use when the batch began; optional)}
 
 * `stored`: every message of the partition with stream sequence <= S is stored (in
   ClickHouse or the DLQ), written only when that is provably true: the batch continued a
@@ -39,6 +40,7 @@ instead of moving the state backwards; the partition then stops and its worker r
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -91,6 +93,9 @@ class Range:
     first_ts_ns: int  # the first message's stream timestamp (part of the insert's identity)
     began_at: float  # wall-clock time just before the insert was sent
     seqs: tuple[int, ...] = ()  # the batch's stream sequences when it is not first..last whole
+    # The ClickHouse replica (host:port) in use when the batch began; "" in states of earlier
+    # versions and with no replica hook.  The in-doubt question asks it first (workers/clickhouse/replicas.py).
+    host: str = ""
 
 
 def scattered(msgs: Sequence[tuple], began_at: float) -> Range:
@@ -128,6 +133,8 @@ class CommitState:
         if r is not None and r.seqs:
             inflight.append(_runs(r.seqs))
         doc = {"stored": self.stored, "inflight": inflight, "stream": self.stream}
+        if r is not None and r.host:
+            doc["inflight_host"] = r.host  # a key of its own: earlier versions read the state as before
         if self.held:
             doc["held"] = _runs(self.held)
         return orjson.dumps(doc)
@@ -140,7 +147,8 @@ class CommitState:
         r = doc.get("inflight")
         return cls(
             int(doc.get("stored", 0)),
-            Range(int(r[0]), int(r[1]), int(r[2]), int(r[3]), float(r[4]), _unruns(r[5]) if len(r) > 5 else ())
+            Range(int(r[0]), int(r[1]), int(r[2]), int(r[3]), float(r[4]), _unruns(r[5]) if len(r) > 5 else (),
+                  str(doc.get("inflight_host") or ""))
             if r else None,
             str(doc.get("stream") or ""),
             _unruns(doc.get("held") or ()),
@@ -221,6 +229,8 @@ class CommitLog:
         self.opened = Bound(state)  # what binding to the stream found (set by takeover.open_state)
         # Makes the bucket again when it is missing (True), or says it exists (False); set by open_state.
         self.recreate_bucket: Callable[[], Awaitable[bool]] | None = None
+        # The ClickHouse replica in use (host:port), recorded with each batch's range; set by the storer.
+        self.replica: Callable[[], str] | None = None
 
     @classmethod
     async def open(
@@ -254,7 +264,9 @@ class CommitLog:
         return CommitState(self.stored_through, inflight, self.state.stream, tuple(sorted(self.held)))
 
     async def begin(self, r: Range) -> None:
-        """Record the batch about to be inserted, and what is stored before it."""
+        """Record the batch about to be inserted (with the replica in use), and what is stored before it."""
+        if self.replica is not None and not r.host:
+            r = dataclasses.replace(r, host=self.replica())
         await self._write(self._known(r))
 
     def inserted(self, r: Range) -> None:

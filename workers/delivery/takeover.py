@@ -50,8 +50,9 @@ class Takeover:
     retrying: Callable[..., Awaitable[Any]]  # the partition's retry loop (backoff, faults, pauses)
     store: Callable[..., Awaitable[Any]]  # store(msgs, ident, range, keep_alive=None) -> Prepared
     identity: Callable[[Range], indoubt.InsertIdentity]
-    # landed(query_id, began_at, wait_s) in the insert thread: True, False or None (cannot tell).
-    landed: Callable[[str, float, float], Awaitable[bool | None]] | None
+    # landed(query_id, began_at, wait_s, recorded replica) in the insert thread: True, False or None (cannot
+    # tell); with several ClickHouse replicas it asks every one the insert may be on (workers/clickhouse/replicas.py).
+    landed: Callable[[str, float, float, str], Awaitable[bool | None]] | None
     max_rows: int
     log_extra: dict
 
@@ -108,7 +109,9 @@ class Takeover:
             return
         verdict = None
         if self.landed is not None:
-            verdict = await self.retrying("in-doubt check", self.landed, ident.query_id, r.began_at, 60.0)
+            verdict = await self.retrying("in-doubt check", self.landed, ident.query_id, r.began_at, 60.0, r.host)
+        if r.host:
+            where += f" (sent while clickhouse {r.host} was in use)"
         if verdict is True:
             log.info("%s: its insert had landed; not stored again", where, extra=self.log_extra)
             self.stats.in_doubt_landed += 1

@@ -2,6 +2,11 @@
 tried until it succeeds, with capped, jittered exponential backoff, and a pause for faults
 every batch would share (workers/clickhouse/faults.py sorts them).
 
+With several ClickHouse replicas (`clickhouse.hosts`) the insert itself moves to another replica on a
+replica-local failure (workers/clickhouse/replicas.py); the probe then asks whether any replica answers,
+and a refusal by a replica that is up (read-only, ZooKeeper trouble) is retried at least every
+REPLICA_RETRY_MAX_S.
+
 A step that failed because its server could not be reached does not sit out the backoff:
 with the worker's `ServerProbes`, the pause asks every PROBE_S whether the server answers
 (ClickHouse: a TCP connect; NATS: the connection is up again) and the step is tried again
@@ -38,6 +43,10 @@ _ON_CLICKHOUSE = ("insert", "in-doubt check")
 # NATS: a look at the connection's state, which costs nothing).
 PROBE_S = 0.5
 NATS_PROBE_S = 0.1
+# A replica-local refusal (read-only table, ZooKeeper session trouble: workers/clickhouse/faults.py) is
+# answered by a server that is up, so no probe tells when it ends; the insert moved to another replica
+# (workers/clickhouse/replicas.py), and it is tried again at least this often.
+REPLICA_RETRY_MAX_S = 2.0
 # After a reconnect, how long a request sent before the connection dropped may still be answered
 # (one that waited in nats-py's buffer goes out on the new connection and is answered at once).
 REPLY_GRACE_S = 1.0
@@ -48,7 +57,7 @@ class ServerProbes:
     """How a paused step tells that its server answers again.
 
     `nats`: the worker's connection (``is_connected``, nats-py's ``stats["reconnects"]``);
-    `clickhouse()`: whether the ClickHouse server accepts a connection now
+    `clickhouse()`: whether a ClickHouse server (any configured replica) accepts a connection now
     (workers/clickhouse/connect.py, ``clickhouse_answers``).
     """
 
@@ -139,6 +148,8 @@ class Retrying:
                         extra={**self._log_extra, "fault": fault.value},
                     )
                 await self._while_failing(keep_alive)
+                if answers is None and what in _ON_CLICKHOUSE and faults.replica_local(exc):
+                    delay = min(delay, REPLICA_RETRY_MAX_S)
                 if answers is None:
                     await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                 else:

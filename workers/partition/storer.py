@@ -110,6 +110,7 @@ class Storer:
                 self._commits = c = await self._retrying(
                     "commit state", takeover.open_state, self._nc, p.name, p.stream, self.target.index, self._log_extra
                 )
+                c.replica = getattr(self._query_log, "replica", None)  # recorded with each range (issue 25)
                 self.stats.expired_unread += c.opened.expired
                 self.stats.state_resets += c.opened.afresh is not None
                 if not c.found and self._ack_floor and self._tracker.dirty:
