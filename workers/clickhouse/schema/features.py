@@ -72,9 +72,12 @@ VERSION_TABLE: tuple[VersionRow, ...] = (
     ),
     VersionRow("BFloat16", (24, 12), "numbers it holds exactly", types=("BFloat16",)),
     VersionRow("Time, Time64(P)", (25, 6), "`\"[-]h:mm:ss[.f]\"`", types=("Time", "Time64")),
+    # Experimental from 24.1 (Variant) and 24.5 (Dynamic); usable without settings, and
+    # with Dynamic's shared variant that native_variant.py writes, from 25.3.
     VersionRow(
-        "Variant(T1, ...), Dynamic", (25, 3),
-        "not inserted: left to the server (NULL or its DEFAULT); a message carrying one is `unsupported_type`",
+        "Variant(T1, ...), Dynamic, Dynamic(max_types=N)", (25, 3),
+        "experimental from 24.1 (Variant), 24.5 (Dynamic); the variant ClickHouse's JSON parser picks, "
+        "the type its JSON inference gives (below)",
         types=("Variant", "Dynamic"),
     ),
 )

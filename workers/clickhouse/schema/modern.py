@@ -2,8 +2,8 @@
 
 Nested (flatten_nested = 0) and SimpleAggregateFunction(f, T) need no converter of their
 own: they are built from Array(Tuple(...)) and T (builder.py).  Variant and Dynamic have
-none: which of their types a JSON value becomes is the server's inference, and neither
-jetsink nor the driver writes their columns; such a column is left to the server.
+modules of their own (variant.py, dynamic.py): which of their types a JSON value becomes
+is the server's parser's choice, which they follow where it is certain.
 """
 
 from __future__ import annotations
