@@ -52,6 +52,13 @@ DEFAULTS = [
     ("Array(Nullable(Int8))", "[1, NULL]"),
     ("JSON", "'{\"a\": {\"b\": [1, 2]}, \"c\": \"x\"}'"),
     ("JSON(a UInt8)", "'{}'"),
+    ("Variant(Int64, String)", "5::Int64"),
+    ("Variant(Int64, String)", "'x'"),
+    ("Variant(Array(UInt8), Date)", "[1, 2]"),
+    ("Array(Variant(Date, String))", "['2024-01-05', 'x']"),
+    ("Dynamic", "'x'"),
+    ("Dynamic", "[1, 2]"),
+    ("Dynamic(max_types=1)", "toDate('2024-01-05')"),
 ]
 
 

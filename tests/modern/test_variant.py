@@ -273,3 +273,20 @@ def test_dead_letters_name_the_column_and_the_variants(modern):
     assert failures[0][1].startswith("column v: ") and "String" in failures[0][1]
     assert failures[1][0] == "wrong_type" and failures[1][1].startswith("column d: ")
     assert failures[2][0] == "invalid_value" and "date" in failures[2][1]
+
+
+def test_columns_with_a_constant_default_take_the_message_and_else_the_default(modern):
+    # The DEFAULT is read once through the same columns (native_variant.py), in the converter's form.
+    assert modern.client.execute("SELECT CAST(5::Int64 AS Variant(Int64, String)), CAST('x' AS Dynamic)") == [
+        ((0, 5), ("String", "x"))
+    ]
+    table = modern.create("t", "id UInt32, v Variant(Int64, String) DEFAULT 'x', d Dynamic DEFAULT [1, 2]")
+    assert modern.mapper(table).column_names == ("id", "v", "d")
+    assert modern.store(table, ['{"id": 0}', '{"id": 1, "v": 5, "d": "y"}']) == {}
+    modern.client.query(f"INSERT INTO {table} (id) VALUES (2)")
+    sql = f"SELECT id, v, variantType(v), d, dynamicType(d) FROM {table} ORDER BY id"
+    assert modern.client.query(sql).splitlines() == [
+        "0\tx\tString\t[1,2]\tArray(UInt8)",  # the DEFAULT literal's own type, read and written back
+        "1\t5\tInt64\ty\tString",
+        "2\tx\tString\t[1,2]\tArray(UInt8)",
+    ]

@@ -1,5 +1,8 @@
 """Column writers the driver lacks: Variant(T1, ...) and Dynamic, in ClickHouse's Native layout.
 
+They also read the same layout back into the rows they write (what a constant DEFAULT
+evaluated once by the server is read as; Dynamic's shared variant excepted).
+
 Variant (SerializationVariant, discriminators mode BASIC, which Native uses):
 
     prefix  UInt64 0 (BASIC), then each variant's own prefix, in discriminator order
@@ -32,7 +35,8 @@ from datetime import date
 from typing import Any, Callable
 
 from clickhouse_driver.columns.base import Column
-from clickhouse_driver.varint import write_varint
+from clickhouse_driver.reader import read_binary_str, read_binary_uint64
+from clickhouse_driver.varint import read_varint, write_varint
 from clickhouse_driver.writer import write_binary_str, write_binary_uint64
 
 from workers.clickhouse.schema.parser import ClickHouseType, parse_type
@@ -40,14 +44,7 @@ from workers.clickhouse.schema.parser import ClickHouseType, parse_type
 NULL_DISCRIMINATOR = 255
 SHARED_VARIANT = "SharedVariant"
 _BASIC = 0  # VariantDiscriminatorsSerializationMode::BASIC
-_DYNAMIC_V1 = 1  # DynamicSerializationVersion::V1
-
-
-class _NotRead(Column):
-    py_types = (object,)
-
-    def read_state_prefix(self, buf):
-        raise NotImplementedError(f"jetsink writes {type(self).__name__} columns only; it reads none")
+_DYNAMIC_V1, _DYNAMIC_V2 = 1, 2  # DynamicSerializationVersion
 
 
 def _split(items: list, count: int) -> tuple[bytes, list[list]]:
@@ -71,8 +68,22 @@ def _write_variants(buf, discriminators: bytes, columns: list, parts: list[list]
             column.write_data(part, buf)
 
 
-class VariantColumn(_NotRead):
-    """Variant(T1, ...), written from ``(discriminator, value)`` rows; the variants' columns are the driver's."""
+def _read_variants(buf, n_items: int, columns: list) -> list:
+    """``(discriminator, value)`` rows (None for NULL), as the writers take them."""
+    discriminators = buf.read(n_items)
+    counts = [0] * len(columns)
+    for d in discriminators:
+        if d != NULL_DISCRIMINATOR:
+            counts[d] += 1
+    values = [iter(c.read_data(count, buf) if count else ()) for c, count in zip(columns, counts, strict=True)]
+    return [None if d == NULL_DISCRIMINATOR else (d, next(values[d])) for d in discriminators]
+
+
+class VariantColumn(Column):
+    """Variant(T1, ...), written from ``(discriminator, value)`` rows and read back as them
+    (a constant DEFAULT is read once, in the form the converter emits); the variants' columns are the driver's."""
+
+    py_types = (object,)
 
     def __init__(self, variant_columns: list, **kwargs):
         self.variant_columns = variant_columns
@@ -93,9 +104,27 @@ class VariantColumn(_NotRead):
 
     _write_data = write_data  # what Array's writer calls for its elements
 
+    def read_state_prefix(self, buf):
+        super().read_state_prefix(buf)
+        _read_mode(buf)
+        for column in self.variant_columns:
+            column.read_state_prefix(buf)
 
-class DynamicColumn(_NotRead):
-    """Dynamic[(max_types=N)], written from ``(type name, value)`` rows."""
+    def read_data(self, n_items, buf):
+        return _read_variants(buf, n_items, self.variant_columns)
+
+
+def _read_mode(buf) -> None:
+    mode = read_binary_uint64(buf)
+    if mode != _BASIC:
+        raise NotImplementedError(f"Variant discriminators mode {mode} (only BASIC is read)")
+
+
+class DynamicColumn(Column):
+    """Dynamic[(max_types=N)], written from ``(type name, value)`` rows and read back as them
+    (values in the shared variant excepted)."""
+
+    py_types = (object,)
 
     prefix_needs_items = True  # the types listed in the prefix are the block's
 
@@ -142,12 +171,40 @@ class DynamicColumn(_NotRead):
 
     _write_data = write_data
 
+    def read_state_prefix(self, buf):
+        super().read_state_prefix(buf)
+        version = read_binary_uint64(buf)
+        if version not in (_DYNAMIC_V1, _DYNAMIC_V2):
+            raise NotImplementedError(f"Dynamic structure version {version} (V1 and V2 are read)")
+        if version == _DYNAMIC_V1:
+            read_varint(buf)
+        own = [read_binary_str(buf) for _ in range(read_varint(buf))]
+        self.names = sorted([*own, SHARED_VARIANT])
+        self.columns = {name: self.column_by_spec(name) for name in own}
+        _read_mode(buf)
+        for name in self.names:
+            if name != SHARED_VARIANT:
+                self.columns[name].read_state_prefix(buf)
 
-class _SharedStrings(_NotRead):
+    def read_data(self, n_items, buf):
+        columns = [self.columns.get(name) or _SharedStrings(context=self.context) for name in self.names]
+        rows = _read_variants(buf, n_items, columns)
+        shared = self.names.index(SHARED_VARIANT)
+        if any(row is not None and row[0] == shared for row in rows):
+            raise NotImplementedError("a value in Dynamic's shared variant is not read")
+        return [None if row is None else (self.names[row[0]], row[1]) for row in rows]
+
+
+class _SharedStrings(Column):
     """The shared variant's String column of encoded values (bytes)."""
+
+    py_types = (bytes,)
 
     def write_data(self, items, buf):
         buf.write_strings(items)
+
+    def read_data(self, n_items, buf):
+        return buf.read_strings(n_items)
 
 
 # ClickHouse's binary type encoding (DataTypesBinaryEncoding.cpp) of the types dynamic.py infers.
