@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
+from typing import Any
 
 from supervisor import dlq_tool, profiles, status
 from supervisor.arbiter import Arbiter
@@ -61,6 +63,22 @@ def main(argv: list[str]) -> int:
     return Arbiter(config).run()
 
 
+def _condition(route: Any) -> str:
+    """A route's condition in words, as `check` prints it."""
+    parts = []
+    if route.subject is not None:
+        parts.append(f"subject {route.subject}")
+    if route.field is not None:
+        path = ".".join(route.field)
+        if route.exists is not None:
+            parts.append(f"field {path} {'exists' if route.exists else 'is absent'}")
+        elif route.in_values is not None:
+            parts.append(f"field {path} in {json.dumps(list(route.in_values))}")
+        else:
+            parts.append(f"field {path} = {json.dumps(route.equals)}")
+    return " and ".join(parts)
+
+
 def _check(config: Config, connect: bool) -> int:
     if not connect:
         print(f"{config.source}: ok ({len(config.pipelines)} pipeline(s), {config.workers} worker(s))")
@@ -90,8 +108,15 @@ def _check(config: Config, connect: bool) -> int:
     except Exception as exc:  # e.g. JetStream disabled on the server
         print(f"jetsink: check failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return exitcodes.BOOT
+    for p in config.pipelines:
+        for i, r in enumerate(p.routes):
+            print(f"pipeline {p.name}: route {i} {r.name}: {_condition(r)} -> "
+                  + ("skip" if r.skip else f"table {r.table}"))
+        if p.routes:
+            print(f"pipeline {p.name}: unrouted messages: {p.unrouted.replace('_', ' ')}")
     for name, mapper in mappers.items():
-        print(f"pipeline {name}: inserts columns {', '.join(mapper.column_names)}")
+        sources = "".join(f"; {c} from the message's {s}" for c, s in mapper.sources.items())
+        print(f"pipeline {name}: inserts columns {', '.join(mapper.column_names)} into {mapper.table}{sources}")
         for u in mapper.unsupported:
             # Left to the server (its DEFAULT or NULL); a message carrying the field is dead-lettered.
             print(f"pipeline {name}: column {u.name} ({u.type}) is left to the server: {u.why}")

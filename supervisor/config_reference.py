@@ -26,6 +26,7 @@ from workers.settings import (
     NatsConfig,
     ObservabilityConfig,
     Pipeline,
+    Route,
     TLSConfig,
     declared_key,
 )
@@ -40,6 +41,7 @@ TABLES: tuple[tuple[str, type], ...] = (
     ("pipelines", Pipeline),
     ("batch", BatchLimits),
     ("columns", ColumnOverride),
+    ("routes", Route),
     ("observability", ObservabilityConfig),
     ("admin", AdminConfig),
 )

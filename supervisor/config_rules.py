@@ -6,6 +6,7 @@ address). The walker (supervisor/config.py) runs `RULES[cls]` after a section's 
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -20,6 +21,7 @@ from workers.settings import (
     NatsConfig,
     Pipeline,
     ProfilingConfig,
+    Route,
     TLSConfig,
 )
 
@@ -66,6 +68,65 @@ def _column_rules(v: dict[str, Any], at: At, raw: Any) -> None:
     v["has_default"] = isinstance(raw, dict) and "default" in raw  # `default: null` is a default too
     if v["has_default"] and v["required"] is True:
         at.fail("required: true and a default contradict each other; keep one")
+    given = raw if isinstance(raw, dict) else {}
+    if "source" not in given:  # `header: X-Tenant` alone says where the value comes from
+        if v["header"] is not None:
+            v["source"] = "header"
+        elif v["subject_token"] is not None:
+            v["source"] = "subject_token"
+    source = v["source"]
+    if not ok(source):
+        return
+    if v["header"] is not None and source != "header":
+        (at / "header").fail(f"only used with source: header (this column's source is {source})")
+    if source == "header" and v["header"] is None:
+        (at / "header").fail("required with source: header (the header's name)")
+    if v["subject_token"] is not None and source != "subject_token":
+        (at / "subject_token").fail(f"only used with source: subject_token (this column's source is {source})")
+    if source == "subject_token" and v["subject_token"] is None:
+        (at / "subject_token").fail("required with source: subject_token (1 = the first token, -1 the last)")
+    if v["subject_token"] == 0:
+        (at / "subject_token").fail("tokens count from 1 (the first) or from -1 (the last); 0 names none")
+    if source != "json":
+        for name in ("path", "epoch_unit"):
+            if name in given:
+                (at / name).fail(f"only used with source: json (this column's source is {source})")
+
+
+def _route_rules(v: dict[str, Any], at: At, raw: Any) -> None:
+    if v["subject"] is None and v["field"] is None:
+        at.fail("a route needs a condition: subject (a subject pattern) or field (a dotted path)")
+    tests = [k for k, name in (("equals", "equals"), ("in_values", "in"), ("exists", "exists"))
+             if isinstance(raw, dict) and name in raw]
+    if v["field"] is not None and len(tests) != 1:
+        (at / "field").fail("needs exactly one of equals, in, exists" + (f" (got {', '.join(tests)})" if tests else ""))
+    if v["field"] is None and tests:
+        at.fail(f"{', '.join('in' if t == 'in_values' else t for t in tests)} only used with field")
+    if isinstance(raw, dict) and "equals" in raw and raw["equals"] is None:
+        (at / "equals").fail("equals: null is not a test; use exists: false for an absent field")
+    if (v["table"] is None) == (v["skip"] is not True):
+        at.fail("a route needs exactly one target: table, or skip: true")
+    if v["skip"] is True and v["columns"]:
+        (at / "columns").fail("only used with a table (this route skips its messages)")
+
+
+def _name_routes(routes: tuple[Any, ...], at: At) -> tuple[Any, ...]:
+    """Every route with its label: the given name, else its table (numbered when two routes name one), else skip_<n>."""
+    tables = [r.table for r in routes if ok(r) and r.table is not None]
+    named, seen = [], {}
+    for i, r in enumerate(routes):
+        if not ok(r):
+            named.append(r)
+            continue
+        name = r.name
+        if name is None:
+            table = (r.table or "").rpartition(".")[2]
+            name = f"skip_{i}" if r.skip else (table if tables.count(r.table) == 1 else f"{table}_{i}")
+        if name in seen:
+            (at.item(i) / "name").fail(f"{name!r} is already the name of routes[{seen[name]}]")
+        seen.setdefault(name, i)
+        named.append(dataclasses.replace(r, name=name))
+    return tuple(named)
 
 
 def _pipeline_rules(v: dict[str, Any], at: At, raw: Any) -> None:
@@ -78,6 +139,22 @@ def _pipeline_rules(v: dict[str, Any], at: At, raw: Any) -> None:
         (at / "dlq.subject").fail(
             f"{v['dlq_subject']!r} is matched by this pipeline's subject {v['subject']!r}; "
             "the sink would consume its own dead letters")
+    routes, given = v["routes"], raw if isinstance(raw, dict) else {}
+    if ok(routes) and routes:
+        for key in ("table", "create_table"):
+            if v[key] is not None:
+                (at / key).fail("a pipeline with routes has no table of its own; each route names its table")
+        v["routes"] = routes = _name_routes(routes, at / "routes")
+        if ok(v["subject"]):
+            for i, r in enumerate(routes):
+                if ok(r) and r.subject is not None and not subjects_overlap(r.subject, v["subject"]):
+                    ((at / "routes").item(i) / "subject").fail(
+                        f"{r.subject!r} never matches: the pipeline's messages are published to {v['subject']!r}")
+    else:
+        if v["table"] is None and ok(v["table"]):
+            (at / "table").fail("required (or give routes)")
+        if "unrouted" in given:
+            (at / "unrouted").fail("only used with routes")
     batch, ack_wait = v["batch"], v["ack_wait_s"]
     if ok(batch, ack_wait) and ack_wait is not None and ok(batch.max_wait_ms) \
             and ack_wait * 1000 <= batch.max_wait_ms:
@@ -152,6 +229,7 @@ RULES: Mapping[type, Callable[[dict[str, Any], At, Any], Marker | None]] = {
     ClickHouseConfig: _clickhouse_rules,
     ColumnOverride: _column_rules,
     Pipeline: _pipeline_rules,
+    Route: _route_rules,
     ProfilingConfig: _profiling_rules,
     AdminConfig: _admin_rules,
 }

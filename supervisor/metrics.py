@@ -64,6 +64,14 @@ METRICS = (
     ("jetsink_clickhouse_replica_switches_total", "counter",
      "Times the worker slot moved to another ClickHouse replica (failovers and returns to its preferred one).",
      ("slot",)),
+    ("jetsink_skipped_total", "counter",
+     "Messages a routed pipeline acked without storing them: a route with skip: true, or unrouted: skip "
+     "(route \"unrouted\"). Summed over the live workers.", ("pipeline", "route")),
+    ("jetsink_routed_rows_total", "counter",
+     "Rows a routed pipeline inserted into each route's table. Summed over the live workers.", ("pipeline", "route")),
+    ("jetsink_routed_dead_letters_total", "counter",
+     "Messages of each route a routed pipeline dead-lettered (route \"unrouted\": no route matched). Summed over the "
+     "live workers.", ("pipeline", "route")),
     ("jetsink_schema_changes_total", "counter",
      "Changes of the pipeline's table (columns added, dropped or retyped) the workers found.", ("pipeline", "table")),
     ("jetsink_schema_read_timestamp_seconds", "gauge",
@@ -106,6 +114,7 @@ def pool_metrics(snapshot: Mapping | None) -> list[Metric]:
             add("jetsink_instances_live", (), len(snapshot.get("instances") or ()))
         add("jetsink_draining", (), bool(snapshot.get("draining")))
     pending_seen: set[tuple[str, str]] = set()
+    routes: dict[tuple[str, str], list[int]] = {}
     for w in snapshot.get("workers") or []:
         slot = (w["slot"],)
         add("jetsink_worker_up", slot, bool(w.get("ready")) and w.get("pid") is not None)
@@ -131,12 +140,20 @@ def pool_metrics(snapshot: Mapping | None) -> list[Metric]:
                 add("jetsink_in_doubt_batches_total", (*labels, settled), stats.get(key, 0))
             if stats.get("last_batch_at"):
                 add("jetsink_last_batch_timestamp_seconds", labels, stats["last_batch_at"])
+            for route, counts in (stats.get("routes") or {}).items():
+                total = routes.setdefault((pipeline, route), [0, 0, 0])
+                for i, n in enumerate(counts[:3]):
+                    total[i] += n
             # During a move two workers may report a partition; the first report wins.
             if (pipeline, index) not in pending_seen:
                 pending_seen.add((pipeline, index))
                 add("jetsink_consumer_pending", (pipeline, index), stats.get("pending", 0))
-    for pipeline, t in sorted((snapshot.get("schemas") or {}).items()):
-        labels = (pipeline, t.get("table", ""))
+    for (pipeline, route), (inserted, skipped, dead) in sorted(routes.items()):
+        add("jetsink_routed_rows_total", (pipeline, route), inserted)
+        add("jetsink_skipped_total", (pipeline, route), skipped)
+        add("jetsink_routed_dead_letters_total", (pipeline, route), dead)
+    for key, t in sorted((snapshot.get("schemas") or {}).items()):
+        labels = (key.partition("/")[0], t.get("table", ""))  # "pipeline/route" for a route's table
         add("jetsink_schema_changes_total", labels, t.get("changes", 0))
         add("jetsink_schema_read_timestamp_seconds", labels, t.get("read_at") or 0.0)
     return list(families.values())

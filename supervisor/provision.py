@@ -15,9 +15,11 @@ from nats.js.errors import NotFoundError
 
 from supervisor.config import Config, Pipeline
 from supervisor.members import BUCKET as MEMBERS_BUCKET
+from workers import settings
 from workers.clickhouse import sink
 from workers.clickhouse.connect import clickhouse_client, clickhouse_where
 from workers.clickhouse.schema import ServerFeatures
+from workers.clickhouse.table_schema import unused_overrides
 from workers.delivery.commits import bucket_name, create_bucket
 from workers.delivery.takeover import restart_position
 from workers.nats import streams
@@ -112,10 +114,11 @@ async def _ensure_consumers(nc: Any, p: Pipeline) -> None:
 
 
 def check_tables(config: Config, create: bool = True) -> dict[str, Any]:
-    """Create missing tables from `create_table` and compile every pipeline's mapper.
+    """Create missing tables from `create_table` and compile every pipeline's mappers.
 
-    Returns pipeline name -> ColumnMapper. Raises ProvisionError naming the pipeline and
-    server for a missing table, an unsupported column type or a bad column override.
+    Returns "pipeline" (or "pipeline/route" for a route's table) -> ColumnMapper. Raises
+    ProvisionError naming the pipeline and server for a missing table, an unsupported column
+    type, a bad column override or a pipeline-wide override that no route's table has.
     """
     where = clickhouse_where(config.clickhouse)
     client = clickhouse_client(config.clickhouse)
@@ -136,17 +139,23 @@ def check_tables(config: Config, create: bool = True) -> dict[str, Any]:
                 except Exception as exc:
                     raise ProvisionError(f"pipelines[{i}].create_table failed on {where}: {exc}") from exc
                 log.info("created table %s", p.table, extra={"pipeline": p.name})
-            try:
-                mappers[p.name] = sink.build_mapper(
-                    client, p.table, config.clickhouse.database, p.columns, features, p.unknown_keys,
-                    p.objects_as_strings,
-                )
-            except LookupError as exc:
-                raise ProvisionError(f"pipelines[{i}].table: {exc} on {where}") from exc
-            except Exception as exc:
-                if type(exc).__name__ == "SchemaError":
-                    raise ProvisionError(f"pipelines[{i}] ({p.name}): {exc}") from exc
-                raise
+            for t in settings.targets(p):
+                key = p.name if t.label is None else f"{p.name}/{t.label}"
+                at = f"pipelines[{i}].table" if t.label is None else f"pipelines[{i}] ({p.name}) route {t.label}"
+                try:
+                    mappers[key] = sink.build_mapper(
+                        client, t.table, config.clickhouse.database, features=features,
+                        **sink.pipeline_mapping(p, t),
+                    )
+                except LookupError as exc:
+                    raise ProvisionError(f"{at}: {exc} on {where}") from exc
+                except Exception as exc:
+                    if type(exc).__name__ == "SchemaError":
+                        raise ProvisionError(f"{at}: {exc}") from exc
+                    raise
+            problem = unused_overrides(p, [mappers.get(f"{p.name}/{t.label}") for t in settings.targets(p)])
+            if problem:
+                raise ProvisionError(f"pipelines[{i}] ({p.name}): {problem}")
         return mappers
     finally:
         client.disconnect()

@@ -7,7 +7,7 @@ at slightly different times; the book keeps one version per pipeline and logs a
 change when a read newer than the version's first sighting reports another digest,
 so a worker that read the table just before the change cannot flip it back.
 
-The snapshot (under "schemas" in /status) per pipeline:
+The snapshot (under "schemas" in /status) per pipeline (per "pipeline/route" for a routed one's tables):
 
     {"table": "db.events", "digest": "3f2a...", "since": float,   # wall clock it was first read
      "read_at": float,           # the latest read by any worker
@@ -51,6 +51,8 @@ class SchemaBook:
         pipeline, digest, read_at = msg.get("pipeline"), msg.get("digest"), float(msg.get("read_at") or 0.0)
         if not isinstance(pipeline, str):
             return
+        if msg.get("route"):  # a routed pipeline's tables are one version each: "pipeline/route"
+            pipeline = f"{pipeline}/{msg['route']}"
         t = self._tables.setdefault(pipeline, _Table(str(msg.get("table", pipeline))))
         if msg.get("columns") is not None and digest is not None:
             t.known[digest] = msg["columns"]

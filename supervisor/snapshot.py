@@ -36,7 +36,8 @@ Snapshot schema (plain JSON-friendly data):
                          "batches": int, "insert_retries": int,
                          "last_batch_at": float, "pending": int, "skipped_duplicates": int,
                          "in_doubt_acked": int, "in_doubt_landed": int,   # workers/partition/stats.py
-                         "in_doubt_not_landed": int, "in_doubt_resent": int, ...},  # PartitionStats
+                         "in_doubt_not_landed": int, "in_doubt_resent": int, ...,  # PartitionStats
+                         "routes": {"clicks": [inserted, skipped, dead_lettered], ...}},  # routed pipelines
           },
           "telemetry_dropped": {"traces": int, "metrics": int, "logs": int},  # OTLP endpoint down
           "clickhouse": {         # the replicas it inserts into (workers/clickhouse/replicas.py); {} before a report
@@ -52,7 +53,7 @@ Snapshot schema (plain JSON-friendly data):
          "admin": "host:port" | None, "workers": int, "ready": int, "partitions": [...],
          "rows_per_s": float, "lag": int, "draining": bool, "host": str, "pid": int, "started_at": float},
       ],
-      "schemas": {"events": {...}},   # per pipeline, its table's version (supervisor/schemas.py)
+      "schemas": {"events": {...}},   # per pipeline (or "events/clicks": a route's table), supervisor/schemas.py
     }
 
 `health` says why a snapshot is not healthy; `member_info` is what this instance publishes

@@ -95,6 +95,7 @@ def render_status_table(snapshot: Mapping | None, now: float | None = None) -> s
             ))
         lines += _aligned(table)
     lines += _schema_table(snapshot.get("schemas") or {}, now)
+    lines += _route_table(workers)
     lines += _replica_table(workers)
     dropped: dict[str, int] = {}
     for w in workers:
@@ -124,6 +125,22 @@ def _stream_notes(workers: list) -> list[str]:
             if s.get("consumers_created"):
                 notes.append(f"  {name}: consumer created again {s['consumers_created']} time(s) (it was missing)")
     return ["", "JetStream changes found:", *notes] if notes else []
+
+
+def _route_table(workers: list) -> list[str]:
+    """Per routed pipeline and route: rows inserted, messages skipped, dead-lettered (over the live workers)."""
+    totals: dict[tuple[str, str], list[int]] = {}
+    for w in workers:
+        for name, s in (w.get("stats") or {}).items():
+            for route, counts in (s.get("routes") or {}).items():
+                total = totals.setdefault((name.rpartition("/")[0], route), [0, 0, 0])
+                for i, n in enumerate(counts[:3]):
+                    total[i] += n
+    if not totals:
+        return []
+    rows = [("PIPELINE", "ROUTE", "INSERTED", "SKIPPED", "DEAD-LETTERED")]
+    rows += [(p, r, *map(str, c)) for (p, r), c in sorted(totals.items())]
+    return ["", *_aligned(rows)]
 
 
 def _replica_table(workers: list) -> list[str]:

@@ -85,3 +85,18 @@ def parse_headers(raw: bytes | None) -> dict[str, str]:
         if sep and key.strip():
             out[key.strip()] = value.strip()
     return out
+
+
+def header_lists(raw: bytes | None) -> dict[str, list[str]]:
+    """Every header of a message with all its values, in the order sent (a name may repeat).
+
+    Unlike parse_headers, the status line is not a header here: stored messages have none.
+    """
+    out: dict[str, list[str]] = {}
+    if not raw:
+        return out
+    for line in raw.decode("utf-8", "replace").split("\r\n")[1:]:
+        key, sep, value = line.partition(":")
+        if sep and key.strip():
+            out.setdefault(key.strip(), []).append(value.strip())
+    return out

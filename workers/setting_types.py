@@ -267,6 +267,18 @@ class JsonValue(Check):
 
 
 @dataclass(frozen=True)
+class JsonValues(Check):
+    """A non-empty list of JSON values (a route's `in`)."""
+
+    doc = "list of JSON values"
+
+    def __call__(self, value: Any, base_dir: Path) -> tuple[Any, ...]:
+        if not isinstance(value, list) or not value:
+            raise Invalid(f"expected a non-empty list of values, got {show(value)}")
+        return tuple(JsonValue()(v, base_dir) for v in value)
+
+
+@dataclass(frozen=True)
 class Timezone(Check):
     doc = "IANA time zone name"
 
@@ -317,16 +329,20 @@ def subjects_overlap(a: str, b: str) -> bool:
 
 @dataclass(frozen=True)
 class Subject(Check):
-    """An input pattern (``wildcards``: at least one '*' token) or a concrete subject."""
+    """An input pattern (``wildcards``: at least one '*' token), a concrete subject, or (None) either."""
 
-    wildcards: bool
+    wildcards: bool | None  # None: either
 
     @property
     def doc(self) -> str:  # type: ignore[override]
+        if self.wildcards is None:
+            return "subject or subject pattern"
         return "subject pattern" if self.wildcards else "subject without wildcards"
 
     def __call__(self, value: Any, base_dir: Path) -> str:
         has_wildcard = "*" in subject_tokens(value)
+        if self.wildcards is None:
+            return value
         if self.wildcards and not has_wildcard:
             raise Invalid(f"subject {value!r} needs at least one '*' token to partition on")
         if not self.wildcards and has_wildcard:

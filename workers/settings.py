@@ -32,6 +32,7 @@ from workers.setting_types import (
     InsertSettings,
     Int,
     JsonValue,
+    JsonValues,
     Key,
     Listen,
     ListOf,
@@ -176,6 +177,11 @@ class BatchLimits:
     max_wait_ms: int = key(Int(1, unit="milliseconds"), "Age of the oldest message in the batch.", 1000)
 
 
+# Where a column's value can come from (ColumnOverride.source); workers/clickhouse/schema/sources.py reads them.
+SOURCES = ("json", "subject", "subject_token", "stream_sequence", "timestamp", "delivered", "partition", "header",
+           "headers", "message")
+
+
 @dataclass(frozen=True, slots=True)
 class ColumnOverride:
     column: str  # the key of the `columns:` mapping
@@ -192,6 +198,44 @@ class ColumnOverride:
     timezone: str | None = key(
         Timezone(), "Time zone for date-times sent without an offset (DateTime/DateTime64 columns); else the "
         "column's own, else the server's.", None)
+    source: str = key(
+        Choice(*SOURCES), "Where the value comes from: `json` (the document, at `path`), `subject` (the subject "
+        "the producer published to, without the partition token), `subject_token` (one token of it, see "
+        "`subject_token`), `stream_sequence`, `timestamp` (when JetStream stored the message, ns), `delivered` "
+        "(delivery count), `partition`, `header` (one header, see `header`), `headers` (all of them) or "
+        "`message` (the raw message bytes). See [column sources](#column-sources).", "json",
+        default_doc="`json`; `header` when `header` is set, `subject_token` when `subject_token` is set")
+    header: str | None = key(
+        Text(), "The header a `source: header` column takes (exact name; a message without it gets the "
+        "column's default, or is dead-lettered when `required`).", None)
+    subject_token: int | None = key(
+        Int(-64, 64), "The token a `source: subject_token` column takes: 1 is the first token of the subject "
+        "the producer published to, -1 the last; 0 is refused.", None)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Route:
+    """One entry of `pipelines[].routes`: a condition on the message and where it goes."""
+
+    name: str | None = key(
+        IDENTIFIER, "The route's label in `status`, /metrics and logs.", None,
+        default_doc="the table's name (`<table>_<n>` when two routes name one table); `skip_<n>` for a skip")
+    subject: str | None = key(
+        Subject(wildcards=None), "Matches when the subject the producer published to (without the partition "
+        "token) matches this subject or pattern (`*` wildcards).", None)
+    field: tuple[str, ...] | None = key(
+        DottedPath(), "Matches on the document's value at this dotted path, with `equals`, `in` or `exists`.", None)
+    equals: Any = key(JsonValue(), "With `field`: the value equals this one (JSON equality; `1` does not equal "
+                      "`\"1\"` or `true`).", None)
+    in_values: tuple[Any, ...] | None = key(
+        JsonValues(), "With `field`: the value is one of these.", None, name="in")
+    exists: bool | None = key(Bool(), "With `field`: the path is present (`true`) or absent (`false`).", None)
+    table: str | None = key(TABLE_NAME, "Where matching messages are inserted.", None)
+    columns: tuple[ColumnOverride, ...] = key(
+        MapOf(ColumnOverride, "path", "column name -> path or settings"),
+        "This table's column overrides, merged over the pipeline's (a column named in both takes the route's).", ())
+    skip: bool = key(Bool(), "Matching messages are acked and counted (`jetsink_skipped_total`), never stored or "
+                     "dead-lettered. Instead of `table`.", False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -216,13 +260,22 @@ class Pipeline:
         "while its cost grows with the number of distinct keys: each filtered consumer's lookup matches its keys "
         "and scans past the other partitions' messages (docs/benchmarks.md, \"Where nats-server's time goes\").",
         required=True)
-    table: str = key(TABLE_NAME, "Target table. Without a database, `clickhouse.database` is used.", required=True)
+    table: str | None = key(
+        TABLE_NAME, "Target table. Without a database, `clickhouse.database` is used. Required unless `routes` is "
+        "given (then each route names its table, and the pipeline has none).", None, default_doc="none")
     create_table: str | None = key(
         Text(), "DDL run when the table does not exist (the embedded demo uses it).", None)
     batch: BatchLimits = section(BatchLimits, "See [batch](#batch).")
     columns: tuple[ColumnOverride, ...] = key(
         MapOf(ColumnOverride, "path", "column name -> path or settings"),
-        "Per-column overrides; see [columns](#columns).", ())
+        "Per-column overrides; see [columns](#columns). With `routes`, they apply to every route table that has "
+        "the column (one that no route table has is an error at start-up).", ())
+    routes: tuple[Route, ...] = key(
+        ListOf(Route, "routes"), "An ordered list of conditions and targets: each message goes to the first route "
+        "it matches. See [routes](#routes).", ())
+    unrouted: str = key(
+        Choice("dead_letter", "skip"), "With `routes`: what happens to a message no route matches: dead-lettered "
+        "(reason `unrouted`) or skipped (acked and counted, never stored).", "dead_letter")
     dlq_stream: str = key(
         STREAM_NAME, "Dead letters go to this stream. Must differ from every pipeline's stream and other pipelines' "
         "DLQ streams.", name="dlq.stream", default_doc="`<stream>_DLQ`")
@@ -248,6 +301,23 @@ class Pipeline:
         Seconds(allow_zero=True), "How often each worker reads the table's columns again, so that an added or "
         "widened column is used without a restart (0 = never; SIGHUP and a failed insert still read it). See "
         "[Changing a table while jetsink runs](operations.md#changing-a-table-while-jetsink-runs).", 30.0)
+
+
+@dataclass(frozen=True, slots=True)
+class TableTarget:
+    """A table a pipeline inserts into: its own, or a route's (Pipeline.targets)."""
+
+    label: str | None  # the route's name; None for a pipeline without routes
+    table: str
+    columns: tuple[ColumnOverride, ...]  # the route's overrides (the pipeline's, without routes)
+    shared: tuple[ColumnOverride, ...]  # the pipeline's, for a route table that has the column
+
+
+def targets(p: Pipeline) -> tuple[TableTarget, ...]:
+    """The tables `p` inserts into: its `table`, or each route's that is no skip, in route order."""
+    if not p.routes:
+        return (TableTarget(None, p.table, p.columns, ()),)
+    return tuple(TableTarget(r.name, r.table, r.columns, p.columns) for r in p.routes if not r.skip)
 
 
 @dataclass(frozen=True, slots=True)

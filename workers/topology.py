@@ -53,6 +53,26 @@ def stored_subjects(subject: str) -> str:
     return ".".join(tokens[:first] + ["*"] + tokens[first:])
 
 
+def partition_token_index(subject: str) -> int:
+    """Where the partition token sits in the stored subjects of a pipeline subscribed to `subject`.
+
+    >>> partition_token_index("events.*.*")
+    1
+    """
+    return _split(subject)[1]
+
+
+def original_subject_of(stored: bytes, index: int) -> str:
+    """The subject a producer published to, from the stored one (the partition token at `index` removed).
+
+    >>> original_subject_of(b"events.3.click.42", 1)
+    'events.click.42'
+    """
+    tokens = stored.split(b".")
+    del tokens[index]
+    return b".".join(tokens).decode("utf-8", "replace")
+
+
 def consumer_name(pipeline: str, index: int) -> str:
     """Durable consumer name of a partition."""
     return f"jetsink_{pipeline}_{index}"

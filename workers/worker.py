@@ -33,7 +33,7 @@ from workers.clickhouse import faults, native, sink
 from workers.clickhouse.connect import clickhouse_answers, clickhouse_where
 from workers.clickhouse.replicas import ReplicaSet
 from workers.clickhouse.schema import ServerFeatures
-from workers.clickhouse.table_schema import SchemaWatch, TableSchema
+from workers.clickhouse.table_schema import SchemaWatch, TableSchema, unused_overrides
 from workers.delivery import commits
 from workers.nats import streams
 from workers.nats.connect import connect_nats, nats_answers
@@ -44,7 +44,8 @@ from workers.observability.telemetry import setup as setup_telemetry
 from workers.partition.prepare import PartitionTarget
 from workers.partition.retry import ServerProbes
 from workers.partition.runner import PartitionRunner
-from workers.settings import Config, profiles_dir
+from workers.partition.writer import WriteTable
+from workers.settings import Config, profiles_dir, targets
 from workers.topology import consumer_name
 
 log = logging.getLogger("jetsink.worker")
@@ -153,11 +154,17 @@ class Worker:
 
         tables = {}
         for p in cfg.pipelines:
-            tables[p.name] = TableSchema.for_pipeline(self._client, p, cfg.clickhouse.database, self._features, report)
-            try:
-                await self._in_thread(tables[p.name].read, "start")
-            except faults.TableUnusable as exc:  # a table we cannot map: restarting will not help
-                raise BootError(f"pipelines {p.name}: {exc}") from exc
+            for t in targets(p):
+                schema = tables[(p.name, t.label)] = TableSchema.for_target(
+                    self._client, p, t, cfg.clickhouse.database, self._features, report)
+                try:
+                    await self._in_thread(schema.read, "start")
+                except faults.TableUnusable as exc:  # a table we cannot map: restarting will not help
+                    where = p.name if t.label is None else f"{p.name} route {t.label}"
+                    raise BootError(f"pipelines {where}: {exc}") from exc
+            problem = unused_overrides(p, [tables[(p.name, t.label)].mapper for t in targets(p)])
+            if problem:
+                raise BootError(f"pipelines {p.name}: {problem}")
         self._schemas = SchemaWatch(tables, self._in_thread)
         delay = 0.5
         while True:
@@ -283,14 +290,16 @@ class Worker:
             return
         p = self._pipelines[pipeline]
         db = self.config.clickhouse.database
-        insert = partial(self._insert_columns, p.table, db)
+        tables = [WriteTable(schema, partial(self._insert_columns, schema.table, db))
+                  for schema in self._schemas.of(pipeline)]
         target = PartitionTarget(
             pipeline=p, index=index, consumer=consumer_name(pipeline, index), worker=self.slot,
             replicas=streams.replicas_of(self.config.nats.replicas, self._nc._server_info),
         )
         runner = PartitionRunner(
-            self._nc, target, self._schemas[pipeline], self._in_thread, insert, self._telemetry,
-            clickhouse=self._replicas.query_log(p.table, db), tokens=self._features.insert_deduplication_token,
+            self._nc, target, tables, self._in_thread, self._telemetry,
+            clickhouse=self._replicas.query_log(tables[0].schema.table, db),
+            tokens=self._features.insert_deduplication_token,
             exit_hook=self._exit_hook,
             probes=ServerProbes(self._nc, partial(clickhouse_answers, self.config.clickhouse)),
         )

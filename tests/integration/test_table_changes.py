@@ -15,12 +15,23 @@ import time
 import urllib.request
 
 import nats
+import orjson
 import pytest
 from nats.js.errors import NotFoundError
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.events import make_event
-from tests.integration.harness import DEMO_TABLE, Load, Supervisor, pipeline_names, run, sink_config, wait_until
+from tests.integration.harness import (
+    DEMO_TABLE,
+    Load,
+    Supervisor,
+    demo_events,
+    pipeline_names,
+    publish_events,
+    run,
+    sink_config,
+    wait_until,
+)
 
 RATE = 300.0  # events/s: steady, well below what the sink takes
 
@@ -148,6 +159,32 @@ def test_add_column(found_by, tmp_path, nats_url, clickhouse_server, clickhouse_
         assert after["changes"] == 1
         labels = (("pipeline", names["name"]), ("table", f"{db}.events"))
         assert _metrics(sup)[("jetsink_schema_changes_total", labels)] == 1
+        assert not _dead_letters(nats_url, names["stream"])
+        _ran_through(sup, 2)
+    finally:
+        sup.close()
+
+
+def test_add_column_then_publish_at_once_every_value_is_stored(
+    tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database,
+):
+    """No SIGHUP and no periodic check (schema_refresh_s: 0): the first messages carrying the new
+    column's key make the workers read the table before they are mapped (issue 24)."""
+    db = ch_database
+    sup, prefix, names = _start(tmp_path, nats_url, clickhouse_server, clickhouse_client, db,
+                                pipeline={"schema_refresh_s": 0})
+    before, after = 2000, 3000
+    try:
+        publish_events(nats_url, demo_events(prefix, 0, before), names["stream"])
+        sup.wait(lambda: _count(clickhouse_client, db) >= before, 60, "the events before the change")
+        clickhouse_client.execute(f"ALTER TABLE {db}.events ADD COLUMN note String DEFAULT ''")
+        noted = ((s, orjson.dumps({**json.loads(b), "note": f"n{i}"}), h)
+                 for i, (s, b, h) in enumerate(demo_events(prefix, before, after), start=before))
+        publish_events(nats_url, noted, names["stream"])
+        sup.wait(lambda: _count(clickhouse_client, db) >= before + after, 60, "every event")
+        rows = dict(clickhouse_client.execute(f"SELECT event_id, note FROM {db}.events"))
+        assert len(rows) == before + after == _count(clickhouse_client, db)  # 0 lost, none twice
+        assert [i for i in range(before + after) if rows[_id(i)] != (f"n{i}" if i >= before else "")] == []
         assert not _dead_letters(nats_url, names["stream"])
         _ran_through(sup, 2)
     finally:

@@ -239,7 +239,7 @@ def test_top_level_must_be_a_mapping():
 def test_missing_required_pipeline_key(key):
     data = minimal()
     del data["pipelines"][0][key]
-    assert only_problem(data) == f"pipelines[0].{key}: required"
+    assert only_problem(data) == f"pipelines[0].{key}: required" + (" (or give routes)" if key == "table" else "")
 
 
 def test_missing_pipelines():
@@ -278,8 +278,8 @@ def test_all_problems_are_reported_in_one_pass():
     data["pipelines"].append({"name": "bad name", "stream": "B", "subject": "b.*", "partitions": 2000, "table": "t"})
     found = problems(data)
     assert [p.split(":")[0] for p in found] == [
-        "workers", "log_level", "nats.embeded", "pipelines[0].table", "pipelines[0].batch.max_rows",
-        "pipelines[0].batch.max_bytes", "pipelines[1].name", "pipelines[1].partitions",
+        "workers", "log_level", "nats.embeded", "pipelines[0].batch.max_rows",
+        "pipelines[0].batch.max_bytes", "pipelines[0].table", "pipelines[1].name", "pipelines[1].partitions",
     ]
 
 

@@ -178,7 +178,7 @@ def test_prometheus_of_nothing_declares_every_metric_without_samples():
     text = render_prometheus(None)
     types, values = scrape(text)
     assert values == {}
-    assert len(types) == len([line for line in text.splitlines() if line.startswith("# TYPE ")]) == len(METRICS) == 27
+    assert len(types) == len([line for line in text.splitlines() if line.startswith("# TYPE ")]) == len(METRICS) == 30
 
 
 def test_status_table():
@@ -313,11 +313,28 @@ def test_served_metrics_are_the_declared_ones():
     served = {}
     schemas = {"events": {"table": "default.events", "digest": "3f2a", "since": NOW - 60, "read_at": NOW - 1,
                           "changes": 1, "columns": 3, "problem": None, "slots": {"0": "3f2a"}}}
-    for family in pool_metrics({**snapshot(), "schemas": schemas}):
+    snap = snapshot()
+    snap["workers"][0]["stats"]["events/0"]["routes"] = {"clicks": [1, 2, 3]}
+    for family in pool_metrics({**snap, "schemas": schemas}):
         for sample in family.samples:
             served[sample.name] = (family.type, set(sample.labels))
     assert {name: declared[name] for name in served} == served
     assert set(served) == set(declared)
+
+
+def test_routed_pipelines_are_counted_per_route_over_workers_and_partitions():
+    snap = snapshot(stats={"events/0": {**stats(5), "routes": {"clicks": [4, 0, 1], "skip_2": [0, 3, 0]}},
+                           "events/1": {**stats(5), "routes": {"clicks": [2, 0, 0], "unrouted": [0, 0, 7]}}})
+    _, values = scrape(render_prometheus(snap))
+    assert values[("jetsink_routed_rows_total", (("pipeline", "events"), ("route", "clicks")))] == 6
+    assert values[("jetsink_skipped_total", (("pipeline", "events"), ("route", "skip_2")))] == 3
+    assert values[("jetsink_routed_dead_letters_total", (("pipeline", "events"), ("route", "unrouted")))] == 7
+    assert values[("jetsink_routed_dead_letters_total", (("pipeline", "events"), ("route", "clicks")))] == 1
+    lines = render_status_table(snap, now=NOW).splitlines()
+    at = lines.index(next(line for line in lines if line.startswith("PIPELINE  ROUTE")))
+    assert [line.split() for line in lines[at + 1:at + 4]] == [
+        ["events", "clicks", "6", "0", "1"], ["events", "skip_2", "0", "3", "0"], ["events", "unrouted", "0", "0", "7"]]
+    assert "ROUTE" not in render_status_table(snapshot(), now=NOW)  # no routed pipeline: no table
 
 
 def test_metrics_name_the_instance_and_count_the_live_ones():

@@ -34,6 +34,7 @@ from workers.partition.handoff import STOP, Handoff
 from workers.partition.prepare import PartitionTarget
 from workers.partition.stats import PartitionStats
 from workers.partition.storer import Storer
+from workers.partition.writer import WriteTable
 
 FEATURES = ServerFeatures.from_version((18, 16, 1))
 COLUMNS = [TableColumn("id", "String"), TableColumn("n", "UInt8")]
@@ -180,7 +181,7 @@ class _Partition:
         self.h = Handoff()
         self.stats = PartitionStats()
         self.storer = Storer(
-            self.nc, self.target, schema, _inline, self.table.insert, Telemetry(), self.h, self.stats,
+            self.nc, self.target, [WriteTable(schema, self.table.insert)], _inline, Telemetry(), self.h, self.stats,
             {"pipeline": "events", "partition": 0},
         )
         self.task: asyncio.Task | None = None

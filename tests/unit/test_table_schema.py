@@ -284,3 +284,80 @@ def test_a_column_left_to_the_server_is_logged_once_per_version(caplog):
         schema.read("periodic")
     (record,) = caplog.records
     assert "column v Nullable(Unknownish) is left to the server" in record.getMessage()
+
+
+class Clock:
+    """A monotonic clock the test moves; sleep() moves it too (and records the wait)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, s: float) -> None:
+        self.slept.append(round(s, 3))
+        self.now += s
+
+
+def _watched(table: Table, clock: Clock) -> tuple[TableSchema, list]:
+    reads = []
+
+    def read():
+        reads.append(clock.now)
+        return table.read()
+
+    schema = TableSchema("events", "default.t", 30.0, read, lambda cols: compile_mapper("t", cols, (), FEATURES),
+                         clock=clock, sleep=clock.sleep)
+    schema.read("start")
+    reads.clear()
+    return schema, reads
+
+
+def test_a_key_no_column_reads_makes_the_table_be_read_before_the_batch_is_mapped():
+    table, clock = Table(("id", "String")), Clock()
+    schema, reads = _watched(table, clock)
+    target = _target()
+    clock.now += 5
+    _store(schema, table, [_msg(0, b'{"id": "a"}')], target)
+    assert reads == []  # only known keys: nothing read
+    # The column is added (ALTER TABLE), then the first message carrying its key comes.
+    table.columns.append(TableColumn("note", "String"))
+    prepared, _, _ = _store(schema, table, [_msg(1, b'{"id": "b", "note": "n1"}')], target)
+    assert len(reads) == 1 and table.rows[-1] == {"id": "b", "note": "n1"}
+    assert prepared.mapper.column_names == ("id", "note")
+
+
+def test_a_key_that_matches_no_column_is_looked_up_at_most_once_a_second_and_a_new_one_waits_for_it():
+    table, clock = Table(("id", "String")), Clock()
+    schema, reads = _watched(table, clock)
+    target = _target()
+    clock.now += 5
+    for i in range(3):  # the same unknown key in three batches within the second: one read
+        _store(schema, table, [_msg(i, b'{"id": "a", "x": 1}')], target)
+        clock.now += 0.1
+    assert len(reads) == 1 and clock.slept == []
+    # A key never seen before, 0.3 s after that read: the batch waits out the second, then reads.
+    table.columns.append(TableColumn("y", "UInt8"))
+    _store(schema, table, [_msg(5, b'{"id": "b", "y": 7}')], target)
+    assert clock.slept == [0.7] and len(reads) == 2 and table.rows[-1] == {"id": "b", "y": 7}
+    # A second later the known-unknown key is looked up again (a column may have been added for it).
+    table.columns.append(TableColumn("x", "UInt8"))
+    clock.now += 1.0
+    _store(schema, table, [_msg(6, b'{"id": "c", "x": 2, "y": 1}')], target)
+    assert len(reads) == 3 and table.rows[-1] == {"id": "c", "y": 1, "x": 2}
+
+
+def test_keys_that_are_data_stop_the_lookups_after_a_thousand():
+    table, clock = Table(("id", "String")), Clock()
+    schema, reads = _watched(table, clock)
+    target = _target()
+    clock.now += 5
+    body = b'{"id": "a", %s}' % b", ".join(b'"k%d": 1' % i for i in range(1001))
+    _store(schema, table, [_msg(0, body)], target)
+    assert len(reads) == 1
+    for i in range(3):
+        clock.now += 2
+        _store(schema, table, [_msg(i + 1, b'{"id": "a", "new%d": 1}' % i)], target)
+    assert len(reads) == 1  # no more reads for keys: the periodic check and SIGHUP remain

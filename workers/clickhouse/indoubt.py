@@ -66,6 +66,12 @@ class InsertIdentity:
         logged with rows cannot tell what landed and resends the batch (workers/delivery/takeover.py)."""
         return InsertIdentity(f"{self.query_id}-r{n}", self.token and f"{self.token}:r{n}")
 
+    def routed(self, route: str) -> "InsertIdentity":
+        """The identity of the batch's part for one route's table (workers/partition/writer.py): each
+        part is asked about on its own (`landed` of this query_id sees only its own splits)."""
+        tag = "t" + hashlib.sha1(route.encode()).hexdigest()[:8]
+        return InsertIdentity(f"{self.query_id}-{tag}", self.token and f"{self.token}:{tag}")
+
     def settings(self) -> dict[str, Any]:
         """Settings the insert carries: always logged, deduplicated by token where possible."""
         out: dict[str, Any] = {"log_queries": 1}

@@ -130,17 +130,27 @@ def build_mapper(
     features: ServerFeatures,
     unknown_keys: str = "ignore",
     objects_as_strings: bool = True,
+    **mapping: Any,
 ) -> ColumnMapper:
     """Read the table's schema and compile its ColumnMapper (raises SchemaError / LookupError).
 
     ``unknown_keys`` is the pipeline's setting: "ignore" or "dead_letter" documents with keys no column reads;
-    ``objects_as_strings`` the pipeline's too (String columns store JSON objects and arrays as their text).
+    ``objects_as_strings`` the pipeline's too (String columns store JSON objects and arrays as their text);
+    ``mapping``: compile_mapper's shared_overrides, subject, partitions (see pipeline_mapping).
     """
     columns = table_columns(client, table, database)
     if not columns:
         db, name = split_table(table, database)
         raise LookupError(f"table {db}.{name} does not exist")
-    return compile_columns(client, table, columns, overrides, features, unknown_keys, objects_as_strings)
+    return compile_columns(client, table, columns, overrides, features, unknown_keys, objects_as_strings, **mapping)
+
+
+def pipeline_mapping(pipeline: Any, target: Any) -> dict[str, Any]:
+    """compile_columns' arguments for one of a pipeline's tables (a workers.settings.TableTarget)."""
+    return dict(
+        overrides=target.columns, shared_overrides=target.shared, unknown_keys=pipeline.unknown_keys,
+        objects_as_strings=pipeline.objects_as_strings, subject=pipeline.subject, partitions=pipeline.partitions,
+    )
 
 
 def compile_columns(
@@ -151,6 +161,7 @@ def compile_columns(
     features: ServerFeatures,
     unknown_keys: str = "ignore",
     objects_as_strings: bool = True,
+    **mapping: Any,
 ) -> ColumnMapper:
     """The ColumnMapper of `columns` as read from the table (evaluates its constant DEFAULTs; raises SchemaError).
 
@@ -160,7 +171,7 @@ def compile_columns(
     native.install()
     return compile_mapper(
         table, columns, overrides, features, constant_defaults(client, columns), unknown_keys, server_timezone(client),
-        writable=native.write_problem, objects_as_strings=objects_as_strings,
+        writable=native.write_problem, objects_as_strings=objects_as_strings, **mapping,
     )
 
 

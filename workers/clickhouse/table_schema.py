@@ -40,6 +40,8 @@ from workers.clickhouse.schema import ColumnMapper, SchemaError, ServerFeatures,
 
 log = logging.getLogger(__name__)
 
+# New keys in documents read the table again at most this often (seconds).
+KEY_READ_INTERVAL_S = 1.0
 # Dead-letter reasons that no table change can explain (see workers/partition/prepare.py's prepare).
 _NOT_MAPPING = ("invalid_json", "max_deliver")
 
@@ -90,6 +92,7 @@ class TableSchema:
         report: Callable[[dict], None] = lambda msg: None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.pipeline = pipeline
         self.table = table  # database.table, for messages
@@ -102,27 +105,32 @@ class TableSchema:
         self.current: SchemaVersion | None = None
         self.read_at = 0.0  # wall clock of the last read
         self.next_at = 0.0  # monotonic time the next periodic read is due
+        self.route: str | None = None  # the route whose table this is (None: the pipeline's own table)
         self._unmappable: tuple[str, str] | None = None  # (digest, problem) of columns that failed to compile
+        self._watch_keys = True  # new top-level keys make the table be read again (see _read_for_keys)
+        self._keys_read_at = -KEY_READ_INTERVAL_S
+        self._sleep = sleep
         self._sent: str | None = None  # the digest whose columns the supervisor has been sent
 
     @classmethod
-    def for_pipeline(
-        cls, client: Any, pipeline: Any, database: str, features: ServerFeatures, report: Callable[[dict], None]
+    def for_target(
+        cls, client: Any, pipeline: Any, target: Any, database: str, features: ServerFeatures,
+        report: Callable[[dict], None],
     ) -> "TableSchema":
-        """The TableSchema of a configured pipeline (workers.settings.Pipeline), read through `client`."""
-        db, name = sink.split_table(pipeline.table, database)
-        return cls(
+        """The TableSchema of one of a configured pipeline's tables (a workers.settings.TableTarget:
+        its own table, or a route's), read through `client`."""
+        db, name = sink.split_table(target.table, database)
+        schema = cls(
             pipeline.name,
             f"{db}.{name}",
             pipeline.schema_refresh_s,
-            partial(sink.table_columns, client, pipeline.table, database),
-            partial(
-                sink.compile_columns, client, pipeline.table,
-                overrides=pipeline.columns, features=features, unknown_keys=pipeline.unknown_keys,
-                objects_as_strings=pipeline.objects_as_strings,
-            ),
+            partial(sink.table_columns, client, target.table, database),
+            partial(sink.compile_columns, client, target.table, features=features,
+                    **sink.pipeline_mapping(pipeline, target)),
             report,
         )
+        schema.route = target.label
+        return schema
 
     @property
     def mapper(self) -> ColumnMapper:
@@ -198,6 +206,7 @@ class TableSchema:
         msg = {
             "op": "schema",
             "pipeline": self.pipeline,
+            "route": self.route,
             "table": self.table,
             "digest": version.digest if version else None,
             "read_at": self.read_at,
@@ -215,17 +224,44 @@ class TableSchema:
 
         Documents the mapper refuses make it read the table first: the change that
         explains them (a widened type, an added column) would otherwise dead-letter them.
+        So do documents with a top-level key no column reads (ColumnMapper.new_keys): a
+        column added by ALTER TABLE takes the values of the first messages that carry it.
+        Reads for keys are at most one a second (a batch with a key never seen before waits
+        for the second to pass rather than be mapped without it); keys found to match no
+        column are looked up again once a second at most while they keep coming, and not at
+        all once more than 1000 distinct ones were seen (keys that are data, not names).
         The result's ``mapper`` is the one that mapped it.
         """
         version = self.current
+        if self._watch_keys and self._clock() - self._keys_read_at >= KEY_READ_INTERVAL_S:
+            version.mapper.forget_settled_keys()  # keys already flowing are looked up again, once a second at most
         prepared = prepare(msgs, version.mapper, target)
         if any(d.reason not in _NOT_MAPPING for d in prepared.dead):
             self.refresh("documents refused")
-            if self.current is not version:
-                version = self.current
-                prepared = prepare(msgs, version.mapper, target)
+        elif prepared.new_keys and self._watch_keys:
+            self._read_for_keys(prepared.new_keys)
+        if self.current is not version:
+            version = self.current
+            prepared = prepare(msgs, version.mapper, target)
+        if prepared.new_keys and self._watch_keys and not version.mapper.settle_keys(prepared.new_keys):
+            self._watch_keys = False
+            log.warning(
+                "pipeline %s: table %s: more than 1000 top-level keys match no column (keys that are data?); new "
+                "keys no longer make the table be read again (schema_refresh_s and SIGHUP still do)",
+                self.pipeline, self.table, extra={"pipeline": self.pipeline},
+            )
         prepared.mapper = version.mapper
         return prepared
+
+    def _read_for_keys(self, keys: set[str]) -> None:
+        """Documents carry keys no column reads: read the table before they are mapped (at most once a
+        second), so that a column added by ALTER TABLE takes the values of the first messages that carry it."""
+        wait = self._keys_read_at + KEY_READ_INTERVAL_S - self._clock()
+        if wait > 0:
+            self._sleep(wait)  # in the insert thread: this batch waits, nothing is mapped without the column
+        self._keys_read_at = self._clock()
+        shown = ", ".join(sorted(keys)[:5]) + (", ..." if len(keys) > 5 else "")
+        self.refresh(f"new keys {shown}")
 
     def store(
         self,
@@ -305,10 +341,23 @@ class TableSchema:
                 )
 
 
-class SchemaWatch:
-    """The worker's TableSchema per pipeline, and the loop that reads each again when due or asked."""
+def unused_overrides(p: Any, mappers: Sequence[ColumnMapper | None]) -> str | None:
+    """A routed pipeline's own `columns` that no route's table has (a typo would go unused), in words;
+    `mappers` are its tables' (None: not read)."""
+    if not p.routes or any(m is None for m in mappers):
+        return None
+    tables = {m.table: set(m.all_columns) for m in mappers}
+    unused = [o.column for o in p.columns if not any(o.column in cols for cols in tables.values())]
+    if not unused:
+        return None
+    return (f"columns {', '.join(unused)} match a column of no route's table "
+            f"({', '.join(sorted(tables))}); each pipeline-wide override must be used by at least one")
 
-    def __init__(self, tables: Mapping[str, TableSchema], run_in_thread: Callable[..., Awaitable[Any]],
+
+class SchemaWatch:
+    """The worker's TableSchema per (pipeline, route) table, and the loop that reads each again when due or asked."""
+
+    def __init__(self, tables: Mapping[Any, TableSchema], run_in_thread: Callable[..., Awaitable[Any]],
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._tables = dict(tables)
         self._run_in_thread = run_in_thread
@@ -316,8 +365,12 @@ class SchemaWatch:
         self._asked = False
         self._wake = asyncio.Event()
 
-    def __getitem__(self, pipeline: str) -> TableSchema:
-        return self._tables[pipeline]
+    def __getitem__(self, key: Any) -> TableSchema:
+        return self._tables[key]
+
+    def of(self, pipeline: str) -> list[TableSchema]:
+        """A pipeline's tables: its own, or its routes' in route order."""
+        return [t for t in self._tables.values() if t.pipeline == pipeline]
 
     def values(self) -> list[TableSchema]:
         return list(self._tables.values())

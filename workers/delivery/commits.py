@@ -59,6 +59,8 @@ BUCKET_PREFIX = "jetsink_commits_"
 EXIT_AFTER_INSERT_ENV = "JETSINK_TEST_EXIT_AFTER_INSERT"
 # The same, after the batch's ack was sent: the state names it in flight, the consumer has it acked.
 EXIT_AFTER_ACK_ENV = "JETSINK_TEST_EXIT_AFTER_ACK"
+# ... after the first of a routed batch's parts was inserted, before the next (workers/partition/writer.py).
+EXIT_AFTER_PART_ENV = "JETSINK_TEST_EXIT_AFTER_PART"
 # With no next batch, a batch's `stored` is written alone this many seconds after its ack.
 STORED_FLUSH_S = 1.0
 
@@ -430,7 +432,8 @@ class ExitHook:
     """
 
     POINTS = {"insert": (EXIT_AFTER_INSERT_ENV, "an insert, before its ack"),
-              "ack": (EXIT_AFTER_ACK_ENV, "a batch's ack")}
+              "ack": (EXIT_AFTER_ACK_ENV, "a batch's ack"),
+              "part": (EXIT_AFTER_PART_ENV, "a routed batch's first part, before the next")}
 
     def __init__(self, point: str, n: int, marker: str | None) -> None:
         self.point = point

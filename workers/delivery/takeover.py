@@ -87,6 +87,8 @@ class Takeover:
             await self.retrying("commit state", c.stored, r.last)
             self.stats.inserted += prepared.rows
             self.stats.dead_lettered += len(prepared.dead)
+            if prepared.routes:
+                self.stats.routed(prepared.routes)
         await self.retrying("commit state", c.stored, last)
         self.stats.taken_over += len(msgs)
         log.info(
@@ -107,6 +109,9 @@ class Takeover:
             self.stats.in_doubt_acked += 1
             await self.retrying("commit state", c.stored, r.last)
             return
+        if self.target.pipeline.routes:
+            await self._resolve_by_part(r, where)
+            return
         verdict = None
         if self.landed is not None:
             verdict = await self.retrying("in-doubt check", self.landed, ident.query_id, r.began_at, 60.0, r.host)
@@ -122,16 +127,8 @@ class Takeover:
             log.info("%s: its insert never landed; stored when redelivered", where, extra=self.log_extra)
             await self.retrying("commit state", c.stored, c.state.stored)
             return
-        msgs = await self.retrying("stream read", self._read, r.first, r.last)
-        if r.seqs:
-            members = set(r.seqs)
-            msgs = [m for m in msgs if message.parse_ack_subject(m[REPLY]).stream_seq in members]
-        if len(msgs) != r.count:
-            log.warning(
-                "%s: cannot tell whether its insert landed, and the stream now holds %d of its messages: stored "
-                "when redelivered (duplicates possible)", where, len(msgs), extra=self.log_extra,
-            )
-            await self.retrying("commit state", c.stored, c.state.stored)
+        msgs = await self._batch_messages(r, where)
+        if msgs is None:
             return
         prepared = await self.store(msgs, ident, r, keep_alive=None)
         self.stats.in_doubt_resent += 1
@@ -145,6 +142,39 @@ class Takeover:
             extra={**self.log_extra, "first_seq": r.first, "last_seq": r.last, "rows": prepared.rows},
         )
         await self.retrying("commit state", c.settled, r)
+
+    async def _resolve_by_part(self, r: Range, where: str) -> None:
+        """A routed batch is one insert per table: some may have landed and others not. Its messages are
+        read back and stored again part by part, each part asked about first under its own identity
+        (workers/partition/writer.py, in_doubt): a part that landed is not sent again."""
+        c = self.commits
+        msgs = await self._batch_messages(r, where)
+        if msgs is None:
+            return
+        prepared = await self.store(msgs, self.identity(r), r, keep_alive=None, in_doubt=True)
+        self.stats.in_doubt_resent += 1
+        log.warning(
+            "%s: a routed batch; each table's part asked about and sent again only where it had not landed "
+            "(%d rows in all)", where, prepared.rows,
+            extra={**self.log_extra, "first_seq": r.first, "last_seq": r.last, "rows": prepared.rows},
+        )
+        await self.retrying("commit state", c.settled, r)
+
+    async def _batch_messages(self, r: Range, where: str) -> list[tuple] | None:
+        """The in-doubt batch's messages read back from the stream; None (logged) when it no longer has them all."""
+        c = self.commits
+        msgs = await self.retrying("stream read", self._read, r.first, r.last)
+        if r.seqs:
+            members = set(r.seqs)
+            msgs = [m for m in msgs if message.parse_ack_subject(m[REPLY]).stream_seq in members]
+        if len(msgs) != r.count:
+            log.warning(
+                "%s: cannot tell whether its insert landed, and the stream now holds %d of its messages: stored "
+                "when redelivered (duplicates possible)", where, len(msgs), extra=self.log_extra,
+            )
+            await self.retrying("commit state", c.stored, c.state.stored)
+            return None
+        return msgs
 
     async def _read(self, first: int, last: int) -> list[tuple]:
         """The partition's messages first..last (stream sequences), read back from the stream."""

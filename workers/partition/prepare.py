@@ -43,6 +43,20 @@ class Prepared:
     dead: list[DeadLetter] = field(default_factory=list)
     redelivered: bool = False  # the batch holds redeliveries (its ack then needs the highest sequence)
     mapper: Any = None  # the ColumnMapper that mapped it (set by workers/clickhouse/table_schema.py)
+    new_keys: set[str] = field(default_factory=set)  # top-level keys no column reads (ColumnMapper.new_keys)
+    # Per route of a routed pipeline (workers/partition/writer.py): label -> [inserted, skipped, dead-lettered].
+    routes: dict[str, list[int]] = field(default_factory=dict)
+
+
+@dataclass
+class Parsed:
+    """A batch after the parse: its documents, and the letters for what could not be parsed."""
+
+    msgs: list[tuple]  # the batch
+    docs: list  # the parsed documents
+    keep: list[int]  # for each document, the index of its message in the batch
+    dead: list[DeadLetter]
+    redelivered: bool
 
 
 def prepare(
@@ -52,6 +66,11 @@ def prepare(
 
     `first_deliveries`: the caller knows that no message is a redelivery (the partition
     checks each socket chunk's ack subjects at intake), so they are not checked again."""
+    return map_parsed(parse(batch_msgs, target, first_deliveries), mapper, target)
+
+
+def parse(batch_msgs: list[tuple], target: PartitionTarget, first_deliveries: bool = False) -> Parsed:
+    """The batch's documents; dead letters for invalid JSON and for messages on their last delivery."""
     dead: list[DeadLetter] = []
     msgs = batch_msgs
     keep: list[int] | None = None  # batch index of each doc, when not all are kept
@@ -86,13 +105,23 @@ def prepare(
         keep = kept
     if keep is None:
         keep = list(range(len(docs)))
-    columns, failures = mapper.map_rows(docs)
+    return Parsed(batch_msgs, docs, keep, dead, bool(again))
+
+
+def map_parsed(parsed: Parsed, mapper: ColumnMapper, target: PartitionTarget) -> Prepared:
+    """Map a parsed batch's documents (its dead letters carried over, refused documents added)."""
+    batch_msgs, docs, keep, dead = parsed.msgs, parsed.docs, parsed.keep, list(parsed.dead)
+    if mapper.sources:  # columns filled from the messages themselves
+        columns, failures = mapper.map_rows(docs, [batch_msgs[k] for k in keep])
+    else:
+        columns, failures = mapper.map_rows(docs)
     failed = set()
     for doc_index, err in failures:
         failed.add(doc_index)
         dead.append(dead_letter(batch_msgs[keep[doc_index]], target, err.reason, err.detail))
     row_msgs = [m for d, m in enumerate(keep) if d not in failed] if failed else keep
-    return Prepared(columns=columns, rows=len(row_msgs), row_msgs=row_msgs, dead=dead, redelivered=bool(again))
+    return Prepared(columns=columns, rows=len(row_msgs), row_msgs=row_msgs, dead=dead, redelivered=parsed.redelivered,
+                    new_keys=mapper.new_keys(docs))
 
 
 def join_prepared(parts: list[Prepared]) -> Prepared:

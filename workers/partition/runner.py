@@ -20,7 +20,6 @@ import logging
 from typing import Any, Awaitable, Callable, Sequence
 
 from workers.clickhouse import indoubt
-from workers.clickhouse.table_schema import TableSchema
 from workers.delivery import commits
 from workers.observability.telemetry import Telemetry
 from workers.partition.fetcher import Fetcher
@@ -29,6 +28,7 @@ from workers.partition.prepare import PartitionTarget
 from workers.partition.retry import ServerProbes
 from workers.partition.stats import PartitionStats
 from workers.partition.storer import Storer
+from workers.partition.writer import WriteTable
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,8 @@ class PartitionRunner:
         self,
         nc: Any,
         target: PartitionTarget,
-        schema: TableSchema,
+        tables: Sequence[WriteTable],
         run_in_thread: Callable[..., Awaitable[Any]],
-        insert: Callable[[Sequence[str], list[list]], int],
         telemetry: Telemetry | None = None,
         clickhouse: indoubt.QueryLog | None = None,
         tokens: bool = False,
@@ -57,7 +56,7 @@ class PartitionRunner:
         def sides() -> tuple[Handoff, Storer, Fetcher]:
             handoff = Handoff()
             storer = Storer(
-                nc, target, schema, run_in_thread, insert, telemetry or Telemetry(), handoff, self.stats, log_extra,
+                nc, target, tables, run_in_thread, telemetry or Telemetry(), handoff, self.stats, log_extra,
                 clickhouse, tokens, exit_hook, probes,
             )
             return handoff, storer, Fetcher(nc, target, handoff, storer, self.stats, log_extra)

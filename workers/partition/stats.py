@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -29,3 +29,13 @@ class PartitionStats:
     state_resets: int = 0  # commit states set aside: another stream incarnation, or the bucket was deleted
     consumers_created: int = 0  # the partition's consumer (or stream) was missing and was created again
     pins_lost: int = 0  # 423s: the consumer's pin went to another puller (or a new consumer leader)
+    # A routed pipeline: route name (or "unrouted") -> [rows inserted, messages skipped, dead-lettered].
+    routes: dict[str, list[int]] = field(default_factory=dict)
+
+    def routed(self, counts: dict[str, list[int]]) -> None:
+        """Add a batch's per-route counts (workers/partition/prepare.Prepared.routes)."""
+        for label, (inserted, skipped, dead) in counts.items():
+            mine = self.routes.setdefault(label, [0, 0, 0])
+            mine[0] += inserted
+            mine[1] += skipped
+            mine[2] += dead

@@ -21,7 +21,6 @@ from typing import Any, Awaitable, Callable, Sequence
 
 from workers import message
 from workers.clickhouse import indoubt
-from workers.clickhouse.table_schema import TableSchema
 from workers.delivery import commits, takeover
 from workers.delivery.acks import ACK_ALL, ACK_EXPLICIT, AckTracker
 from workers.delivery.commits import CommitLog, Range
@@ -33,7 +32,7 @@ from workers.partition.handoff import STOP, Handoff
 from workers.partition.prepare import PartitionTarget, Prepared
 from workers.partition.retry import Retrying, ServerProbes
 from workers.partition.stats import PartitionStats
-from workers.partition.writer import TableWriter
+from workers.partition.writer import TableWriter, WriteTable
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,7 @@ REPLY = message.REPLY
 class Storer:
     """Stores one partition's sealed batches and acks them; the fetcher's ``HeldAcks``.
 
-    `insert(names, columns)` runs in the insert thread (`run_in_thread`); `nc` publishes dead
+    Each table's `insert(names, columns)` runs in the insert thread (`run_in_thread`); `nc` publishes dead
     letters, acks and in-progress acks, reads the consumer's info and, with exactly_once, the
     commit state.  ``start`` reads the consumer; ``run`` stores until the fetcher puts ``STOP``.
     """
@@ -52,9 +51,8 @@ class Storer:
         self,
         nc: Any,
         target: PartitionTarget,
-        schema: TableSchema,
+        tables: Sequence[WriteTable],
         run_in_thread: Callable[..., Awaitable[Any]],
-        insert: Callable[[Sequence[str], list[list]], int],
         telemetry: Telemetry,
         handoff: Handoff,
         stats: PartitionStats,
@@ -92,7 +90,7 @@ class Storer:
             self.name, target.pipeline.name, stats, telemetry, handoff, self._while_failing, log_extra, probes
         )
         self._writer = TableWriter(
-            nc, target, schema, self._run_in_thread, insert, telemetry, self._retrying, log_extra, clickhouse
+            nc, target, tables, self._run_in_thread, telemetry, self._retrying, log_extra, clickhouse, exit_hook
         )
         self._store = self._writer.store  # map, dead-letter, insert: one call per batch
 
@@ -350,6 +348,8 @@ class Storer:
         s.skipped_duplicates += skipped
         s.inserted += prepared.rows
         s.dead_lettered += len(prepared.dead)
+        if prepared.routes:
+            s.routed(prepared.routes)
         s.batches += 1
         s.last_batch_at = time.time()
         s.pending = last.pending

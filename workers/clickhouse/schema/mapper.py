@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from workers.clickhouse.schema.builder import compile_type
 from workers.clickhouse.schema.errors import MappingError, Rejected, SchemaError, json_kind, show
 from workers.clickhouse.schema.features import ServerFeatures
+from workers.clickhouse.schema.sources import compile_source, refusing
 
 if TYPE_CHECKING:  # only its attributes are read
     from workers.settings import ColumnOverride
@@ -88,6 +89,10 @@ class _Plan:
     dedupe_strings: bool
     missing_value: Any
     missing_error: tuple[str, str] | None  # (reason, detail) when an absent field is an error
+    # Where a metadata column's values come from (workers/clickhouse/schema/sources.py): messages -> values.
+    source: Callable[[Sequence[tuple]], list] | None = None
+    emitted: bool = False  # the source's values are what the driver writes: not converted
+    source_kind: str = "json"
 
 
 def _walker(path: tuple[str, ...]) -> Callable[[Any], Any]:
@@ -113,8 +118,10 @@ class ColumnMapper:
         left_out: Sequence[LeftOut],
         unknown_keys: "_UnknownKeys | None" = None,
         unsupported: Sequence[Unsupported] = (),
+        all_columns: Sequence[str] = (),
     ):
         self.table = table
+        self.all_columns = tuple(all_columns)  # every column of the table, inserted or not
         self._plans = tuple(plans)
         # Columns left to the server (a non-constant DEFAULT, a type jetsink cannot insert);
         # a document carrying one is refused rather than silently losing the value.
@@ -123,16 +130,50 @@ class ColumnMapper:
         self.unsupported = tuple(unsupported)
         self.column_names: tuple[str, ...] = tuple(p.name for p in self._plans)
         self.column_types: tuple[str, ...] = tuple(p.type for p in self._plans)
+        # Metadata columns: filled from the messages, not the documents (map_rows needs `msgs`).
+        self.sources: dict[str, str] = {p.name: p.source_kind for p in self._plans if p.source is not None}
         # The top-level keys the columns read, fetched together in one pass over the
         # documents (one itemgetter call per document, not one dict.get per column).
-        self._top_keys = tuple(dict.fromkeys(p.path[0] for p in self._plans))
+        self._top_keys = tuple(dict.fromkeys(p.path[0] for p in self._plans if p.source is None))
         self._get_top = itemgetter(*self._top_keys) if len(self._top_keys) > 1 else None
+        # Top-level keys known to the table (read by a column, or a column's name) or already found
+        # to match none: a key outside them is new, and may be a column added since the table was read.
+        self._known_keys = frozenset(self._top_keys) | {out.name for out in self._left_out}
+        self._seen_keys = self._known_keys
 
     def __repr__(self) -> str:
         return f"ColumnMapper({self.table!r}, columns={list(self.column_names)})"
 
-    def map_rows(self, docs: Sequence[Any]) -> tuple[list[list], list[tuple[int, MappingError]]]:
-        """Columns (one list per ``column_names`` entry, good docs in order) and (doc index, error) failures."""
+    def new_keys(self, docs: Sequence[Any]) -> set[str]:
+        """The top-level keys of `docs` that are new: no column reads them, and none was reported before.
+
+        One C-level superset test per document when every key is known (the common case)."""
+        seen = self._seen_keys
+        try:
+            if all(map(seen.issuperset, docs)):  # a document that is no object fails it (or raises)
+                return set()
+        except TypeError:
+            pass
+        return {k for d in docs if type(d) is dict for k in d if k not in seen}
+
+    def forget_settled_keys(self) -> None:
+        """Keys found to match no column become new again: the next batch carrying one reads the table
+        (a column may have been added for a key that was already flowing)."""
+        self._seen_keys = self._known_keys
+
+    def settle_keys(self, keys: set[str], limit: int = 1000) -> bool:
+        """Keys a fresh read of the table found to match no column: not new any more.
+        False when more than `limit` are known so (keys that are data, not names): stop looking."""
+        self._seen_keys = self._seen_keys | keys
+        return len(self._seen_keys) - len(self._known_keys) <= limit
+
+    def map_rows(
+        self, docs: Sequence[Any], msgs: Sequence[tuple] | None = None,
+    ) -> tuple[list[list], list[tuple[int, MappingError]]]:
+        """Columns (one list per ``column_names`` entry, good docs in order) and (doc index, error) failures.
+
+        `msgs`: the messages the documents came from, in the same order; needed when a column's
+        value comes from the message (``sources``)."""
         docs = docs if isinstance(docs, list) else list(docs)
         failures: list[tuple[int, MappingError]] = []
         if set(map(type, docs)) <= {dict}:
@@ -160,7 +201,18 @@ class ColumnMapper:
         # Only exact dicts (all of orjson's) go through itemgetter: it would honour a
         # subclass's __getitem__ (a defaultdict's, say), which dict.get never calls.
         top = self._top_fields(objs) if origin is None else None
-        columns = [self._column(plan, self._values(plan, objs, top), bad) for plan in self._plans]
+        if self.sources:
+            if msgs is None:
+                raise ValueError(f"{self.table}: columns {', '.join(self.sources)} are filled from the messages; "
+                                 "map_rows needs them")
+            objs_msgs = msgs if origin is None else [msgs[i] for i in origin]
+            columns = [
+                self._column(plan, self._values(plan, objs, top), bad) if plan.source is None
+                else (plan.source(objs_msgs) if plan.emitted else self._column(plan, plan.source(objs_msgs), bad))
+                for plan in self._plans
+            ]
+        else:
+            columns = [self._column(plan, self._values(plan, objs, top), bad) for plan in self._plans]
         if self._unknown_keys is not None:
             self._unknown_keys.check(objs, bad)
 
@@ -306,6 +358,9 @@ def compile_mapper(
     server_timezone: str | None = None,
     writable: Callable[[str, list], str | None] | None = None,
     objects_as_strings: bool = False,
+    shared_overrides: Sequence["ColumnOverride"] = (),
+    subject: str = "events.*",
+    partitions: int = 1,
 ) -> ColumnMapper:
     """Compile the strict mapping of JSON documents onto ``table`` (raises SchemaError listing every problem).
 
@@ -322,11 +377,16 @@ def compile_mapper(
     ``unsupported``; a document carrying its field is refused as ``unsupported_type``),
     and is a problem otherwise.  An override naming it is always a problem.
     ``objects_as_strings`` is the pipeline's: String columns take JSON objects and arrays as their text.
+    ``shared_overrides`` (a routed pipeline's own ``columns``) apply where the table has the column
+    and ``overrides`` (the route's) name none; an override whose ``source`` is not json reads the
+    message (sources.py), which needs the pipeline's ``subject`` and ``partitions``.
     """
     problems: list[str] = []
     if unknown_keys not in ("ignore", "dead_letter"):
         problems.append(f"table {table}: unknown_keys must be 'ignore' or 'dead_letter', got {unknown_keys!r}")
     by_name = {c.name: c for c in columns}
+    own = {o.column for o in overrides}
+    overrides = list(overrides) + [o for o in shared_overrides if o.column in by_name and o.column not in own]
     override_of: dict[str, Any] = {}
     for o in overrides:
         name = o.column
@@ -398,9 +458,17 @@ def compile_mapper(
         path = tuple(getattr(o, "path", None) or ()) if o is not None else ()
         if not path:
             path = (col.name,)
+        source = None
+        if o is not None and getattr(o, "source", "json") != "json":
+            try:
+                source = compile_source(o, col.type, where, subject, partitions, _MISSING)
+            except SchemaError as e:
+                problems.extend(e.problems)
+                continue
+            path = (f"<{o.source}>",)
         missing_value: Any = None
         missing_error: tuple[str, str] | None = None
-        shown_path = ".".join(path)
+        shown_path = ".".join(path) if source is None else f"{o.source} value"
         if o is not None and getattr(o, "required", False):
             missing_error = ("missing_required", f"column {col.name}: required field {shown_path!r} is missing")
         elif o is not None and getattr(o, "has_default", False):
@@ -430,12 +498,15 @@ def compile_mapper(
                 name=col.name,
                 type=col.type,
                 path=path,
-                convert=conv.convert,
+                convert=conv.convert if source is None else refusing(conv.convert),
                 fast=conv.fast,
                 column=conv.column,
                 dedupe_strings=conv.dedupe_strings,
                 missing_value=missing_value,
                 missing_error=missing_error,
+                source=None if source is None else source.values,
+                emitted=source is not None and source.emitted,
+                source_kind="json" if source is None else source.kind,
             )
         )
 
@@ -446,9 +517,9 @@ def compile_mapper(
         raise SchemaError(problems)
     checker = None
     if unknown_keys == "dead_letter":
-        paths = [p.path for p in plans] + [(out.name,) for out in left_out]
+        paths = [p.path for p in plans if p.source is None] + [(out.name,) for out in left_out]
         checker = _UnknownKeys(table, _key_tree(paths))
-    return ColumnMapper(table, plans, left_out, checker, unsupported)
+    return ColumnMapper(table, plans, left_out, checker, unsupported, all_columns=tuple(by_name))
 
 
 def _nullable(type_text: str) -> bool:
