@@ -100,3 +100,36 @@ def header_lists(raw: bytes | None) -> dict[str, list[str]]:
         if sep and key.strip():
             out.setdefault(key.strip(), []).append(value.strip())
     return out
+
+
+# Token positions in an ack subject after its base (2 in the v1 form, 4 in v2), as parse_ack_subject reads them.
+DELIVERED, STREAM_SEQ, TIMESTAMP = 2, 3, 5
+
+
+def ack_field(msgs: list[tuple], field: int) -> list[int]:
+    """One number of every message's ack subject (DELIVERED, STREAM_SEQ or TIMESTAMP), in bulk:
+    what parse_ack_subject would give, without a Delivery per message (the metadata columns' path)."""
+    if not msgs:
+        return []
+    index = (2 if msgs[0][REPLY].count(b".") == 8 else 4) + field
+    out = [int(m[REPLY].split(b".", index + 1)[index]) for m in msgs]
+    if index == 2 + field and any(m[REPLY].count(b".") != 8 for m in msgs):  # forms mixed: read each alone
+        attr = {DELIVERED: "delivered", STREAM_SEQ: "stream_seq", TIMESTAMP: "timestamp_ns"}[field]
+        out = [getattr(parse_ack_subject(m[REPLY]), attr) for m in msgs]
+    return out
+
+
+def header_values(raw: bytes | None, name: bytes) -> list[str]:
+    """The values of header `name` (exact, as bytes) in a message's header block, in order: a byte search,
+    not a parse of every header (the metadata columns' path)."""
+    if not raw:
+        return []
+    needle = b"\r\n" + name + b":"
+    out = []
+    at = raw.find(needle)
+    while at >= 0:
+        start = at + len(needle)
+        end = raw.find(b"\r\n", start)
+        out.append(raw[start:end if end >= 0 else len(raw)].strip().decode("utf-8", "replace"))
+        at = raw.find(needle, start)
+    return out

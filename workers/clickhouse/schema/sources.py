@@ -93,19 +93,19 @@ def compile_source(
         as_int = name in _INTEGERS
         if kind == "subject":
             def text_values(msgs: Sequence[tuple]) -> list:
-                return [original_subject_of(m[SUBJECT], cut) for m in msgs]
+                return _per_subject(msgs, lambda s: original_subject_of(s, cut))
         elif kind == "subject_token":
             n = override.subject_token
             index = n - 1 if n > 0 else n
 
+            def token(stored: bytes) -> Any:
+                tokens = original_subject_of(stored, cut).split(".")
+                return tokens[index] if -len(tokens) <= index < len(tokens) else missing
+
             def text_values(msgs: Sequence[tuple]) -> list:
-                out = []
-                for m in msgs:
-                    tokens = original_subject_of(m[SUBJECT], cut).split(".")
-                    out.append(tokens[index] if -len(tokens) <= index < len(tokens) else missing)
-                return out
+                return _per_subject(msgs, token)
         else:
-            header = override.header
+            header = override.header.encode()
 
             def text_values(msgs: Sequence[tuple]) -> list:
                 return [_one_header(m[HEADERS], header, missing) for m in msgs]
@@ -120,7 +120,7 @@ def compile_source(
     if kind == "stream_sequence":
         if name not in ("UInt64", "Int64"):
             raise refuse("UInt64 or Int64 (Nullable too)")
-        return Source(kind, lambda msgs: [message.parse_ack_subject(m[REPLY]).stream_seq for m in msgs], True)
+        return Source(kind, lambda msgs: message.ack_field(msgs, message.STREAM_SEQ), True)
 
     if kind == "timestamp":
         if name == "DateTime64":
@@ -132,14 +132,16 @@ def compile_source(
         else:
             raise refuse("DateTime64(P[, tz]) (truncated to P digits), DateTime (whole seconds), or UInt64/Int64 "
                          "(nanoseconds since the epoch)")
-        return Source(kind, lambda msgs: [message.parse_ack_subject(m[REPLY]).timestamp_ns // div for m in msgs], True)
+        if div == 1:
+            return Source(kind, lambda msgs: message.ack_field(msgs, message.TIMESTAMP), True)
+        return Source(kind, lambda msgs: [ns // div for ns in message.ack_field(msgs, message.TIMESTAMP)], True)
 
     if kind in ("delivered", "partition"):
         if name not in _INTEGERS:
             raise refuse("integer columns (Nullable too)")
         if kind == "delivered":
-            return Source(kind, lambda msgs: [message.parse_ack_subject(m[REPLY]).delivered for m in msgs], False)
-        return Source(kind, lambda msgs: [int(m[SUBJECT].split(b".")[cut]) for m in msgs], False)
+            return Source(kind, lambda msgs: message.ack_field(msgs, message.DELIVERED), False)
+        return Source(kind, lambda msgs: _per_subject(msgs, lambda s: int(s.split(b".")[cut])), False)
 
     if kind == "headers":
         if name != "Map" or len(base.args) != 2:
@@ -167,13 +169,20 @@ def _as_int(text: str, kind: str) -> Any:
     return int(text)
 
 
-def _one_header(raw: bytes | None, name: str, missing: Any) -> Any:
-    values = message.header_lists(raw).get(name)
+def _per_subject(msgs: Sequence[tuple], value: Callable[[bytes], Any]) -> list:
+    """value(stored subject) of every message, computed once per distinct subject of the batch."""
+    subjects = [m[SUBJECT] for m in msgs]
+    known = {s: value(s) for s in set(subjects)}
+    return list(map(known.__getitem__, subjects))
+
+
+def _one_header(raw: bytes | None, name: bytes, missing: Any) -> Any:
+    values = message.header_values(raw, name)
     if not values:
         return missing
     if len(values) > 1:
         return Refused(Rejected(
-            "invalid_value", f"header {name!r} is sent {len(values)} times; a column holds one value"))
+            "invalid_value", f"header {name.decode()!r} is sent {len(values)} times; a column holds one value"))
     return values[0]
 
 
