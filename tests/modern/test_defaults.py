@@ -7,6 +7,7 @@ test inserts one row through jetsink without the fields and one the server fills
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 DEFAULTS = [
@@ -83,6 +84,25 @@ def test_ephemeral_columns_take_the_value_sent(modern):
         {"id": 0, "size": "3", "label": "X"},
         {"id": 1, "size": "0", "label": "NONE"},  # a missing one leaves the server's default
     ]
+
+
+def test_defaults_the_server_computes_per_row_take_the_value_sent_or_are_left_to_it(modern):
+    # EPHEMERAL and DEFAULT expressions of other columns (not constants): a message that sends the field
+    # has its value stored; one that omits it gets what the server computes for that row, exactly as
+    # ClickHouse's own JSONEachRow input does (its twin table).
+    ddl = ("id UInt32, e UInt32 EPHEMERAL id * 2, d UInt32 DEFAULT e + 1, "
+           "day UInt32 DEFAULT id + 100, label String DEFAULT concat('n', toString(id))")
+    table, twin = modern.create("t", ddl), modern.create("twin", ddl)
+    texts = ['{"id": 1, "e": 10}', '{"id": 2}', '{"id": 3, "day": 7}', '{"id": 4, "e": 1, "day": 8, "label": "x"}',
+             '{"id": 5}', '{"id": 6, "label": "y"}']
+    assert modern.store(table, texts) == {}
+    for text in texts:  # the server's own parse, told which columns the row has (EPHEMERAL ones are not implied)
+        modern.client.query(f"INSERT INTO {twin} ({', '.join(orjson.loads(text))}) FORMAT JSONEachRow {text}")
+    assert modern.rows(table) == modern.rows(twin)
+    assert modern.rows(table)[0]["d"] == 11  # e sent (10): d = e + 1, not the EPHEMERAL's id * 2 + 1
+    rows = modern.rows(table)
+    assert [(r["day"], r["label"]) for r in rows] == [(101, "n1"), (102, "n2"), (7, "n3"), (8, "x"), (105, "n5"),
+                                                      (106, "y")]
 
 
 def test_a_column_jetsink_cannot_insert_is_left_to_the_server(modern):

@@ -22,6 +22,7 @@ from workers.clickhouse.schema import (
     TableColumn,
     compile_mapper,
 )
+from workers.clickhouse.schema.mapper import OMITTED, omission_groups
 
 EVENTS = [
     TableColumn("id", "UUID"),
@@ -42,7 +43,7 @@ def good(i: int) -> dict:
 
 def test_map_rows_columns_and_order():
     mapper = compile_mapper("t", EVENTS, [], MODERN, {"source": "api"})
-    assert mapper.column_names == ("id", "ts", "user", "n", "score", "source")
+    assert mapper.column_names == ("id", "ts", "user", "n", "score", "day", "source")
     columns, failures = mapper.map_rows([good(1), good(2)])
     assert failures == []
     assert columns == [
@@ -51,6 +52,7 @@ def test_map_rows_columns_and_order():
         ["u1", "u2"],
         [1, 2],
         [0.5, 1.0],
+        [OMITTED, OMITTED],  # DEFAULT toDate(ts): the server's, per row
         ["api", "api"],
     ]
 
@@ -148,20 +150,26 @@ def test_materialized_and_alias_never_inserted_or_overridden():
     assert "ALIAS" in str(info.value)
 
 
-def test_server_default_columns():
-    mapper = compile_mapper("t", EVENTS, [], MODERN, {"source": "api"})
-    assert "day" not in mapper.column_names
-    _, failures = mapper.map_rows([good(1), {**good(2), "day": "2020-01-01"}])
-    assert [i for i, _ in failures] == [1]
-    assert "override" in failures[0][1].detail
-    assert "toDate(ts)" in failures[0][1].detail
-    # An override makes the column inserted; an absent value cannot fall back to the server then.
-    mapper = compile_mapper("t", EVENTS, [Override("day")], MODERN, {"source": "api"})
-    assert "day" in mapper.column_names
-    columns, failures = mapper.map_rows([{**good(1), "day": "2020-01-01"}, good(2)])
-    assert columns[mapper.column_names.index("day")] == [date(2020, 1, 1)]
-    assert failures[0][0] == 1
-    assert failures[0][1].reason == "missing_required"
+def test_server_default_columns_take_the_value_sent_and_leave_the_rest_to_the_server():
+    # As ClickHouse's own JSON input does: a sent value is stored, an omitted one is the server's DEFAULT.
+    for overrides in ([], [Override("day")]):
+        mapper = compile_mapper("t", EVENTS, overrides, MODERN, {"source": "api"})
+        day = mapper.column_names.index("day")
+        assert mapper.omittable == (day,)
+        columns, failures = mapper.map_rows([{**good(1), "day": "2020-01-01"}, good(2), {**good(3), "day": "x"}])
+        assert columns[day] == [date(2020, 1, 1), OMITTED]
+        assert [(i, e.reason) for i, e in failures] == [(2, "invalid_value")]  # a bad value is still refused
+        groups = omission_groups(mapper, columns)
+        assert [(g.tag != "", g.rows, "day" in g.names) for g in groups] == [(False, [0], True), (True, [1], False)]
+        assert OMITTED not in [v for g in groups for col in g.columns for v in col]
+    # `required` still refuses a message without it; a default fills it in.
+    mapper = compile_mapper("t", EVENTS, [Override("day", required=True)], MODERN, {"source": "api"})
+    assert mapper.omittable == () and mapper.map_rows([good(1)])[1][0][1].reason == "missing_required"
+    mapper = compile_mapper("t", EVENTS, [Override("day", has_default=True, default="2021-01-01")], MODERN,
+                            {"source": "api"})
+    assert mapper.map_rows([good(1)])[0][mapper.column_names.index("day")] == [date(2021, 1, 1)]
+    # A batch where no row omits it is one insert.
+    assert omission_groups(mapper, mapper.map_rows([good(1)])[0]) is None
 
 
 def test_unknown_override_column_suggests_names():
@@ -294,7 +302,7 @@ def test_unknown_keys_dead_letter_names_the_key():
 def test_unknown_keys_dead_letter_knows_server_filled_columns():
     mapper = compile_mapper("t", EVENTS, [], MODERN, {"source": "api"}, unknown_keys="dead_letter")
     _, failures = mapper.map_rows([{**good(1), "day": "2020-01-01"}, {**good(2), "ts_hour": 0}])
-    assert [(i, e.reason) for i, e in failures] == [(0, "invalid_value"), (1, "unknown_key")]
+    assert [(i, e.reason) for i, e in failures] == [(1, "unknown_key")]  # day is inserted, ts_hour computed
 
 
 def test_unknown_keys_setting_is_checked():

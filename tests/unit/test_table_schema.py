@@ -361,3 +361,35 @@ def test_keys_that_are_data_stop_the_lookups_after_a_thousand():
         clock.now += 2
         _store(schema, table, [_msg(i + 1, b'{"id": "a", "new%d": 1}' % i)], target)
     assert len(reads) == 1  # no more reads for keys: the periodic check and SIGHUP remain
+
+
+def test_rows_leaving_a_column_to_the_server_are_inserted_in_groups_each_asked_about_when_in_doubt():
+    table = Table(("id", "String"), ("n", "UInt8"))
+    table.columns[1] = TableColumn("n", "UInt8", "DEFAULT", "length(id)")  # computed per row by the server
+    schema = TableSchema("events", "default.t", 30.0, table.read, lambda cols: compile_mapper("t", cols, (), FEATURES))
+    schema.read("start")
+    target = _target()
+    msgs = [_msg(0, b'{"id": "a", "n": 7}'), _msg(1, b'{"id": "bb"}'), _msg(2, b'{"id": "c", "n": 9}')]
+    sent = []
+
+    def insert(names, columns):
+        sent.append((tuple(names), indoubt.current.get().query_id))
+        return table.insert(names, columns)
+
+    ident = indoubt.identity("events", 0, 100, 102, 1, tokens=False)
+    prepared = schema.prepare(prepare, msgs, target)
+    indoubt.run_as(ident, schema.store, prepare, insert, msgs, prepared, target)
+    assert [names for names, _ in sent] == [("id", "n"), ("id",)]  # the rows sending n, then the one omitting it
+    assert table.rows == [{"id": "a", "n": 7}, {"id": "c", "n": 9}, {"id": "bb"}]
+    assert sent[0][1] == ident.query_id and sent[1][1].startswith(ident.query_id + "-o")
+    # Sent again in doubt: the group found in the query log is not sent again.
+    sent.clear()
+    asked = []
+
+    def landed(query_id):
+        asked.append(query_id)
+        return query_id == ident.query_id
+
+    prepared = schema.prepare(prepare, msgs, target)
+    indoubt.run_as(ident, schema.store, prepare, insert, msgs, prepared, target, landed)
+    assert asked == [ident.query_id, sent[0][1]] and [names for names, _ in sent] == [("id",)]

@@ -37,6 +37,7 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from workers.clickhouse import faults, indoubt, native, sink
 from workers.clickhouse.schema import ColumnMapper, SchemaError, ServerFeatures, TableColumn
+from workers.clickhouse.schema.mapper import omission_groups
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +271,7 @@ class TableSchema:
         msgs: list[tuple],
         prepared: Any,
         target: Any,
+        landed: Callable[[str], bool | None] | None = None,
     ) -> tuple[list[tuple[int, str]], list[Any]]:
         """Insert a prepared batch; if the table changed under it, map the rows not yet stored again and insert those.
 
@@ -277,6 +279,9 @@ class TableSchema:
         the dead letters of the new mapping. ``prepared.rows`` becomes the rows stored
         plus both. Raises what a retry should handle (TableUnusable pauses); it changes
         nothing in `prepared` until it returns, so a retry starts from the same batch.
+        Rows that leave columns to the server (ColumnMapper.omittable) are inserted in
+        groups, each under its own identity; `landed(query_id)` (a retry, a batch in doubt)
+        is asked about each group first, and a group that landed is not sent again.
         """
         mapper, columns, row_msgs = prepared.mapper, prepared.columns, prepared.row_msgs
         stored: list[int] = []  # message indices inserted before a change was found
@@ -284,10 +289,7 @@ class TableSchema:
         ident, passes = indoubt.current.get(), count(1)
         while True:
             try:
-                refused = faults.isolate_bad_rows(
-                    partial(insert, mapper.column_names), columns, len(row_msgs), partial(self._check, mapper),
-                    partial(self._writable, mapper),
-                )
+                refused = self._insert(insert, mapper, columns, len(row_msgs), landed)
                 break
             except faults.TableChanged as change:
                 done = set(change.stored)
@@ -310,6 +312,43 @@ class TableSchema:
         prepared.mapper = mapper
         return [(row_msgs[i], faults.describe(exc)) for i, exc in refused], remapped
 
+    def _insert(
+        self, insert: Callable[[Sequence[str], list[list]], Any], mapper: ColumnMapper, columns: list[list], n: int,
+        landed: Callable[[str], bool | None] | None,
+    ) -> list[tuple[int, BaseException]]:
+        """isolate_bad_rows over the batch, or over each group of rows omitting the same columns
+        (raises TableChanged with the rows of every group inserted before the change)."""
+        groups = omission_groups(mapper, columns) if mapper.omittable else None
+        if groups is None:
+            return faults.isolate_bad_rows(
+                partial(insert, mapper.column_names), columns, n, partial(self._check, mapper),
+                partial(self._writable, mapper.column_names, mapper.column_types),
+            )
+        ident = indoubt.current.get()
+        refused: list[tuple[int, BaseException]] = []
+        done: list[int] = []
+        for g in groups:
+            part = ident if ident is None or not g.tag else indoubt.InsertIdentity(
+                f"{ident.query_id}-o{g.tag}", ident.token and f"{ident.token}:o{g.tag}")
+            if landed is not None and part is not None and landed(part.query_id) is True:
+                log.info("pipeline %s: table %s: the %d rows leaving %s to the server had landed; not sent again",
+                         self.pipeline, self.table, len(g.rows), g.tag or "nothing", extra={"pipeline": self.pipeline})
+                done += g.rows
+                continue
+            token = indoubt.current.set(part)
+            try:
+                bad = faults.isolate_bad_rows(
+                    partial(insert, g.names), g.columns, len(g.rows), partial(self._check, mapper),
+                    partial(self._writable, g.names, g.types),
+                )
+            except faults.TableChanged as change:
+                raise faults.TableChanged(done + [g.rows[i] for i in change.stored]) from None
+            finally:
+                indoubt.current.reset(token)
+            refused += [(g.rows[i], exc) for i, exc in bad]
+            done += g.rows
+        return refused
+
     def _check(self, mapper: ColumnMapper, exc: BaseException) -> None:
         """Before an insert failure is acted on: was it the table that changed? (raises TableChanged)"""
         if not faults.table_in_question(exc):
@@ -324,13 +363,13 @@ class TableSchema:
             raise faults.TableChanged()
 
 
-    def _writable(self, mapper: ColumnMapper, columns: list[list]) -> None:
+    def _writable(self, names: Sequence[str], types: Sequence[str], columns: list[list]) -> None:
         """After the client library failed to write a batch: is there a column no row of which it can write?
 
         Raises ColumnUnwritable naming it (the pipeline pauses; nothing is dead-lettered).
         A column only some rows of which fail is left to the bisection (those rows' problem).
         """
-        for name, type_text, values in zip(mapper.column_names, mapper.column_types, columns, strict=True):
+        for name, type_text, values in zip(names, types, columns, strict=True):
             if not values or native.write_problem(type_text, values) is None:
                 continue
             first = native.write_problem(type_text, values[:1])

@@ -130,7 +130,8 @@ class Takeover:
         msgs = await self._batch_messages(r, where)
         if msgs is None:
             return
-        prepared = await self.store(msgs, ident, r, keep_alive=None)
+        # In doubt: a batch inserted in parts (rows leaving columns to the server) has each part asked about.
+        prepared = await self.store(msgs, ident, r, keep_alive=None, in_doubt=True)
         self.stats.in_doubt_resent += 1
         if ident.token:
             dedup = "deduplicated by its token where the table deduplicates"

@@ -173,9 +173,16 @@ class TableWriter:
         attempts: Any, msgs: list[tuple], prepared: Prepared,
     ) -> tuple[list[tuple[int, str]], list[DeadLetter]]:
         """One attempt at the insert (through the table's schema, which maps the rows again if the
-        table changed under them); a retry first asks ClickHouse whether the failed attempt landed."""
+        table changed under them); a retry first asks ClickHouse whether the failed attempt landed
+        (and the table's schema asks about each group of rows leaving columns to the server)."""
+        landed = None
         if next(attempts) and ident is not None and self._query_log is not None:
-            if await self._run_in_thread(self._query_log.landed, ident.query_id, r.began_at, 10.0):
+            query_log, began_at = self._query_log, r.began_at
+
+            def landed(query_id: str) -> bool | None:  # in the insert thread
+                return query_log.landed(query_id, began_at, 10.0)
+
+            if await self._run_in_thread(landed, ident.query_id):
                 log.info(
                     "partition %s: the insert of %d..%d%s had landed; not sending it again",
                     self.name, r.first, r.last, "" if table.label is None else f" into route {table.label}",
@@ -183,7 +190,7 @@ class TableWriter:
                 )
                 return [], []
         return await self._run_in_thread(
-            indoubt.run_as, ident, table.schema.store, prep, table.insert, msgs, prepared, self.target
+            indoubt.run_as, ident, table.schema.store, prep, table.insert, msgs, prepared, self.target, landed
         )
 
     def _route(self, msgs: list[tuple], first_deliveries: bool) -> tuple[list[_Part], Prepared]:

@@ -10,16 +10,18 @@ the override's ``required`` (-> "missing_required"), the override's default
 (converted at compile time), the column's constant DEFAULT (the value the
 caller evaluated into ``constant_defaults``, in the form clickhouse-driver
 returns for ``SELECT CAST(expr AS type)`` and passed through unchanged), the
-server (a non-constant DEFAULT column with no override is not inserted at all;
-a document that nevertheless carries that field is rejected rather than
-silently losing the value), None for Nullable columns, else the type's zero
-value.  A constant DEFAULT wins over Nullable's None because it is what
+server (a DEFAULT or EPHEMERAL column whose expression is not constant, such as
+``now()`` or ``length(raw)``: the row is marked ``OMITTED`` there, and the rows
+are inserted in groups by the columns they omit, see ``omission_groups``, as
+ClickHouse's own JSON input fills omitted fields), None for Nullable columns,
+else the type's zero value.  A constant DEFAULT wins over Nullable's None because it is what
 ClickHouse itself would store for an omitted column.
 """
 
 from __future__ import annotations
 
 import difflib
+import hashlib
 from dataclasses import dataclass
 from itertools import compress, repeat
 from operator import itemgetter
@@ -72,6 +74,15 @@ class TableColumn:
 
 
 _MISSING = object()
+
+
+class _Omitted:
+    def __repr__(self) -> str:
+        return "OMITTED"
+
+
+# A row's value of a column the server fills per row (its DEFAULT is not constant): not inserted.
+OMITTED = _Omitted()
 _STR_OR_NULL = frozenset({str, type(None)})
 _DICT = frozenset({dict})
 
@@ -122,6 +133,8 @@ class ColumnMapper:
     ):
         self.table = table
         self.all_columns = tuple(all_columns)  # every column of the table, inserted or not
+        # Columns a row may leave to the server (OMITTED there): a batch is inserted in groups by them.
+        self.omittable = tuple(i for i, p in enumerate(plans) if p.missing_value is OMITTED)
         self._plans = tuple(plans)
         # Columns left to the server (a non-constant DEFAULT, a type jetsink cannot insert);
         # a document carrying one is refused rather than silently losing the value.
@@ -444,16 +457,10 @@ def compile_mapper(
                     f"{where}: {why}; it has no DEFAULT and is not Nullable, so no row can be inserted without it"
                 )
             continue
-        # EPHEMERAL columns exist to be inserted into (other columns' DEFAULTs read them):
-        # they always take the message's value; only a plain DEFAULT is left to the server.
+        # EPHEMERAL columns exist to be inserted into (other columns' DEFAULTs read them): they take
+        # the message's value. A DEFAULT the server computes per row takes it too, and rows without
+        # it leave the column to the server (OMITTED).
         server_default = bool(col.default_expression) and col.name not in constant_defaults
-        if kind == "DEFAULT" and server_default and o is None:
-            left_out.append(LeftOut(
-                col.name, "invalid_value",
-                f"column {col.name}: the field is sent but the column is filled by the server "
-                f"(DEFAULT {col.default_expression}); add a columns override for {col.name} to insert it",
-            ))
-            continue
 
         path = tuple(getattr(o, "path", None) or ()) if o is not None else ()
         if not path:
@@ -485,11 +492,7 @@ def compile_mapper(
                     problems.append(f"{where}: DEFAULT {col.default_expression} ({show(missing_value.value)})"
                                     f"{e.where}: {e.message}")
         elif server_default:
-            missing_error = (
-                "missing_required",
-                f"column {col.name}: field {shown_path!r} is missing and the server {kind} "
-                f"{col.default_expression} cannot be applied per row; send it or give the override a default",
-            )
+            missing_value = OMITTED  # the server's DEFAULT for that row: the row is inserted without the column
         else:
             missing_value = conv.zero  # None for Nullable columns
 
@@ -520,6 +523,40 @@ def compile_mapper(
         paths = [p.path for p in plans if p.source is None] + [(out.name,) for out in left_out]
         checker = _UnknownKeys(table, _key_tree(paths))
     return ColumnMapper(table, plans, left_out, checker, unsupported, all_columns=tuple(by_name))
+
+
+@dataclass(frozen=True)
+class OmissionGroup:
+    """Rows of a batch that leave the same columns to the server, and the columns they are inserted with."""
+
+    tag: str  # "" for the rows that omit nothing; else names the omitted columns (for the insert's identity)
+    names: tuple[str, ...]
+    types: tuple[str, ...]
+    columns: list[list]
+    rows: list[int]  # their positions in the batch's columns
+
+
+def omission_groups(mapper: ColumnMapper, columns: list[list]) -> list[OmissionGroup] | None:
+    """The batch's rows grouped by the columns they leave to the server (OMITTED); None when no row omits any.
+
+    The groups and their order depend only on the batch, so a batch sent again is the same inserts."""
+    omitted = [i for i in mapper.omittable if any(v is OMITTED for v in columns[i])]
+    if not omitted:
+        return None
+    n = len(columns[0]) if columns else 0
+    by_mask: dict[tuple[int, ...], list[int]] = {}
+    for r in range(n):
+        by_mask.setdefault(tuple(i for i in omitted if columns[i][r] is OMITTED), []).append(r)
+    groups = []
+    for mask in sorted(by_mask, key=lambda m: (len(m), m)):
+        rows = by_mask[mask]
+        keep = [i for i in range(len(columns)) if i not in mask]
+        tag = "" if not mask else hashlib.sha1(",".join(mapper.column_names[i] for i in mask).encode()).hexdigest()[:8]
+        groups.append(OmissionGroup(
+            tag, tuple(mapper.column_names[i] for i in keep), tuple(mapper.column_types[i] for i in keep),
+            [[columns[i][r] for r in rows] for i in keep], rows,
+        ))
+    return groups
 
 
 def _nullable(type_text: str) -> bool:
