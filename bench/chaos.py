@@ -6,7 +6,8 @@ KIND is what is killed once a fraction F (default 0.3) of the messages is stored
     kill-supervisor       the supervisor and its workers at once, then a new supervisor
                           (what systemd's Restart= does after an OOM kill of the unit)
     kill-nats             the bench's nats-server, restarted on its store
-    kill-clickhouse       the bench's clickhouse-server, restarted on its data
+    kill-clickhouse       the bench's clickhouse-server, restarted on its data; with --clickhouse-cluster,
+                          the replica worker 0 inserts into (it fails over), restarted on its data
   with --cluster N (the bench's own NATS cluster), the node that leads, at that moment:
     kill-stream-leader    the pipeline's stream
     kill-consumer-leader  partition 0's durable consumer
@@ -207,6 +208,14 @@ class Chaos:
             sink.proc.wait()
             sink.start()
             self.notes.append(f"chaos: kill -9 of the supervisor and its workers (pids {pids}), then a new supervisor")
+        elif k.kind == "kill-clickhouse" and getattr(servers, "ch_cluster", None) is not None:
+            replica = _replica_in_use(sink, servers.ch_cluster)
+            pid = replica.pid
+            replica.kill()
+            replica.start()
+            self.notes.append(f"chaos: kill -9 of clickhouse replica {replica.address} (shard {replica.shard} "
+                              f"{replica.name}, pid {pid}), the one worker 0 inserted into; restarted as pid "
+                              f"{replica.pid}")
         elif k.kind in ("kill-nats", "kill-clickhouse"):
             name = "nats" if k.kind == "kill-nats" else "clickhouse"
             i, server = _owned(servers, name)
@@ -415,6 +424,15 @@ def _kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def _replica_in_use(sink: Any, cluster: Any) -> Any:
+    """The ClickHouse replica worker 0 inserts into (its /status), else the first shard's first replica."""
+    status = getattr(sink, "status", None) or getattr((getattr(sink, "sinks", None) or [None])[0], "status", None)
+    workers = sorted((status or {}).get("workers") or [], key=lambda w: w.get("slot", 0))
+    ch = (workers[0].get("clickhouse") or {}) if workers else {}
+    in_use = (ch.get("in_use_list") or [ch.get("in_use")])[0]
+    return next((r for r in cluster.replicas if r.address == in_use), cluster.replicas[0])
 
 
 def _owned(servers: Any, name: str) -> tuple[int, Any]:

@@ -6,6 +6,7 @@
                     --sweep workers=1,2,4 --compare OLD/results.json --out DIR
                     --chaos kill-worker|kill-supervisor|kill-nats|kill-clickhouse [--chaos-at 0.3]
                     --cluster 3 --chaos kill-stream-leader,kill-consumer-leader|kill-kv-leader --repeat 5
+                    --clickhouse-cluster 2x2 [--chaos kill-clickhouse]
 
 Exit codes: 0 ok, 1 the bench itself failed, 2 bad usage or config, 3 the sink could not
 boot, 4 messages were lost (with --repeat: lost or stored twice in any run).
@@ -90,6 +91,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="fraction of the messages stored when --chaos fires (default 0.3)")
     p.add_argument("--cluster", type=int, default=0, metavar="N",
                    help="run on a NATS cluster of N nodes the bench starts itself (R3 stream, KV and consumers)")
+    p.add_argument("--clickhouse-cluster", default=None, metavar="SxR",
+                   help="drain into a ClickHouse cluster the bench starts itself: ZooKeeper + S shards x R replicas "
+                        "(ReplicatedMergeTree, clickhouse.shards/hosts); reports rows per shard and replica; "
+                        "--chaos kill-clickhouse then kills the replica worker 0 inserts into")
     p.add_argument("--repeat", type=int, default=1, metavar="N",
                    help="the whole run N times, each on a fresh stream (and fresh cluster); a summary at the end")
     return p
@@ -153,6 +158,7 @@ def main(argv: list[str]) -> int:
         chaos=args.chaos,
         chaos_at=args.chaos_at,
         cluster=args.cluster,
+        clickhouse_cluster=args.clickhouse_cluster,
     )
     if args.sweep:
         param, values = _parse_sweep(args.sweep)
@@ -192,6 +198,13 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
             return str(exc)
     if args.cluster and args.cluster < 3:
         return "--cluster N: a NATS cluster needs at least 3 nodes (R3 needs a quorum of 2 after a kill)"
+    if args.clickhouse_cluster is not None:
+        try:
+            parse_cluster(args.clickhouse_cluster)
+        except ValueError as exc:
+            return str(exc)
+        if args.sink == "naive" or args.baseline:
+            return "--clickhouse-cluster measures jetsink's own cluster inserts: drop --sink naive and --baseline"
     if args.repeat < 1:
         return "--repeat must be >= 1"
     if args.repeat > 1 and (args.sweep or args.baseline):
@@ -216,6 +229,14 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
     if args.compare and not Path(args.compare).is_file():
         return f"--compare: {args.compare} is not a file"
     return None
+
+
+def parse_cluster(text: str) -> tuple[int, int]:
+    """--clickhouse-cluster SxR -> (shards, replicas)."""
+    shards, sep, replicas = text.lower().partition("x")
+    if not (sep and shards.isdigit() and replicas.isdigit() and 1 <= int(shards) <= 8 and 1 <= int(replicas) <= 4):
+        raise ValueError(f"--clickhouse-cluster takes SHARDSxREPLICAS (1..8 x 1..4), e.g. 2x2; got {text!r}")
+    return int(shards), int(replicas)
 
 
 def _parse_sweep(text: str) -> tuple[str, list[Any]]:
@@ -260,7 +281,9 @@ def _run_series(
     try:
         print(f"bench: starting servers (data under {work_dir})", file=sys.stderr)
         cluster = series[0][1].cluster
-        servers = harness.bring_up(base, base_dir, work_dir, cluster=cluster)
+        ch_cluster = series[0][1].clickhouse_cluster
+        servers = harness.bring_up(base, base_dir, work_dir, cluster=cluster,
+                                   clickhouse_cluster=parse_cluster(ch_cluster) if ch_cluster else None)
         try:
             for i, (value, opts) in enumerate(series):
                 run_dir = out if param is None else out / f"{param}-{value}"
@@ -285,6 +308,8 @@ def _run_series(
                     for line in went:
                         print(f"  {line}")
                 print(f"\nresults: {run_dir / 'results.json'}\nreport:  {run_dir / 'report.html'}")
+                for line in report.clickhouse_cluster_lines(results):
+                    print(line)
                 for note in results.get("notes") or []:
                     print(f"note: {note}")
                 lost = results["lost"] + (results.get("baseline") or {}).get("lost", 0)

@@ -9,6 +9,7 @@ data, even against long-lived external servers.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,6 +26,7 @@ import orjson
 import psutil
 import yaml
 
+from bench.clickhouse_cluster import ClickHouseCluster
 from bench.nats_cluster import NatsCluster, start_cluster
 from supervisor import embedded, embedded_clickhouse, embedded_nats
 
@@ -53,11 +55,15 @@ class Servers:
     nats_profile_port: int | None = None  # Go's pprof endpoint of a nats-server the bench started
     cluster: NatsCluster | None = None  # --cluster N: the bench's own NATS cluster, in place of one server
     starts: dict[str, int] = field(default_factory=dict)  # cluster node -> times started again
+    # --clickhouse-cluster SxR: the bench's own ZooKeeper + shards x replicas, in place of one clickhouse-server
+    ch_cluster: ClickHouseCluster | None = None
 
     def stop(self) -> None:
         try:
             if self.cluster is not None:
                 self.cluster.stop()
+            if self.ch_cluster is not None:
+                self.ch_cluster.stop()
         finally:
             embedded.stop_all(*self.owned)
 
@@ -90,9 +96,11 @@ class Servers:
         self.nats_section = {"url": self.cluster.urls}
 
 
-def bring_up(base: dict[str, Any], base_dir: Path, work_dir: Path, cluster: int = 0) -> Servers:
+def bring_up(base: dict[str, Any], base_dir: Path, work_dir: Path, cluster: int = 0,
+             clickhouse_cluster: tuple[int, int] | None = None) -> Servers:
     """Start nats-server / clickhouse-server for sections marked embedded; else use the given ones.
-    With `cluster` > 0, a NATS cluster of that many nodes in place of the nats section's server.
+    With `cluster` > 0, a NATS cluster of that many nodes in place of the nats section's server;
+    with `clickhouse_cluster` (shards, replicas), a ClickHouse cluster in place of the clickhouse section's.
 
     Servers the bench starts listen on free ports and keep their data under work_dir, so a
     bench never touches the data of `python -m supervisor` on the same machine.
@@ -102,6 +110,7 @@ def bring_up(base: dict[str, Any], base_dir: Path, work_dir: Path, cluster: int 
     ch = dict(base.get("clickhouse") or {})
     profile_port: int | None = None
     nats_cluster: NatsCluster | None = None
+    ch_cluster: ClickHouseCluster | None = None
     try:
         if cluster:
             nats_cluster = start_cluster(work_dir / "nats-cluster-1", cluster)
@@ -120,7 +129,12 @@ def bring_up(base: dict[str, Any], base_dir: Path, work_dir: Path, cluster: int 
             nats_section = _absolute_files({k: v for k, v in nats.items() if k != "embedded"}, base_dir)
             urls = nats_section.get("url", "nats://127.0.0.1:4222")
             nats_pid = local_listener(urls[0] if isinstance(urls, list) else urls, 4222)
-        if ch.get("embedded", False):
+        if clickhouse_cluster is not None:
+            shards, replicas = clickhouse_cluster
+            ch_cluster = ClickHouseCluster.start(work_dir / "clickhouse-cluster", shards=shards, replicas=replicas)
+            ch_section = cluster_section(ch_cluster)
+            ch_pid = None
+        elif ch.get("embedded", False):
             server = embedded_clickhouse.start_clickhouse(work_dir / "clickhouse", embedded.free_port())
             owned.append(server)
             ch_section: dict[str, Any] = {"host": server.host, "port": server.port}
@@ -131,9 +145,71 @@ def bring_up(base: dict[str, Any], base_dir: Path, work_dir: Path, cluster: int 
     except BaseException:
         if nats_cluster is not None:
             nats_cluster.stop()
+        if ch_cluster is not None:
+            ch_cluster.stop()
         embedded.stop_all(*owned)
         raise
-    return Servers(nats_section, ch_section, nats_pid, ch_pid, owned, profile_port, nats_cluster)
+    return Servers(nats_section, ch_section, nats_pid, ch_pid, owned, profile_port, nats_cluster,
+                   ch_cluster=ch_cluster)
+
+
+def cluster_section(cluster: ClickHouseCluster) -> dict[str, Any]:
+    """The clickhouse section for the bench's ClickHouse cluster: `shards`, or `hosts` for one shard."""
+    if len(cluster.shards) == 1:
+        return {"hosts": [r.address for r in cluster.shards[0].replicas]}
+    return {"shards": [{"hosts": [r.address for r in s.replicas], "weight": s.weight} for s in cluster.shards]}
+
+
+# The local table the bench creates on every node of its ClickHouse cluster, and the Distributed table
+# over it (the probe counts through it); the key is the pipeline's sharding_key.
+CLUSTER_KEY = "cityHash64(event_id)"
+
+
+def create_cluster_tables(cluster: ClickHouseCluster, database: str, table: str, create_table: str) -> str:
+    """The pipeline's `create_table` made a ReplicatedMergeTree ON CLUSTER, and a Distributed table
+    `<table>_all` over it; returns the Distributed table's name."""
+    ddl, n = re.subn(r"(?is)^\s*CREATE\s+TABLE\s+(IF\s+NOT\s+EXISTS\s+)?\S+",
+                     f"CREATE TABLE IF NOT EXISTS {database}.{table} ON CLUSTER {cluster.cluster_name}", create_table)
+    ddl, m = re.subn(r"(?i)ENGINE\s*=\s*MergeTree\(\s*\)",
+                     f"ENGINE = ReplicatedMergeTree('/clickhouse/tables/{{shard}}/{database}/{table}', '{{replica}}')",
+                     ddl)
+    if not (n and m):
+        raise ValueError("--clickhouse-cluster needs the pipeline's create_table to be a CREATE TABLE ... "
+                         "ENGINE = MergeTree() statement (made Replicated on every node)")
+    client = cluster.replicas[0].client()
+    try:
+        client.execute(f"CREATE DATABASE IF NOT EXISTS {database} ON CLUSTER {cluster.cluster_name}")
+        client.execute(ddl)
+        client.execute(f"CREATE TABLE IF NOT EXISTS {database}.{table}_all ON CLUSTER {cluster.cluster_name} "
+                       f"AS {database}.{table} ENGINE = Distributed({cluster.cluster_name}, {database}, {table}, "
+                       f"{CLUSTER_KEY})")
+    finally:
+        client.disconnect()
+    return f"{table}_all"
+
+
+def cluster_parts(cluster: ClickHouseCluster) -> str:
+    """system.parts of one replica of each shard, as a table expression (remote() picks a live replica)."""
+    shards = ",".join("|".join(r.address for r in s.replicas) for s in cluster.shards)
+    return f"remote('{shards}', system.parts)"
+
+
+def cluster_rows(cluster: ClickHouseCluster, database: str, table: str) -> dict[str, Any]:
+    """Rows per shard and per replica once replication caught up (SYSTEM SYNC REPLICA on each)."""
+    replicas: dict[str, int] = {}
+    shards: dict[str, int] = {}
+    for shard in cluster.shards:
+        for r in shard.replicas:
+            client = r.client()
+            try:
+                client.execute(f"SYSTEM SYNC REPLICA {database}.{table}")
+                rows = client.execute(f"SELECT count() FROM {database}.{table}")[0][0]
+                replicas[f"s{shard.number}{r.name}"] = int(rows)
+            finally:
+                client.disconnect()
+        shards[f"s{shard.number}"] = replicas[f"s{shard.number}{shard.replicas[0].name}"]
+    return {"layout": f"{len(cluster.shards)}x{len(cluster.shards[0].replicas)}", "rows_per_shard": shards,
+            "rows_per_replica": replicas}
 
 
 def _absolute_files(section: dict[str, Any], base_dir: Path) -> dict[str, Any]:
@@ -213,6 +289,10 @@ def run_config(
     if not pipelines:
         raise ValueError("the config has no pipelines to benchmark")
     pipeline = {k: v for k, v in pipelines[0].items() if k != "dlq"}
+    if servers.ch_cluster is not None:
+        pipeline.pop("create_table", None)  # the bench makes the tables on every node (create_cluster_tables)
+        if len(servers.ch_cluster.shards) > 1:
+            pipeline["sharding_key"] = CLUSTER_KEY
     pipeline.update(
         name=PIPELINE,
         stream=names.stream,
@@ -237,7 +317,8 @@ def run_config(
         "state_dir": str(state_dir),
         "log_level": "info",
         "nats": {**servers.nats_section, "embedded": False},
-        "clickhouse": {**servers.clickhouse_section, "database": names.database, "embedded": False},
+        "clickhouse": {**servers.clickhouse_section, "database": names.database}
+        | ({} if servers.ch_cluster is not None else {"embedded": False}),
         "pipelines": [pipeline],
         "observability": observability,
         # A free port: the bench must not collide with a sink already running here.

@@ -159,8 +159,12 @@ class Probe:
         interval: float = 0.1,
         consumers_every: float = 0.0,
         nats_in_background: bool = False,
+        parts: tuple[str, str] | None = None,
     ) -> None:
         self.nats = nats
+        # On a ClickHouse cluster (--clickhouse-cluster): rows are summed over one replica of each shard
+        # (remote('a|b,c|d', system.parts)) for the local table, and `table` is the Distributed one.
+        self._parts_from, self._parts_table = parts or ("system.parts", table)
         self.client = client
         self.database = database
         self.table = table
@@ -182,8 +186,8 @@ class Probe:
 
     def rows(self) -> int:
         (n,), = self.client.execute(
-            "SELECT toUInt64(sum(rows)) FROM system.parts WHERE active AND database = %(d)s AND table = %(t)s",
-            {"d": self.database, "t": self.table},
+            f"SELECT toUInt64(sum(rows)) FROM {self._parts_from} WHERE active AND database = %(d)s AND table = %(t)s",
+            {"d": self.database, "t": self._parts_table},
         )
         return int(n or 0)
 

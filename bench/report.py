@@ -74,6 +74,16 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def clickhouse_cluster_lines(results: dict[str, Any]) -> list[str]:
+    """Rows per shard and per replica of a --clickhouse-cluster run (nothing otherwise)."""
+    c = results.get("clickhouse_cluster")
+    if not c:
+        return []
+    shards = ", ".join(f"{k} {v}" for k, v in c["rows_per_shard"].items())
+    replicas = ", ".join(f"{k} {v}" for k, v in c["rows_per_replica"].items())
+    return [f"clickhouse cluster {c['layout']}: rows per shard {shards}; per replica {replicas}"]
+
+
 def summary_table(results: dict[str, Any]) -> str:
     rows = summary_rows(results)
     has_base = bool(results.get("baseline"))

@@ -61,6 +61,7 @@ class RunOptions:
     chaos: str | None = None  # bench/chaos.py KINDS, or a comma list of them
     chaos_at: float = 0.3
     cluster: int = 0  # nodes of the bench's own NATS cluster (0: one nats-server, or the config's)
+    clickhouse_cluster: str | None = None  # "SxR": the bench's own ClickHouse cluster (bench/clickhouse_cluster.py)
 
 
 class Console:
@@ -113,6 +114,11 @@ def run_once(
     config_path = harness.write_config(data, out_dir / "config.yaml")
     pipeline = config.pipelines[0]
 
+    ch_cluster = servers.ch_cluster
+    if ch_cluster is not None:
+        # The local table on every node (Replicated), the Distributed table over it for the counts.
+        counted = harness.create_cluster_tables(ch_cluster, names.database, names.table,
+                                                pipeline0.get("create_table") or "")
     admin = clickhouse_client(config.clickhouse.__class__(**{**_fields(config.clickhouse), "database": "default"}))
     admin.execute(f"CREATE DATABASE IF NOT EXISTS {names.database}")
     client = clickhouse_client(config.clickhouse)
@@ -155,6 +161,8 @@ def run_once(
         else:
             sink = _jetsink(data, config_path, out_dir, state_dir, pipeline.partitions, opts.instances)
             table, consumers = names.table, [consumer_name(harness.PIPELINE, i) for i in range(pipeline.partitions)]
+            if ch_cluster is not None:
+                table = counted
         probe = Probe(
             nats,
             client,
@@ -167,6 +175,7 @@ def run_once(
             # Ack floors time each sampled message's latency; --preload measures none.
             consumers_every=1.0 if opts.preload else 0.0,
             nats_in_background=servers.cluster is not None,
+            parts=None if ch_cluster is None else (harness.cluster_parts(ch_cluster), names.table),
         )
         nats_profile_port = servers.nats_profile_port if opts.profiles else None
         fault = None if not opts.chaos else chaos.Chaos(
@@ -224,6 +233,8 @@ def run_once(
         else:
             base_figures = None
         cluster_facts = {"nats_cluster": _cluster_facts(nats, servers, names, pipeline)} if servers.cluster else {}
+        if ch_cluster is not None:
+            figures["clickhouse_cluster"] = harness.cluster_rows(ch_cluster, names.database, names.table)
     finally:
         pub.terminate()
         nats.close()

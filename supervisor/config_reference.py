@@ -27,6 +27,7 @@ from workers.settings import (
     ObservabilityConfig,
     Pipeline,
     Route,
+    ShardConfig,
     TLSConfig,
     declared_key,
 )
@@ -37,6 +38,7 @@ TABLES: tuple[tuple[str, type], ...] = (
     ("top", Config),
     ("nats", NatsConfig),
     ("clickhouse", ClickHouseConfig),
+    ("shards", ShardConfig),
     ("tls", TLSConfig),
     ("pipelines", Pipeline),
     ("batch", BatchLimits),

@@ -18,6 +18,7 @@ from workers.settings import (
     AdminConfig,
     ClickHouseConfig,
     ColumnOverride,
+    Config,
     NatsConfig,
     Pipeline,
     ProfilingConfig,
@@ -62,6 +63,34 @@ def _clickhouse_rules(v: dict[str, Any], at: At, raw: Any) -> None:
                 (at / single).fail("give either hosts or host/port, not both (host/port is a one-host hosts list)")
         if v["embedded"] is True:
             (at / "hosts").fail("embedded: true starts one local server on host:port; hosts lists servers you run")
+    if "shards" in given:
+        for single in ("hosts", "host", "port"):
+            if single in given:
+                (at / single).fail("give either shards or hosts (host/port), not both (hosts is a one-shard cluster)")
+        if v["embedded"] is True:
+            (at / "shards").fail("embedded: true starts one local server on host:port; shards lists servers you run")
+        shards = v["shards_items"]
+        if ok(shards) and all(ok(s) and ok(s.weight) for s in shards) and not any(s.weight > 0 for s in shards):
+            (at / "shards").fail("at least one shard needs a weight above 0")
+
+
+def _sharding_rules(v: dict[str, Any], at: At, raw: Any) -> None:
+    """pipelines[].sharding_key goes with clickhouse.shards: required with several shards, unused without."""
+    ch, pipelines = v.get("clickhouse"), v.get("pipelines")
+    if not ok(ch, pipelines) or not ok(ch.hosts_items, ch.shards_items) \
+            or not all(ok(s) and ok(s.hosts_items) for s in ch.shards_items):
+        return  # the bad key is reported where it is
+    sharded = len(ch.shard_addresses) > 1
+    for i, p in enumerate(pipelines):
+        if not ok(p):
+            continue
+        where = at / "pipelines"
+        if sharded and p.sharding_key is None:
+            (where.item(i) / "sharding_key").fail(
+                f"required with clickhouse.shards ({len(ch.shard_addresses)} shards): the sharding key of the "
+                "cluster's Distributed table, e.g. cityHash64(user_id) or rand()")
+        elif not sharded and p.sharding_key is not None:
+            (where.item(i) / "sharding_key").fail("only used with clickhouse.shards (more than one shard)")
 
 
 def _column_rules(v: dict[str, Any], at: At, raw: Any) -> None:
@@ -227,6 +256,7 @@ RULES: Mapping[type, Callable[[dict[str, Any], At, Any], Marker | None]] = {
     TLSConfig: _tls_rules,
     NatsConfig: _nats_rules,
     ClickHouseConfig: _clickhouse_rules,
+    Config: _sharding_rules,
     ColumnOverride: _column_rules,
     Pipeline: _pipeline_rules,
     Route: _route_rules,

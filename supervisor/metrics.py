@@ -64,6 +64,9 @@ METRICS = (
     ("jetsink_clickhouse_replica_switches_total", "counter",
      "Times the worker slot moved to another ClickHouse replica (failovers and returns to its preferred one).",
      ("slot",)),
+    ("jetsink_clickhouse_shard_parts_waiting", "gauge",
+     "Batches of the worker slot whose part for this shard (1-based, clickhouse.shards) failed and waits while "
+     "the other shards' parts are stored.", ("slot", "shard")),
     ("jetsink_skipped_total", "counter",
      "Messages a routed pipeline acked without storing them: a route with skip: true, or unrouted: skip "
      "(route \"unrouted\"). Summed over the live workers.", ("pipeline", "route")),
@@ -129,8 +132,11 @@ def pool_metrics(snapshot: Mapping | None) -> list[Metric]:
         if ch:
             add("jetsink_clickhouse_replica_switches_total", slot, ch.get("switches", 0))
         for r in ch.get("replicas") or ():
-            add("jetsink_clickhouse_replica_in_use", (w["slot"], r["address"]), r["address"] == ch.get("in_use"))
+            in_use = ch.get("in_use_list") or [ch.get("in_use")]
+            add("jetsink_clickhouse_replica_in_use", (w["slot"], r["address"]), r["address"] in in_use)
             add("jetsink_clickhouse_replica_up", (w["slot"], r["address"]), r.get("state") != "down")
+        for shard, waiting in enumerate(ch.get("waiting") or (), start=1):
+            add("jetsink_clickhouse_shard_parts_waiting", (w["slot"], shard), waiting)
         for name, stats in sorted((w.get("stats") or {}).items()):
             pipeline, _, index = name.rpartition("/")
             labels = (w["slot"], pipeline, index)

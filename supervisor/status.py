@@ -144,22 +144,28 @@ def _route_table(workers: list) -> list[str]:
 
 
 def _replica_table(workers: list) -> list[str]:
-    """Per worker slot and ClickHouse replica: in use, health, inserts; only with more than one replica."""
-    rows = [("SLOT", "CLICKHOUSE", "IN USE", "STATE", "INSERTS", "SWITCHES", "LAST ERROR")]
+    """Per worker slot and ClickHouse replica: its shard, in use, health, inserts, the shard's waiting parts;
+    only with more than one replica."""
+    rows = [("SLOT", "SHARD", "CLICKHOUSE", "IN USE", "STATE", "INSERTS", "WAITING", "LAST ERROR")]
     for w in workers:
         ch = w.get("clickhouse") or {}
         replicas = ch.get("replicas") or []
         if len(replicas) < 2:
             continue
+        in_use = ch.get("in_use_list") or [ch.get("in_use")]
+        preferred = str(ch.get("preferred", "")).split(",")
+        waiting = ch.get("waiting") or []
         for r in replicas:
             state = r.get("state", "unknown")
             if state == "down":
                 state = f"down {_age(float(r.get('down_s', 0.0)))}"
-            mark = "yes" if r["address"] == ch.get("in_use") else ""
-            if r["address"] == ch.get("preferred"):
+            mark = "yes" if r["address"] in in_use else ""
+            if r["address"] in preferred:
                 mark += " (preferred)" if mark else "(preferred)"
-            rows.append((str(w.get("slot")), r["address"], mark, state, str(r.get("inserts", 0)),
-                         str(ch.get("switches", 0)), (r.get("error") or "")[:80]))
+            shard = int(r.get("shard", 1))
+            parts = str(waiting[shard - 1]) if shard <= len(waiting) else "-"
+            rows.append((str(w.get("slot")), str(shard), r["address"], mark, state, str(r.get("inserts", 0)),
+                         parts, (r.get("error") or "")[:80]))
     return ["", *_aligned(rows)] if len(rows) > 1 else []
 
 

@@ -38,6 +38,7 @@ from workers.setting_types import (
     ListOf,
     MapOf,
     NatsUrls,
+    Pattern,
     Ratio,
     Seconds,
     Section,
@@ -128,6 +129,22 @@ class NatsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ShardConfig:
+    """One entry of `clickhouse.shards`: a shard's replicas and its weight, in the cluster's order."""
+
+    hosts_items: tuple[str, ...] = key(
+        HostPorts(), "The shard's replicas, as `host:port`, in order of preference (as `clickhouse.hosts`).", (),
+        name="hosts", required=True)
+    weight: int = key(
+        Int(0, 1000), "The shard's weight, as in the cluster's `remote_servers` (`<weight>`): its share of the rows "
+        "is weight / total weight.", 1)
+
+    @property
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        return tuple((h, int(p)) for h, _, p in (a.rpartition(":") for a in self.hosts_items))
+
+
+@dataclass(frozen=True, slots=True)
 class ClickHouseConfig:
     host: str = key(HOSTNAME, "Server host (native protocol). A one-host `hosts` list; not with `hosts`.",
                     "127.0.0.1")
@@ -139,6 +156,12 @@ class ClickHouseConfig:
         "errors and replica-local errors (read-only table, ZooKeeper/Keeper session lost, unknown quorum status), "
         "going back once its own answers healthily again. See [ClickHouse clusters]"
         "(operations.md#clickhouse-clusters).", (), name="hosts", default_doc="`[host:port]`")
+    shards_items: tuple[ShardConfig, ...] = key(
+        ListOf(ShardConfig, "shards"), "The shards of a cluster, in the order of its `remote_servers` entry. Each "
+        "batch is split by `pipelines[].sharding_key` as the cluster's Distributed table splits rows, and each "
+        "shard's part is inserted into that shard's local table (the pipeline's `table`) directly. Not with "
+        "`hosts`, `host` or `port`. See [ClickHouse clusters](operations.md#clickhouse-clusters).", (),
+        name="shards", default_doc="one shard: `hosts`")
     database: str = key(IDENTIFIER, "Database for table names given without a database.", "default")
     user: str = key(Text(), "User name.", "default")
     password: Secret | None = key(Text(), "See [secrets](#secrets).", None, secret=True,
@@ -162,10 +185,21 @@ class ClickHouseConfig:
 
     @property
     def addresses(self) -> tuple[tuple[str, int], ...]:
-        """The servers to insert into, as (host, port): `hosts`, else `host` and `port`."""
+        """Every configured server, as (host, port): the shards' replicas, else `hosts`, else `host` and `port`."""
+        return tuple(a for shard in self.shard_addresses for a in shard)
+
+    @property
+    def shard_addresses(self) -> tuple[tuple[tuple[str, int], ...], ...]:
+        """Each shard's replicas, in the cluster's order (one shard unless `shards` is given)."""
+        if self.shards_items:
+            return tuple(s.addresses for s in self.shards_items)
         if not self.hosts_items:
-            return ((self.host, self.port),)
-        return tuple((h, int(p)) for h, _, p in (a.rpartition(":") for a in self.hosts_items))
+            return (((self.host, self.port),),)
+        return (tuple((h, int(p)) for h, _, p in (a.rpartition(":") for a in self.hosts_items)),)
+
+    @property
+    def shard_weights(self) -> tuple[int, ...]:
+        return tuple(s.weight for s in self.shards_items) or (1,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +331,13 @@ class Pipeline:
         Choice("exactly_once", "at_least_once"), "What a crash may leave behind: nothing twice (a per-partition "
         "commit state in a KV bucket), or duplicates of what was inserted but not acked. See [delivery](#delivery).",
         "exactly_once")
+    sharding_key: str | None = key(
+        Pattern(r"\s*(rand\(\)|rand|cityHash64\(\s*[A-Za-z_][A-Za-z0-9_]*\s*\)|[A-Za-z_][A-Za-z0-9_]*)\s*",
+                "cityHash64(column), an integer column or rand()", "`cityHash64(<column>)`, `<column>` or `rand()`"),
+        "With `clickhouse.shards`: the sharding key of the cluster's Distributed table over `table`, as written "
+        "there: `cityHash64(<column>)` (String, FixedString, integer, Date or DateTime column), a bare integer "
+        "`<column>`, or `rand()` (jetsink's split is then deterministic per batch, so a resend is the same block). "
+        "Required with more than one shard.", None)
     schema_refresh_s: float = key(
         Seconds(allow_zero=True), "How often each worker reads the table's columns again, so that an added or "
         "widened column is used without a restart (0 = never; SIGHUP and a failed insert still read it). See "

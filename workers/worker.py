@@ -30,9 +30,9 @@ from typing import Any
 
 from workers import exitcodes
 from workers.clickhouse import faults, native, sink
-from workers.clickhouse.connect import clickhouse_answers, clickhouse_where
-from workers.clickhouse.replicas import ReplicaSet
+from workers.clickhouse.connect import clickhouse_where
 from workers.clickhouse.schema import ServerFeatures
+from workers.clickhouse.shards import Shards
 from workers.clickhouse.table_schema import SchemaWatch, TableSchema, unused_overrides
 from workers.delivery import commits
 from workers.nats import streams
@@ -128,11 +128,17 @@ class Worker:
 
     async def _boot(self) -> None:
         cfg = self.config
-        # One client per replica of `clickhouse.hosts`, this slot's preferred first; the schema reads
-        # (through its `execute`) and the inserts follow its failovers (workers/clickhouse/replicas.py).
-        self._replicas = ReplicaSet(cfg.clickhouse, preferred=self.slot, who=f"worker {self.slot}",
-                                    log_extra={"slot": self.slot})
+        # One client per replica of each shard (`clickhouse.hosts` is one shard), this slot's preferred
+        # first; the schema reads (through its `execute`) and the inserts follow its failovers, and each
+        # batch is split over the shards (workers/clickhouse/shards.py, replicas.py).
+        self._replicas = Shards(cfg.clickhouse, preferred=self.slot, who=f"worker {self.slot}",
+                                log_extra={"slot": self.slot})
         self._client = self._replicas
+        # (database, table) -> the pipeline's sharding_key (workers/clickhouse/shards.py), for each table it writes.
+        self._sharding_keys = {
+            sink.split_table(table, cfg.clickhouse.database): p.sharding_key for p in cfg.pipelines
+            for table in (p.table, *(getattr(r, "table", None) for r in getattr(p, "routes", ()))) if table
+        }
         where = clickhouse_where(cfg.clickhouse)
         # The servers may still be coming up (embedded mode, a restart): keep trying,
         # beating meanwhile, and only a schema problem is fatal.
@@ -298,10 +304,10 @@ class Worker:
         )
         runner = PartitionRunner(
             self._nc, target, tables, self._in_thread, self._telemetry,
-            clickhouse=self._replicas.query_log(tables[0].schema.table, db),
+            clickhouse=self._replicas.query_log([t.schema.table for t in tables], db),
             tokens=self._features.insert_deduplication_token,
             exit_hook=self._exit_hook,
-            probes=ServerProbes(self._nc, partial(clickhouse_answers, self.config.clickhouse)),
+            probes=ServerProbes(self._nc, self._replicas.answers),
         )
         await runner.start()
         self._runners[key] = runner
@@ -314,15 +320,16 @@ class Worker:
 
     def _insert_columns(self, table: str, database: str, names: tuple[str, ...], columns: list[list]) -> int:
         statement = sink.insert_statement(table, database, names)
-        rows = len(columns[0]) if columns else 0
         # The telemetry's spans and timing wrap the call; with a trace, settings carry its context to the server.
         db, name = sink.split_table(table, database)
 
-        def send(client: Any) -> int:  # on the replica in use; a replica-local failure moves to another
-            with self._telemetry.insert(client, db, name, statement, rows, self._features) as settings:
-                return sink.send_insert(client, statement, columns, settings)
+        def send(client: Any, part: list[list]) -> int:  # on a shard's replica in use; see Shards.insert
+            with self._telemetry.insert(client, db, name, statement, len(part[0]) if part else 0,
+                                        self._features) as settings:
+                return sink.send_insert(client, statement, part, settings)
 
-        return self._replicas.insert(send)
+        key = self._sharding_keys.get((db, name))
+        return self._replicas.insert(table, database, key, names, columns, send)
 
     def _pending(self) -> list[tuple[str, int, int]]:
         """(pipeline, partition, pending) per owned partition, for the consumer.pending gauge."""

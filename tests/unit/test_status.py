@@ -109,7 +109,7 @@ def snapshot(**worker: Any) -> dict:
         "last_batch_at": NOW - 1,
         "heartbeat_age_s": 0.5,
         "stats": {"events/0": stats(5, pending=3, last_batch_at=NOW - 1)},
-        "clickhouse": {"in_use": "ch1:9000", "preferred": "ch1:9000", "switches": 0, "replicas": [
+        "clickhouse": {"in_use": "ch1:9000", "preferred": "ch1:9000", "switches": 0, "waiting": [0], "replicas": [
             {"address": "ch1:9000", "state": "healthy", "error": "", "down_s": 0.0, "inserts": 7}]},
     }
     w.update(worker)
@@ -178,7 +178,7 @@ def test_prometheus_of_nothing_declares_every_metric_without_samples():
     text = render_prometheus(None)
     types, values = scrape(text)
     assert values == {}
-    assert len(types) == len([line for line in text.splitlines() if line.startswith("# TYPE ")]) == len(METRICS) == 30
+    assert len(types) == len([line for line in text.splitlines() if line.startswith("# TYPE ")]) == len(METRICS) == 31
 
 
 def test_status_table():
@@ -356,9 +356,9 @@ def test_status_and_metrics_show_the_replica_each_worker_uses_and_each_replicas_
         {"address": "ch2:9000", "state": "healthy", "error": "", "down_s": 0.0, "inserts": 9}]}
     table = render_status_table(snapshot(clickhouse=ch), now=NOW)
     lines = table.splitlines()
-    at = next(i for i, line in enumerate(lines) if line.startswith("SLOT  CLICKHOUSE"))
-    assert lines[at + 1].split()[:5] == ["0", "ch1:9000", "(preferred)", "down", "12.0s"]
-    assert lines[at + 2].split()[:5] == ["0", "ch2:9000", "yes", "healthy", "9"]
+    at = next(i for i, line in enumerate(lines) if line.startswith("SLOT  SHARD  CLICKHOUSE"))
+    assert lines[at + 1].split()[:6] == ["0", "1", "ch1:9000", "(preferred)", "down", "12.0s"]
+    assert lines[at + 2].split()[:6] == ["0", "1", "ch2:9000", "yes", "healthy", "9"]
     _, samples = scrape(render_prometheus(snapshot(clickhouse=ch)))
     assert samples[("jetsink_clickhouse_replica_in_use", (("replica", "ch2:9000"), ("slot", "0")))] == 1
     assert samples[("jetsink_clickhouse_replica_in_use", (("replica", "ch1:9000"), ("slot", "0")))] == 0
@@ -366,3 +366,15 @@ def test_status_and_metrics_show_the_replica_each_worker_uses_and_each_replicas_
     assert samples[("jetsink_clickhouse_replica_switches_total", (("slot", "0"),))] == 1
     # One replica: no replica table (nothing to choose between).
     assert "CLICKHOUSE" not in render_status_table(snapshot(), now=NOW)
+    # Two shards: the replica in use of each, and the parts waiting for shard 2.
+    sharded = {"in_use": "a1:9000,b1:9000", "in_use_list": ["a1:9000", "b1:9000"], "preferred": "a1:9000,b1:9000",
+               "switches": 0, "waiting": [0, 3], "replicas": [
+                   {"address": "a1:9000", "state": "healthy", "error": "", "down_s": 0.0, "inserts": 5, "shard": 1},
+                   {"address": "b1:9000", "state": "down", "error": "EOFError", "down_s": 4.0, "inserts": 2,
+                    "shard": 2},
+               ]}
+    _, samples = scrape(render_prometheus(snapshot(clickhouse=sharded)))
+    assert samples[("jetsink_clickhouse_shard_parts_waiting", (("shard", "2"), ("slot", "0")))] == 3
+    assert samples[("jetsink_clickhouse_shard_parts_waiting", (("shard", "1"), ("slot", "0")))] == 0
+    assert samples[("jetsink_clickhouse_replica_in_use", (("replica", "a1:9000"), ("slot", "0")))] == 1
+    assert samples[("jetsink_clickhouse_replica_in_use", (("replica", "b1:9000"), ("slot", "0")))] == 1

@@ -54,17 +54,29 @@ class InsertIdentity:
 
     query_id: str
     token: str | None  # insert_deduplication_token, when the server has it
+    # A part's whole block (its query_id) and where the part's rows start in it (-1: its rows are
+    # numbered anew, mapped again after a table change): a shard's split (workers/clickhouse/shards.py)
+    # remembers which of the block's rows and shard parts are stored across its parts.
+    base: str | None = None
+    offset: int = 0
 
     def part(self, lo: int, hi: int) -> "InsertIdentity":
         """The identity of rows lo..hi of the batch (a split around refused rows)."""
-        return InsertIdentity(f"{self.query_id}-{lo}-{hi}", self.token and f"{self.token}:{lo}-{hi}")
+        return InsertIdentity(f"{self.query_id}-{lo}-{hi}", self.token and f"{self.token}:{lo}-{hi}",
+                              self.base or self.query_id, -1 if self.offset < 0 else self.offset + lo)
+
+    def shard(self, n: int) -> "InsertIdentity":
+        """The identity of the rows of this insert that go to shard n (0-based): the same on every resend,
+        since the split is (workers/clickhouse/shards.py)."""
+        return InsertIdentity(f"{self.query_id}-s{n}", self.token and f"{self.token}:s{n}")
 
     def remapped(self, n: int) -> "InsertIdentity":
         """The identity of the batch's rows mapped again (the n-th time) after its table changed
         under it: other rows than the first mapping's, so never the same names or tokens (a
         token the server saw would make it drop them).  A next owner that finds any of them
         logged with rows cannot tell what landed and resends the batch (workers/delivery/takeover.py)."""
-        return InsertIdentity(f"{self.query_id}-r{n}", self.token and f"{self.token}:r{n}")
+        return InsertIdentity(f"{self.query_id}-r{n}", self.token and f"{self.token}:r{n}",
+                              self.base or self.query_id, -1)
 
     def routed(self, route: str) -> "InsertIdentity":
         """The identity of the batch's part for one route's table (workers/partition/writer.py): each
@@ -109,7 +121,9 @@ def run_as(ident: InsertIdentity | None, fn: Callable[..., Any], *args: Any) -> 
         current.reset(token)
 
 
-def landed(client: Any, query_id: str, began_at: float, wait_s: float = 60.0) -> bool | None:
+def landed(
+    client: Any, query_id: str, began_at: float, wait_s: float = 60.0, others_like: str | None = None,
+) -> bool | None:
     """Is the insert `query_id` in the table?  True, False, or None (cannot tell).
 
     `began_at`: the owner's wall-clock time just before it sent the insert.  A batch is sent
@@ -119,18 +133,22 @@ def landed(client: Any, query_id: str, began_at: float, wait_s: float = 60.0) ->
 
     A server that refuses the questions (no right to SYSTEM FLUSH LOGS or to read
     system.query_log) gives None; a network error is raised, for the caller to retry.
+    `others_like`: a LIKE pattern of more query ids that are parts of this insert (a shard's parts of
+    a batch split around refused rows, workers/clickhouse/shards.py), counted like its own parts.
     """
     try:
-        return _landed(client, query_id, began_at, wait_s)
+        return _landed(client, query_id, began_at, wait_s, others_like)
     except ServerException:
         return None
 
 
-def _landed(client: Any, query_id: str, began_at: float, wait_s: float) -> bool | None:
+def _landed(client: Any, query_id: str, began_at: float, wait_s: float, others_like: str | None) -> bool | None:
     deadline = time.monotonic() + wait_s
-    params = {"q": query_id, "parts": query_id + "-%", "probe": f"jetsink-probe-{uuid.uuid4().hex}"}
+    params = {"q": query_id, "parts": query_id + "-%", "probe": f"jetsink-probe-{uuid.uuid4().hex}",
+              "others": others_like or query_id + "-%"}
     while client.execute(
-        "SELECT count() FROM system.processes WHERE query_id = %(q)s OR query_id LIKE %(parts)s", params
+        "SELECT count() FROM system.processes WHERE query_id = %(q)s OR query_id LIKE %(parts)s "
+        "OR query_id LIKE %(others)s", params
     )[0][0]:
         # Still running (its client just died): it ends by itself, then it is logged.
         if time.monotonic() > deadline:
@@ -147,7 +165,8 @@ def _landed(client: Any, query_id: str, began_at: float, wait_s: float) -> bool 
             return None  # the server keeps no query log
         logged = client.execute(
             "SELECT query_id, type, written_rows FROM system.query_log "
-            "WHERE event_date >= %(d)s AND (query_id IN (%(q)s, %(probe)s) OR query_id LIKE %(parts)s)",
+            "WHERE event_date >= %(d)s AND (query_id IN (%(q)s, %(probe)s) OR query_id LIKE %(parts)s "
+            "OR query_id LIKE %(others)s)",
             params,
         )
         if any(q == params["probe"] for q, _, _ in logged):

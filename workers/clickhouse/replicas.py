@@ -35,7 +35,7 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from workers.clickhouse import faults, indoubt, sink
 from workers.clickhouse.connect import Address, address_text, clickhouse_client
@@ -74,9 +74,11 @@ class ReplicaSet:
     def __init__(
         self, cfg: Any, preferred: int = 0, who: str = "worker", log_extra: dict | None = None,
         connect: Callable[..., Any] = clickhouse_client, clock: Callable[[], float] = time.monotonic,
+        addresses: Sequence[Address] | None = None,
     ) -> None:
         self._cfg = cfg
-        self.replicas = [Replica(a) for a in cfg.addresses]
+        # `addresses`: one shard's replicas (workers/clickhouse/shards.py); by default the configured hosts.
+        self.replicas = [Replica(a) for a in (addresses or cfg.addresses)]
         self.preferred = preferred % len(self.replicas)
         self.current = self.preferred
         self.switches = 0
@@ -219,13 +221,15 @@ class ReplicaSet:
     # -- the in-doubt question ----------------------------------------------------
 
     def landed(
-        self, table: str, database: str, query_id: str, began_at: float, wait_s: float = 60.0,
-        recorded: str | None = None,
+        self, table: str | Sequence[str], database: str, query_id: str, began_at: float, wait_s: float = 60.0,
+        recorded: str | None = None, others_like: str | None = None,
     ) -> bool | None:
         """Did the insert `query_id` land on any replica?  True, False or None (cannot tell: resend the
-        identical block).  See the module's docstring; `recorded`: the replica named in the batch's range."""
+        identical block).  See the module's docstring; `recorded`: the replica named in the batch's range;
+        `others_like`: more query ids (a LIKE pattern) that are parts of it (indoubt.landed).  `table`: the
+        table (or tables) the insert may be in, for whether they deduplicate blocks."""
         if len(self.replicas) == 1:
-            return indoubt.landed(self.client(0), query_id, began_at, wait_s)
+            return indoubt.landed(self.client(0), query_id, began_at, wait_s, others_like)
         sent = {i for q, hosts in self._sent.items() if q == query_id or q.startswith(query_id + "-") for i in hosts}
         order = sorted(sent) if sent else list(range(len(self.replicas)))
         texts = [address_text(r.address) for r in self.replicas]
@@ -236,7 +240,7 @@ class ReplicaSet:
         silent: list[str] = []
         for i in order:
             try:
-                verdict = indoubt.landed(self.client(i), query_id, began_at, wait_s)
+                verdict = indoubt.landed(self.client(i), query_id, began_at, wait_s, others_like)
             except Exception as exc:
                 if not faults.unreachable(exc):
                     raise
@@ -248,11 +252,12 @@ class ReplicaSet:
             answers.append(verdict)
         if not silent and all(a is False for a in answers):
             return False
-        if not silent or self._deduplicates(table, database):
+        tables = [table] if isinstance(table, str) else list(table)
+        if not silent or all(self._deduplicates(t, database) for t in tables):
             return None  # resent as the same block: a Replicated table's shard drops a copy it has
         raise ConnectionError(
             f"the in-doubt insert {query_id} may be on clickhouse {', '.join(silent)}, which does not answer, and "
-            f"table {table} does not deduplicate blocks (not Replicated*): the batch waits for that replica"
+            f"table {', '.join(tables)} does not deduplicate blocks (not Replicated*): the batch waits for that replica"
         )
 
     def _deduplicates(self, table: str, database: str) -> bool:
