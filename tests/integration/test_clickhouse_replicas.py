@@ -15,9 +15,10 @@ import yaml
 
 from bench.clickhouse_cluster import ClickHouseCluster, Replica
 from supervisor import embedded
-from tests.integration.harness import Load, Supervisor, pipeline_names, sink_config, wait_until
+from tests.integration.harness import Load, Supervisor, demo_events, fed, pipeline_names, sink_config, wait_until
 from workers.clickhouse import indoubt, sink
 from workers.clickhouse.replicas import ReplicaSet
+from workers.delivery import commits
 from workers.settings import ClickHouseConfig
 
 COLUMNS = """(
@@ -252,3 +253,31 @@ def test_zookeeper_stopped_for_10s_mid_stream(healthy, nats_url, tmp_path):
     # Every replica's session is back before the next test.
     wait_until(lambda: all(run(r, "SELECT count() FROM system.zookeeper WHERE path = '/'") for r in cluster.replicas),
                60, "every replica to read ZooKeeper again")
+
+
+def test_a_batch_in_doubt_whose_replica_died_is_resent_to_the_other_and_dropped(healthy, nats_url, tmp_path,
+                                                                                  monkeypatch):
+    """The worker exits between its insert (into r1) and its ack, and r1 is kill -9'd before the next
+    owner asks: r1 cannot be asked, r2 never saw the insert (its "never landed" alone would store the
+    batch twice), so the batch is resent as the same block to r2 and the shard drops it."""
+    cluster, db = healthy
+    r1, r2 = cluster.replicas
+    create_events(cluster, db)
+    monkeypatch.setenv(commits.EXIT_AFTER_INSERT_ENV, f"2:{tmp_path / 'hook-fired'}")
+    names, prefix = pipeline_names("ri")
+    cfg = hosts_config(sink_config(tmp_path, nats_url, 0, db, workers=1, partitions=1, max_rows=1000, **names),
+                       cluster)
+    total = 5000
+    with fed(cfg, tmp_path / "sup.log", nats_url, names["stream"], demo_events(prefix, 0, total)) as sup:
+        line = sup.wait(lambda: sup.logged("test hook"), 60, "the worker to exit between insert and ack")[0]
+        r1.kill()
+        first, last = (int(x) for x in line["msg"].rsplit("range ", 1)[1].rstrip(")").split(".."))
+        settled = sup.wait(lambda: sup.logged(f"in-doubt batch {first}..{last}"), 60, "the in-doubt batch settled")[0]
+        print(f"\n{settled['msg']}")
+        assert f"sent while clickhouse {r1.address} was in use" in settled["msg"]
+        assert "sent again" in settled["msg"]
+        wait_until(lambda: counts(r2, db)[1] >= total, 120, "every event on r2", interval=0.2)
+        r1.start()
+        for lost, duplicates in every_replica_once(cluster, db, total):
+            assert (lost, duplicates) == (0, 0)
+        assert sup.terminate() == 0

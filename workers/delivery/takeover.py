@@ -136,9 +136,10 @@ class Takeover:
         if ident.token:
             dedup = "deduplicated by its token where the table deduplicates"
         else:
-            dedup = "a duplicate if it had landed"
+            dedup = "dropped by block deduplication on a Replicated table, a duplicate elsewhere if it had landed"
         log.warning(
-            "%s: cannot tell whether its insert landed (ClickHouse restarted?); sent again as the same block "
+            "%s: cannot tell whether its insert landed (ClickHouse restarted, or a replica that may hold it does "
+            "not answer); sent again as the same block "
             "(%d rows, %s)", where, prepared.rows, dedup,
             extra={**self.log_extra, "first_seq": r.first, "last_seq": r.last, "rows": prepared.rows},
         )
