@@ -105,6 +105,15 @@ def test_one_stream_three_tables_a_skip_and_metadata_columns(
     config, names, prefix = _routed(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database)
     msgs = _messages(prefix, n)
     counts = {"clicks": n // 5, "views": n // 5, "orders": n // 5}
+    check = _check(config)  # what `check --connect` shows of the routes and the columns' sources
+    assert check.returncode == 0, check.stderr
+    assert f"route 0 clicks: subject {prefix}.click.* -> table clicks" in check.stdout
+    assert 'route 1 views: field kind in ["view", "open"] -> table views' in check.stdout
+    assert f"route 3 skip_3: subject {prefix}.debug.* -> skip" in check.stdout
+    assert "unrouted messages: dead letter" in check.stdout
+    assert f"pipeline {names['name']}/clicks: inserts columns event_id, user_id, subj, seq, stored, tenant, raw, " \
+           "part into clicks; subj from the message's subject; seq from the message's stream_sequence" \
+           in check.stdout
     with fed(config, tmp_path / "sink.log", nats_url, names["stream"], msgs, partitions=2) as sup:
         def done():
             return all(clickhouse_client.execute(f"SELECT count() FROM {db}.{t}")[0][0] >= c
@@ -169,6 +178,34 @@ def test_one_stream_three_tables_a_skip_and_metadata_columns(
     assert len(letters) == n // 5
     assert {m.headers["Jetsink-Reason"] for m in letters} == {"unrouted"}
     assert all(".other." in m.headers["Jetsink-Subject"] for m in letters)  # the stored subject
+
+
+def _check(config):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "supervisor", "check", "--connect", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_column_added_to_a_routes_table_takes_the_first_values_that_carry_it(
+    tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database,
+):
+    db = ch_database
+    config, names, prefix = _routed(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database,
+                                    schema_refresh_s=0)
+    clicks = [(f"{prefix}.click.k{i % 3}", orjson.dumps(_event(i, "click")), {"X-Tenant": "t"}) for i in range(200)]
+    with fed(config, tmp_path / "sink.log", nats_url, names["stream"], clicks, partitions=2) as sup:
+        sup.wait(lambda: clickhouse_client.execute(f"SELECT count() FROM {db}.clicks")[0][0] >= 200, 60, "clicks")
+        clickhouse_client.execute(f"ALTER TABLE {db}.clicks ADD COLUMN note String DEFAULT ''")
+        noted = [(f"{prefix}.click.k{i % 3}", orjson.dumps({**_event(i, "click"), "note": f"n{i}"}), None)
+                 for i in range(200, 500)]
+        publish_events(nats_url, noted, names["stream"])
+        sup.wait(lambda: clickhouse_client.execute(f"SELECT count() FROM {db}.clicks")[0][0] >= 500, 60, "noted")
+        assert sup.terminate() == 0
+    rows = dict(clickhouse_client.execute(f"SELECT event_id, note FROM {db}.clicks"))
+    assert len(rows) == 500
+    assert [i for i in range(500) if rows[f"e{i:06d}"] != (f"n{i}" if i >= 200 else "")] == []
 
 
 def _status_text(sup) -> str | None:
