@@ -95,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="drain into a ClickHouse cluster the bench starts itself: ZooKeeper + S shards x R replicas "
                         "(ReplicatedMergeTree, clickhouse.shards/hosts); reports rows per shard and replica; "
                         "--chaos kill-clickhouse then kills the replica worker 0 inserts into")
+    p.add_argument("--routes", type=int, default=0, metavar="N",
+                   help="route the events by their kind over N routes (pipelines[].routes), all into the table: "
+                        "each batch is N parts (default 0: no routes)")
     p.add_argument("--repeat", type=int, default=1, metavar="N",
                    help="the whole run N times, each on a fresh stream (and fresh cluster); a summary at the end")
     return p
@@ -159,6 +162,7 @@ def main(argv: list[str]) -> int:
         chaos_at=args.chaos_at,
         cluster=args.cluster,
         clickhouse_cluster=args.clickhouse_cluster,
+        routes=args.routes,
     )
     if args.sweep:
         param, values = _parse_sweep(args.sweep)

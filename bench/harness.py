@@ -27,6 +27,7 @@ import psutil
 import yaml
 
 from bench.clickhouse_cluster import ClickHouseCluster
+from bench.events import KINDS
 from bench.nats_cluster import NatsCluster, start_cluster
 from supervisor import embedded, embedded_clickhouse, embedded_nats
 
@@ -283,8 +284,10 @@ def run_config(
     state_dir: Path,
     memory_profiles: bool,
     tracing: bool,
+    routes: int = 0,
 ) -> dict[str, Any]:
-    """The config the bench starts the supervisor with: the base's first pipeline, renamed."""
+    """The config the bench starts the supervisor with: the base's first pipeline, renamed; with `routes`,
+    its events routed by kind over that many routes, all into its table (each route one part per batch)."""
     pipelines = base.get("pipelines") or []
     if not pipelines:
         raise ValueError("the config has no pipelines to benchmark")
@@ -300,6 +303,12 @@ def run_config(
         table=names.table,
         dlq={"stream": names.dlq_stream, "subject": f"dlq.bench{names.run_id}"},
     )
+    if routes:
+        table = pipeline.pop("table")
+        pipeline.pop("create_table", None)  # run.py creates the table
+        kinds = [list(KINDS[i::routes]) for i in range(routes)]
+        pipeline["routes"] = [{"name": f"r{i}", "field": "kind", "in": k, "table": table}
+                              for i, k in enumerate(kinds) if k]
     # The bench records its own CPU profiles over the measured window; the supervisor's
     # periodic ones (with observability on) would put a second py-spy on each worker.
     # Without the bench's profiles (--no-profiles), a --trace run keeps the supervisor's

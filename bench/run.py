@@ -62,6 +62,7 @@ class RunOptions:
     chaos_at: float = 0.3
     cluster: int = 0  # nodes of the bench's own NATS cluster (0: one nats-server, or the config's)
     clickhouse_cluster: str | None = None  # "SxR": the bench's own ClickHouse cluster (bench/clickhouse_cluster.py)
+    routes: int = 0  # route the events by kind over this many routes into the table (0: no routes)
 
 
 class Console:
@@ -101,7 +102,8 @@ def run_once(
     notes: list[str] = []
 
     data = harness.run_config(
-        base, servers, names, opts.workers, state_dir, memory_profiles=opts.profiles, tracing=opts.trace
+        base, servers, names, opts.workers, state_dir, memory_profiles=opts.profiles, tracing=opts.trace,
+        routes=opts.routes,
     )
     try:
         config = parse_config(data, base_dir)
@@ -122,6 +124,8 @@ def run_once(
     admin = clickhouse_client(config.clickhouse.__class__(**{**_fields(config.clickhouse), "database": "default"}))
     admin.execute(f"CREATE DATABASE IF NOT EXISTS {names.database}")
     client = clickhouse_client(config.clickhouse)
+    if opts.routes and pipeline0.get("create_table"):  # a routed pipeline has no create_table of its own
+        client.execute(pipeline0["create_table"])
     provision.check_tables(config)
     nats = _nats_thread(config)
     nats.call(provision.provision_streams(config))
