@@ -183,7 +183,9 @@ class Arbiter:
         state = Path(cfg.state_dir)
         if cfg.nats.embedded:
             host, port = _host_port(cfg.nats.servers[0], 4222)
-            self._servers.append(embedded_nats.start_nats(state / "nats", port=port, host=host))
+            # The embedded server carries the account mappings of stream_per_partition pipelines itself.
+            self._servers.append(embedded_nats.start_nats(state / "nats", port=port, host=host,
+                                                          mappings=provision.account_mappings(cfg)))
             log.info("started embedded nats-server on %s:%d (store %s)", host, port, state / "nats")
         if cfg.clickhouse.embedded:
             ch = cfg.clickhouse
@@ -540,6 +542,7 @@ class Arbiter:
                 log.info("SIGHUP: %s unchanged", source)
             self.config = new
             return
+        self._remap_embedded_nats(new)
         try:
             self._provision(new)
         except (provision.ProvisionError, ConnectionError) as exc:
@@ -560,6 +563,20 @@ class Arbiter:
             w = self._handle(slot)
             if not w.alive and w.restart_at is None:
                 self._spawn(w)
+
+    def _remap_embedded_nats(self, new: Config) -> None:
+        """A reload that changes the subject mappings (stream_per_partition pipelines) reloads the embedded
+        nats-server with them; provisioning then waits until its probes see them."""
+        from supervisor import embedded_nats
+
+        want = provision.account_mappings(new)
+        if not new.nats.embedded or want == provision.account_mappings(self.config):
+            return
+        for server in self._servers:
+            if server.name == "nats-server":
+                embedded_nats.write_mappings(server.data_dir, want)
+                embedded_nats.reload(server)
+                log.info("SIGHUP: embedded nats-server reloaded with the subject mappings %s", want)
 
     def _refresh_schemas(self) -> None:
         """SIGHUP: every running worker reads its tables again now (config changed or not)."""

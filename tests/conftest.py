@@ -43,6 +43,33 @@ def nats_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def mapped_nats_server(tmp_path_factory):
+    """A second nats-server whose account mappings tests add by config reload (stream_per_partition)."""
+    _fail_if_missing(embedded_nats.find_nats_server)
+    mappings: dict[str, str] = {}
+    server = embedded_nats.start_nats(tmp_path_factory.mktemp("mapped-nats"), embedded.free_port(), mappings=mappings)
+    yield server, mappings
+    server.stop()
+
+
+@pytest.fixture(params=["single_stream", "stream_per_partition"])
+def layout(request) -> str:
+    """Both stream layouts (pipelines[].layout), for the tests that prove the guarantees on each."""
+    return request.param
+
+
+@pytest.fixture
+def layout_nats(layout, request):
+    """The test's NATS for `layout`: the session's server, or one whose account maps subjects into partitions."""
+    from tests.integration.harness import LayoutNats
+
+    if layout == "single_stream":
+        return LayoutNats(layout, request.getfixturevalue("nats_url"))
+    server, mappings = request.getfixturevalue("mapped_nats_server")
+    return LayoutNats(layout, f"nats://{server.host}:{server.port}", server, mappings)
+
+
+@pytest.fixture(scope="session")
 def clickhouse_server(tmp_path_factory):
     _fail_if_missing(embedded_clickhouse.find_clickhouse_server)
     server = embedded_clickhouse.start_clickhouse(tmp_path_factory.mktemp("clickhouse"), embedded.free_port())

@@ -294,6 +294,16 @@ class Pipeline:
         "while its cost grows with the number of distinct keys: each filtered consumer's lookup matches its keys "
         "and scans past the other partitions' messages (docs/benchmarks.md, \"Where nats-server's time goes\").",
         required=True)
+    layout: str = key(
+        Choice("single_stream", "stream_per_partition"), "Where the partitions are stored. `single_stream`: one "
+        "stream whose subject transform maps `events.<key>` to `events.<p>.<key>`, one filtered consumer per "
+        "partition. `stream_per_partition`: the NATS account maps the subject (a core `mappings` entry in the "
+        "server config, or `nsc add mapping`; the embedded server gets it from jetsink), and each partition is a "
+        "stream of its own, `<stream>_<p>`, with one consumer, which costs nats-server less CPU per message "
+        "([benchmarks](benchmarks.md#stream-layouts)). "
+        "Provisioning checks the mapping and refuses to start without it. Changing it on an existing pipeline: "
+        "`python -m supervisor migrate-layout` ([Changing a pipeline's layout]"
+        "(operations.md#changing-a-pipelines-layout)).", "single_stream")
     table: str | None = key(
         TABLE_NAME, "Target table. Without a database, `clickhouse.database` is used. Required unless `routes` is "
         "given (then each route names its table, and the pipeline has none).", None, default_doc="none")

@@ -46,7 +46,7 @@ from workers.partition.retry import ServerProbes
 from workers.partition.runner import PartitionRunner
 from workers.partition.writer import WriteTable
 from workers.settings import Config, profiles_dir, targets
-from workers.topology import consumer_name
+from workers.topology import consumer_name, partition_view
 
 log = logging.getLogger("jetsink.worker")
 
@@ -298,8 +298,9 @@ class Worker:
         db = self.config.clickhouse.database
         tables = [WriteTable(schema, partial(self._insert_columns, schema.table, db))
                   for schema in self._schemas.of(pipeline)]
+        # The pipeline as this partition reads it: `stream` is the partition's own with stream_per_partition.
         target = PartitionTarget(
-            pipeline=p, index=index, consumer=consumer_name(pipeline, index), worker=self.slot,
+            pipeline=partition_view(p, index), index=index, consumer=consumer_name(pipeline, index), worker=self.slot,
             replicas=streams.replicas_of(self.config.nats.replicas, self._nc._server_info),
         )
         runner = PartitionRunner(

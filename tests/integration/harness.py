@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -256,11 +257,72 @@ class _OwnServer:
 
 
 class OwnNats(_OwnServer):
-    """A nats-server (JetStream on) of the test's own; `url` to connect to it."""
+    """A nats-server (JetStream on) of the test's own; `url` to connect to it.  With `mappings`
+    (source -> destination) the account maps those subjects; `map` adds one as an operator would."""
 
-    def __init__(self, tmp_path: Path) -> None:
-        super().__init__(embedded_nats.start_nats, tmp_path / "nats")
+    def __init__(self, tmp_path: Path, mappings: dict[str, str] | None = None) -> None:
+        self.mappings = mappings
+        super().__init__(partial(embedded_nats.start_nats, mappings=mappings), tmp_path / "nats")
         self.url = f"nats://127.0.0.1:{self.port}"
+
+    def map(self, subject: str, partitions: int) -> None:
+        """Map `subject` into partitions (stream_per_partition) by a config reload, and wait until the
+        server applies it (a probe publish is mapped)."""
+        map_subject(self.server, self.mappings, subject, partitions)
+
+
+def map_subject(server: Any, mappings: dict[str, str], subject: str, partitions: int) -> None:
+    """Add the stream_per_partition mapping of `subject` to a nats-server's config, reload it and wait
+    until a publish to `subject` is mapped (seen by a core subscriber of the mapped subjects)."""
+    import nats
+
+    from workers.topology import account_mapping, partition_filter
+
+    src, dest = account_mapping(subject, partitions)
+    mappings[src] = dest
+    embedded_nats.write_mappings(server.data_dir, mappings)
+    embedded_nats.reload(server)
+    probe = subject.replace("*", "probe")
+
+    async def mapped() -> bool:
+        nc = await nats.connect(f"nats://{server.host}:{server.port}")
+        try:
+            sub = await nc.subscribe(partition_filter(subject, 0).replace(".0.", ".*.", 1))
+            await nc.publish(probe, b"")
+            try:
+                await sub.next_msg(timeout=0.5)
+                return True
+            except Exception:
+                return False
+        finally:
+            await nc.close()
+
+    wait_until(lambda: run(mapped()), 20, f"the mapping of {subject} applied")
+
+
+class LayoutNats:
+    """A test's NATS for one layout: `url`; `pipeline(subject, partitions)` the pipeline keys it needs
+    (with stream_per_partition, the account mapping is added first); `expected(stream)` what a publish
+    may name as its stream (None: a stream per partition)."""
+
+    def __init__(self, layout: str, url: str, server: Any = None, mappings: dict[str, str] | None = None) -> None:
+        self.layout, self.url, self._server, self._mappings = layout, url, server, mappings
+
+    @property
+    def per_partition(self) -> bool:
+        return self.layout == "stream_per_partition"
+
+    def pipeline(self, subject: str, partitions: int, **keys: Any) -> dict:
+        if self.per_partition:
+            map_subject(self._server, self._mappings, subject, partitions)
+        return {"layout": self.layout, **keys}
+
+    def expected(self, stream: str) -> str | None:
+        return None if self.per_partition else stream
+
+    def streams(self, stream: str, partitions: int) -> list[str]:
+        """The streams holding the pipeline's messages."""
+        return [f"{stream}_{i}" for i in range(partitions)] if self.per_partition else [stream]
 
 
 class OwnClickHouse(_OwnServer):

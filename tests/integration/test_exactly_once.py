@@ -43,10 +43,12 @@ def _kill_group(sup):
     sup.close()
 
 
-def test_kill_9_of_a_worker_mid_stream(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
+def test_kill_9_of_a_worker_mid_stream(tmp_path, layout_nats, clickhouse_server, clickhouse_client, ch_database):
     names, prefix = pipeline_names("xo")
+    nats_url = layout_nats.url
     cfg = sink_config(
-        tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=4, workers=2, max_rows=2000, **names
+        tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=4, workers=2, max_rows=2000,
+        pipeline=layout_nats.pipeline(names["subject"], 4), **names
     )
     total = 30_000
     with under_load(cfg, tmp_path / "sink.log", nats_url, prefix, total, RATE, 4) as (sup, load):

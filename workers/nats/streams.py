@@ -1,5 +1,6 @@
-"""The JetStream objects a pipeline reads from: its stream (with the partition transform), its
-dead-letter stream, and one durable pull consumer per partition.
+"""The JetStream objects a pipeline reads from: its stream (with the partition transform) or its
+partition streams (workers/topology.py, the layouts), its dead-letter stream, and one durable pull
+consumer per partition.
 
 The supervisor makes them all at start and reload (supervisor/provision.py); a worker whose
 partition finds its consumer or stream gone while it runs makes that partition's again here
@@ -9,6 +10,7 @@ function is idempotent: what exists and matches is left as it is.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -17,7 +19,16 @@ from typing import Any
 from nats.js import api
 from nats.js.errors import NotFoundError
 
-from workers.topology import PRIORITY_GROUP, consumer_name, partition_filter, transform_destination
+from workers.topology import (
+    PRIORITY_GROUP,
+    STREAM_PER_PARTITION,
+    account_mapping,
+    consumer_name,
+    partition_filter,
+    partition_view,
+    probe_subjects,
+    transform_destination,
+)
 
 log = logging.getLogger("jetsink.provision")
 
@@ -89,6 +100,97 @@ async def scale(js: Any, cfg: Any, replicas: int) -> None:
 
 
 async def ensure_stream(js: Any, p: Any, replicas: int = 1) -> bool:
+    """The pipeline's streams as its layout has them; True when one was created now."""
+    if p.layout == STREAM_PER_PARTITION:
+        made = False
+        for index in range(p.partitions):
+            made |= await ensure_partition_stream(js, partition_view(p, index), index, replicas)
+        return made
+    return await _ensure_single_stream(js, p, replicas)
+
+
+async def ensure_partition_stream(js: Any, view: Any, index: int, replicas: int = 1) -> bool:
+    """Partition `index`'s stream (stream_per_partition; `view` is workers.topology.partition_view's),
+    capturing what the account's mapping sends to the partition; True when it was created now."""
+    subject = partition_filter(view.subject, index)
+    try:
+        info = await js.stream_info(view.stream)
+    except NotFoundError:
+        try:
+            await js.add_stream(api.StreamConfig(name=view.stream, subjects=[subject], storage=api.StorageType.FILE,
+                                                 num_replicas=replicas))
+        except Exception:
+            info = await js.stream_info(view.stream)  # made by another process first
+        else:
+            log.info("created stream %s for partition %d (%s, %d replicas)", view.stream, index, subject, replicas,
+                     extra={"pipeline": view.name})
+            return True
+    cfg = info.config
+    await scale(js, cfg, replicas)
+    if (cfg.subjects or []) != [subject] or cfg.subject_transform is not None:
+        raise ProvisionError(
+            f"pipelines {view.name}: stream {view.stream} exists with subjects {cfg.subjects}"
+            + (" and a subject transform" if cfg.subject_transform is not None else "")
+            + f"; partition {index}'s stream (layout stream_per_partition) takes {subject!r} alone"
+        )
+    return False
+
+
+# A probe publish's answer: the stream refuses it (the expected stream does not exist) and names itself.
+_PROBE_HEADER = {"Nats-Expected-Stream": "jetsink-mapping-probe"}
+
+
+async def mapped_streams(nc: Any, subjects: list[str], timeout: float = 5.0) -> list[str | None]:
+    """For each subject, the stream a publish to it would land in, or None (no stream takes it).
+
+    Nothing is stored: the publish expects a stream that does not exist, so the stream that
+    takes the subject answers with an error naming itself, and no consumer ever sees it."""
+    from nats.errors import NoRespondersError
+    from nats.errors import TimeoutError as NatsTimeout
+
+    async def one(subject: str) -> str | None:
+        try:
+            reply = await nc.request(subject, b"", timeout=timeout, headers=_PROBE_HEADER)
+        except (NoRespondersError, NatsTimeout, asyncio.TimeoutError):
+            return None
+        try:
+            return json.loads(reply.data).get("stream")
+        except ValueError:
+            return None
+
+    return list(await asyncio.gather(*(one(s) for s in subjects)))
+
+
+async def check_mapping(nc: Any, p: Any, wait_s: float = 5.0) -> None:
+    """Refuse a stream_per_partition pipeline whose account does not map its subject into partitions
+    as its partition streams expect (ProvisionError naming the pipeline and the mapping to add).
+
+    Every partition gets a probe.  Wrong answers are asked again for up to `wait_s` (a config
+    reload that adds the mapping may be under way)."""
+    probes = probe_subjects(p.subject, p.partitions)
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while True:
+        landed = await mapped_streams(nc, [s for s, _ in probes])
+        wrong = [(s, want, got) for (s, want), got in zip(probes, landed, strict=True)
+                 if got != partition_view(p, want).stream]
+        if not wrong:
+            return
+        if asyncio.get_running_loop().time() >= deadline:
+            break
+        await asyncio.sleep(0.2)  # polling the server's answer until the deadline
+    src, dest = account_mapping(p.subject, p.partitions)
+    subject, want, got = wrong[0]
+    raise ProvisionError(
+        f"pipelines {p.name}: layout stream_per_partition needs the NATS account to map {src!r} to {dest!r}; "
+        f"a probe published to {subject!r} {'landed in stream ' + got if got else 'landed in no stream'}, not in "
+        f"{partition_view(p, want).stream} ({len(wrong)} of {len(probes)} probes wrong). Add to the server config "
+        f"`mappings {{ \"{src}\": \"{dest}\" }}` and reload it (`nats-server --signal reload`), or with JWTs "
+        f"`nsc add mapping --from \"{src}\" --to \"{dest}\"` and push the account "
+        "(docs/operations.md, \"Stream per partition\")"
+    )
+
+
+async def _ensure_single_stream(js: Any, p: Any, replicas: int = 1) -> bool:
     """The pipeline's stream with its partition transform; True when it was created now."""
     transform = api.SubjectTransform(src=p.subject, dest=transform_destination(p.subject, p.partitions))
     try:
@@ -138,7 +240,8 @@ async def ensure_dlq(js: Any, p: Any, replicas: int = 1) -> None:
 
 
 async def consumer_exists(js: Any, p: Any, index: int) -> Any:
-    """The partition's consumer's info, or None when it does not exist."""
+    """The partition's consumer's info, or None when it does not exist (`p`: the partition's view,
+    workers.topology.partition_view, whose `stream` holds the partition)."""
     try:
         return await js.consumer_info(p.stream, consumer_name(p.name, index))
     except NotFoundError:
@@ -146,7 +249,8 @@ async def consumer_exists(js: Any, p: Any, index: int) -> Any:
 
 
 async def ensure_consumer(nc: Any, p: Any, index: int, existing: Any, start_seq: int | None = None) -> None:
-    """Create the partition's durable consumer, or update the editable fields of `existing` (its info).
+    """Create the partition's durable consumer, or update the editable fields of `existing` (its info);
+    `p` is the partition's view (workers.topology.partition_view).
 
     A new consumer delivers from `start_seq` (the one after what the partition's commit state
     says is stored), or from the stream's first message.
@@ -171,7 +275,8 @@ async def ensure_consumer(nc: Any, p: Any, index: int, existing: Any, start_seq:
             )
     want = api.ConsumerConfig(
         durable_name=name,
-        filter_subject=partition_filter(p.subject, index),
+        # A partition stream holds the partition alone: no filter (nats-server then reads it straight through).
+        filter_subject=None if p.layout == STREAM_PER_PARTITION else partition_filter(p.subject, index),
         ack_policy=policy,
         deliver_policy=api.DeliverPolicy.ALL if start_seq is None else api.DeliverPolicy.BY_START_SEQUENCE,
         opt_start_seq=start_seq,

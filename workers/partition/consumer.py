@@ -20,7 +20,7 @@ from workers.delivery import takeover
 from workers.nats import intake, streams
 from workers.partition.prepare import PartitionTarget
 from workers.partition.stats import PartitionStats
-from workers.topology import PRIORITY_GROUP
+from workers.topology import PRIORITY_GROUP, STREAM_PER_PARTITION
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,10 @@ async def info_or_again(nc: Any, target: PartitionTarget, stats: PartitionStats,
         gone = streams.missing(exc)
         if gone is None:
             raise
-    p, index = target.pipeline, target.index
+    p, index = target.pipeline, target.index  # p: the partition's view (its stream: the partition's own, or all's)
     name = f"{p.name}/{index}"
     js = nc.jetstream(timeout=10.0)
-    if gone == "stream" and await streams.ensure_stream(js, p, target.replicas):
+    if gone == "stream" and await _ensure_stream(js, target):
         log.warning("partition %s: stream %s was missing; created it again", name, p.stream, extra=log_extra)
     start = None
     if p.delivery == "exactly_once":
@@ -52,6 +52,13 @@ async def info_or_again(nc: Any, target: PartitionTarget, stats: PartitionStats,
     await streams.ensure_consumer(nc, p, index, None, start)
     stats.consumers_created += 1
     return await info(nc, target)
+
+
+async def _ensure_stream(js: Any, target: PartitionTarget) -> bool:
+    """The stream the partition reads, made again: the pipeline's, or the partition's own."""
+    if target.pipeline.layout == STREAM_PER_PARTITION:
+        return await streams.ensure_partition_stream(js, target.pipeline, target.index, target.replicas)
+    return await streams.ensure_stream(js, target.pipeline, target.replicas)
 
 
 async def gone(nc: Any, target: PartitionTarget) -> str | None:
