@@ -207,12 +207,18 @@ class TableWriter:
         decided = [d for i, d in enumerate(decided) if i not in skipped] if skipped else decided
         parsed = parse(todo, self.target, first_deliveries)
         total.dead, total.redelivered = list(parsed.dead), parsed.redelivered
-        if len(parsed.keep) + len(parsed.dead) == len(todo) and parsed.dead:
+        invalid = {dl.stream_seq for dl in parsed.dead if dl.reason == "invalid_json"}
+        if invalid:
             # Messages that are no JSON: a route after the field conditions may skip them.
             kept = set(parsed.keep)
-            bad = {i for i in range(len(todo)) if i not in kept and decided[i] == UNDECIDED}
-            skip = {message.parse_ack_subject(todo[i][REPLY]).stream_seq: router.routes[d].label for i in bad
-                    if (d := router.by_doc(todo[i][SUBJECT], NO_DOCUMENT)) >= 0 and router.routes[d].skip}
+            skip = {}
+            for i in range(len(todo)):
+                if i in kept or decided[i] != UNDECIDED:
+                    continue
+                seq = message.parse_ack_subject(todo[i][REPLY]).stream_seq
+                d = router.by_doc(todo[i][SUBJECT], NO_DOCUMENT) if seq in invalid else UNROUTED
+                if d >= 0 and router.routes[d].skip:
+                    skip[seq] = router.routes[d].label
             if skip:
                 total.dead = [dl for dl in total.dead if dl.reason != "invalid_json" or dl.stream_seq not in skip]
                 for label in skip.values():
