@@ -271,3 +271,17 @@ def test_a_source_that_cannot_fill_its_column_is_refused_at_start_naming_it(
     assert out.returncode != 0
     assert f"table {db}.m column x: {problem}" in out.stderr or f"table m column x: {problem}" in out.stderr, out.stderr
     json.dumps(out.stderr)
+
+
+def test_a_pipeline_wide_column_no_routes_table_has_is_refused_at_start(
+    tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database,
+):
+    config, names, prefix = _routed(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database)
+    import yaml
+
+    data = yaml.safe_load(config.read_text())
+    data["pipelines"][0]["columns"]["tenantt"] = {"header": "X-Tenant"}  # a typo: no route's table has it
+    config.write_text(yaml.safe_dump(data))
+    out = _check(config)
+    assert out.returncode != 0
+    assert "columns tenantt match a column of no route's table (clicks, orders, views)" in out.stderr, out.stderr
