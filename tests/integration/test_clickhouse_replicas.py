@@ -281,3 +281,37 @@ def test_a_batch_in_doubt_whose_replica_died_is_resent_to_the_other_and_dropped(
         for lost, duplicates in every_replica_once(cluster, db, total):
             assert (lost, duplicates) == (0, 0)
         assert sup.terminate() == 0
+
+
+@pytest.mark.slow
+def test_a_quorum_insert_of_unknown_status_moves_on_and_stores_nothing_twice(healthy, nats_url, tmp_path):
+    """insert_quorum 2 and the other replica kill -9'd (its ZooKeeper session still alive): the insert waits
+    insert_quorum_timeout, then 319 (unknown status: the block is on this replica, its quorum unknown);
+    later 285 (too few live replicas). Once the replica is back, every event is stored once."""
+    cluster, db = healthy
+    r1, r2 = cluster.replicas
+    create_events(cluster, db)
+    names, prefix = pipeline_names("rq")
+    quorum = {"settings": {"insert_quorum": 2, "insert_quorum_timeout": 2000}}
+    cfg = hosts_config(sink_config(tmp_path, nats_url, 0, db, workers=1, partitions=1, max_rows=500,
+                                   clickhouse=quorum, **names), cluster)
+    total = 3000
+    sup = Supervisor(cfg, tmp_path / "sup.log")
+    try:
+        sup.wait_acquired(1)
+        load = Load(nats_url, prefix, 0, total, rate=300)
+        load.start()
+        sup.wait(lambda: counts(r1, db)[0] > 500, 60, "rows flowing")
+        r2.kill()
+        killed = time.monotonic()
+        sup.wait(lambda: sup.logged("(code 319)"), 60, "an insert of unknown quorum status")
+        print(f"\n319 {time.monotonic() - killed:.1f}s after the other replica's kill -9")
+        r2.start()
+        took = resumed_after(r2, db, time.monotonic(), "inserts with both replicas again")
+        print(f"inserts resumed {took:.1f}s after the replica was started again")
+        assert load.join_checked(120) == total
+        for lost, duplicates in every_replica_once(cluster, db, total):
+            assert (lost, duplicates) == (0, 0)
+        assert sup.terminate() == 0
+    finally:
+        sup.close()
