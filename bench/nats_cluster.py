@@ -32,6 +32,8 @@ class Node:
 @dataclass
 class NatsCluster:
     nodes: list[Node] = field(default_factory=list)
+    # The account's subject mappings every node carries (stream_per_partition), also after a restart.
+    mappings: dict[str, str] = field(default_factory=dict)
 
     @property
     def urls(self) -> list[str]:
@@ -39,7 +41,7 @@ class NatsCluster:
 
     def start(self, node: Node) -> None:
         routes = ",".join(f"nats://127.0.0.1:{n.cluster_port}" for n in self.nodes if n is not node)
-        node.server = embedded_nats.start_nats(node.data_dir, node.port, extra_args=[
+        node.server = embedded_nats.start_nats(node.data_dir, node.port, mappings=self.mappings, extra_args=[
             "--server_name", node.name, "--cluster_name", "jetsink-test",
             "--cluster", f"nats://127.0.0.1:{node.cluster_port}", "--routes", routes])
 
@@ -79,10 +81,11 @@ class NatsCluster:
             time.sleep(0.5)  # polling the cluster's answer, not standing in for it
 
 
-def start_cluster(base: Path, size: int = 3) -> NatsCluster:
-    """`size` nodes, each on its own store under `base`, once JetStream answers through all of them."""
+def start_cluster(base: Path, size: int = 3, mappings: dict[str, str] | None = None) -> NatsCluster:
+    """`size` nodes, each on its own store under `base`, once JetStream answers through all of them;
+    `mappings`: the account's subject mappings (stream_per_partition)."""
     cluster = NatsCluster([Node(f"n{i}", embedded.free_port(), embedded.free_port(), base / f"n{i}")
-                           for i in range(size)])
+                           for i in range(size)], dict(mappings or {}))
     try:
         for node in cluster.nodes:
             cluster.start(node)

@@ -11,15 +11,19 @@ import pytest
 from bench.nats_cluster import start_cluster
 from supervisor.members import BUCKET
 from tests.integration.harness import Load, Supervisor, pipeline_names, run, sink_config
-from workers.topology import consumer_name
+from workers.topology import account_mapping, consumer_name
 
 PARTITIONS = 4
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    c = start_cluster(tmp_path / "nats")
-    yield c
+@pytest.fixture(params=["single_stream", "stream_per_partition"])
+def cluster(request, tmp_path):
+    """(the cluster, the pipeline's names, its prefix, its layout); with stream_per_partition every
+    server's account maps the pipeline's subject from the start."""
+    names, prefix = pipeline_names("ev")
+    mappings = dict([account_mapping(names["subject"], PARTITIONS)]) if request.param == "stream_per_partition" else {}
+    c = start_cluster(tmp_path / "nats", mappings=mappings)
+    yield c, names, prefix, request.param
     c.stop()
 
 
@@ -63,24 +67,27 @@ def _kill_leader_under_load(cluster, sup, client, db, prefix, start, which, stre
 
 def test_r3_cluster_survives_the_stream_leader_and_a_consumer_leader(
         tmp_path, cluster, clickhouse_server, clickhouse_client, ch_database):
-    names, prefix = pipeline_names("ev")
-    name, stream = names["name"], names["stream"]
+    cluster, names, prefix, layout = cluster
+    name = names["name"]
+    # The stream holding partition i (the pipeline's, or the partition's own).
+    stream = (lambda i: f"{names['stream']}_{i}") if layout == "stream_per_partition" else (lambda i: names["stream"])
     # Every node's URL, so that the clients fail over.
     cfg = sink_config(tmp_path, cluster.urls[0], clickhouse_server.port, ch_database, partitions=PARTITIONS, workers=2,
-                      max_rows=2000, ack_wait_s=3, instance_id="solo", nats={"url": list(cluster.urls)}, **names)
+                      max_rows=2000, ack_wait_s=3, instance_id="solo", nats={"url": list(cluster.urls)},
+                      pipeline={"layout": layout}, **names)
     sup = Supervisor(cfg, tmp_path / "sink.log")
     try:
         sup.wait_acquired(PARTITIONS, timeout=90)
-        leaders = run(_leaders(cluster.urls, stream, consumer_name(name, 0)))
+        leaders = run(_leaders(cluster.urls, stream(0), consumer_name(name, 0)))
         # Provision made everything R3 (derived from the cluster's size: no replicas key).
         assert (leaders["stream_replicas"], leaders["consumer_replicas"], leaders["kv_replicas"]) == (3, 3, 3)
 
         stream_s, n1, killed1 = _kill_leader_under_load(cluster, sup, clickhouse_client, ch_database, prefix, 0,
-                                                        "stream", stream, consumer_name(name, 0))
+                                                        "stream", stream(0), consumer_name(name, 0))
         sup.wait(lambda: _distinct(clickhouse_client, ch_database) >= n1, 120, "every event after the first kill")
         cluster.wait_ready()
         consumer_s, n2, killed2 = _kill_leader_under_load(cluster, sup, clickhouse_client, ch_database, prefix, n1,
-                                                          "consumer", stream, consumer_name(name, 1))
+                                                          "consumer", stream(1), consumer_name(name, 1))
         total = n1 + n2
         sup.wait(lambda: _distinct(clickhouse_client, ch_database) >= total, 180, "every event after the second kill")
         rows, distinct = clickhouse_client.execute(f"SELECT count(), uniqExact(event_id) FROM {ch_database}.events")[0]

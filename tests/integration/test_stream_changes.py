@@ -33,31 +33,49 @@ async def _js(url, fn):
         await nc.close()
 
 
-def _first_run(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database, **pipeline):
-    """Events 0..999 stored once by a first supervisor, which then stops; returns (cfg, names, prefix)."""
+def _first_run(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database, layout_nats=None, **pipeline):
+    """Events 0..999 stored once by a first supervisor, which then stops; returns (cfg, names, prefix).
+    With `layout_nats` (tests/conftest.py), on its server and layout."""
     names, prefix = pipeline_names("sc")
+    if layout_nats is not None:
+        pipeline = layout_nats.pipeline(names["subject"], PARTITIONS, **pipeline)
     cfg = sink_config(
         tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=PARTITIONS, workers=1, max_rows=300,
         pipeline=pipeline or None, **names,
     )
-    with fed(cfg, tmp_path / "sink1.log", nats_url, names["stream"], demo_events(prefix, 0, 1000), PARTITIONS) as sup:
+    stream = layout_nats.expected(names["stream"]) if layout_nats is not None else names["stream"]
+    with fed(cfg, tmp_path / "sink1.log", nats_url, stream, demo_events(prefix, 0, 1000), PARTITIONS) as sup:
         assert all_once(sup, clickhouse_client, ch_database, 1000) == (0, 0)
         assert sup.terminate() == 0
     return cfg, names, prefix
 
 
+def _delete_streams(nats_url, layout_nats, names):
+    """Delete the pipeline's stream, or (stream_per_partition) every partition's."""
+    async def delete(js):
+        for stream in layout_nats.streams(names["stream"], PARTITIONS):
+            await js.delete_stream(stream)
+
+    run(_js(nats_url, delete))
+
+
 def test_a_stream_created_again_while_stopped_has_its_new_events_stored_once(
-    tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database
+    tmp_path, layout_nats, clickhouse_server, clickhouse_client, ch_database
 ):
-    cfg, names, prefix = _first_run(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database)
-    run(_js(nats_url, lambda js: js.delete_stream(names["stream"])))
+    nats_url = layout_nats.url
+    cfg, names, prefix = _first_run(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database, layout_nats)
+    _delete_streams(nats_url, layout_nats, names)
     new_events = demo_events(prefix, 1000, 1000)
-    with fed(cfg, tmp_path / "sink2.log", nats_url, names["stream"], new_events, PARTITIONS) as sup:
+    with fed(cfg, tmp_path / "sink2.log", nats_url, layout_nats.expected(names["stream"]), new_events,
+             PARTITIONS) as sup:
         # The new stream numbers its messages from 1 again; the old states said 1..~500 were stored.
         assert all_once(sup, clickhouse_client, ch_database, 2000) == (0, 0)
         set_aside = sup.logged("set aside its commit state")
         assert len(set_aside) == PARTITIONS
-        assert all(f"stream {names['stream']} created" in line["msg"] for line in set_aside)
+        # Each partition's state is bound to the stream it reads: the pipeline's, or the partition's own.
+        for stream in layout_nats.streams(names["stream"], PARTITIONS):
+            named = [line for line in set_aside if f"stream {stream} created" in line["msg"]]
+            assert len(named) == PARTITIONS // len(layout_nats.streams(names["stream"], PARTITIONS)), stream
         assert sup.terminate() == 0
     assert skipped_as_stored(sup) == 0
 
@@ -123,16 +141,17 @@ def test_messages_the_streams_limits_removed_before_they_were_read_are_reported(
 # -- while jetsink runs ------------------------------------------------------------------------
 
 
-def _running(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
+def _running(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database, layout_nats=None):
     """A supervisor that stored events 0..999 and goes on running (closed by the caller)."""
     names, prefix = pipeline_names("sc")
     cfg = sink_config(
         tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=PARTITIONS, workers=1, max_rows=300,
-        **names,
+        pipeline=layout_nats.pipeline(names["subject"], PARTITIONS) if layout_nats is not None else None, **names,
     )
     sup = Supervisor(cfg, tmp_path / "sink.log")
     sup.wait_acquired(PARTITIONS)
-    publish_events(nats_url, demo_events(prefix, 0, 1000), names["stream"])
+    stream = layout_nats.expected(names["stream"]) if layout_nats is not None else names["stream"]
+    publish_events(nats_url, demo_events(prefix, 0, 1000), stream)
     assert all_once(sup, clickhouse_client, ch_database, 1000) == (0, 0)
     return sup, names, prefix
 
@@ -164,16 +183,17 @@ def test_a_consumer_deleted_while_running_is_created_again_from_its_commit_state
 
 
 def test_a_stream_deleted_and_created_again_while_running_has_every_new_event_stored_once(
-    tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database
+    tmp_path, layout_nats, clickhouse_server, clickhouse_client, ch_database
 ):
-    sup, names, prefix = _running(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database)
+    nats_url = layout_nats.url
+    sup, names, prefix = _running(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database, layout_nats)
     try:
-        run(_js(nats_url, lambda js: js.delete_stream(names["stream"])))
+        _delete_streams(nats_url, layout_nats, names)
         # The partitions find their consumers gone, make the stream and their consumers again, and
         # set their commit states aside (another incarnation).
         sup.wait(lambda: len(sup.logged("set aside its commit state")) == PARTITIONS, 60, "both states set aside")
         sup.wait(lambda: len(sup.logged("pulling again after")) == PARTITIONS, 60, "both partitions pulling again")
-        publish_events(nats_url, demo_events(prefix, 1000, 1000), names["stream"])
+        publish_events(nats_url, demo_events(prefix, 1000, 1000), layout_nats.expected(names["stream"]))
         assert all_once(sup, clickhouse_client, ch_database, 2000) == (0, 0)
         _no_worker_died(sup)
         assert sup.terminate() == 0
