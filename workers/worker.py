@@ -187,7 +187,8 @@ class Worker:
             "worker ready: %s, nats %s",
             where,
             ",".join(cfg.nats.servers),
-            extra={"clickhouse_version": ".".join(map(str, version))},
+            extra={"clickhouse_version": ".".join(map(str, version)),
+                   "event_loop": type(asyncio.get_running_loop()).__module__.partition(".")[0]},
         )
 
     def _read_control(self) -> None:
@@ -347,6 +348,30 @@ class Worker:
             )
 
 
+# The worker's event loop: asyncio's own, or uvloop (libuv; the optional extra jetsink[uvloop]) with
+# JETSINK_EVENT_LOOP=uvloop. Measured against each other in 1M-event drains (docs/benchmarks.md,
+# "The worker's event loop"): no win beyond this machine's noise, so asyncio's stays the default.
+EVENT_LOOP_ENV = "JETSINK_EVENT_LOOP"
+
+
+def run_loop(main: Any) -> Any:
+    """asyncio.run(main) on the event loop the environment names (asyncio's own by default)."""
+    loop = os.environ.get(EVENT_LOOP_ENV, "asyncio")
+    if loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            main.close()
+            log.error("%s=uvloop, but uvloop is not installed (pip install 'jetsink[uvloop]')", EVENT_LOOP_ENV)
+            return exitcodes.BOOT
+        return uvloop.run(main)
+    if loop != "asyncio":
+        main.close()
+        log.error("%s must be asyncio or uvloop, got %r", EVENT_LOOP_ENV, loop)
+        return exitcodes.BOOT
+    return asyncio.run(main)
+
+
 def main(slot: int, config: Config, conn: Any, heartbeat: Any) -> None:
     """Process entry point (multiprocessing spawn target); `config` arrives pickled."""
     # Ctrl-C in a terminal reaches the whole process group; only the supervisor decides.
@@ -370,7 +395,7 @@ def main(slot: int, config: Config, conn: Any, heartbeat: Any) -> None:
     try:
         # With profiling.memory, the whole worker runs under memray (workers/observability/profiling.py).
         with memory_profile(profiles_dir(config), slot, config.observability.profiling.memory):
-            code = asyncio.run(Worker(slot, config, conn, heartbeat, telemetry).run())
+            code = run_loop(Worker(slot, config, conn, heartbeat, telemetry).run())
     except Exception:
         log.exception("worker crashed")
         code = 1
