@@ -27,6 +27,7 @@ from tests.integration.harness import (
 )
 from workers.delivery import commits
 from workers.nats import dlq
+from workers.topology import account_mapping
 
 RATE = 3000.0
 
@@ -60,11 +61,15 @@ def test_kill_9_of_a_worker_mid_stream(tmp_path, layout_nats, clickhouse_server,
         assert sup.terminate() == 0
 
 
-def test_kill_9_of_nats_server_restarted_on_its_store(tmp_path, clickhouse_server, clickhouse_client, ch_database):
-    with OwnNats(tmp_path) as nats_server:
+def test_kill_9_of_nats_server_restarted_on_its_store(tmp_path, layout, clickhouse_server, clickhouse_client,
+                                                      ch_database):
+    names, prefix = pipeline_names("xo")
+    # stream_per_partition: the server's account maps the subject (also after its restart).
+    mappings = dict([account_mapping(names["subject"], 4)]) if layout == "stream_per_partition" else None
+    with OwnNats(tmp_path, mappings) as nats_server:
         url = nats_server.url
-        names, prefix = pipeline_names("xo")
-        cfg = sink_config(tmp_path, url, clickhouse_server.port, ch_database, partitions=4, workers=2, **names)
+        cfg = sink_config(tmp_path, url, clickhouse_server.port, ch_database, partitions=4, workers=2,
+                          pipeline={"layout": layout}, **names)
         total = 30_000
         with under_load(cfg, tmp_path / "sink.log", url, prefix, total, RATE, 4) as (sup, load):
             rows_flowing(sup, clickhouse_client, ch_database, 8000)
@@ -78,10 +83,12 @@ def test_kill_9_of_nats_server_restarted_on_its_store(tmp_path, clickhouse_serve
 
 
 def test_kill_9_of_the_supervisor_group_then_a_new_supervisor(
-    tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database
+    tmp_path, layout_nats, clickhouse_server, clickhouse_client, ch_database
 ):
     names, prefix = pipeline_names("xo")
-    cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=4, workers=2, **names)
+    nats_url = layout_nats.url
+    cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=4, workers=2,
+                      pipeline=layout_nats.pipeline(names["subject"], 4), **names)
     total = 30_000
     load = Load(nats_url, prefix, 0, total, RATE)
     sup = Supervisor(cfg, tmp_path / "sink1.log")
