@@ -16,7 +16,7 @@ import logging
 import sys
 from typing import Any
 
-from supervisor import dlq_tool, profiles, status
+from supervisor import dlq_tool, migrate, profiles, status
 from supervisor.arbiter import Arbiter
 from supervisor.config import Config, ConfigError, load_config
 from workers import exitcodes
@@ -24,7 +24,7 @@ from workers.observability.logs import setup_logging
 
 log = logging.getLogger("jetsink.supervisor")
 
-COMMANDS = ("run", "check", "status", "dlq", "profiles")
+COMMANDS = ("run", "check", "status", "dlq", "profiles", "migrate-layout")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     status.add_parser(sub)
     dlq_tool.add_parser(sub)
     profiles.add_parser(sub)
+    migrate.add_parser(sub)
     return parser
 
 

@@ -271,6 +271,10 @@ class OwnNats(_OwnServer):
         map_subject(self.server, self.mappings, subject, partitions)
 
 
+# On a probe publish: a stream taking its subject refuses it (it expects a stream that does not exist).
+NOT_STORED = {"Nats-Expected-Stream": "jetsink-test-probe"}
+
+
 def map_subject(server: Any, mappings: dict[str, str], subject: str, partitions: int) -> None:
     """Add the stream_per_partition mapping of `subject` to a nats-server's config, reload it and wait
     until a publish to `subject` is mapped (seen by a core subscriber of the mapped subjects)."""
@@ -288,7 +292,7 @@ def map_subject(server: Any, mappings: dict[str, str], subject: str, partitions:
         nc = await nats.connect(f"nats://{server.host}:{server.port}")
         try:
             sub = await nc.subscribe(partition_filter(subject, 0).replace(".0.", ".*.", 1))
-            await nc.publish(probe, b"")
+            await nc.publish(probe, b"", headers=NOT_STORED)
             try:
                 await sub.next_msg(timeout=0.5)
                 return True
@@ -298,6 +302,31 @@ def map_subject(server: Any, mappings: dict[str, str], subject: str, partitions:
             await nc.close()
 
     wait_until(lambda: run(mapped()), 20, f"the mapping of {subject} applied")
+
+
+def unmap_subject(server: Any, mappings: dict[str, str], subject: str) -> None:
+    """Remove the mapping of `subject` from a nats-server's config, reload it and wait until a publish to
+    `subject` is no longer mapped (a core subscriber of `subject` sees it)."""
+    import nats
+
+    del mappings[subject]
+    embedded_nats.write_mappings(server.data_dir, mappings)
+    embedded_nats.reload(server)
+
+    async def unmapped() -> bool:
+        nc = await nats.connect(f"nats://{server.host}:{server.port}")
+        try:
+            sub = await nc.subscribe(subject)
+            await nc.publish(subject.replace("*", "probe"), b"", headers=NOT_STORED)
+            try:
+                await sub.next_msg(timeout=0.5)
+                return True
+            except Exception:
+                return False
+        finally:
+            await nc.close()
+
+    wait_until(lambda: run(unmapped()), 20, f"the mapping of {subject} removed")
 
 
 class LayoutNats:

@@ -243,14 +243,21 @@ class CommitLog:
 
         kv = await js.key_value(bucket_name(pipeline))
         key = str(partition)
+        deleted = None
         try:
             entry = await kv.get(key)
-        except KeyNotFoundError:
-            state, revision = CommitState(), 0
+        except KeyNotFoundError as exc:
+            # A key deleted or purged (`nats kv del`, migrate-layout) leaves a marker: the next
+            # compare-and-set must name its revision, or it fails as if the entry had moved.
+            deleted = getattr(exc, "entry", None)
+            state, revision = CommitState(), deleted.revision if deleted is not None else 0
         else:
             state, revision = CommitState.decode(entry.value), entry.revision
         bound = bind(state, stream)
-        return cls(kv, key, bound.state, revision), bound
+        opened = cls(kv, key, bound.state, revision)
+        if deleted is not None:
+            opened.found = False
+        return opened, bound
 
     @property
     def unwritten(self) -> bool:
