@@ -95,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="drain into a ClickHouse cluster the bench starts itself: ZooKeeper + S shards x R replicas "
                         "(ReplicatedMergeTree, clickhouse.shards/hosts); reports rows per shard and replica; "
                         "--chaos kill-clickhouse then kills the replica worker 0 inserts into")
+    p.add_argument("--layout", choices=("single_stream", "stream_per_partition"), default=None,
+                   help="the pipeline's stream layout (default: the config's); stream_per_partition maps the "
+                   "subject on the bench's own nats-server (a config reload)")
     p.add_argument("--routes", type=int, default=0, metavar="N",
                    help="route the events by their kind over N routes (pipelines[].routes), all into the table: "
                         "each batch is N parts (default 0: no routes)")
@@ -163,6 +166,7 @@ def main(argv: list[str]) -> int:
         cluster=args.cluster,
         clickhouse_cluster=args.clickhouse_cluster,
         routes=args.routes,
+        layout=args.layout,
     )
     if args.sweep:
         param, values = _parse_sweep(args.sweep)

@@ -30,6 +30,7 @@ from bench.clickhouse_cluster import ClickHouseCluster
 from bench.events import KINDS
 from bench.nats_cluster import NatsCluster, start_cluster
 from supervisor import embedded, embedded_clickhouse, embedded_nats
+from workers.topology import account_mapping
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE = "bench"
@@ -120,8 +121,8 @@ def bring_up(base: dict[str, Any], base_dir: Path, work_dir: Path, cluster: int 
         elif nats.get("embedded", False):
             # Go's profiler answers on this port only when asked (NatsProfiler); idle, it costs nothing.
             profile_port = embedded.free_port()
-            server = embedded_nats.start_nats(
-                work_dir / "nats", embedded.free_port(), extra_args=["--profile", str(profile_port)]
+            server = embedded_nats.start_nats(  # with a config file: --layout stream_per_partition maps into it
+                work_dir / "nats", embedded.free_port(), extra_args=["--profile", str(profile_port)], mappings={}
             )
             owned.append(server)
             nats_section = {"url": f"nats://{server.host}:{server.port}"}
@@ -285,6 +286,7 @@ def run_config(
     memory_profiles: bool,
     tracing: bool,
     routes: int = 0,
+    layout: str | None = None,
 ) -> dict[str, Any]:
     """The config the bench starts the supervisor with: the base's first pipeline, renamed; with `routes`,
     its events routed by kind over that many routes, all into its table (each route one part per batch)."""
@@ -303,6 +305,8 @@ def run_config(
         table=names.table,
         dlq={"stream": names.dlq_stream, "subject": f"dlq.bench{names.run_id}"},
     )
+    if layout is not None:
+        pipeline["layout"] = layout
     if routes:
         table = pipeline.pop("table")
         pipeline.pop("create_table", None)  # run.py creates the table
@@ -333,6 +337,19 @@ def run_config(
         # A free port: the bench must not collide with a sink already running here.
         "admin": {"listen": "127.0.0.1:0"},
     }
+
+
+def map_subject(servers: Servers, subject: str, partitions: int) -> None:
+    """stream_per_partition: the account of the bench's own nats-server maps `subject` into partitions
+    (its config file rewritten, then a reload; provisioning waits until its probes see it)."""
+    nats_servers = [s for s in servers.owned if s.name == "nats-server"]
+    if servers.cluster is not None or not nats_servers:
+        raise ValueError("--layout stream_per_partition maps the subject on the bench's own nats-server only "
+                         "(nats.embedded, no --cluster); on a server of yours, add the mapping yourself")
+    src, dest = account_mapping(subject, partitions)
+    for server in nats_servers:
+        embedded_nats.write_mappings(server.data_dir, {src: dest})
+        embedded_nats.reload(server)
 
 
 def write_config(data: dict[str, Any], path: Path) -> Path:

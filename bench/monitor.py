@@ -89,8 +89,11 @@ class NatsThread:
             if task is not asyncio.current_task():
                 task.cancel()
 
-    async def _consumer_states(self, stream: str, consumers: list[str]) -> tuple[dict[str, int], int]:
-        infos = await asyncio.gather(*(self.js.consumer_info(stream, c) for c in consumers), return_exceptions=True)
+    async def _consumer_states(self, stream: str | list[str], consumers: list[str]) -> tuple[dict[str, int], int]:
+        """`stream`: the consumers' stream, or each one's (stream_per_partition)."""
+        streams = stream if isinstance(stream, list) else [stream] * len(consumers)
+        infos = await asyncio.gather(*(self.js.consumer_info(s, c) for s, c in zip(streams, consumers, strict=True)),
+                                     return_exceptions=True)
         floors, lag = {}, 0
         for name, info in zip(consumers, infos, strict=False):
             if isinstance(info, BaseException):

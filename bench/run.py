@@ -32,7 +32,7 @@ import psutil
 
 from bench import chaos, harness, publisher, stats
 from bench.monitor import NatsThread, Probe, Sample, Watched
-from workers.topology import consumer_name
+from workers.topology import consumer_name, partition_view
 
 NAIVE_DURABLE = "naive_sink"
 NAIVE_TABLE_SUFFIX = "_naive"
@@ -63,6 +63,7 @@ class RunOptions:
     cluster: int = 0  # nodes of the bench's own NATS cluster (0: one nats-server, or the config's)
     clickhouse_cluster: str | None = None  # "SxR": the bench's own ClickHouse cluster (bench/clickhouse_cluster.py)
     routes: int = 0  # route the events by kind over this many routes into the table (0: no routes)
+    layout: str | None = None  # pipelines[].layout (None: the config's)
 
 
 class Console:
@@ -103,7 +104,7 @@ def run_once(
 
     data = harness.run_config(
         base, servers, names, opts.workers, state_dir, memory_profiles=opts.profiles, tracing=opts.trace,
-        routes=opts.routes,
+        routes=opts.routes, layout=opts.layout,
     )
     try:
         config = parse_config(data, base_dir)
@@ -127,6 +128,8 @@ def run_once(
     if opts.routes and pipeline0.get("create_table"):  # a routed pipeline has no create_table of its own
         client.execute(pipeline0["create_table"])
     provision.check_tables(config)
+    if pipeline.layout == "stream_per_partition":
+        harness.map_subject(servers, pipeline.subject, pipeline.partitions)
     nats = _nats_thread(config)
     nats.call(provision.provision_streams(config))
 
@@ -172,7 +175,9 @@ def run_once(
             client,
             names.database,
             table,
-            names.stream,
+            # The stream each consumer reads: the pipeline's, or (stream_per_partition) the partition's own.
+            names.stream if opts.sink == "naive" else
+            [partition_view(pipeline, i).stream for i in range(len(consumers))],
             names.dlq_stream if opts.sink != "naive" else None,
             consumers,
             watched,
@@ -720,8 +725,11 @@ def _latency(opts: RunOptions, outcome: dict[str, Any], probe: Probe, nats: Nats
     (every message waits for the whole preload), so left null there.
     """
     empty = {"latency_ms": stats.latency_summary([]) | {"method": None, "resolution_ms": None, "histogram": []}}
-    if opts.preload or not outcome.get("samples"):
-        empty["latency_ms"]["method"] = "not measured with --preload" if opts.preload else "no samples"
+    if opts.preload or not outcome.get("samples") or opts.layout == "stream_per_partition":
+        empty["latency_ms"]["method"] = (
+            "not measured with --preload" if opts.preload
+            else "not measured with stream_per_partition (the publisher records one stream's sequences)"
+            if opts.layout == "stream_per_partition" else "no samples")
         return empty
     samples = outcome["samples"]
     by_consumer: dict[str, list[tuple[int, float]]] = {}
