@@ -8,6 +8,7 @@ Everything here is idempotent: the supervisor runs it at every start and reload.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -26,7 +27,15 @@ from workers.delivery.takeover import restart_position
 from workers.nats import streams
 from workers.nats.connect import connect_nats
 from workers.nats.streams import ProvisionError
-from workers.topology import STREAM_PER_PARTITION, account_mapping, partition_view
+from workers.topology import (
+    SINGLE_STREAM,
+    STREAM_PER_PARTITION,
+    account_mapping,
+    consumer_name,
+    data_streams,
+    partition_view,
+    probe_subjects,
+)
 
 log = logging.getLogger("jetsink.provision")
 
@@ -46,12 +55,53 @@ async def provision_streams(config: Config) -> None:
             await streams.ensure_stream(js, p, replicas)
             if p.layout == STREAM_PER_PARTITION:
                 await streams.check_mapping(nc, p)
+            await _check_other_layout(nc, js, p)
             await streams.ensure_dlq(js, p, replicas)
             if p.delivery == "exactly_once":
                 await _ensure_commits(js, p)
             await _ensure_consumers(nc, p)
     finally:
         await nc.close()
+
+
+async def _check_other_layout(nc: Any, js: Any, p: Pipeline) -> None:
+    """Refuse a pipeline whose other layout's streams hold messages its consumers have not stored, unless
+    the account's mapping says a move to that layout is under way (supervisor/migrate.py): those
+    messages would otherwise never be read."""
+    other = dataclasses.replace(p, layout=SINGLE_STREAM if p.layout == STREAM_PER_PARTITION else STREAM_PER_PARTITION)
+    held = await _unstored(js, other)
+    if not held:
+        return
+    probes = [s for s, _ in probe_subjects(p.subject, p.partitions)]
+    landed = set(await streams.mapped_streams(nc, probes))
+    if landed <= set(data_streams(other)):
+        log.warning("pipelines %s: the account sends new messages to %s (layout %s): a move to it is under way; "
+                    "this layout stores what %s hold", p.name, ", ".join(sorted(map(str, landed))), other.layout,
+                    ", ".join(data_streams(p)), extra={"pipeline": p.name})
+        return
+    raise ProvisionError(
+        f"pipelines {p.name}: the {other.layout} streams {', '.join(data_streams(other))} hold {held} messages "
+        f"jetsink has not stored, and this config has layout {p.layout}: move the pipeline with `python -m "
+        "supervisor migrate-layout` (docs/operations.md, \"Changing a pipeline's layout\"), or delete those "
+        "streams if their messages are not needed")
+
+
+async def _unstored(js: Any, p: Pipeline) -> int:
+    """Messages pending or unacked on the pipeline's consumers in the layout of `p` (0 when it has no streams)."""
+    if p.layout == STREAM_PER_PARTITION:
+        try:
+            await js.stream_info(partition_view(p, 0).stream)
+        except NotFoundError:
+            return 0  # no partition streams: the usual single_stream pipeline, one question
+    held = 0
+    for index in range(p.partitions):
+        view = partition_view(p, index)
+        try:
+            info = await js.consumer_info(view.stream, consumer_name(p.name, index))
+        except NotFoundError:
+            continue
+        held += (info.num_pending or 0) + (info.num_ack_pending or 0)
+    return held
 
 
 async def _ensure_members(js: Any, replicas: int) -> None:

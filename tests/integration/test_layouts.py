@@ -149,3 +149,18 @@ def test_the_probe_stores_nothing(tmp_path, mapped, clickhouse_server, ch_databa
         run(provision.provision_streams(config))
     infos = run(_streams(mapped.url, names))
     assert [(info.state.messages, info.state.last_seq) for info in infos.values()] == [(0, 0)] * PARTITIONS
+
+
+def test_a_layout_changed_without_moving_the_pipeline_is_refused(tmp_path, mapped, clickhouse_server, ch_database):
+    names, prefix = pipeline_names("ly")
+    single = sink_config(tmp_path, mapped.url, clickhouse_server.port, ch_database, partitions=PARTITIONS, **names)
+    run(provision.provision_streams(load_config(single)))
+    publish_events(mapped.url, [(f"{prefix}.k{i}", b"{}", None) for i in range(10)], names["stream"])
+    # The config now says stream_per_partition and the account maps the subject, but the single stream
+    # still holds 10 messages no consumer has stored: nothing would ever read them.
+    per_partition = sink_config(tmp_path, mapped.url, clickhouse_server.port, ch_database, partitions=PARTITIONS,
+                                pipeline=mapped.pipeline(names["subject"], PARTITIONS), **names)
+    with pytest.raises(provision.ProvisionError) as err:
+        run(provision.provision_streams(load_config(per_partition)))
+    assert f"pipelines {names['name']}: the single_stream streams {names['stream']} hold 10 messages" in str(err.value)
+    assert "migrate-layout" in str(err.value)
