@@ -92,7 +92,14 @@ def _drain_through(tmp_path, kind: str, outage_s: float, nats_url: str, ch_port:
         wait_until(lambda: sup._check_alive() and stored() >= TOTAL, 600, f"all {TOTAL} events stored")
         recovery = time.monotonic() - up
         rows, distinct = event_counts(client, db)
-        assert (TOTAL - distinct, rows - distinct) == (0, 0)  # lost, duplicates
+        assert TOTAL - distinct == 0  # lost
+        # A duplicate only where ClickHouse itself could not say whether the insert in flight at the kill
+        # had landed (restarted before logging it: the guarantee table's "< 22.2, plain MergeTree" row),
+        # and never silently: each such resend is logged with its rows.
+        resent = sum(int(line.get("rows", 0)) for line in sup.logged("cannot tell whether the failed insert"))
+        assert rows - distinct <= resent, (rows - distinct, resent)
+        if resent:
+            print(f"{resent} rows sent again that ClickHouse could not say had landed; {rows - distinct} duplicates")
         restarts = len(sup.logged("spawned worker")) - WORKERS
         # The workers report their counters every second: wait for the report of the last rows.
         sup.wait(lambda: restarts or _stat_sum(sup, "inserted") >= TOTAL - at_kill, 30, "the workers' last report")

@@ -41,7 +41,10 @@ def _routed(tmp_path, nats_url, ch, client, db, **pipeline):
     for table, columns in TABLES.items():
         client.execute(f"CREATE TABLE {db}.{table} ({columns}) ENGINE = MergeTree() ORDER BY event_id")
     names["subject"] = f"{prefix}.*.*"
-    config = sink_config(tmp_path, nats_url, ch.port, db, partitions=2, workers=1, pipeline={
+    # An instance_id of its own: `check --connect` refuses one that is live in the members bucket (tests
+    # share a nats-server, and a previous test's supervisor stays listed for its TTL).
+    config = sink_config(tmp_path, nats_url, ch.port, db, partitions=2, workers=1, instance_id=names["name"],
+                         pipeline={
         "table": None, "create_table": None,
         "routes": [
             {"subject": f"{prefix}.click.*", "table": "clicks", "columns": {"user_id": "user.id"}},

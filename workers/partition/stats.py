@@ -21,7 +21,9 @@ class PartitionStats:
     in_doubt_acked: int = 0  # acked by that owner (the consumer's ack floor): stored, nothing asked
     in_doubt_landed: int = 0  # its insert had landed (ClickHouse's query log): not sent again
     in_doubt_not_landed: int = 0  # its insert never landed (the query log): stored when redelivered
-    in_doubt_resent: int = 0  # nobody could tell: sent again under the same identity
+    # nobody could tell: sent again under the same identity (also this owner's own retried insert, when
+    # ClickHouse restarted before it could say whether the failed attempt landed)
+    in_doubt_resent: int = 0
     taken_over: int = 0  # messages a previous owner held unacked, stored from the stream at takeover
     # Stream sequences after `stored` the stream had removed (its limits) when this owner opened the state:
     # this partition's messages among them expired unread (all of them, with a stream per partition).

@@ -90,7 +90,8 @@ class Storer:
             self.name, target.pipeline.name, stats, telemetry, handoff, self._while_failing, log_extra, probes
         )
         self._writer = TableWriter(
-            nc, target, tables, self._run_in_thread, telemetry, self._retrying, log_extra, clickhouse, exit_hook
+            nc, target, tables, self._run_in_thread, telemetry, self._retrying, log_extra, clickhouse, exit_hook,
+            stats,
         )
         self._store = self._writer.store  # map, dead-letter, insert: one call per batch
 

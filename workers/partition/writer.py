@@ -81,6 +81,7 @@ class TableWriter:
         log_extra: dict,
         clickhouse: indoubt.QueryLog | None = None,
         exit_hook: Any = None,
+        stats: Any = None,
     ) -> None:
         self._nc = nc
         self.target = target
@@ -94,6 +95,7 @@ class TableWriter:
         # Asks ClickHouse about an in-doubt insert (workers/clickhouse/indoubt.py, in the insert thread).
         self._query_log = clickhouse
         self._exit_hook = exit_hook  # tests: exit between two parts' inserts
+        self._stats = stats  # the partition's PartitionStats (a resend nobody could tell about is counted)
 
     async def store(
         self, msgs: list[tuple], ident: indoubt.InsertIdentity | None, r: Range | None, keep_alive: list[tuple] | None,
@@ -182,13 +184,26 @@ class TableWriter:
             def landed(query_id: str) -> bool | None:  # in the insert thread
                 return query_log.landed(query_id, began_at, 10.0)
 
-            if await self._run_in_thread(landed, ident.query_id):
+            verdict = await self._run_in_thread(landed, ident.query_id)
+            into = "" if table.label is None else f" into route {table.label}"
+            if verdict:
                 log.info(
                     "partition %s: the insert of %d..%d%s had landed; not sending it again",
-                    self.name, r.first, r.last, "" if table.label is None else f" into route {table.label}",
-                    extra=self._log_extra,
+                    self.name, r.first, r.last, into, extra=self._log_extra,
                 )
                 return [], []
+            if verdict is None:
+                # ClickHouse cannot say (restarted before logging it): the same block again, under the same
+                # identity; counted with the takeovers' resends (jetsink_in_doubt_batches_total{settled="resent"}).
+                if self._stats is not None:
+                    self._stats.in_doubt_resent += 1
+                log.warning(
+                    "partition %s: cannot tell whether the failed insert of %d..%d%s landed (ClickHouse restarted?); "
+                    "sent again as the same block (%d rows, %s)", self.name, r.first, r.last, into, prepared.rows,
+                    "deduplicated by its token where the table deduplicates" if ident.token
+                    else "a duplicate if it had landed, unless the table is Replicated",
+                    extra={**self._log_extra, "first_seq": r.first, "last_seq": r.last, "rows": prepared.rows},
+                )
         return await self._run_in_thread(
             indoubt.run_as, ident, table.schema.store, prep, table.insert, msgs, prepared, self.target, landed
         )
