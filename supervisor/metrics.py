@@ -40,7 +40,8 @@ METRICS = (
      "Deliveries at or below the stored sequence, acked without storing.", ("slot", "pipeline", "partition")),
     ("jetsink_in_doubt_batches_total", "counter",
      "Batches a dead previous owner left in flight, settled by the current worker process: acked (from the "
-     "consumer's ack floor), landed or not_landed (from ClickHouse's query log), resent (nobody could tell).",
+     "consumer's ack floor), landed or not_landed (from ClickHouse's query log), resent (nobody could tell; also "
+     "a worker's own failed insert sent again when ClickHouse restarted before it could say).",
      ("slot", "pipeline", "partition", "settled")),
     ("jetsink_expired_unread_total", "counter",
      "Stream sequences after the partition's stored one that the stream had removed (max_age, max_msgs, ...) when a "
