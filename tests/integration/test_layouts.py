@@ -44,11 +44,15 @@ async def _streams(url, names):
 
 
 def test_without_the_account_mapping_provisioning_refuses_naming_the_pipeline_and_the_mapping(
-    tmp_path, nats_url, clickhouse_server, ch_database
+    monkeypatch, tmp_path, nats_url, clickhouse_server, ch_database
 ):
+    from workers.nats import streams
+
     names, _ = pipeline_names("ly")
     cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=PARTITIONS,
                       pipeline={"layout": "stream_per_partition"}, **names)
+    # No reload is under way: one round of probes.
+    monkeypatch.setattr(streams, "check_mapping", partial(streams.check_mapping, wait_s=0.0))
     with pytest.raises(provision.ProvisionError) as err:
         run(provision.provision_streams(load_config(cfg)))
     src, dest = account_mapping(names["subject"], PARTITIONS)

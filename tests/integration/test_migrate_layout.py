@@ -67,8 +67,8 @@ def test_moving_a_pipeline_between_layouts_under_load_loses_and_duplicates_nothi
         (tmp_path / layout).mkdir()
         cfgs[layout] = sink_config(tmp_path / layout, url, clickhouse_server.port, ch_database, partitions=PARTITIONS,
                                    workers=1, max_rows=500, pipeline={"layout": layout}, **names)
-    total = 15_000
-    load = Load(url, prefix, 0, total, rate=1500)
+    total = 10_000
+    load = Load(url, prefix, 0, total, rate=2000)
     old = Supervisor(cfgs[frm], tmp_path / "old.log")
     try:
         old.wait_acquired(PARTITIONS)
