@@ -150,19 +150,21 @@ def partition_of(tokens: list[str], partitions: int) -> int:
 
 
 def probe_subjects(subject: str, partitions: int) -> list[tuple[str, int]]:
-    """Subjects matching `subject` (each `*` a probe token), with the partition each must land in,
-    enough of them that every partition is expected once at least."""
+    """Subjects matching `subject` (each `*` a probe token of its own), with the partition each must
+    land in, enough of them that every partition is expected once at least."""
     tokens, _ = _split(subject)
-    wildcards = tokens.count("*")
     out: list[tuple[str, int]] = []
     seen: set[int] = set()
     n = 0
-    while len(seen) < partitions:
-        key = f"{PROBE_TOKEN}-{n}"
+    # The counter in the first token only: FNV-1a's low bit is the parity of the bytes' low bits, so
+    # tokens that repeat it would cancel out and, with an even count, reach half the partitions.
+    while len(seen) < partitions and n < 64 * partitions + 64:
+        keys = [f"{PROBE_TOKEN}-{n}"] + [f"{PROBE_TOKEN}{w}" for w in range(1, tokens.count("*"))]
         n += 1
-        p = partition_of([key] * wildcards, partitions)
+        p = partition_of(keys, partitions)
         if p in seen and n > partitions:
             continue
         seen.add(p)
-        out.append((".".join(key if t == "*" else t for t in tokens), p))
+        it = iter(keys)
+        out.append((".".join(next(it) if t == "*" else t for t in tokens), p))
     return out

@@ -144,8 +144,10 @@ async def _dead_letter(url, names):
         await nc.close()
 
 
-def test_the_probe_stores_nothing(tmp_path, mapped, clickhouse_server, ch_database):
+@pytest.mark.parametrize("wildcards", [1, 2])
+def test_the_probe_stores_nothing(wildcards, tmp_path, mapped, clickhouse_server, ch_database):
     names, _ = pipeline_names("ly")
+    names["subject"] += ".*" * (wildcards - 1)  # events.*.*: partition(P,1,2) over both tokens
     cfg = sink_config(tmp_path, mapped.url, clickhouse_server.port, ch_database, partitions=PARTITIONS,
                       pipeline=mapped.pipeline(names["subject"], PARTITIONS), **names)
     config = load_config(cfg)

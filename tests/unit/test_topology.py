@@ -41,3 +41,48 @@ def test_filter_matches_the_transformed_subject(partitions, data):
 
 def test_consumer_names_are_per_pipeline_and_partition():
     assert consumer_name("events", 0) != consumer_name("events", 1) != consumer_name("other", 1)
+
+
+def test_stream_per_partition_names_each_partitions_stream_and_its_mapping():
+    from types import SimpleNamespace
+
+    from workers.topology import account_mapping, data_streams, partition_stream, partition_view
+
+    p = SimpleNamespace(name="events", stream="EVENTS", subject="events.*", partitions=3,
+                        layout="stream_per_partition")
+    assert data_streams(p) == ["EVENTS_0", "EVENTS_1", "EVENTS_2"] and partition_stream("EVENTS", 2) == "EVENTS_2"
+    assert account_mapping("events.*", 8) == ("events.*", transform_destination("events.*", 8))
+    single = SimpleNamespace(**{**vars(p), "layout": "single_stream"})
+    assert data_streams(single) == ["EVENTS"] and partition_view(single, 2) is single
+
+
+def test_the_views_stream_is_the_partitions_own():
+    from supervisor.config import parse_config
+    from workers.topology import partition_view
+
+    data = {"pipelines": [{"name": "events", "stream": "EVENTS", "subject": "events.*", "partitions": 4,
+                           "table": "events", "layout": "stream_per_partition"}]}
+    p = parse_config(data, ".").pipelines[0]
+    view = partition_view(p, 3)
+    assert (view.stream, view.name, view.subject, view.dlq_stream) == ("EVENTS_3", "events", "events.*", "EVENTS_DLQ")
+
+
+@given(st.integers(1, 64), st.integers(1, 3))
+def test_the_probes_reach_every_partition_as_nats_server_partitions_them(partitions, wildcards):
+    from workers.topology import PROBE_TOKEN, partition_of, probe_subjects
+
+    subject = ".".join(["app"] + ["*"] * wildcards)
+    probes = probe_subjects(subject, partitions)
+    assert {p for _, p in probes} == set(range(partitions))
+    for s, p in probes:
+        keys = s.split(".")[1:]
+        assert all(k.startswith(PROBE_TOKEN) for k in keys)
+        assert partition_of(keys, partitions) == p  # FNV-1a of the tokens joined, as nats-server's partition()
+
+
+def test_partition_of_is_nats_servers_fnv1a():
+    from workers.topology import partition_of
+
+    # FNV-1a (32 bits) of "a"; tests/integration/test_layouts.py checks every stored key against nats-server.
+    assert partition_of(["a"], 2**32) == 0xE40C292C
+    assert partition_of(["ab", "c"], 2**32) == partition_of(["abc"], 2**32)
