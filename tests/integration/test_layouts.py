@@ -170,3 +170,47 @@ def test_a_layout_changed_without_moving_the_pipeline_is_refused(tmp_path, mappe
         run(provision.provision_streams(load_config(per_partition)))
     assert f"pipelines {names['name']}: the single_stream streams {names['stream']} hold 10 messages" in str(err.value)
     assert "migrate-layout" in str(err.value)
+
+
+def test_the_embedded_nats_server_carries_the_mapping_and_takes_more_partitions_on_a_reload(
+    tmp_path, clickhouse_server, clickhouse_client, ch_database
+):
+    import signal
+
+    from supervisor import embedded
+    from tests.integration.harness import all_once, demo_events
+
+    names, prefix = pipeline_names("ly")
+    url = f"nats://127.0.0.1:{embedded.free_port()}"
+
+    def config(partitions):
+        return sink_config(tmp_path, url, clickhouse_server.port, ch_database, partitions=partitions, workers=1,
+                           max_rows=500, nats={"embedded": True}, pipeline={"layout": "stream_per_partition"},
+                           **names)
+
+    cfg = config(2)
+    sup = Supervisor(cfg, tmp_path / "sink.log")
+    try:
+        sup.wait_acquired(2)
+        publish_events(url, demo_events(prefix, 0, 1000), None)
+        assert all_once(sup, clickhouse_client, ch_database, 1000) == (0, 0)
+        config(4)  # the same file, 4 partitions: the mapping changes with them
+        sup.proc.send_signal(signal.SIGHUP)
+        sup.wait(lambda: sup.logged("embedded nats-server reloaded with the subject mappings"), 30, "the remap")
+        sup.wait_acquired(4)
+        publish_events(url, demo_events(prefix, 1000, 1000), None)
+        assert all_once(sup, clickhouse_client, ch_database, 2000) == (0, 0)
+        infos = run(_streams_of(url, names["stream"], 4))
+        assert all(n > 0 for n in infos), infos  # the new partitions' streams take their keys
+        assert sup.terminate() == 0
+    finally:
+        sup.close()
+
+
+async def _streams_of(url, stream, partitions):
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        return [(await js.stream_info(f"{stream}_{i}")).state.messages for i in range(partitions)]
+    finally:
+        await nc.close()
