@@ -134,6 +134,13 @@ def all_once(sup: "Supervisor", client: Client, db: str, total: int, timeout: fl
     return total - distinct, rows - distinct
 
 
+def resent_unknown(sup: "Supervisor") -> int:
+    """Rows the workers sent again because ClickHouse, restarted, could not say whether a failed insert
+    had landed (each logged with its range): the only duplicates a clickhouse-server kill -9 may leave
+    in a plain MergeTree before 22.2 (docs/architecture.md, the guarantee table)."""
+    return sum(int(line.get("rows", 0)) for line in sup.logged("cannot tell whether the failed insert"))
+
+
 def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
     """Poll `cond` until it returns something truthy; fail naming `what` after `timeout`."""
     deadline = time.monotonic() + timeout

@@ -19,6 +19,7 @@ from tests.integration.harness import (
     demo_events,
     fed,
     pipeline_names,
+    resent_unknown,
     rows_flowing,
     run,
     sink_config,
@@ -119,7 +120,12 @@ def test_kill_9_of_clickhouse_server(tmp_path, nats_url):
             ch.kill()
             ch.start()
             assert load.join_checked(120) == total
-            assert all_once(sup, ch.client, "xo", total) == (0, 0)
+            lost, duplicates = all_once(sup, ch.client, "xo", total)
+            # An insert in flight at the kill whose block the server had committed, but whose query-log
+            # entry died with it, cannot be told apart: it is sent again, logged with its rows; on 18.16's
+            # plain MergeTree only those can be duplicates.
+            assert lost == 0 and duplicates <= resent_unknown(sup), (duplicates, resent_unknown(sup))
+            print(f"clickhouse-server kill -9: {duplicates} duplicates, {resent_unknown(sup)} rows resent unknown")
             assert sup.terminate() == 0
 
 

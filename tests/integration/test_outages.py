@@ -24,6 +24,7 @@ from tests.integration.harness import (
     event_counts,
     pipeline_names,
     publish_events,
+    resent_unknown,
     sink_config,
     wait_until,
 )
@@ -96,7 +97,7 @@ def _drain_through(tmp_path, kind: str, outage_s: float, nats_url: str, ch_port:
         # A duplicate only where ClickHouse itself could not say whether the insert in flight at the kill
         # had landed (restarted before logging it: the guarantee table's "< 22.2, plain MergeTree" row),
         # and never silently: each such resend is logged with its rows.
-        resent = sum(int(line.get("rows", 0)) for line in sup.logged("cannot tell whether the failed insert"))
+        resent = resent_unknown(sup)
         assert rows - distinct <= resent, (rows - distinct, resent)
         if resent:
             print(f"{resent} rows sent again that ClickHouse could not say had landed; {rows - distinct} duplicates")
