@@ -7,6 +7,7 @@ import collections
 import signal
 import time
 
+import pytest
 import yaml
 
 from tests.integration.harness import (
@@ -20,6 +21,7 @@ from tests.integration.harness import (
     sink_config,
     under_load,
 )
+from workers.topology import account_mapping
 
 RATE = 3000.0
 
@@ -48,9 +50,19 @@ def _assert_never_two_owners(sup):
             assert s2 >= e1, f"partition {part}: slot {slot2} acquired at {s2} before slot {slot1} released at {e1}"
 
 
-def test_resize_by_hup_and_signals_during_load(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
+# Both layouts; stream_per_partition's runs are behind the slow marker (the suite's budget):
+# `python3 -m pytest -m slow tests/integration/test_chaos.py`.
+BOTH_LAYOUTS = pytest.mark.parametrize(
+    "layout", ["single_stream", pytest.param("stream_per_partition", marks=pytest.mark.slow)])
+
+
+@BOTH_LAYOUTS
+def test_resize_by_hup_and_signals_during_load(tmp_path, layout_nats, clickhouse_server, clickhouse_client,
+                                               ch_database):
     names, prefix = pipeline_names("ch")
-    cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=8, workers=2, **names)
+    nats_url = layout_nats.url
+    cfg = sink_config(tmp_path, nats_url, clickhouse_server.port, ch_database, partitions=8, workers=2,
+                      pipeline=layout_nats.pipeline(names["subject"], 8), **names)
     total = 45_000
     with under_load(cfg, tmp_path / "sink.log", nats_url, prefix, total, RATE, 8) as (sup, load):
         def set_workers(n):
@@ -144,11 +156,14 @@ def test_clickhouse_down_for_10s(tmp_path, nats_url):
             assert sup.terminate() == 0
 
 
-def test_nats_server_restart(tmp_path, clickhouse_server, clickhouse_client, ch_database):
-    with OwnNats(tmp_path) as nats_server:
+@BOTH_LAYOUTS
+def test_nats_server_restart(tmp_path, layout, clickhouse_server, clickhouse_client, ch_database):
+    names, prefix = pipeline_names("ch")
+    mappings = dict([account_mapping(names["subject"], 4)]) if layout == "stream_per_partition" else None
+    with OwnNats(tmp_path, mappings) as nats_server:
         url = nats_server.url
-        names, prefix = pipeline_names("ch")
-        cfg = sink_config(tmp_path, url, clickhouse_server.port, ch_database, partitions=4, workers=2, **names)
+        cfg = sink_config(tmp_path, url, clickhouse_server.port, ch_database, partitions=4, workers=2,
+                          pipeline={"layout": layout}, **names)
         total = 30_000
         with under_load(cfg, tmp_path / "sink.log", url, prefix, total, RATE, 4) as (sup, load):
             rows_flowing(sup, clickhouse_client, ch_database)
