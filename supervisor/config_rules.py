@@ -220,6 +220,16 @@ def check_pipelines_together(pipelines: list[Any], at: At) -> None:
             if ok(subject):
                 subject_key = key.replace("stream", "subject")
                 claims.append((subject, here / subject_key, f"pipelines[{i}].{subject_key}", i))
+    for i, p in enumerate(pipelines):
+        # stream_per_partition makes a stream per partition, <stream>_<p> (workers/topology.py).
+        if p is INVALID or not ok(p.stream, p.partitions, p.layout) or p.layout != "stream_per_partition":
+            continue
+        for k in range(p.partitions):
+            name = f"{p.stream}_{k}"
+            if name in owners:
+                (at.item(i) / "stream").fail(f"with layout stream_per_partition, partition {k} is stream {name!r}, "
+                                             f"which is {owners[name]}; each pipeline owns its streams")
+                break
     for n, (subject, where, _, owner) in enumerate(claims):
         for other_subject, _, other_label, other_owner in claims[:n]:
             # A pipeline matching its own DLQ subject is reported by _pipeline, more specifically.

@@ -309,6 +309,15 @@ def test_dlq_streams_are_not_shared_either():
         "each pipeline owns its streams")
 
 
+def test_a_partition_stream_may_not_be_another_pipelines_stream():
+    data = minimal()
+    data["pipelines"][0]["layout"] = "stream_per_partition"
+    data["pipelines"].append({"name": "b", "stream": "EVENTS_1", "subject": "b.*", "partitions": 1, "table": "t"})
+    assert only_problem(data) == (
+        "pipelines[0].stream: with layout stream_per_partition, partition 1 is stream 'EVENTS_1', which is "
+        "pipelines[1].stream; each pipeline owns its streams")
+
+
 def test_overlapping_subjects_across_streams_are_rejected():
     data = minimal()
     data["pipelines"].append(dict(data["pipelines"][0], name="two", stream="TWO", subject="*.x"))
