@@ -184,6 +184,7 @@ def test_a_block_sent_to_each_replica_of_a_shard_is_stored_once(healthy):
     assert seqs(r1, local) == seqs(r2, local) == sorted([*range(101), *december, *range(100)])
 
 
+@pytest.mark.slow  # the sink's own replica kill (test_clickhouse_replicas) covers it in the default run
 def test_kill_9_of_a_replica_the_other_takes_inserts_and_it_catches_up(healthy):
     local, _ = create_tables(healthy)
     victim, other = healthy.shards[0].replicas
@@ -208,6 +209,7 @@ def test_kill_9_of_a_replica_the_other_takes_inserts_and_it_catches_up(healthy):
     assert seqs(victim, local) == seqs(other, local) == list(range(250))
 
 
+@pytest.mark.slow  # the sink's ZooKeeper outage (test_clickhouse_replicas) covers it in the default run
 def test_zookeeper_down_inserts_fail_with_known_codes_and_work_again_when_it_returns(healthy):
     local, _ = create_tables(healthy)
     r1, r2 = healthy.shards[0].replicas

@@ -62,6 +62,13 @@ def test_kill_9_of_a_worker_mid_stream(tmp_path, layout_nats, clickhouse_server,
         assert sup.terminate() == 0
 
 
+# The suite's budget: these two run stream_per_partition behind the slow marker (`-m slow`); the worker
+# kill, the in-doubt tests and the stream changes prove that layout in the default run.
+_SLOW_ON_PARTITION_STREAMS = pytest.mark.parametrize(
+    "layout", ["single_stream", pytest.param("stream_per_partition", marks=pytest.mark.slow)], indirect=True)
+
+
+@_SLOW_ON_PARTITION_STREAMS
 def test_kill_9_of_nats_server_restarted_on_its_store(tmp_path, layout, clickhouse_server, clickhouse_client,
                                                       ch_database):
     names, prefix = pipeline_names("xo")
@@ -83,6 +90,7 @@ def test_kill_9_of_nats_server_restarted_on_its_store(tmp_path, layout, clickhou
             print(f"nats kill -9: {total} events, 0 duplicates, {skipped} redeliveries skipped as stored")
 
 
+@_SLOW_ON_PARTITION_STREAMS
 def test_kill_9_of_the_supervisor_group_then_a_new_supervisor(
     tmp_path, layout_nats, clickhouse_server, clickhouse_client, ch_database
 ):
