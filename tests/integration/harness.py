@@ -25,10 +25,12 @@ from supervisor.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
-DEMO_TABLE = """CREATE TABLE IF NOT EXISTS {table} (
+# The demo table's columns (config.yaml's create_table), for tests that make it with other engines.
+DEMO_COLUMNS = """(
   event_id String, ts DateTime, user_id UInt64, kind String, amount Float64,
   country FixedString(2), tags Array(String), session_id UUID, payload String
-) ENGINE = MergeTree() ORDER BY (kind, ts)"""
+)"""
+DEMO_TABLE = "CREATE TABLE IF NOT EXISTS {table} " + DEMO_COLUMNS + " ENGINE = MergeTree() ORDER BY (kind, ts)"
 
 
 def pipeline_names(tag: str) -> tuple[dict[str, str], str]:
@@ -285,7 +287,6 @@ NOT_STORED = {"Nats-Expected-Stream": "jetsink-test-probe"}
 def map_subject(server: Any, mappings: dict[str, str], subject: str, partitions: int) -> None:
     """Add the stream_per_partition mapping of `subject` to a nats-server's config, reload it and wait
     until a publish to `subject` is mapped (seen by a core subscriber of the mapped subjects)."""
-    import nats
 
     from workers.topology import account_mapping, partition_filter
 
@@ -293,47 +294,45 @@ def map_subject(server: Any, mappings: dict[str, str], subject: str, partitions:
     mappings[src] = dest
     embedded_nats.write_mappings(server.data_dir, mappings)
     embedded_nats.reload(server)
-    probe = subject.replace("*", "probe")
-
-    async def mapped() -> bool:
-        nc = await nats.connect(f"nats://{server.host}:{server.port}")
-        try:
-            sub = await nc.subscribe(partition_filter(subject, 0).replace(".0.", ".*.", 1))
-            await nc.publish(probe, b"", headers=NOT_STORED)
-            try:
-                await sub.next_msg(timeout=0.5)
-                return True
-            except Exception:
-                return False
-        finally:
-            await nc.close()
-
-    wait_until(lambda: run(mapped()), 20, f"the mapping of {subject} applied")
+    mapped = partition_filter(subject, 0).replace(".0.", ".*.", 1)
+    wait_until(lambda: run(_heard(server, mapped, subject)), 20, f"the mapping of {subject} applied")
 
 
 def unmap_subject(server: Any, mappings: dict[str, str], subject: str) -> None:
     """Remove the mapping of `subject` from a nats-server's config, reload it and wait until a publish to
     `subject` is no longer mapped (a core subscriber of `subject` sees it)."""
-    import nats
 
     del mappings[subject]
     embedded_nats.write_mappings(server.data_dir, mappings)
     embedded_nats.reload(server)
+    wait_until(lambda: run(_heard(server, subject, subject)), 20, f"the mapping of {subject} removed")
 
-    async def unmapped() -> bool:
-        nc = await nats.connect(f"nats://{server.host}:{server.port}")
+
+async def _heard(server: Any, listen: str, subject: str) -> bool:
+    """Whether a core subscriber of `listen` sees a publish to `subject` (its `*` made a token) within 0.5 s."""
+    import nats
+
+    nc = await nats.connect(f"nats://{server.host}:{server.port}")
+    try:
+        sub = await nc.subscribe(listen)
+        await nc.publish(subject.replace("*", "probe"), b"", headers=NOT_STORED)
         try:
-            sub = await nc.subscribe(subject)
-            await nc.publish(subject.replace("*", "probe"), b"", headers=NOT_STORED)
-            try:
-                await sub.next_msg(timeout=0.5)
-                return True
-            except Exception:
-                return False
-        finally:
-            await nc.close()
+            await sub.next_msg(timeout=0.5)
+            return True
+        except Exception:
+            return False
+    finally:
+        await nc.close()
 
-    wait_until(lambda: run(unmapped()), 20, f"the mapping of {subject} removed")
+
+def replica_sql(replica: Any, sql: str, rows: Any = None, **settings: Any) -> Any:
+    """One statement on a cluster replica (bench/clickhouse_cluster.py) over its own connection (a client
+    left connected slows the servers' stop)."""
+    client = replica.client(**settings)
+    try:
+        return client.execute(sql, rows) if rows is not None else client.execute(sql)
+    finally:
+        client.disconnect()
 
 
 class LayoutNats:

@@ -19,6 +19,7 @@ from clickhouse_driver.errors import ServerException
 from bench import clickhouse_cluster
 from bench.clickhouse_cluster import ClickHouseCluster, Replica
 from supervisor import embedded
+from tests.integration.harness import replica_sql as run
 from tests.integration.harness import wait_until
 from workers.clickhouse.sharding import key_function, shard_of, slots_for
 
@@ -52,14 +53,6 @@ def healthy(cluster):
     assert cluster.zookeeper.alive() and all(r.alive() for r in cluster.replicas)
     return cluster
 
-
-def run(replica: Replica, sql: str, rows=None, **settings):
-    """One statement on its own connection (a client left connected slows the servers' stop)."""
-    client = replica.client(**settings)
-    try:
-        return client.execute(sql, rows) if rows is not None else client.execute(sql)
-    finally:
-        client.disconnect()
 
 
 def create_tables(cluster: ClickHouseCluster, sharding_key: str = "rand()") -> tuple[str, str]:

@@ -15,16 +15,21 @@ import yaml
 
 from bench.clickhouse_cluster import ClickHouseCluster, Replica
 from supervisor import embedded
-from tests.integration.harness import Load, Supervisor, demo_events, fed, pipeline_names, sink_config, wait_until
+from tests.integration.harness import (
+    DEMO_COLUMNS,
+    Load,
+    Supervisor,
+    demo_events,
+    fed,
+    pipeline_names,
+    sink_config,
+    wait_until,
+)
+from tests.integration.harness import replica_sql as run
 from workers.clickhouse import indoubt, sink
 from workers.clickhouse.replicas import ReplicaSet
 from workers.delivery import commits
 from workers.settings import ClickHouseConfig
-
-COLUMNS = """(
-  event_id String, ts DateTime, user_id UInt64, kind String, amount Float64,
-  country FixedString(2), tags Array(String), session_id UUID, payload String
-)"""
 
 
 @pytest.fixture(scope="module")
@@ -47,20 +52,11 @@ def healthy(cluster):
     yield cluster, db
 
 
-def run(replica: Replica, sql: str, rows=None, **settings):
-    """One statement on its own connection (a client left connected slows the servers' stop)."""
-    client = replica.client(**settings)
-    try:
-        return client.execute(sql, rows) if rows is not None else client.execute(sql)
-    finally:
-        client.disconnect()
-
-
 def create_events(cluster: ClickHouseCluster, db: str, engine: str = "replicated") -> None:
     for r in cluster.replicas:
         table_engine = (f"ReplicatedMergeTree('/clickhouse/tables/{{shard}}/{db}/events', '{{replica}}')"
                         if engine == "replicated" else "MergeTree()")
-        run(r, f"CREATE TABLE {db}.events {COLUMNS} ENGINE = {table_engine} ORDER BY (kind, ts)")
+        run(r, f"CREATE TABLE {db}.events {DEMO_COLUMNS} ENGINE = {table_engine} ORDER BY (kind, ts)")
 
 
 def hosts_config(cfg_path, cluster: ClickHouseCluster):

@@ -17,17 +17,14 @@ import yaml
 
 from bench.clickhouse_cluster import ClickHouseCluster, Replica
 from supervisor import embedded
-from tests.integration.harness import Load, Supervisor, pipeline_names, sink_config, wait_until
+from tests.integration.harness import DEMO_COLUMNS, Load, Supervisor, pipeline_names, sink_config, wait_until
+from tests.integration.harness import replica_sql as run
 from workers.clickhouse import indoubt, sink
 from workers.clickhouse.sharding import shard_of, slots_for
 from workers.clickhouse.shards import Shards
 from workers.settings import ClickHouseConfig, ShardConfig
 
 WEIGHTS = [1, 2]
-COLUMNS = """(
-  event_id String, ts DateTime, user_id UInt64, kind String, amount Float64,
-  country FixedString(2), tags Array(String), session_id UUID, payload String
-)"""
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +37,6 @@ def cluster(tmp_path_factory):
     cluster.stop()
 
 
-def run(replica: Replica, sql: str, rows=None, **settings):
-    client = replica.client(**settings)
-    try:
-        return client.execute(sql, rows) if rows is not None else client.execute(sql)
-    finally:
-        client.disconnect()
-
-
 @pytest.fixture
 def tables(cluster):
     """A fresh database with `events` (ReplicatedMergeTree) on every node and `events_all` (Distributed,
@@ -56,7 +45,7 @@ def tables(cluster):
     db = f"sh_{uuid.uuid4().hex[:10]}"
     name, first = cluster.cluster_name, cluster.replicas[0]
     run(first, f"CREATE DATABASE {db} ON CLUSTER {name}")
-    run(first, f"CREATE TABLE {db}.events ON CLUSTER {name} {COLUMNS} "
+    run(first, f"CREATE TABLE {db}.events ON CLUSTER {name} {DEMO_COLUMNS} "
                f"ENGINE = ReplicatedMergeTree('/clickhouse/tables/{{shard}}/{db}/events', '{{replica}}') "
                "ORDER BY (kind, ts)")
     run(first, f"CREATE TABLE {db}.events_all ON CLUSTER {name} AS {db}.events "
