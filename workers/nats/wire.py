@@ -64,7 +64,7 @@ class BulkParser(nats_parser.Parser):
         pending: dict[bytes, list[RawMsg]] = {}  # routed messages of this chunk, per sid
         n = len(data)
         pos = 0
-        find, startswith = data.find, data.startswith
+        find = data.find
         got_sid, got = None, []  # the routed subscription of the last message, and its list
         while pos < n:
             eol = find(_CRLF, pos)
@@ -72,14 +72,26 @@ class BulkParser(nats_parser.Parser):
                 if n - pos > nats_parser.MAX_CONTROL_LINE_SIZE:
                     raise errors.ProtocolError("nats: control line too long")
                 break
-            # A JetStream delivery is an HMSG (headers) or a MSG: each cut out with as few
-            # Python operations as it takes, as this runs once per message.
-            hmsg = startswith(b"HMSG ", pos)
-            if hmsg or startswith(b"MSG ", pos):
+            args = data[pos:eol].split()
+            # A JetStream delivery: an HMSG with a reply subject, cut out with as few Python
+            # operations as it takes, as this runs once per message.
+            if len(args) == 6 and args[0] == b"HMSG":
+                _, subject, sid, reply, hsize, size = args
+                start = eol + 2
                 try:
-                    args = data[pos:eol].split()
-                    start = eol + 2
-                    if hmsg:
+                    body = start + int(hsize)
+                    end = start + int(size)
+                except ValueError:
+                    raise errors.ProtocolError("nats: malformed MSG") from None
+                if end + 2 > n:
+                    self._want = end + 2 - pos
+                    break
+                headers = data[start:body] or None
+            elif args and (args[0] == b"MSG" or args[0] == b"HMSG"):
+                # A message without headers, or without a reply subject (a status reply).
+                start = eol + 2
+                try:
+                    if args[0] == b"HMSG":
                         if len(args) == 6:
                             _, subject, sid, reply, hsize, size = args
                         else:
@@ -100,12 +112,12 @@ class BulkParser(nats_parser.Parser):
                     self._want = end + 2 - pos
                     break
                 headers = data[start:body] if body > start else None
-                payload = data[body:end]
             else:
                 got_sid = None  # _dispatch below hands over (and forgets) the lists
                 await self._non_message(pending, data[pos : eol + 2])
                 pos = eol + 2
                 continue
+            payload = data[body:end]
             pos = end + 2
             if sid == got_sid:
                 got.append((subject, reply, payload, headers))
