@@ -168,6 +168,27 @@ def test_datetime_fast_path_minute_cache_across_batches(monkeypatch):
         assert [(i, e.reason) for i, e in failures] == [(1, "invalid_value")]
 
 
+def test_datetime_column_of_repeated_timestamps_converts_each_once():
+    # A batch of a few seconds' events: the column is long, its distinct values few.
+    column = [TIMESTAMPS[i % 3] for i in range(1000)]
+    c = conv("DateTime")
+    assert fast_column("DateTime", column) == [c(v) for v in column]
+    assert fast_column("DateTime64(3)", column) == [conv("DateTime64(3)")(v) for v in column]
+    for bad in ["2026-11-26T12:34:60Z", "2106-02-07T06:28:16Z", "2026-11-26T12:34:56z"]:
+        assert fast_column("DateTime", [*column[:500], bad, *column[500:]]) is None  # left to the per-value converter
+        assert_column_as_per_value("DateTime", column, [bad])
+    # Repeated at first, all distinct after: converted row by row, the same values.
+    mixed = column[:300] + [f"2026-11-26T{h:02d}:{m:02d}:{s:02d}Z" for h in range(2) for m in range(60) for s in (1, 2)]
+    assert fast_column("DateTime", mixed) == [c(v) for v in mixed]
+
+
+@settings(max_examples=100)
+@given(st.lists(st.sampled_from(TIMESTAMPS + BAD_TIMESTAMPS[:8]), min_size=1, max_size=6), st.integers(256, 600))
+def test_datetime_column_of_repeated_timestamps_property(pool, rows):
+    column = [pool[i % len(pool)] for i in range(rows)]
+    assert by_map_rows("DateTime", column) == per_value("DateTime", column)
+
+
 @settings(max_examples=300)
 @given(
     st.lists(
