@@ -112,16 +112,16 @@ def map_parsed(parsed: Parsed, mapper: ColumnMapper, target: PartitionTarget) ->
     """Map a parsed batch's documents (its dead letters carried over, refused documents added)."""
     batch_msgs, docs, keep, dead = parsed.msgs, parsed.docs, parsed.keep, list(parsed.dead)
     if mapper.sources:  # columns filled from the messages themselves
-        columns, failures = mapper.map_rows(docs, [batch_msgs[k] for k in keep])
+        columns, failures, new_keys = mapper.map_batch(docs, [batch_msgs[k] for k in keep])
     else:
-        columns, failures = mapper.map_rows(docs)
+        columns, failures, new_keys = mapper.map_batch(docs)
     failed = set()
     for doc_index, err in failures:
         failed.add(doc_index)
         dead.append(dead_letter(batch_msgs[keep[doc_index]], target, err.reason, err.detail))
     row_msgs = [m for d, m in enumerate(keep) if d not in failed] if failed else keep
     return Prepared(columns=columns, rows=len(row_msgs), row_msgs=row_msgs, dead=dead, redelivered=parsed.redelivered,
-                    new_keys=mapper.new_keys(docs))
+                    new_keys=new_keys)
 
 
 def join_prepared(parts: list[Prepared]) -> Prepared:

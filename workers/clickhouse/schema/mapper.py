@@ -187,6 +187,25 @@ class ColumnMapper:
 
         `msgs`: the messages the documents came from, in the same order; needed when a column's
         value comes from the message (``sources``)."""
+        columns, failures, _ = self._map(docs, msgs)
+        return columns, failures
+
+    def map_batch(
+        self, docs: Sequence[Any], msgs: Sequence[tuple] | None = None,
+    ) -> tuple[list[list], list[tuple[int, MappingError]], set[str]]:
+        """``map_rows`` and ``new_keys`` of the same documents in one.
+
+        When every document has exactly the top-level keys the columns read (found while
+        mapping: each has them all, and as many keys as that), none can be new, and their
+        keys are not looked at again (a length per document instead of a lookup per key)."""
+        docs = docs if isinstance(docs, list) else list(docs)
+        columns, failures, exact = self._map(docs, msgs)
+        return columns, failures, (set() if exact else self.new_keys(docs))
+
+    def _map(
+        self, docs: Sequence[Any], msgs: Sequence[tuple] | None,
+    ) -> tuple[list[list], list[tuple[int, MappingError]], bool]:
+        """map_rows, and whether every document is an object with exactly the keys of ``_top_keys``."""
         docs = docs if isinstance(docs, list) else list(docs)
         failures: list[tuple[int, MappingError]] = []
         if set(map(type, docs)) <= {dict}:
@@ -203,7 +222,7 @@ class ColumnMapper:
                     )
         n = len(objs)
         if n == 0:
-            return [[] for _ in self._plans], failures
+            return [[] for _ in self._plans], failures, False
 
         bad: dict[int, MappingError] = {}  # position in objs -> first error, in column order
         for out in self._left_out:
@@ -235,7 +254,9 @@ class ColumnMapper:
             for i, err in bad.items():
                 failures.append((i if origin is None else origin[i], err))
             failures.sort(key=lambda f: f[0])
-        return columns, failures
+        # Every document has every key of _top_keys (top is not None); with no more keys than that, no other.
+        exact = top is not None and set(map(len, objs)) == {len(self._top_keys)}
+        return columns, failures, exact
 
     def _top_fields(self, objs: list) -> dict[str, tuple] | None:
         """Every top-level key's values, if every document has every key (else None)."""
