@@ -8,12 +8,12 @@ from __future__ import annotations
 import re
 import socket
 from pathlib import Path
-from uuid import UUID
 
 import orjson
 
 from bench import micro
 from supervisor.config import load_config
+from workers.clickhouse import native
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -75,7 +75,12 @@ def test_serialised_block_has_exactly_the_native_format_size():
     size = serialiser.write(columns)
     assert size == _expected_block_size(names, types, columns)
     assert serialiser.write(columns) == size  # the same again: nothing was consumed or changed
-    assert all(type(u) is UUID for u in columns[names.index("session_id")])  # the driver rewrote copies only
+    session_ids = columns[names.index("session_id")]
+    assert all(type(u) is bytes and len(u) == 16 for u in session_ids)  # packed, as a worker's mapper makes them
+    uuids = list(map(native.unpack_uuid, session_ids))
+    columns[names.index("session_id")] = uuids  # UUID objects (a value-by-value batch) the driver rewrites ...
+    assert serialiser.write(columns) == size
+    assert columns[names.index("session_id")] == uuids  # ... in copies only
 
 
 def test_serialised_block_reads_back_as_the_mapped_rows():
@@ -100,6 +105,7 @@ def test_serialised_block_reads_back_as_the_mapped_rows():
     assert [n for n, _ in block.columns_with_types] == list(names)
     back = dict(zip(names, block.get_columns(), strict=False))
     sent = dict(zip(names, columns, strict=False))
+    sent["session_id"] = list(map(native.unpack_uuid, sent["session_id"]))  # packed by the mapper
     for name in ("event_id", "user_id", "kind", "amount", "country", "tags", "session_id", "payload"):
         assert list(back[name]) == sent[name], name
     # Read back as naive datetimes in the local zone, the serialiser's "server" zone.

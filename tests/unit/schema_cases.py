@@ -82,23 +82,27 @@ def per_value(type_text: str, values: list, features: ServerFeatures = MODERN) -
     return out
 
 
-def by_map_rows(type_text: str, values: list, features: ServerFeatures = MODERN) -> list:
+def by_map_rows(type_text: str, values: list, features: ServerFeatures = MODERN, normal: Any = None) -> list:
+    """Like per_value, through map_rows; `normal` (if any) turns each mapped value back into what the
+    per-value converter makes (packed UUIDs into UUIDs)."""
     mapper = compile_mapper("t", [TableColumn("c", type_text)], [], features)
     columns, failures = mapper.map_rows([{"c": v} for v in values])
     errors = dict(failures)
-    good = iter(columns[0])
+    good = iter(columns[0] if normal is None else list(map(normal, columns[0])))
     return [
         (errors[i].reason, errors[i].detail.removeprefix("column c")) if i in errors else ("ok", typed(next(good)))
         for i in range(len(values))
     ]
 
 
-def assert_column_as_per_value(type_text: str, good: list, bad: list, features: ServerFeatures = MODERN) -> None:
+def assert_column_as_per_value(
+    type_text: str, good: list, bad: list, features: ServerFeatures = MODERN, normal: Any = None,
+) -> None:
     """The all-good column, and each bad value alone among good ones, map as value by value."""
-    assert by_map_rows(type_text, good, features) == per_value(type_text, good, features)
+    assert by_map_rows(type_text, good, features, normal) == per_value(type_text, good, features)
     for b in bad:
         column = [*good[:2], b, *good[2:]]
-        assert by_map_rows(type_text, column, features) == per_value(type_text, column, features), b
+        assert by_map_rows(type_text, column, features, normal) == per_value(type_text, column, features), b
 
 
 def fast_column(type_text: str, values: list, features: ServerFeatures = MODERN) -> list | None:

@@ -137,10 +137,51 @@ def test_nullable_uuid(items, null_as_default):
     assert_same("Nullable(UUID)", items, null_as_default=null_as_default)
 
 
-@pytest.mark.parametrize("bad", ["not-a-uuid", None, 5, b"\x00" * 16, 1.5])
+@pytest.mark.parametrize("bad", ["not-a-uuid", None, 5, b"\x00" * 15, 1.5])
 def test_uuid_bad_values_raise_the_drivers_error(bad):
     assert_same("UUID", [UUID(int=1), bad, UUID(int=2)])
     assert_same("Nullable(UUID)", [UUID(int=1), None, bad])
+
+
+def _packed(items: list) -> list:
+    """The items as the mapper's fast path hands them over: UUIDs packed (native.pack_uuids), None kept."""
+    return [None if u is None else native.pack_uuids(u.bytes)[0] for u in items]
+
+
+@EXAMPLES
+@given(columns(uuids))
+def test_packed_uuids_are_written_as_the_driver_writes_the_uuids(items):
+    stock = _write("UUID", list(items), fast=False)
+    fast = _write("UUID", _packed(items), fast=True)
+    assert fast[2] is None and stock[2] is None
+    assert b"".join(fast[0]) == b"".join(stock[0])
+    assert [native.unpack_uuid(p) for p in _packed(items)] == items
+
+
+@EXAMPLES
+@given(columns(st.one_of(st.none(), uuids)), st.lists(st.booleans(), max_size=40), st.booleans())
+def test_packed_uuids_mixed_with_uuids_and_nulls(items, which, null_as_default):
+    # Batches joined: some parts mapped by the fast path (packed), some value by value (UUID objects).
+    packed = _packed(items)
+    mixed = [packed[i] if i < len(which) and which[i] else u for i, u in enumerate(items)]
+    spec = "Nullable(UUID)"
+    stock = _write(spec, list(items), fast=False, null_as_default=null_as_default)
+    fast = _write(spec, list(mixed), fast=True, null_as_default=null_as_default)
+    assert fast[2] == stock[2]
+    assert b"".join(fast[0]) == b"".join(stock[0])
+    if None not in items:
+        stock = _write("UUID", list(items), fast=False)
+        fast = _write("UUID", list(mixed), fast=True)
+        assert (b"".join(fast[0]), fast[2]) == (b"".join(stock[0]), stock[2])
+
+
+def test_packed_uuid_is_the_wire_order():
+    u = UUID("00112233-4455-6677-8899-aabbccddeeff")
+    (p,) = native.pack_uuids(u.bytes)
+    assert p == bytes.fromhex("7766554433221100ffeeddccbbaa9988")
+    chunks, items, error = _write("UUID", [p], fast=True)
+    assert error is None and items == [p]  # left as it is: a retry sends the same list again
+    assert b"".join(chunks) == p
 
 
 def test_uuid_edge_values():
@@ -394,15 +435,18 @@ def test_inside_other_columns(spec, items):
 # --------------------------------------------------------------------------- whole blocks
 
 def test_demo_block_is_identical():
-    names, types, columns_ = micro.demo_block(500)
+    names, types, packed = micro.demo_block(500)  # as a worker maps it: UUIDs packed for our writers
+    as_uuids = [list(map(native.unpack_uuid, c)) if n == "session_id" else c
+                for n, c in zip(names, packed, strict=True)]
     serialiser = micro.Serialiser(names, types, keep=True)
     native.uninstall()
-    serialiser.write(columns_)
+    serialiser.write(as_uuids)
     stock = serialiser.socket.kept[:]
     native.install()
-    serialiser.socket.kept.clear()
-    serialiser.write(columns_)
-    assert serialiser.socket.kept == stock
+    for columns_ in (packed, as_uuids):
+        serialiser.socket.kept.clear()
+        serialiser.write(columns_)
+        assert serialiser.socket.kept == stock
 
 
 def test_fast_paths_are_taken(monkeypatch):
@@ -538,3 +582,24 @@ def test_json_is_written_as_one_document_per_row():
 def test_types_the_driver_lacks_are_their_integers(spec, items, raw):
     chunks, _, error = _write(spec, items, fast=True)
     assert error is None and b"".join(chunks) == raw
+
+
+# --------------------------------------------------------------------------- columns handed over
+
+def test_handed_over_columns_go_to_the_driver_without_copies():
+    import clickhouse_driver.client
+
+    columns = [[1, 2, 3], ["a", "b", "c"]]
+    native.install()
+    try:
+        with native.columns_handed_over():
+            (chunk,) = clickhouse_driver.client.column_chunks(columns, 1000)
+            assert all(a is b for a, b in zip(chunk, columns, strict=True))  # the lists themselves
+            # More rows than a block: the driver's own cutting (copies), block by block.
+            assert list(clickhouse_driver.client.column_chunks(columns, 2)) == [[[1, 2], ["a", "b"]], [[3], ["c"]]]
+            assert list(clickhouse_driver.client.column_chunks([[], []], 1000)) == []
+        (chunk,) = clickhouse_driver.client.column_chunks(columns, 1000)  # not handed over: copies
+        assert chunk == columns and not any(a is b for a, b in zip(chunk, columns, strict=True))
+    finally:
+        native.uninstall()
+    assert clickhouse_driver.client.column_chunks is clickhouse_driver.util.helpers.column_chunks

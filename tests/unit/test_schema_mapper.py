@@ -17,6 +17,7 @@ from schema_cases import (
     typed,
 )
 
+from workers.clickhouse import native
 from workers.clickhouse.schema import (
     SchemaError,
     TableColumn,
@@ -261,6 +262,8 @@ def test_demo_events_map_as_value_by_value():
     for name, column in zip(mapper.column_names, columns, strict=False):
         c = conv(types[name], epoch_unit="ms" if name == "ts" else "s")
         sent = [d["user"]["id"] if name == "user_id" else d[name] for d in docs]
+        if name == "session_id":  # packed for jetsink's writers, which demo_mapper installs as a worker does
+            column = list(map(native.unpack_uuid, column))
         assert typed(column) == typed([c(v) for v in sent]), name
 
 
@@ -315,3 +318,49 @@ def test_duplicate_keys_the_last_one_wins():
 
     mapper = compile_mapper("t", [TableColumn("a", "UInt8")], [], MODERN)
     assert mapper.map_rows([orjson.loads(b'{"a": 300, "a": 7}')]) == ([[7]], [])
+
+
+# --------------------------------------------------------------------------- map_batch: map_rows + new_keys
+
+KEYED = [TableColumn("a", "String"), TableColumn("b", "UInt8"), TableColumn("n", "UInt32")]
+KEYED_OVERRIDES = [Override("n", path=("nested", "n"))]
+
+
+def _keyed_mapper():
+    return compile_mapper("t", KEYED, KEYED_OVERRIDES, MODERN)
+
+
+def _plain(columns, failures):
+    return columns, [(i, e.reason, e.detail) for i, e in failures]
+
+
+@pytest.mark.parametrize("docs, new", [
+    ([{"a": "x", "b": 1, "nested": {"n": 1}}] * 3, set()),  # exactly the columns' keys: found while mapping
+    ([{"a": "x", "b": 1, "nested": {"n": 1}}, {"a": "y", "b": 2, "nested": {"n": 2}, "c": 0}], {"c"}),
+    ([{"a": "x", "b": 1}, {"a": "y", "b": 2, "nested": {"n": 2}, "d": [1]}], {"d"}),  # one lacks a key, one has more
+    ([{"a": "x", "b": 1, "n": 3}], {"n"}),  # a column's name read from elsewhere ("nested.n") is no column's key
+    ([{"a": "x", "b": 1, "nested": {"n": 1}}, [1, 2], "text"], set()),  # not objects: refused, no keys
+    ([], set()),
+])
+def test_map_batch_is_map_rows_and_new_keys(docs, new):
+    mapper = _keyed_mapper()
+    columns, failures, found = mapper.map_batch(docs)
+    assert _plain(columns, failures) == _plain(*mapper.map_rows(docs))
+    assert found == new == mapper.new_keys(docs)
+
+
+def test_map_batch_sees_a_key_in_place_of_a_known_one():
+    # As many keys as the columns read, but not the same ones: the length alone must not pass it.
+    mapper = _keyed_mapper()
+    docs = [{"a": "x", "b": 1, "nested": {"n": 1}}, {"a": "x", "b": 1, "other": 5}]
+    assert mapper.map_batch(docs)[2] == {"other"}
+
+
+@given(st.lists(st.dictionaries(st.sampled_from(["a", "b", "nested", "c", "n"]),
+                                st.one_of(st.integers(0, 300), st.text(max_size=2), st.just({"n": 1}))),
+                max_size=6))
+def test_map_batch_property(docs):
+    mapper = _keyed_mapper()
+    columns, failures, found = mapper.map_batch(docs)
+    assert _plain(columns, failures) == _plain(*mapper.map_rows(docs))
+    assert found == mapper.new_keys(docs)

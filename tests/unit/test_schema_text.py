@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from uuid import UUID
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from schema_cases import (
@@ -16,6 +17,8 @@ from schema_cases import (
     rejects,
     typed,
 )
+
+from workers.clickhouse import native
 
 
 def test_strings():
@@ -112,21 +115,43 @@ BAD_UUIDS = [
 ]
 
 
-def test_uuid_column_fast_path_is_the_per_value_converter():
+@pytest.fixture(params=["uuid-objects", "packed"])
+def uuid_writer(request):
+    """The column fast path makes UUID objects for the driver's own writer, and packed values
+    (native.pack_uuids) when jetsink's writers are installed, as in a worker."""
+    was = native.installed()
+    (native.install if request.param == "packed" else native.uninstall)()
+    yield request.param
+    (native.install if was else native.uninstall)()
+
+
+def as_uuid(v):
+    return native.unpack_uuid(v) if type(v) is bytes else v
+
+
+def test_uuid_column_fast_path_is_the_per_value_converter(uuid_writer):
     fast = fast_column("UUID", UUIDS)
+    assert {type(u) for u in fast} == ({bytes} if uuid_writer == "packed" else {UUID})
+    fast = list(map(as_uuid, fast))
     assert fast == [UUID(u) for u in UUIDS]
     assert [typed(u) for u in fast] == [typed(UUID(u)) for u in UUIDS]
-    assert_column_as_per_value("UUID", UUIDS, BAD_UUIDS)
-    assert_column_as_per_value("Nullable(UUID)", UUIDS, [None, "nope"])
+    assert_column_as_per_value("UUID", UUIDS, BAD_UUIDS, normal=as_uuid)
+    assert_column_as_per_value("Nullable(UUID)", UUIDS, [None, "nope"], normal=as_uuid)
     for bad in BAD_UUIDS:
         assert fast_column("UUID", [UUIDS[0], bad]) is None
         assert fast_column("UUID", [bad] * 3) is None
 
 
+@pytest.mark.parametrize("writer", ["uuid-objects", "packed"])
 @given(st.lists(st.uuids().map(str) | st.text(alphabet="0123456789abcdefABCDEF-\n_x ", min_size=30, max_size=40),
                 min_size=1, max_size=6))
-def test_uuid_column_fast_path_property(column):
-    assert by_map_rows("UUID", column) == per_value("UUID", column)
+def test_uuid_column_fast_path_property(writer, column):
+    was = native.installed()
+    (native.install if writer == "packed" else native.uninstall)()
+    try:
+        assert by_map_rows("UUID", column, normal=as_uuid) == per_value("UUID", column)
+    finally:
+        (native.install if was else native.uninstall)()
 
 
 def test_fixed_string_column_fast_path_is_the_per_value_converter():

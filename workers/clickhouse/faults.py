@@ -168,7 +168,8 @@ def isolate_bad_rows(
     ranges = [(0, rows)] if rows else []
     while ranges:
         lo, hi = ranges.pop()
-        # A copy per attempt: the driver rewrites some columns in place (UUIDs).
+        # A copy per attempt, handed over to the driver: it rewrites some columns in place
+        # (workers/clickhouse/native.py columns_handed_over), and a failed attempt's copy is not used again.
         part = [col[lo:hi] for col in columns]
         try:
             if (lo, hi) == (0, rows) or ident is None:
@@ -188,7 +189,7 @@ def isolate_bad_rows(
             if classify(exc) is not Fault.ROWS:
                 raise
             if writable is not None and not isinstance(exc, ch.ServerException) and (lo, hi) == (0, rows):
-                writable(part)  # raises ColumnUnwritable when a whole column cannot be written
+                writable(columns)  # raises ColumnUnwritable when a whole column cannot be written
             if hi - lo == 1:
                 bad.append((lo, exc.with_traceback(None)))
                 continue

@@ -199,13 +199,15 @@ def send_insert(client: Client, statement: str, columns: list[list], settings: d
     `settings` may carry `opentelemetry_traceparent` (servers >= 20.11), which
     clickhouse-driver sends in the query's client info rather than as a setting.
     Under an identity (`indoubt.run_as`) the insert gets its query_id and settings.
+    `columns` are handed over: the driver may rewrite them in place (pass a copy you do not need again).
     """
     ident = indoubt.current.get()
-    if ident is None:
-        return client.execute(statement, columns, columnar=True, types_check=False, settings=settings)
-    # A batch with a recorded range: the same query_id (and token) every time it is sent,
-    # so that its next owner can tell whether it landed (workers/clickhouse/indoubt.py).
-    settings = {**(settings or {}), **ident.settings()}
-    return client.execute(
-        statement, columns, columnar=True, types_check=False, settings=settings, query_id=ident.query_id
-    )
+    with native.columns_handed_over():  # the driver may rewrite `columns` in place: they are its own
+        if ident is None:
+            return client.execute(statement, columns, columnar=True, types_check=False, settings=settings)
+        # A batch with a recorded range: the same query_id (and token) every time it is sent,
+        # so that its next owner can tell whether it landed (workers/clickhouse/indoubt.py).
+        settings = {**(settings or {}), **ident.settings()}
+        return client.execute(
+            statement, columns, columnar=True, types_check=False, settings=settings, query_id=ident.query_id
+        )

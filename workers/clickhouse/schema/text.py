@@ -90,6 +90,10 @@ def uuid_converter() -> Converter:
             return None
         if len(raw) != 16 * n:
             return None
+        from workers.clickhouse import native  # not at the top: native imports the schema package
+
+        if native.installed():
+            return native.pack_uuids(raw)  # what the installed UUID writer sends as it is
         halves = struct.unpack(f">{2 * n}Q", raw)
         ints = list(map(or_, map(lshift, halves[0::2], repeat(64)), halves[1::2]))
         if not direct:
