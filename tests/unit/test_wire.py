@@ -145,6 +145,13 @@ def test_garbage_is_a_protocol_error():
         asyncio.run(parser.parse(b"WHAT is this\r\n"))
     with pytest.raises(errors.ProtocolError):
         asyncio.run(wire.BulkParser(_Client([])).parse(b"MSG s 1 notanumber\r\n"))
+    # A JetStream delivery's sizes (an HMSG with a reply subject: the reader's fastest path).
+    for line in (b"HMSG s 1 r x 5\r\n", b"HMSG s 1 r 2 five\r\n", b"HMSG s 1 r -3 5\r\n", b"HMSG s 1 r 3 -5\r\n"):
+        parser = wire.BulkParser(_Client([]))
+        parser.routes[b"1"] = lambda msgs: None
+        asyncio.run(parser.parse(b"HMSG s 1 r 2 3\r\n..x\r\n"))  # a good one first: its sizes are known
+        with pytest.raises(errors.ProtocolError):
+            asyncio.run(parser.parse(line + b"NATS/1.0\r\n\r\n\r\n"))
 
 
 def test_a_failing_route_does_not_stop_the_reader():

@@ -49,6 +49,21 @@ class BulkParser(nats_parser.Parser):
     def reset(self) -> None:
         super().reset()
         self._want = 0  # bytes the unfinished message at the front of buf needs in all
+        # Sizes as the control lines spell them -> ints: a dict lookup costs less than int(), and
+        # a stream's messages come in few sizes (bounded: cleared when full).
+        self._sizes: dict[bytes, int] = {}
+
+    def _size(self, text: bytes) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise errors.ProtocolError("nats: malformed MSG") from None
+        if value < 0:
+            raise errors.ProtocolError("nats: malformed MSG")
+        if len(self._sizes) >= 4096:
+            self._sizes.clear()
+        self._sizes[text] = value
+        return value
 
     async def parse(self, data: bytes = b"") -> None:
         buf = self.buf
@@ -66,6 +81,7 @@ class BulkParser(nats_parser.Parser):
         pos = 0
         find = data.find
         got_sid, got = None, []  # the routed subscription of the last message, and its list
+        sizes = self._sizes
         while pos < n:
             eol = find(_CRLF, pos)
             if eol < 0:
@@ -79,10 +95,10 @@ class BulkParser(nats_parser.Parser):
                 _, subject, sid, reply, hsize, size = args
                 start = eol + 2
                 try:
-                    body = start + int(hsize)
-                    end = start + int(size)
-                except ValueError:
-                    raise errors.ProtocolError("nats: malformed MSG") from None
+                    body = start + sizes[hsize]
+                    end = start + sizes[size]
+                except KeyError:
+                    body, end = start + self._size(hsize), start + self._size(size)
                 if end + 2 > n:
                     self._want = end + 2 - pos
                     break
