@@ -223,7 +223,9 @@ class Chaos:
             server.proc.wait()
             if name == "nats":
                 extra = ["--profile", str(servers.nats_profile_port)] if servers.nats_profile_port else []
-                again = embedded_nats.start_nats(server.data_dir, server.port, extra_args=extra)
+                # With the account's subject mappings it had (--layout stream_per_partition), if any.
+                again = embedded_nats.start_nats(server.data_dir, server.port, extra_args=extra,
+                                                 mappings=embedded_nats.written_mappings(server.data_dir))
                 servers.nats_pid = again.pid
             else:
                 again = embedded_clickhouse.start_clickhouse(server.data_dir, server.port)

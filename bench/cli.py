@@ -97,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
                         "--chaos kill-clickhouse then kills the replica worker 0 inserts into")
     p.add_argument("--layout", choices=("single_stream", "stream_per_partition"), default=None,
                    help="the pipeline's stream layout (default: the config's); stream_per_partition maps the "
-                   "subject on the bench's own nats-server (a config reload)")
+                   "subject on the bench's own nats-server or --cluster (a config reload)")
     p.add_argument("--routes", type=int, default=0, metavar="N",
                    help="route the events by their kind over N routes (pipelines[].routes), all into the table: "
                         "each batch is N parts (default 0: no routes)")

@@ -340,13 +340,16 @@ def run_config(
 
 
 def map_subject(servers: Servers, subject: str, partitions: int) -> None:
-    """stream_per_partition: the account of the bench's own nats-server maps `subject` into partitions
-    (its config file rewritten, then a reload; provisioning waits until its probes see it)."""
-    nats_servers = [s for s in servers.owned if s.name == "nats-server"]
-    if servers.cluster is not None or not nats_servers:
-        raise ValueError("--layout stream_per_partition maps the subject on the bench's own nats-server only "
-                         "(nats.embedded, no --cluster); on a server of yours, add the mapping yourself")
+    """stream_per_partition: the account of the bench's own nats-server (or every node of its --cluster) maps
+    `subject` into partitions (config files rewritten, then a reload; provisioning waits until its probes see it)."""
     src, dest = account_mapping(subject, partitions)
+    if servers.cluster is not None:
+        servers.cluster.map_subjects({src: dest})  # every node, also when a chaos kill starts one again
+        return
+    nats_servers = [s for s in servers.owned if s.name == "nats-server"]
+    if not nats_servers:
+        raise ValueError("--layout stream_per_partition maps the subject on the bench's own nats-server or cluster "
+                         "only (nats.embedded, or --cluster); on a server of yours, add the mapping yourself")
     for server in nats_servers:
         embedded_nats.write_mappings(server.data_dir, {src: dest})
         embedded_nats.reload(server)

@@ -7,6 +7,7 @@ runs on its own store, so a killed node starts again where it was (`start(node)`
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 import nats
 
 from supervisor import embedded, embedded_nats
+
+CLUSTER_NAME = "jetsink-test"
 
 
 @dataclass
@@ -41,9 +44,25 @@ class NatsCluster:
 
     def start(self, node: Node) -> None:
         routes = ",".join(f"nats://127.0.0.1:{n.cluster_port}" for n in self.nodes if n is not node)
-        node.server = embedded_nats.start_nats(node.data_dir, node.port, mappings=self.mappings, extra_args=[
-            "--server_name", node.name, "--cluster_name", "jetsink-test",
+        node.server = embedded_nats.start_nats(node.data_dir, node.port, mappings=self.mappings,
+                                               settings=self.settings(node), extra_args=[
+            "--server_name", node.name, "--cluster_name", CLUSTER_NAME,
             "--cluster", f"nats://127.0.0.1:{node.cluster_port}", "--routes", routes])
+
+    def settings(self, node: Node) -> str:
+        """The node's name and cluster block as config text (its flags too), which a config reload
+        (new mappings) needs to find in the file."""
+        routes = ", ".join(json.dumps(f"nats://127.0.0.1:{n.cluster_port}") for n in self.nodes if n is not node)
+        return (f"server_name: {json.dumps(node.name)}\n"
+                f"cluster {{\n  name: {json.dumps(CLUSTER_NAME)}\n  listen: \"127.0.0.1:{node.cluster_port}\"\n"
+                f"  routes: [{routes}]\n}}\n")
+
+    def map_subjects(self, mappings: dict[str, str]) -> None:
+        """Every node's account maps these subjects from now on (also when a node starts again)."""
+        self.mappings = dict(mappings)
+        for node in self.nodes:
+            embedded_nats.write_mappings(node.data_dir, self.mappings, self.settings(node))
+            embedded_nats.reload(node.server)
 
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)

@@ -44,12 +44,14 @@ def start_nats(
     extra_args: Sequence[str] = (),
     ready_timeout: float = 20.0,
     mappings: Mapping[str, str] | None = None,
+    settings: str = "",
 ) -> ServerProcess:
     """Start nats-server with JetStream on host:port; return once it answers.
 
     JetStream files land in data_dir/jetstream (nats-server appends "jetstream"
     to -sd); its output goes to data_dir/nats-server.log.  `mappings` (source subject ->
-    destination) are the account's subject mappings, written to data_dir/nats-server.conf.
+    destination) are the account's subject mappings, written to data_dir/nats-server.conf
+    (with `settings`, e.g. a cluster node's: see write_mappings).
     """
     binary = find_nats_server()
     data_dir = Path(data_dir)
@@ -57,7 +59,7 @@ def start_nats(
     log_path = data_dir / "nats-server.log"
     config = []
     if mappings is not None:
-        config = ["-c", str(write_mappings(data_dir, mappings))]
+        config = ["-c", str(write_mappings(data_dir, mappings, settings))]
     argv = [
         binary,
         *config,
@@ -73,13 +75,27 @@ def start_nats(
     return server
 
 
-def write_mappings(data_dir: Path, mappings: Mapping[str, str]) -> Path:
-    """The server config file holding only the account's subject mappings (flags say the rest)."""
+def write_mappings(data_dir: Path, mappings: Mapping[str, str], settings: str = "") -> Path:
+    """The server config file holding the account's subject mappings (flags say the rest).
+
+    `settings`: more of the server's config, written before the mappings: a config reload
+    reads only the file, and refuses one without what a clustered JetStream server needs
+    (server_name, the cluster block) even when flags gave it at the start."""
     path = Path(data_dir) / CONFIG_FILE
     lines = [f"  {json.dumps(src)}: {json.dumps(dest)}" for src, dest in mappings.items()]
     path.write_text("# Written by jetsink: the subject mappings of pipelines with layout stream_per_partition.\n"
-                    "mappings {\n" + "\n".join(lines) + "\n}\n")
+                    + settings + "mappings {\n" + "\n".join(lines) + "\n}\n")
     return path
+
+
+def written_mappings(data_dir: Path) -> dict[str, str] | None:
+    """The mappings write_mappings left in data_dir (to start a server again as it was), or None without a file."""
+    path = Path(data_dir) / CONFIG_FILE
+    if not path.exists():
+        return None
+    block = path.read_text().split("mappings {\n", 1)[1].split("\n}", 1)[0]
+    pairs = [line.strip().split(": ", 1) for line in block.splitlines() if line.strip()]
+    return {json.loads(src): json.loads(dest) for src, dest in pairs}
 
 
 def reload(server: ServerProcess) -> None:
