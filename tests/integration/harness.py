@@ -352,12 +352,27 @@ class LayoutNats:
             map_subject(self._server, self._mappings, subject, partitions)
         return {"layout": self.layout, **keys}
 
+    def unmap(self, subject: str) -> None:
+        """Remove the account's mapping of `subject` (stream_per_partition), as an operator would."""
+        unmap_subject(self._server, self._mappings, subject)
+
     def expected(self, stream: str) -> str | None:
         return None if self.per_partition else stream
 
     def streams(self, stream: str, partitions: int) -> list[str]:
         """The streams holding the pipeline's messages."""
         return [f"{stream}_{i}" for i in range(partitions)] if self.per_partition else [stream]
+
+    def stream_of(self, stream: str, index: int) -> str:
+        """The stream holding partition `index` (its consumer's stream)."""
+        return f"{stream}_{index}" if self.per_partition else stream
+
+
+def own_mappings(layout: str, subject: str, partitions: int) -> dict[str, str] | None:
+    """The account mappings an OwnNats needs for a pipeline of `layout` (None: single_stream, no config file)."""
+    from workers.topology import account_mapping
+
+    return dict([account_mapping(subject, partitions)]) if layout == "stream_per_partition" else None
 
 
 class OwnClickHouse(_OwnServer):
