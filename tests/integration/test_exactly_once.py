@@ -62,8 +62,8 @@ def test_kill_9_of_a_worker_mid_stream(tmp_path, layout_nats, clickhouse_server,
         assert sup.terminate() == 0
 
 
-# The suite's budget: these two run stream_per_partition behind the slow marker (`-m slow`); the worker
-# kill, the in-doubt tests and the stream changes prove that layout in the default run.
+# The suite's budget: these three run stream_per_partition behind the slow marker (`-m slow`); the worker
+# kill and the stream changes prove that layout in the default run.
 _SLOW_ON_PARTITION_STREAMS = pytest.mark.parametrize(
     "layout", ["single_stream", pytest.param("stream_per_partition", marks=pytest.mark.slow)], indirect=True)
 
@@ -118,10 +118,13 @@ def test_kill_9_of_the_supervisor_group_then_a_new_supervisor(
         sup.close()
 
 
-def test_kill_9_of_clickhouse_server(tmp_path, nats_url):
+@_SLOW_ON_PARTITION_STREAMS
+def test_kill_9_of_clickhouse_server(tmp_path, layout_nats):
     with OwnClickHouse(tmp_path, "xo") as ch:
         names, prefix = pipeline_names("xo")
-        cfg = sink_config(tmp_path, nats_url, ch.port, "xo", partitions=4, workers=2, **names)
+        nats_url = layout_nats.url
+        cfg = sink_config(tmp_path, nats_url, ch.port, "xo", partitions=4, workers=2,
+                          pipeline=layout_nats.pipeline(names["subject"], 4), **names)
         total = 30_000
         with under_load(cfg, tmp_path / "sink.log", nats_url, prefix, total, RATE, 4) as (sup, load):
             rows_flowing(sup, ch.client, "xo")
