@@ -1,6 +1,8 @@
 """Several supervisors (instances) sharing one pipeline's partitions through NATS: membership, balance,
 hand-over, failure of a whole instance. Each instance is a real `python -m supervisor` with its own
-instance_id, state_dir and admin port, as on separate hosts."""
+instance_id, state_dir and admin port, as on separate hosts.  Each test runs on both stream layouts
+(tests/conftest.py's `layout`); stream_per_partition's runs under load are behind the slow marker (the
+suite's budget: ~30 s each)."""
 
 from __future__ import annotations
 
@@ -14,11 +16,23 @@ from collections import defaultdict
 from pathlib import Path
 
 import nats
+import pytest
 
 from tests.integration.harness import REPO, Load, Supervisor, pipeline_names, run, sink_config
 from workers.topology import consumer_name
 
 PARTITIONS = 8
+
+# Both layouts; stream_per_partition's runs under load behind the slow marker (`python3 -m pytest -m slow`).
+SLOW_ON_PARTITION_STREAMS = pytest.mark.parametrize(
+    "layout", ["single_stream", pytest.param("stream_per_partition", marks=pytest.mark.slow)], indirect=True)
+
+
+def _names(layout_nats) -> tuple[dict, str]:
+    """A fresh pipeline's names and publish prefix; its `layout` (with stream_per_partition, the account's
+    mapping of its subject added first) in names["pipeline"]."""
+    names, prefix = pipeline_names("ev")
+    return {**names, "pipeline": layout_nats.pipeline(names["subject"], PARTITIONS)}, prefix
 
 
 def _instance(tmp_path: Path, name: str, nats_url: str, ch_port: int, db: str, names: dict, workers: int = 1):
@@ -69,13 +83,15 @@ def _assert_one_owner_at_a_time(pins: dict[int, list]) -> None:
                 f"partition {partition}: pin {pin} delivered {first}..{last}, pin {next_pin} from {next_first}")
 
 
-async def _server_pins(nats_url: str, stream: str, pipeline: str) -> dict[int, str | None]:
-    """The consumers' own record: the pin each one's priority group holds now."""
-    nc = await nats.connect(nats_url)
+async def _server_pins(layout_nats, stream: str, pipeline: str) -> dict[int, str | None]:
+    """The consumers' own record: the pin each one's priority group holds now (each consumer on its
+    partition's stream: the pipeline's, or with stream_per_partition its own)."""
+    nc = await nats.connect(layout_nats.url)
     try:
         out = {}
         for i in range(PARTITIONS):
-            reply = await nc.request(f"$JS.API.CONSUMER.INFO.{stream}.{consumer_name(pipeline, i)}", b"")
+            reply = await nc.request(
+                f"$JS.API.CONSUMER.INFO.{layout_nats.stream_of(stream, i)}.{consumer_name(pipeline, i)}", b"")
             groups = json.loads(reply.data).get("priority_groups") or [{}]
             out[i] = groups[0].get("pinned_client_id")
         return out
@@ -83,9 +99,11 @@ async def _server_pins(nats_url: str, stream: str, pipeline: str) -> dict[int, s
         await nc.close()
 
 
+@SLOW_ON_PARTITION_STREAMS
 def test_instances_share_partitions_and_hand_them_over_one_owner_at_a_time(
-        tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
-    pipeline, prefix = pipeline_names("ev")
+        tmp_path, layout_nats, clickhouse_server, clickhouse_client, ch_database):
+    nats_url = layout_nats.url
+    pipeline, prefix = _names(layout_nats)
     a = _instance(tmp_path, "a", nats_url, clickhouse_server.port, ch_database, pipeline)
     b = c = None
     try:
@@ -120,9 +138,8 @@ def test_instances_share_partitions_and_hand_them_over_one_owner_at_a_time(
         pins = _pins(a, b, c)
         assert len(pins) == PARTITIONS and sum(len(v) for v in pins.values()) > PARTITIONS
         _assert_one_owner_at_a_time(pins)
-        now = a.wait(lambda: (lambda p: p if all(p.values()) else None)(run(_server_pins(nats_url, pipeline["stream"],
-                                                                                         pipeline["name"]))),
-                     30, "every consumer pinned")
+        now = a.wait(lambda: (lambda p: p if all(p.values()) else None)(
+            run(_server_pins(layout_nats, pipeline["stream"], pipeline["name"]))), 30, "every consumer pinned")
         for partition, spans in pins.items():
             assert spans[-1][1] is None and spans[-1][2] == now[partition]  # the one open pin is the server's
         assert a.terminate() == 0
@@ -132,9 +149,11 @@ def test_instances_share_partitions_and_hand_them_over_one_owner_at_a_time(
                 s.close()
 
 
+@SLOW_ON_PARTITION_STREAMS
 def test_kill_9_of_a_whole_instance_under_load_loses_nothing(
-        tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database):
-    pipeline, prefix = pipeline_names("ev")
+        tmp_path, layout_nats, clickhouse_server, clickhouse_client, ch_database):
+    nats_url = layout_nats.url
+    pipeline, prefix = _names(layout_nats)
     a = _instance(tmp_path, "a", nats_url, clickhouse_server.port, ch_database, pipeline)
     b = _instance(tmp_path, "b", nats_url, clickhouse_server.port, ch_database, pipeline)
     try:
@@ -166,9 +185,9 @@ def test_kill_9_of_a_whole_instance_under_load_loses_nothing(
         b.close()
 
 
-def test_check_rejects_an_instance_id_that_is_live(tmp_path, nats_url, clickhouse_server, ch_database):
-    pipeline, _ = pipeline_names("ev")
-    a = _instance(tmp_path, "a", nats_url, clickhouse_server.port, ch_database, pipeline)
+def test_check_rejects_an_instance_id_that_is_live(tmp_path, layout_nats, clickhouse_server, ch_database):
+    pipeline, _ = _names(layout_nats)
+    a = _instance(tmp_path, "a", layout_nats.url, clickhouse_server.port, ch_database, pipeline)
     try:
         a.wait_acquired(PARTITIONS)
         check = subprocess.run([sys.executable, "-m", "supervisor", "check", "--config", str(a.config), "--connect"],
@@ -179,5 +198,8 @@ def test_check_rejects_an_instance_id_that_is_live(tmp_path, nats_url, clickhous
         check = subprocess.run([sys.executable, "-m", "supervisor", "check", "--config", str(a.config), "--connect"],
                                cwd=REPO, capture_output=True, text=True, timeout=60)
         assert check.returncode == 0, check.stderr
+        # stream_per_partition: the account's mapping checked by provisioning's probes (tests/integration/
+        # test_check_connect.py); single_stream has none to check.
+        assert ("mapping verified by" in check.stdout) == layout_nats.per_partition, check.stdout
     finally:
         a.close()
