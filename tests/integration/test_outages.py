@@ -7,7 +7,8 @@ data and port, and prints how long after the server answered again the last even
 beside what the rest of the drain alone takes at the rate measured before the kill.  Asserted:
 counts (0 lost, 0 duplicates), no worker restarted, and how much work the outage cost (insert
 attempts while ClickHouse was down), never wall-clock time.  The 120 s outages are marked
-`slow` (run them with `-m slow`).
+`slow` (run them with `-m slow`).  Each runs on both stream layouts (tests/conftest.py's `layout`);
+stream_per_partition's are all behind the slow marker (the suite's budget: ~36 s each for the 3 s ones).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tests.integration.harness import (
     OwnNats,
     Supervisor,
     event_counts,
+    own_mappings,
     pipeline_names,
     publish_events,
     resent_unknown,
@@ -64,12 +66,12 @@ def _events(prefix: str, count: int):
 
 
 def _drain_through(tmp_path, kind: str, outage_s: float, nats_url: str, ch_port: int, client, db: str,
-                   server) -> Outage:
-    """Drain TOTAL events; at KILL_AT of them stored, kill -9 `server`, wait `outage_s`, start it again."""
-    names, prefix = pipeline_names("out")
+                   server, names: dict, prefix: str, layout: str, expected_stream: str | None) -> Outage:
+    """Drain TOTAL events of the pipeline `names` (`layout`; with stream_per_partition the account maps its
+    subject already); at KILL_AT of them stored, kill -9 `server`, wait `outage_s`, start it again."""
     # The default ack_wait (30 s): deliveries lost with a connection must not wait for it.
     cfg = sink_config(tmp_path, nats_url, ch_port, db, partitions=PARTITIONS, workers=WORKERS, ack_wait_s=None,
-                      **names)
+                      pipeline={"layout": layout}, **names)
     # A backlog, as after a stop: the stream and consumers made by a first run, the events
     # published while no sink runs, then the sink that drains them.
     first = Supervisor(cfg, tmp_path / "provision.log")
@@ -78,7 +80,7 @@ def _drain_through(tmp_path, kind: str, outage_s: float, nats_url: str, ch_port:
         assert first.terminate() == 0
     finally:
         first.close()
-    publish_events(nats_url, _events(prefix, TOTAL), names["stream"])
+    publish_events(nats_url, _events(prefix, TOTAL), expected_stream)
     sup = Supervisor(cfg, tmp_path / "sink.log")
     try:
         stored = lambda: event_counts(client, db)[1]  # noqa: E731
@@ -116,15 +118,21 @@ def _stat_sum(sup: Supervisor, key: str) -> int:
     return sum(p.get(key, 0) for w in sup.workers() for p in w["stats"].values())
 
 
-def _nats_outage(tmp_path, outage_s, clickhouse_server, clickhouse_client, ch_database) -> Outage:
-    with OwnNats(tmp_path) as nats_server:
+def _nats_outage(tmp_path, outage_s, layout, clickhouse_server, clickhouse_client, ch_database) -> Outage:
+    names, prefix = pipeline_names("out")
+    # stream_per_partition: the server's account maps the subject (also after its restart).
+    with OwnNats(tmp_path, own_mappings(layout, names["subject"], PARTITIONS)) as nats_server:
         return _drain_through(tmp_path, "nats-server", outage_s, nats_server.url, clickhouse_server.port,
-                              clickhouse_client, ch_database, nats_server)
+                              clickhouse_client, ch_database, nats_server, names, prefix, layout,
+                              None if layout == "stream_per_partition" else names["stream"])
 
 
-def _clickhouse_outage(tmp_path, outage_s, nats_url) -> Outage:
+def _clickhouse_outage(tmp_path, outage_s, layout_nats) -> Outage:
+    names, prefix = pipeline_names("out")
+    layout_nats.pipeline(names["subject"], PARTITIONS)  # stream_per_partition: the account maps the subject
     with OwnClickHouse(tmp_path, "outage") as ch:
-        return _drain_through(tmp_path, "clickhouse-server", outage_s, nats_url, ch.port, ch.client, "outage", ch)
+        return _drain_through(tmp_path, "clickhouse-server", outage_s, layout_nats.url, ch.port, ch.client, "outage",
+                              ch, names, prefix, layout_nats.layout, layout_nats.expected(names["stream"]))
 
 
 def _assert_waited_out(result: Outage) -> None:
@@ -134,19 +142,29 @@ def _assert_waited_out(result: Outage) -> None:
     assert result.insert_retries <= 2 * PARTITIONS
 
 
-def test_nats_server_down_3s(tmp_path, clickhouse_server, clickhouse_client, ch_database):
-    _assert_waited_out(_nats_outage(tmp_path, 3.0, clickhouse_server, clickhouse_client, ch_database))
+# Both layouts; stream_per_partition's behind the slow marker (`python3 -m pytest -m slow`).
+SLOW_ON_PARTITION_STREAMS = pytest.mark.parametrize(
+    "layout", ["single_stream", pytest.param("stream_per_partition", marks=pytest.mark.slow)], indirect=True)
+BOTH_LAYOUTS = pytest.mark.parametrize("layout", ["single_stream", "stream_per_partition"], indirect=True)
 
 
-def test_clickhouse_server_down_3s(tmp_path, nats_url):
-    _assert_waited_out(_clickhouse_outage(tmp_path, 3.0, nats_url))
+@SLOW_ON_PARTITION_STREAMS
+def test_nats_server_down_3s(tmp_path, layout, clickhouse_server, clickhouse_client, ch_database):
+    _assert_waited_out(_nats_outage(tmp_path, 3.0, layout, clickhouse_server, clickhouse_client, ch_database))
+
+
+@SLOW_ON_PARTITION_STREAMS
+def test_clickhouse_server_down_3s(tmp_path, layout_nats):
+    _assert_waited_out(_clickhouse_outage(tmp_path, 3.0, layout_nats))
 
 
 @pytest.mark.slow
-def test_nats_server_down_120s(tmp_path, clickhouse_server, clickhouse_client, ch_database):
-    _assert_waited_out(_nats_outage(tmp_path, 120.0, clickhouse_server, clickhouse_client, ch_database))
+@BOTH_LAYOUTS
+def test_nats_server_down_120s(tmp_path, layout, clickhouse_server, clickhouse_client, ch_database):
+    _assert_waited_out(_nats_outage(tmp_path, 120.0, layout, clickhouse_server, clickhouse_client, ch_database))
 
 
 @pytest.mark.slow
-def test_clickhouse_server_down_120s(tmp_path, nats_url):
-    _assert_waited_out(_clickhouse_outage(tmp_path, 120.0, nats_url))
+@BOTH_LAYOUTS
+def test_clickhouse_server_down_120s(tmp_path, layout_nats):
+    _assert_waited_out(_clickhouse_outage(tmp_path, 120.0, layout_nats))
