@@ -5,6 +5,8 @@ events (whose payloads are no JSON: they are never parsed) and dead-letters the 
 `unrouted`; every table takes metadata columns (subject, stream sequence, JetStream's
 stored time, a header, the partition, a subject token, the raw message). A worker killed
 between two tables' inserts of one batch leaves nothing lost and nothing twice in any table.
+Every test runs on both stream layouts (tests/conftest.py's `layout`): with stream_per_partition the
+stream sequence is the partition stream's, and the subject source is still the producer's subject.
 """
 
 from __future__ import annotations
@@ -36,15 +38,18 @@ TABLES = {
 }
 
 
-def _routed(tmp_path, nats_url, ch, client, db, **pipeline):
+PARTITIONS = 2
+
+
+def _routed(tmp_path, layout_nats, ch, client, db, **pipeline):
     names, prefix = pipeline_names("rt")
     for table, columns in TABLES.items():
         client.execute(f"CREATE TABLE {db}.{table} ({columns}) ENGINE = MergeTree() ORDER BY event_id")
     names["subject"] = f"{prefix}.*.*"
     # An instance_id of its own: `check --connect` refuses one that is live in the members bucket (tests
     # share a nats-server, and a previous test's supervisor stays listed for its TTL).
-    config = sink_config(tmp_path, nats_url, ch.port, db, partitions=2, workers=1, instance_id=names["name"],
-                         pipeline={
+    config = sink_config(tmp_path, layout_nats.url, ch.port, db, partitions=PARTITIONS, workers=1,
+                         instance_id=names["name"], pipeline=layout_nats.pipeline(names["subject"], PARTITIONS, **{
         "table": None, "create_table": None,
         "routes": [
             {"subject": f"{prefix}.click.*", "table": "clicks", "columns": {"user_id": "user.id"}},
@@ -58,7 +63,7 @@ def _routed(tmp_path, nats_url, ch, client, db, **pipeline):
             "kindtok": {"subject_token": 2}, "delivered": {"source": "delivered"},
         },
         **pipeline,
-    }, **names)
+    }), **names)
     return config, names, prefix
 
 
@@ -84,28 +89,33 @@ def _metrics(sup) -> dict:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def _stored_messages(nats_url: str, stream: str) -> dict[int, object]:
-    """Stream sequence -> the stored message (subject with the partition token, time)."""
+def _stored_messages(nats_url: str, streams: list[str]) -> dict[tuple[str, int], object]:
+    """(stream, stream sequence) -> the stored message (subject with the partition token, time)."""
     async def go():
         nc = await nats.connect(nats_url)
         try:
             js = nc.jetstream()
-            info = await js.stream_info(stream)
-            return {s: await js.get_msg(stream, s) for s in range(info.state.first_seq, info.state.last_seq + 1)}
+            out = {}
+            for stream in streams:
+                info = await js.stream_info(stream)
+                for s in range(info.state.first_seq, info.state.last_seq + 1):
+                    out[stream, s] = await js.get_msg(stream, s)
+            return out
         finally:
             await nc.close()
     return run(go())
 
 
 def _dead_letters(nats_url: str, stream: str) -> list:
-    return list(_stored_messages(nats_url, f"{stream}_DLQ").values())
+    """The pipeline's dead letters (its DLQ stream, `<stream>_DLQ`, on both layouts)."""
+    return list(_stored_messages(nats_url, [f"{stream}_DLQ"]).values())
 
 
 def test_one_stream_three_tables_a_skip_and_metadata_columns(
-    tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database,
+    tmp_path, layout_nats, clickhouse_server, clickhouse_client, ch_database,
 ):
-    db, n = ch_database, 500
-    config, names, prefix = _routed(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database)
+    db, n, nats_url = ch_database, 500, layout_nats.url
+    config, names, prefix = _routed(tmp_path, layout_nats, clickhouse_server, clickhouse_client, ch_database)
     msgs = _messages(prefix, n)
     counts = {"clicks": n // 5, "views": n // 5, "orders": n // 5}
     check = _check(config)  # what `check --connect` shows of the routes and the columns' sources
@@ -114,10 +124,13 @@ def test_one_stream_three_tables_a_skip_and_metadata_columns(
     assert 'route 1 views: field kind in ["view", "open"] -> table views' in check.stdout
     assert f"route 3 skip_3: subject {prefix}.debug.* -> skip" in check.stdout
     assert "unrouted messages: dead letter" in check.stdout
+    # stream_per_partition: the account's mapping of the two-wildcard subject, checked before the first start.
+    assert (f"pipeline {names['name']}: the NATS account maps" in check.stdout) == layout_nats.per_partition
     assert f"pipeline {names['name']}/clicks: inserts columns event_id, user_id, subj, seq, stored, tenant, raw, " \
            "part into clicks; subj from the message's subject; seq from the message's stream_sequence" \
            in check.stdout
-    with fed(config, tmp_path / "sink.log", nats_url, names["stream"], msgs, partitions=2) as sup:
+    with fed(config, tmp_path / "sink.log", nats_url, layout_nats.expected(names["stream"]), msgs,
+             partitions=PARTITIONS) as sup:
         def done():
             return all(clickhouse_client.execute(f"SELECT count() FROM {db}.{t}")[0][0] >= c
                        for t, c in counts.items())
@@ -138,7 +151,8 @@ def test_one_stream_three_tables_a_skip_and_metadata_columns(
             raise
         metrics = _metrics(sup)
         text = sup.wait(lambda: _status_text(sup), 10, "status text")
-    stored = _stored_messages(nats_url, names["stream"])
+    streams = layout_nats.streams(names["stream"], PARTITIONS)
+    stored = _stored_messages(nats_url, streams)
     assert routes == {"clicks": [n // 5, 0, 0], "views": [n // 5, 0, 0], "orders": [n // 5, 0, 0],
                       "skip_3": [0, n // 5, 0], "unrouted": [0, 0, n // 5]}
     label = ("pipeline", names["name"])
@@ -149,7 +163,11 @@ def test_one_stream_three_tables_a_skip_and_metadata_columns(
 
     by_id = {orjson.loads(body)["event_id"]: (subject, body, headers, i)
              for i, (subject, body, headers) in enumerate(msgs) if not body.startswith(b"debug")}
-    seq_of = {orjson.loads(m.data)["event_id"]: (s, m) for s, m in stored.items() if not m.data.startswith(b"debug")}
+    seq_of = {orjson.loads(m.data)["event_id"]: (s, m) for (_, s), m in stored.items()
+              if not m.data.startswith(b"debug")}
+    assert len(seq_of) == len(by_id)  # every message stored once, in the stream of its partition
+    for (stream, _), m in stored.items():
+        assert stream == layout_nats.stream_of(names["stream"], int(m.subject.split(".")[1]))
 
     clicks = clickhouse_client.execute(
         f"SELECT event_id, user_id, subj, seq, stored, tenant, raw, part FROM {db}.clicks")
@@ -180,7 +198,15 @@ def test_one_stream_three_tables_a_skip_and_metadata_columns(
     letters = _dead_letters(nats_url, names["stream"])
     assert len(letters) == n // 5
     assert {m.headers["Jetsink-Reason"] for m in letters} == {"unrouted"}
-    assert all(".other." in m.headers["Jetsink-Subject"] for m in letters)  # the stored subject
+    for m in letters:
+        subject = m.headers["Jetsink-Subject"]  # the stored subject, its partition token in it
+        assert ".other." in subject and m.headers["Jetsink-Pipeline"] == names["name"]
+        # The stream it came from (the partition's own with stream_per_partition) and its sequence there:
+        # the very message, byte for byte; Nats-Msg-Id names both (the DLQ's duplicate window).
+        stream, seq = m.headers["Jetsink-Stream"], int(m.headers["Jetsink-Stream-Seq"])
+        assert stream == layout_nats.stream_of(names["stream"], int(subject.split(".")[1]))
+        assert (stored[stream, seq].subject, stored[stream, seq].data) == (subject, m.data)
+        assert m.headers["Nats-Msg-Id"] == f"{stream}:{seq}"
 
 
 def _check(config):
@@ -192,18 +218,19 @@ def _check(config):
 
 
 def test_a_column_added_to_a_routes_table_takes_the_first_values_that_carry_it(
-    tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database,
+    tmp_path, layout_nats, clickhouse_server, clickhouse_client, ch_database,
 ):
-    db = ch_database
-    config, names, prefix = _routed(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database,
+    db, nats_url = ch_database, layout_nats.url
+    config, names, prefix = _routed(tmp_path, layout_nats, clickhouse_server, clickhouse_client, ch_database,
                                     schema_refresh_s=0)
     clicks = [(f"{prefix}.click.k{i % 3}", orjson.dumps(_event(i, "click")), {"X-Tenant": "t"}) for i in range(200)]
-    with fed(config, tmp_path / "sink.log", nats_url, names["stream"], clicks, partitions=2) as sup:
+    with fed(config, tmp_path / "sink.log", nats_url, layout_nats.expected(names["stream"]), clicks,
+             partitions=PARTITIONS) as sup:
         sup.wait(lambda: clickhouse_client.execute(f"SELECT count() FROM {db}.clicks")[0][0] >= 200, 60, "clicks")
         clickhouse_client.execute(f"ALTER TABLE {db}.clicks ADD COLUMN note String DEFAULT ''")
         noted = [(f"{prefix}.click.k{i % 3}", orjson.dumps({**_event(i, "click"), "note": f"n{i}"}), None)
                  for i in range(200, 500)]
-        publish_events(nats_url, noted, names["stream"])
+        publish_events(nats_url, noted, layout_nats.expected(names["stream"]))
         sup.wait(lambda: clickhouse_client.execute(f"SELECT count() FROM {db}.clicks")[0][0] >= 500, 60, "noted")
         assert sup.terminate() == 0
     rows = dict(clickhouse_client.execute(f"SELECT event_id, note FROM {db}.clicks"))
@@ -221,17 +248,18 @@ def _status_text(sup) -> str | None:
 
 
 def test_a_worker_killed_between_two_tables_inserts_leaves_every_table_exactly_once(
-    monkeypatch, tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database,
+    monkeypatch, tmp_path, layout_nats, clickhouse_server, clickhouse_client, ch_database,
 ):
-    db, n = ch_database, 2000
+    db, n, nats_url = ch_database, 2000, layout_nats.url
     # The worker exits after the first table's part of its first routed batch, before the next part.
     monkeypatch.setenv(commits.EXIT_AFTER_PART_ENV, f"1:{tmp_path / 'hook-fired'}")
-    config, names, prefix = _routed(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database,
+    config, names, prefix = _routed(tmp_path, layout_nats, clickhouse_server, clickhouse_client, ch_database,
                                     batch={"max_rows": 400, "max_wait_ms": 200})
     sup = Supervisor(config, tmp_path / "sink.log")
     try:
-        sup.wait_acquired(2)
-        publish_events(nats_url, [m for m in _messages(prefix, n) if ".debug." not in m[0]], names["stream"])
+        sup.wait_acquired(PARTITIONS)
+        publish_events(nats_url, [m for m in _messages(prefix, n) if ".debug." not in m[0]],
+                       layout_nats.expected(names["stream"]))
         counts = {"clicks": n // 5, "views": n // 5, "orders": n // 5}
 
         def done():
@@ -258,7 +286,7 @@ def test_a_worker_killed_between_two_tables_inserts_leaves_every_table_exactly_o
     ("message", "UInt64", "source message cannot fill UInt64"),
 ])
 def test_a_source_that_cannot_fill_its_column_is_refused_at_start_naming_it(
-    source, column_type, problem, tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database,
+    source, column_type, problem, tmp_path, layout_nats, clickhouse_server, clickhouse_client, ch_database,
 ):
     import subprocess
     import sys
@@ -267,8 +295,8 @@ def test_a_source_that_cannot_fill_its_column_is_refused_at_start_naming_it(
     names, _ = pipeline_names("rs")
     clickhouse_client.execute(f"CREATE TABLE {db}.m (event_id String, x {column_type}) ENGINE = MergeTree() ORDER BY "
                               "event_id")
-    config = sink_config(tmp_path, nats_url, clickhouse_server.port, db, pipeline={
-        "table": "m", "create_table": None, "columns": {"x": {"source": source}}}, **names)
+    config = sink_config(tmp_path, layout_nats.url, clickhouse_server.port, db, pipeline=layout_nats.pipeline(
+        names["subject"], 8, table="m", create_table=None, columns={"x": {"source": source}}), **names)
     out = subprocess.run([sys.executable, "-m", "supervisor", "check", "--connect", "--config", str(config)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
@@ -277,9 +305,9 @@ def test_a_source_that_cannot_fill_its_column_is_refused_at_start_naming_it(
 
 
 def test_a_pipeline_wide_column_no_routes_table_has_is_refused_at_start(
-    tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database,
+    tmp_path, layout_nats, clickhouse_server, clickhouse_client, ch_database,
 ):
-    config, names, prefix = _routed(tmp_path, nats_url, clickhouse_server, clickhouse_client, ch_database)
+    config, names, prefix = _routed(tmp_path, layout_nats, clickhouse_server, clickhouse_client, ch_database)
     import yaml
 
     data = yaml.safe_load(config.read_text())
