@@ -1,5 +1,7 @@
 """What ClickHouse's query log says about an insert whose client died, on the real server
-(18.16 here): the facts workers/clickhouse/indoubt.py builds its answer on."""
+(18.16 here): the facts workers/clickhouse/indoubt.py builds its answer on.  The query log does not know
+the stream layout; what does is how batches are numbered (one stream's sequences, or each partition
+stream's from 1), which the last test runs on both layouts."""
 
 from __future__ import annotations
 
@@ -88,5 +90,30 @@ def test_the_query_log_tells_whether_an_insert_landed(clickhouse_server, clickho
         third = indoubt.identity("p", 0, 2001, 3000, uuid.uuid4().int % 10**18, tokens=False)
         uptime = client.execute("SELECT uptime()")[0][0]
         assert indoubt.landed(client, third.query_id, time.time() - uptime - 60) is None
+    finally:
+        client.disconnect()
+
+
+def test_the_query_log_tells_two_partitions_batches_apart(layout, clickhouse_server, ch_database):
+    """On both layouts (tests/conftest.py's `layout`): the first batches of partitions 0 and 1 of one pipeline,
+    as each layout numbers them.  One stream numbers both partitions' messages (single_stream: 1..1000 and
+    1001..2000); with stream_per_partition each partition's stream numbers its own from 1, so both batches
+    are 1..1000, here with the same first timestamp too.  Partition 0's insert landed and partition 1's was
+    cut mid-block: each next owner's question is answered about its own insert."""
+    client = Client(host="127.0.0.1", port=clickhouse_server.port)
+    try:
+        table = _table(client, ch_database)
+        wait_until(lambda: client.execute("SELECT uptime()")[0][0] > indoubt.UPTIME_MARGIN_S + 1, 30, "server uptime")
+        began_at = time.time()
+        first_ts_ns = uuid.uuid4().int % 10**18
+        other_first = 1 if layout == "stream_per_partition" else 1001
+        p0 = indoubt.identity("p", 0, 1, 1000, first_ts_ns, tokens=False)
+        p1 = indoubt.identity("p", 1, other_first, other_first + 999, first_ts_ns, tokens=False)
+        assert p0.query_id != p1.query_id
+        _dying_insert(clickhouse_server.port, table, p0.query_id, "whole")
+        _dying_insert(clickhouse_server.port, table, p1.query_id, "half")
+        assert indoubt.landed(client, p0.query_id, began_at) is True
+        assert indoubt.landed(client, p1.query_id, began_at) is False
+        assert client.execute(f"SELECT count() FROM {table}")[0][0] == 1000
     finally:
         client.disconnect()
