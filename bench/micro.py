@@ -291,6 +291,29 @@ def bench_map_meta(mapper: ColumnMapper, docs: list[Any], msgs: list[tuple], rep
     return _median_us_per_row(lambda: mapper.map_rows(docs, msgs), len(docs), repeats)
 
 
+def bench_prepare(msgs: list[tuple], repeats: int, chunk: int | None = None) -> float:
+    """Median us/row of a worker's whole map step (workers.partition.prepare.prepare: parse, loads
+    and map, in slices of prepare.CHUNK messages), or in slices of `chunk` (a batch's size: one pass)."""
+    from pathlib import Path
+
+    from supervisor.config import parse_config
+    from workers.partition import prepare as prep
+
+    pipeline = {"name": "events", "stream": "EVENTS", "subject": "events.*", "partitions": 8, "table": "events"}
+    target = prep.PartitionTarget(parse_config({"pipelines": [pipeline]}, Path(".")).pipelines[0], 3, "c", 0)
+    mapper = demo_mapper()
+    saved = prep.CHUNK
+    prep.CHUNK = chunk or saved
+    try:
+        p = prep.prepare(msgs, mapper, target, first_deliveries=True)
+        if p.dead or p.rows != len(msgs):
+            raise AssertionError(f"demo events failed to map: {[d.error for d in p.dead[:3]]}")
+        return _median_us_per_row(lambda: prep.prepare(msgs, mapper, target, first_deliveries=True), len(msgs),
+                                  repeats)
+    finally:
+        prep.CHUNK = saved
+
+
 def bench_serialise(serialiser: Serialiser, columns: list[list], repeats: int) -> float:
     """Median us/row of the driver's serialisation of `columns`."""
     rows = len(columns[0]) if columns else 0
@@ -315,6 +338,8 @@ def run(
         "loads_us": bench_loads(bodies, repeats),
         "map_us": bench_map(mapper, docs, repeats),
         "map_meta_us": bench_map_meta(meta_mapper(), docs, demo_messages(bodies), repeats),
+        "prepare_us": bench_prepare(demo_messages(bodies), repeats),
+        "prepare_one_pass_us": bench_prepare(demo_messages(bodies), repeats, chunk=rows),
         "serialise_us": bench_serialise(serialiser, columns, repeats),
         "block_bytes": serialiser.write(columns),
     }
@@ -338,8 +363,16 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"{label:<28} {result[key]:>8.3f}")
     lines.append(f"{'map_rows + 5 metadata cols':<28} {result['map_meta_us']:>8.3f}  (not in the total: "
                  "subject, sequence, stored time, a header, the raw message)")
+    lines.append(f"{'prepare (loads + map)':<28} {result['prepare_us']:>8.3f}  (not in the total: a worker's map "
+                 f"step, in slices of {_chunk()} messages; the batch in one pass: {result['prepare_one_pass_us']:.3f})")
     lines.append(f"(block: {result['block_bytes']} bytes, {result['block_bytes'] / result['rows']:.1f} per row)")
     return "\n".join(lines)
+
+
+def _chunk() -> int:
+    from workers.partition import prepare as prep
+
+    return prep.CHUNK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -104,3 +104,31 @@ def test_intake_marks_a_batch_that_holds_a_redelivery_and_prepare_then_checks_ea
     other = _fetcher(target)
     other._on_msgs([_msg(6, "last"), _msg(7, "ok")])
     assert other._batch.redelivered
+
+
+def _as_whole(p) -> tuple:
+    return (p.columns, p.rows, p.row_msgs, [(d.reason, d.stream_seq, d.error) for d in p.dead], p.redelivered,
+            p.new_keys)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from(["ok", "json", "range", "last", "newkey"]), max_size=30), st.integers(1, 8))
+def test_a_batch_prepared_in_slices_is_the_batch_prepared_whole(kinds, chunk):
+    """prepare() parses and maps CHUNK messages at a time (cache locality); the result is the same
+    columns, rows, dead letters (in the same order) and flags as one pass over the whole batch."""
+    import workers.partition.prepare as prep
+
+    config = parse_config({"pipelines": [PIPELINE]}, Path("/tmp"))
+    target = PartitionTarget(pipeline=config.pipelines[0], index=0, consumer="c", worker=1)
+    msgs = [_msg(i, k) if k != "newkey" else (*_msg(i, "ok")[:2], b'{"id": "y%d", "n": 1, "new": %d}' % (i, i), None)
+            for i, k in enumerate(kinds)]
+    saved = prep.CHUNK
+    try:
+        prep.CHUNK = 10_000
+        whole = _as_whole(prepare(msgs, MAPPER, target))
+        prep.CHUNK = chunk
+        sliced = _as_whole(prepare(msgs, MAPPER, target))
+    finally:
+        prep.CHUNK = saved
+    assert sliced == whole
+    assert whole[5] == ({"new"} if "newkey" in kinds else set())

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import chain, compress, count, repeat
-from operator import itemgetter, not_
-from typing import Any
+from operator import add, itemgetter, not_
+from typing import Any, Sequence
 
 import orjson
 
@@ -65,8 +65,41 @@ def prepare(
     """Parse and map a batch (runs in the insert thread, off the event loop).
 
     `first_deliveries`: the caller knows that no message is a redelivery (the partition
-    checks each socket chunk's ack subjects at intake), so they are not checked again."""
-    return map_parsed(parse(batch_msgs, target, first_deliveries), mapper, target)
+    checks each socket chunk's ack subjects at intake), so they are not checked again.
+
+    A batch is parsed and mapped CHUNK messages at a time, and the parts joined: its documents
+    all at once (10,000 of ~1 KB of objects each) are far larger than a core's cache, which
+    every column's pass over them then missed."""
+    n = len(batch_msgs)
+    if n <= CHUNK:
+        return map_parsed(parse(batch_msgs, target, first_deliveries), mapper, target)
+    starts = range(0, n, CHUNK)
+    return _joined([map_parsed(parse(batch_msgs[i : i + CHUNK], target, first_deliveries), mapper, target)
+                    for i in starts], starts, n)
+
+
+# Messages parsed and mapped at a time (see prepare): 500 documents' objects stay in a core's
+# cache. bench.micro's loads+map of 10,000 demo events: ~18 % less CPU per row than all at once.
+CHUNK = 500
+# The order of a batch's dead letters by reason, as one parse and map of the whole batch makes them.
+_DEAD_ORDER = {"max_deliver": 0, "invalid_json": 1}
+
+
+def _joined(parts: list[Prepared], starts: Sequence[int], n: int) -> Prepared:
+    """One Prepared from those of consecutive slices of a batch beginning at `starts`: columns
+    concatenated, rows' message indices shifted, dead letters in the whole batch's order."""
+    columns = [list(chain.from_iterable(p.columns[c] for p in parts)) for c in range(len(parts[0].columns))]
+    rows = sum(p.rows for p in parts)
+    if rows == n:
+        row_msgs = list(range(n))  # every message a row
+    else:
+        shifted = (map(add, p.row_msgs, repeat(s)) for p, s in zip(parts, starts, strict=True))
+        row_msgs = list(chain.from_iterable(shifted))
+    dead = [d for p in parts for d in p.dead]
+    if dead:
+        dead.sort(key=lambda d: _DEAD_ORDER.get(d.reason, 2))  # stable: slice order within a reason
+    return Prepared(columns=columns, rows=rows, row_msgs=row_msgs, dead=dead,
+                    redelivered=any(p.redelivered for p in parts), new_keys=set().union(*(p.new_keys for p in parts)))
 
 
 def parse(batch_msgs: list[tuple], target: PartitionTarget, first_deliveries: bool = False) -> Parsed:
