@@ -32,7 +32,7 @@ import psutil
 
 from bench import chaos, harness, publisher, stats
 from bench.monitor import NatsThread, Probe, Sample, Watched
-from workers.topology import consumer_name, partition_view
+from workers.topology import STREAM_PER_PARTITION, consumer_name, partition_of, partition_view
 
 NAIVE_DURABLE = "naive_sink"
 NAIVE_TABLE_SUFFIX = "_naive"
@@ -208,7 +208,7 @@ def run_once(
                 if log.exists():
                     shutil.copyfile(log, out_dir / f"nats-{node.name}.log")
         pub_outcome = pub.outcome
-        figures.update(_latency(opts, pub_outcome, probe, nats, names, sink.name, pipeline.subject))
+        figures.update(_latency(opts, pub_outcome, probe, nats, names, sink.name, pipeline))
         if opts.baseline and opts.sink != "naive":
             console.say("baseline: the naive sink drains the same stream into a second table")
             _ensure_naive_table(client, names)
@@ -238,7 +238,7 @@ def run_once(
                 published_already=True,
                 nats_profile_port=nats_profile_port,
             )
-            base_figures.update(_latency(opts, pub_outcome, base_probe, nats, names, "naive", pipeline.subject))
+            base_figures.update(_latency(opts, pub_outcome, base_probe, nats, names, "naive", pipeline))
         else:
             base_figures = None
         cluster_facts = {"nats_cluster": _cluster_facts(nats, servers, names, pipeline)} if servers.cluster else {}
@@ -716,44 +716,72 @@ def _timeline(samples: list[Sample], t_start: float, i0: int, i1: int) -> list[d
 
 
 def _latency(opts: RunOptions, outcome: dict[str, Any], probe: Probe, nats: NatsThread, names: harness.RunNames,
-             sink: str, subject: str) -> dict[str, Any]:
+             sink: str, pipeline: Any) -> dict[str, Any]:
     """Publish-to-insert latency of the sampled messages, from the consumers' ack floors.
 
     A sink acks a message only after ClickHouse accepted its rows, so the first poll whose
     ack floor (on the message's consumer) reaches the message's stream sequence bounds its
     insert time from above, within one poll interval (~100 ms). Meaningless with --preload
     (every message waits for the whole preload), so left null there.
+
+    The publisher records each sampled event's index and the sequence its PubAck named.  With
+    stream_per_partition that sequence is in the event's partition stream: the one the account's
+    mapping sent its subject (`<prefix>.k<index % keys>`) to, partition(P, key) as nats-server
+    computes it (workers.topology.partition_of); the stored message read back there must carry that
+    key and partition, or the sample is left out.
     """
     empty = {"latency_ms": stats.latency_summary([]) | {"method": None, "resolution_ms": None, "histogram": []}}
-    if opts.preload or not outcome.get("samples") or opts.layout == "stream_per_partition":
+    per_partition = pipeline.layout == STREAM_PER_PARTITION
+    if opts.preload or not outcome.get("samples") or (per_partition and sink == "naive"):
         empty["latency_ms"]["method"] = (
             "not measured with --preload" if opts.preload
-            else "not measured with stream_per_partition (the publisher records one stream's sequences)"
-            if opts.layout == "stream_per_partition" else "no samples")
+            else "not measured for the naive sink with stream_per_partition" if per_partition and sink == "naive"
+            else "no samples")
         return empty
     samples = outcome["samples"]
     by_consumer: dict[str, list[tuple[int, float]]] = {}
     if sink == "naive":
         by_consumer[NAIVE_DURABLE] = [(seq, t) for t, seq in samples.values()]
     else:
-        first_star = subject.split(".").index("*")
+        first_star = pipeline.subject.split(".").index("*")
 
-        async def subjects() -> list[tuple[int, float, str]]:
+        def where(index: str) -> tuple[str, str, int | None]:
+            """(stream holding sampled event `index`, its key, the partition the mapping gives it or None)."""
+            key = f"k{int(index) % opts.keys}"
+            if not per_partition:
+                return names.stream, key, None
+            part = partition_of([key], pipeline.partitions)
+            return partition_view(pipeline, part).stream, key, part
+
+        async def subjects() -> list[tuple[int, float, str | None, int | None, str]]:
             import asyncio
 
             # A few at a time: thousands of requests at once time out on a busy server
             # (seen after a 10-minute run) and would lose the run's results.
             gate = asyncio.Semaphore(32)
 
-            async def one(t: float, seq: int) -> tuple[int, float, str]:
+            async def one(index: str, t: float, seq: int) -> tuple[int, float, str | None, int | None, str]:
+                from nats.js.errors import NotFoundError
+
+                stream, key, part = where(index)
                 async with gate:
-                    msg = await nats.js.get_msg(names.stream, seq)
-                return seq, t, msg.subject
+                    try:
+                        subject = (await nats.js.get_msg(stream, seq)).subject
+                    except NotFoundError:
+                        if part is None:
+                            raise
+                        subject = None  # not in the partition stream computed: left out below
+                return seq, t, subject, part, key
 
-            return await asyncio.gather(*(one(t, seq) for t, seq in samples.values()))
+            return await asyncio.gather(*(one(index, t, seq) for index, (t, seq) in samples.items()))
 
-        for seq, t, subj in nats.call(subjects(), timeout=600):
-            part = int(subj.split(".")[first_star])
+        for seq, t, subj, expected, key in nats.call(subjects(), timeout=600):
+            if subj is None:
+                continue
+            tokens = subj.split(".")
+            part = int(tokens[first_star])
+            if expected is not None and (part != expected or tokens[-1] != key):
+                continue  # not the sampled event: its partition stream was not the one computed
             by_consumer.setdefault(consumer_name(harness.PIPELINE, part), []).append((seq, t))
     latencies: list[float] = []
     polls = [(s.t, s.ack_floors) for s in probe.samples]
