@@ -9,7 +9,7 @@ KIND is what is killed once a fraction F (default 0.3) of the messages is stored
     kill-clickhouse       the bench's clickhouse-server, restarted on its data; with --clickhouse-cluster,
                           the replica worker 0 inserts into (it fails over), restarted on its data
   with --cluster N (the bench's own NATS cluster), the node that leads, at that moment:
-    kill-stream-leader    the pipeline's stream
+    kill-stream-leader    the pipeline's stream (partition 0's with stream_per_partition)
     kill-consumer-leader  partition 0's durable consumer
     kill-kv-leader        the commit-state bucket (stream KV_jetsink_commits_<pipeline>)
   A killed node starts again on its store once another node leads what it killed it for (or
@@ -98,7 +98,7 @@ class Kill:
 class Chaos:
     """A schedule of kills, each fired once its share of the `expected` messages is stored.
 
-    `stream` and `pipeline` name what the leader kinds look up, through `nats` (bench.monitor.NatsThread).
+    `stream`, `pipeline` and `layout` name what the leader kinds look up, through `nats` (bench.monitor.NatsThread).
     """
 
     kind: str  # as given: one kind or a comma list
@@ -108,6 +108,7 @@ class Chaos:
     pipeline: str = ""
     partitions: int = 1
     nats: Any = None
+    layout: str = "single_stream"  # pipelines[].layout: with stream_per_partition "the stream" is partition 0's
     kills: list[Kill] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -265,12 +266,16 @@ class Chaos:
     def _objects(self) -> dict[str, tuple[str, str | None]]:
         """Object label -> (stream, consumer or None) of everything a node may lead."""
         from workers.delivery.commits import bucket_name
-        from workers.topology import consumer_name
+        from workers.topology import STREAM_PER_PARTITION, consumer_name, partition_stream
 
-        objs: dict[str, tuple[str, str | None]] = {"stream": (self.stream, None),
+        # With a stream per partition, "the stream" is partition 0's, and each consumer is on its partition's.
+        def stream_of(p: int) -> str:
+            return partition_stream(self.stream, p) if self.layout == STREAM_PER_PARTITION else self.stream
+
+        objs: dict[str, tuple[str, str | None]] = {"stream": (stream_of(0), None),
                                                    "kv": (f"KV_{bucket_name(self.pipeline)}", None)}
         for p in range(self.partitions):
-            objs[f"consumer {p}"] = (self.stream, consumer_name(self.pipeline, p))
+            objs[f"consumer {p}"] = (stream_of(p), consumer_name(self.pipeline, p))
         return objs
 
     def _leaders(self) -> dict[str, str | None]:

@@ -30,9 +30,9 @@ from typing import Any
 import orjson
 import psutil
 
-from bench import chaos, harness, publisher, stats
+from bench import chaos, harness, naive, publisher, stats
 from bench.monitor import NatsThread, Probe, Sample, Watched
-from workers.topology import STREAM_PER_PARTITION, consumer_name, partition_of, partition_view
+from workers.topology import STREAM_PER_PARTITION, consumer_name, data_streams, partition_of, partition_view
 
 NAIVE_DURABLE = "naive_sink"
 NAIVE_TABLE_SUFFIX = "_naive"
@@ -162,9 +162,10 @@ def run_once(
     sink: Any = None
     try:
         if opts.sink == "naive":
-            sink = _naive_sink(config, names, out_dir / "naive.log")
+            sink = _naive_sink(config, names, out_dir / "naive.log", pipeline)
             _ensure_naive_table(client, names)
-            table, consumers = names.table + NAIVE_TABLE_SUFFIX, [NAIVE_DURABLE]
+            naive_streams, consumers = _naive_consumers(pipeline)
+            table = names.table + NAIVE_TABLE_SUFFIX
         else:
             sink = _jetsink(data, config_path, out_dir, state_dir, pipeline.partitions, opts.instances)
             table, consumers = names.table, [consumer_name(harness.PIPELINE, i) for i in range(pipeline.partitions)]
@@ -176,7 +177,7 @@ def run_once(
             names.database,
             table,
             # The stream each consumer reads: the pipeline's, or (stream_per_partition) the partition's own.
-            names.stream if opts.sink == "naive" else
+            naive_streams if opts.sink == "naive" else
             [partition_view(pipeline, i).stream for i in range(len(consumers))],
             names.dlq_stream if opts.sink != "naive" else None,
             consumers,
@@ -189,7 +190,7 @@ def run_once(
         nats_profile_port = servers.nats_profile_port if opts.profiles else None
         fault = None if not opts.chaos else chaos.Chaos(
             opts.chaos, opts.chaos_at, opts.messages or 0, stream=names.stream, pipeline=harness.PIPELINE,
-            partitions=pipeline.partitions, nats=nats)
+            partitions=pipeline.partitions, nats=nats, layout=pipeline.layout)
         figures = _drive(opts, sink, probe, pub, watched, py_spy, profiles_dir, state_dir, console, notes,
                          nats_profile_port=nats_profile_port, fault=fault, servers=servers)
         log_lines: list[dict] = []
@@ -212,15 +213,16 @@ def run_once(
         if opts.baseline and opts.sink != "naive":
             console.say("baseline: the naive sink drains the same stream into a second table")
             _ensure_naive_table(client, names)
-            naive = _naive_sink(config, names, out_dir / "naive.log")
+            naive = _naive_sink(config, names, out_dir / "naive.log", pipeline)
+            naive_streams, naive_consumers = _naive_consumers(pipeline)
             base_probe = Probe(
                 nats,
                 client,
                 names.database,
                 names.table + NAIVE_TABLE_SUFFIX,
-                names.stream,
+                naive_streams,
                 None,
-                [NAIVE_DURABLE],
+                naive_consumers,
                 _servers_only(watched),
                 consumers_every=1.0 if opts.preload else 0.0,
             )
@@ -314,10 +316,12 @@ def _cluster_facts(nats: NatsThread, servers: harness.Servers, names: harness.Ru
     """versions.nats_cluster: the cluster's size and the replicas provision gave the run's objects."""
     from workers.delivery.commits import bucket_name
 
+    first = partition_view(pipeline, 0).stream  # the stream, or (stream_per_partition) partition 0's
+
     async def q() -> dict[str, Any]:
-        stream = await nats.js.stream_info(names.stream)
+        stream = await nats.js.stream_info(first)
         kv = await nats.js.stream_info(f"KV_{bucket_name(harness.PIPELINE)}")
-        consumer = await nats.js.consumer_info(names.stream, consumer_name(harness.PIPELINE, 0))
+        consumer = await nats.js.consumer_info(first, consumer_name(harness.PIPELINE, 0))
         return {"stream": stream.config.num_replicas, "kv": kv.config.num_replicas,
                 "consumers": 1 + len((consumer.cluster.replicas if consumer.cluster else None) or ())}
 
@@ -379,14 +383,21 @@ def _ensure_naive_table(client: Any, names: harness.RunNames) -> None:
     )
 
 
-def _naive_sink(config: Any, names: harness.RunNames, log_path: Path) -> harness.NaiveSink:
+def _naive_sink(config: Any, names: harness.RunNames, log_path: Path, pipeline: Any) -> harness.NaiveSink:
     ch = config.clickhouse
+    streams = [a for s in data_streams(pipeline) for a in ("--stream", s)]
     return harness.NaiveSink(
-        ["--nats", config.nats.servers[0], "--stream", names.stream,
+        ["--nats", config.nats.servers[0], *streams,
          "--durable", NAIVE_DURABLE, "--host", ch.host, "--port", str(ch.port), "--database", names.database,
          "--table", names.table + NAIVE_TABLE_SUFFIX],
         log_path,
     )
+
+
+def _naive_consumers(pipeline: Any) -> tuple[list[str], list[str]]:
+    """(stream, durable) of each consumer the naive sink drains with: one per data stream."""
+    streams = data_streams(pipeline)
+    return streams, naive.durables(NAIVE_DURABLE, len(streams))
 
 
 class _Publisher:
