@@ -65,8 +65,20 @@ def layout_nats(layout, request):
 
     if layout == "single_stream":
         return LayoutNats(layout, request.getfixturevalue("nats_url"))
-    server, mappings = request.getfixturevalue("mapped_nats_server")
-    return LayoutNats(layout, f"nats://{server.host}:{server.port}", server, mappings)
+    return mapped_layout_nats(request.getfixturevalue("mapped_nats_server"))
+
+
+@pytest.fixture
+def mapped(mapped_nats_server):
+    """The session's nats-server whose account mappings a test adds, as a stream_per_partition LayoutNats."""
+    return mapped_layout_nats(mapped_nats_server)
+
+
+def mapped_layout_nats(mapped_nats_server):
+    from tests.integration.harness import LayoutNats
+
+    server, mappings = mapped_nats_server
+    return LayoutNats("stream_per_partition", f"nats://{server.host}:{server.port}", server, mappings)
 
 
 @pytest.fixture(scope="session")

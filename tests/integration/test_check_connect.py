@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import nats
-import pytest
 from nats.js.errors import NotFoundError
 
 from supervisor import provision
@@ -19,7 +18,6 @@ from supervisor.config import load_config
 from tests.integration.harness import (
     DEMO_TABLE,
     REPO,
-    LayoutNats,
     pipeline_names,
     run,
     sink_config,
@@ -28,13 +26,6 @@ from workers import exitcodes
 from workers.topology import account_mapping
 
 PARTITIONS = 4
-
-
-@pytest.fixture
-def mapped(mapped_nats_server) -> LayoutNats:
-    """The session's nats-server whose account mappings a test adds (tests/conftest.py)."""
-    server, mappings = mapped_nats_server
-    return LayoutNats("stream_per_partition", f"nats://{server.host}:{server.port}", server, mappings)
 
 
 def _config(tmp_path, url, clickhouse_server, clickhouse_client, db, names):

@@ -14,7 +14,6 @@ import pytest
 from supervisor import provision
 from supervisor.config import load_config
 from tests.integration.harness import (
-    LayoutNats,
     Supervisor,
     pipeline_names,
     publish_events,
@@ -25,13 +24,6 @@ from tests.integration.harness import (
 from workers.topology import account_mapping, partition_of
 
 PARTITIONS = 4
-
-
-@pytest.fixture
-def mapped(mapped_nats_server) -> LayoutNats:
-    """The session's nats-server whose account mappings a test adds (tests/conftest.py)."""
-    server, mappings = mapped_nats_server
-    return LayoutNats("stream_per_partition", f"nats://{server.host}:{server.port}", server, mappings)
 
 
 async def _streams(url, names):
