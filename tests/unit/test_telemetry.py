@@ -158,7 +158,8 @@ def test_per_message_map_spans_give_the_same_columns_as_one_batch():
     mapper = compile_mapper(
         "t", [TableColumn("id", "String"), TableColumn("n", "UInt8")], (), ServerFeatures.from_version((18, 16))
     )
-    bodies = [b'{"id": "a", "n": 1}', b'{"id": "b", "n": 300}', b"nope", b'{"id": "c", "n": 3}', b'{"id": "d", "n": 4}']
+    bodies = [b'{"id": "a", "n": 1}', b'{"id": "b", "n": 300}', b"nope", b'{"id": "c", "n": 3}', b'{"id": "d", "n": 4}',
+              b'{"id": "e", "n": 5, "extra": 0}']
     msgs = [(f"e.0.k{i}".encode(), f"$JS.ACK.S.c.1.{i + 1}.{i + 1}.1700000000000000000.0".encode(), b, None)
             for i, b in enumerate(bodies)]
     whole = prepare(msgs, mapper, target)
@@ -166,9 +167,11 @@ def test_per_message_map_spans_give_the_same_columns_as_one_batch():
     assert (
         (joined.columns, joined.rows, joined.row_msgs)
         == (whole.columns, whole.rows, whole.row_msgs)
-        == ([["a", "c", "d"], [1, 3, 4]], 3, [0, 3, 4])
+        == ([["a", "c", "d", "e"], [1, 3, 4, 5]], 4, [0, 3, 4, 5])
     )
-    assert sorted(d.stream_seq for d in joined.dead) == sorted(d.stream_seq for d in whole.dead) == [2, 3]
+    # The whole batch's order of dead letters (invalid JSON before refused documents), and its new keys.
+    assert [d.stream_seq for d in joined.dead] == [d.stream_seq for d in whole.dead] == [3, 2]
+    assert joined.new_keys == whole.new_keys == {"extra"}
 
 
 @pytest.mark.parametrize("per_message", [False, True])

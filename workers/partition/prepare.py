@@ -158,13 +158,8 @@ def map_parsed(parsed: Parsed, mapper: ColumnMapper, target: PartitionTarget) ->
 
 
 def join_prepared(parts: list[Prepared]) -> Prepared:
-    """One Prepared from per-message ones: columns concatenated, row indices shifted."""
-    columns = [list(chain.from_iterable(p.columns[c] for p in parts)) for c in range(len(parts[0].columns))]
-    row_msgs = [i + r for i, p in enumerate(parts) for r in p.row_msgs]
-    return Prepared(
-        columns=columns, rows=sum(p.rows for p in parts), row_msgs=row_msgs, dead=[d for p in parts for d in p.dead],
-        redelivered=any(p.redelivered for p in parts),
-    )
+    """One Prepared from per-message ones (as _joined: the batch's order of dead letters, its new keys)."""
+    return _joined(parts, range(len(parts)), len(parts))
 
 
 def _loads_all(msgs: list[tuple]) -> list:
