@@ -36,6 +36,7 @@ from workers.topology import STREAM_PER_PARTITION, consumer_name, data_streams, 
 
 NAIVE_DURABLE = "naive_sink"
 NAIVE_TABLE_SUFFIX = "_naive"
+ACKED_WAIT_S = 10.0  # a live run's last acks, awaited after its rows are all in (for the latency samples)
 
 
 @dataclass(frozen=True)
@@ -555,6 +556,15 @@ def _drive(opts: RunOptions, sink: Any, probe: Probe, pub: _Publisher, watched: 
             break
         probe.sleep_until_next(last)
         last = time.time()
+    if live and probe.consumers and pub.outcome and pub.outcome.get("samples"):
+        # A partition's last batch is acked after its rows are in: the consumers are polled on (after
+        # the window, which ends at the first poll that saw every row) until every delivery is acked,
+        # so that the latency of the sampled messages in those batches is seen too.
+        acked_by = time.time() + ACKED_WAIT_S
+        while probe.samples[-1].lag > 0 and time.time() < acked_by:
+            probe.sleep_until_next(last)
+            last = time.time()
+            tick(published)
     printer.show(probe, published, final=True)
     if fault is not None:
         fault.finish(servers, console.say)  # a node still down comes back for the accounting

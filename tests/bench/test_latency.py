@@ -33,9 +33,9 @@ def test_a_live_run_measures_latency(layout, tmp_path):
     assert r["published"] == MESSAGES and r["lost"] == 0
     latency = r["latency_ms"]
     sampled = MESSAGES // r["publisher"]["latency_sample_every"]
-    # Each sampled event found where it was stored and seen acked (the last batch's ack may come after the
-    # last poll).
-    assert 0.9 * sampled <= latency["samples"] <= sampled, latency
+    # Each sampled event found where it was stored and seen acked (the bench polls the consumers on until
+    # the last batches' acks are in).
+    assert latency["samples"] == sampled, latency
     assert latency["method"] == "consumer ack floor polled after publish"
     assert 0 <= latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
     assert sum(b["count"] for b in latency["histogram"]) == latency["samples"]
