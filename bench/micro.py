@@ -26,6 +26,7 @@ import gc
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import clickhouse_driver.client
@@ -42,8 +43,10 @@ from clickhouse_driver.varint import write_varint
 from clickhouse_driver.writer import write_binary_str
 
 from bench.events import EventTemplates
+from supervisor.config import parse_config
 from workers.clickhouse import native
 from workers.clickhouse.schema import ColumnMapper, ServerFeatures, TableColumn, compile_mapper
+from workers.partition import prepare as prep
 from workers.settings import ColumnOverride
 from workers.worker import GC_GEN0_THRESHOLD
 
@@ -294,11 +297,6 @@ def bench_map_meta(mapper: ColumnMapper, docs: list[Any], msgs: list[tuple], rep
 def bench_prepare(msgs: list[tuple], repeats: int, chunk: int | None = None) -> float:
     """Median us/row of a worker's whole map step (workers.partition.prepare.prepare: parse, loads
     and map, in slices of prepare.CHUNK messages), or in slices of `chunk` (a batch's size: one pass)."""
-    from pathlib import Path
-
-    from supervisor.config import parse_config
-    from workers.partition import prepare as prep
-
     pipeline = {"name": "events", "stream": "EVENTS", "subject": "events.*", "partitions": 8, "table": "events"}
     target = prep.PartitionTarget(parse_config({"pipelines": [pipeline]}, Path(".")).pipelines[0], 3, "c", 0)
     mapper = demo_mapper()
@@ -364,15 +362,10 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append(f"{'map_rows + 5 metadata cols':<28} {result['map_meta_us']:>8.3f}  (not in the total: "
                  "subject, sequence, stored time, a header, the raw message)")
     lines.append(f"{'prepare (loads + map)':<28} {result['prepare_us']:>8.3f}  (not in the total: a worker's map "
-                 f"step, in slices of {_chunk()} messages; the batch in one pass: {result['prepare_one_pass_us']:.3f})")
+                 f"step, in slices of {prep.CHUNK} messages; the batch in one pass: "
+                 f"{result['prepare_one_pass_us']:.3f})")
     lines.append(f"(block: {result['block_bytes']} bytes, {result['block_bytes'] / result['rows']:.1f} per row)")
     return "\n".join(lines)
-
-
-def _chunk() -> int:
-    from workers.partition import prepare as prep
-
-    return prep.CHUNK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

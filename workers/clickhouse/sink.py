@@ -183,7 +183,7 @@ def insert(
     columns: list[list],
     settings: dict | None = None,
 ) -> int:
-    """Insert columnar data; returns the row count ClickHouse accepted."""
+    """Insert columnar data; returns the row count ClickHouse accepted. `columns` are handed over (send_insert)."""
     return send_insert(client, insert_statement(table, database, column_names), columns, settings)
 
 
