@@ -117,7 +117,7 @@ def test_each_benchmark_runs_on_a_tiny_batch():
     docs = [orjson.loads(b) for b in bodies]
     mapper = micro.demo_mapper()
     names, types, columns = micro.demo_block(20)
-    assert micro.bench_loads(bodies, 2) > 0
+    assert micro.bench_loads(micro.demo_messages(bodies), 2) > 0
     assert micro.bench_intake(micro.delivery_frames(bodies, chunk=100), 20, 2) > 0
     assert micro.bench_map(mapper, docs, 2) > 0
     assert micro.bench_serialise(micro.Serialiser(names, types), columns, 2) > 0

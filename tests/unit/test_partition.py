@@ -132,3 +132,41 @@ def test_a_batch_prepared_in_slices_is_the_batch_prepared_whole(kinds, chunk):
         prep.CHUNK = saved
     assert sliced == whole
     assert whole[5] == ({"new"} if "newkey" in kinds else set())
+
+
+def test_messages_that_are_json_only_together_are_dead_lettered_each():
+    """_loads_all parses a slice as one array: three messages that are not JSON by themselves but make
+    three objects when joined with commas (the first is two objects, the last two halves of one) must
+    not become three rows of somebody else's values; each is dead-lettered as invalid JSON."""
+    import orjson
+
+    config = parse_config({"pipelines": [PIPELINE]}, Path("/tmp"))
+    target = PartitionTarget(pipeline=config.pipelines[0], index=0, consumer="c", worker=1)
+    bodies = [b'{"id": "a", "n": 1}, {"id": "b", "n": 2}', b'{"id": "c", "n": 3, "x": [0', b"1]}"]
+    assert [d["id"] for d in orjson.loads(b"[%b]" % b",".join(bodies))] == ["a", "b", "c"]  # the trap
+    msgs = [(*_msg(i, "ok")[:2], body, None) for i, body in enumerate(bodies)]
+    p = prepare(msgs, MAPPER, target)
+    assert p.rows == 0 and [(d.reason, d.data) for d in p.dead] == [("invalid_json", b) for b in bodies]
+
+
+_FRAGMENT = st.sampled_from(['{"id": "x", "n": 1}', "{", "}", "[", "]", '"', '"a"', ":", ",", "1", " ", "null"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.lists(_FRAGMENT, max_size=6).map("".join), max_size=8))
+def test_a_slice_parses_as_its_messages_one_by_one(texts):
+    """One orjson call for a slice gives exactly what one call per message gives: the same values, or
+    an error when any message is not JSON by itself (prepare then finds which, one by one)."""
+    import orjson
+    import pytest
+
+    from workers.partition.prepare import _loads_all
+
+    msgs = [(b"s", b"r", t.encode(), None) for t in texts]
+    try:
+        expected = [orjson.loads(m[2]) for m in msgs]
+    except orjson.JSONDecodeError:
+        with pytest.raises(orjson.JSONDecodeError):
+            _loads_all(msgs)
+    else:
+        assert _loads_all(msgs) == expected

@@ -7,6 +7,7 @@ workers/clickhouse/table_schema.py with the table's current mapper).
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from itertools import chain, compress, count, repeat
 from operator import add, itemgetter, not_
@@ -88,7 +89,12 @@ _DEAD_ORDER = {"max_deliver": 0, "invalid_json": 1}
 def _joined(parts: list[Prepared], starts: Sequence[int], n: int) -> Prepared:
     """One Prepared from those of consecutive slices of a batch beginning at `starts`: columns
     concatenated, rows' message indices shifted, dead letters in the whole batch's order."""
-    columns = [list(chain.from_iterable(p.columns[c] for p in parts)) for c in range(len(parts[0].columns))]
+    columns = []
+    for c in range(len(parts[0].columns)):
+        column: list = []
+        for p in parts:
+            column += p.columns[c]  # a list's extend, in C (chain.from_iterable takes an element at a time)
+        columns.append(column)
     rows = sum(p.rows for p in parts)
     if rows == n:
         row_msgs = list(range(n))  # every message a row
@@ -164,8 +170,31 @@ def join_prepared(parts: list[Prepared]) -> Prepared:
 
 def _loads_all(msgs: list[tuple]) -> list:
     """Every message's JSON (raises at the first invalid one).  A function of its own so
-    that CPU profiles show the time orjson takes apart from the rest of prepare()."""
+    that CPU profiles show the time orjson takes apart from the rest of prepare().
+
+    The messages are parsed as one JSON array, ``[m1,MARK,m2,MARK,...,mn]``: one orjson call
+    for a slice costs ~10 % less than one per message.  MARK is this process's secret
+    number, so the array parses into exactly the messages' own values, each from its own
+    bytes, only when every message is a JSON text of its own: the n - 1 MARKs found at the
+    top level, one between each two values, are all of ours, each between the same two
+    messages as we put it.  A message that is not JSON by itself (``{"a": 1}, {"b": 2}``,
+    or half an object that its neighbour completes) either breaks the array or moves a
+    MARK, and the messages are then parsed one by one, as before."""
+    n = len(msgs)
+    if n > 1:
+        try:
+            values = orjson.loads(b"[%b]" % _JOINER.join(map(_data, msgs)))
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            if len(values) == 2 * n - 1 and values[1::2].count(_MARK) == n - 1:
+                return values[::2]
     return list(map(orjson.loads, map(_data, msgs)))
+
+
+# Between two messages in _loads_all's array: a number nobody sending us messages can know.
+_MARK = secrets.randbits(62) | 1 << 62
+_JOINER = b",%d," % _MARK
 
 
 def dead_letter(msg: tuple, target: PartitionTarget, reason: str, error: str) -> DeadLetter:
